@@ -1,0 +1,30 @@
+"""resnext-det: ResNeXt (Xie et al., CVPR 2017) as a Detectron2 backbone plugin.
+
+``import resnext_det`` registers, in detectron2's registries:
+
+- ``BACKBONE_REGISTRY``: ``build_resnext_backbone`` (bottom-up) and
+  ``build_resnext_fpn_backbone`` (with FPN);
+- ``ROI_HEADS_REGISTRY``: ``ResNeXtRes5ROIHeads`` (the C4 form's res5 head).
+"""
+from .config import (
+    PRESETS,
+    ResNeXtConfigError,
+    ResNeXtSpec,
+    add_resnext_config,
+    get_config_file,
+    resolve_resnext_spec,
+)
+from . import modeling  # noqa: F401  (imported to register backbones and heads)
+from .modeling import TorchvisionBackbone, build_backbone_from_preset
+
+__version__ = "0.1.0"
+__all__ = [
+    "PRESETS",
+    "ResNeXtConfigError",
+    "ResNeXtSpec",
+    "add_resnext_config",
+    "get_config_file",
+    "resolve_resnext_spec",
+    "TorchvisionBackbone",
+    "build_backbone_from_preset",
+]

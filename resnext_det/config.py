@@ -1,0 +1,235 @@
+"""The ``MODEL.RESNEXT`` config node: ResNeXt in the paper's own terms.
+
+A ResNeXt is fully described by its depth, its cardinality C (number of paths /
+groups) and its bottleneck width d (channels per path in res2; both the group
+width and the stage widths double at each downsampling). "32x4d" means C=32,
+d=4. Presets give those three numbers by name; an explicit value that
+contradicts the chosen preset is an error, never a silent override.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+from detectron2.config import CfgNode as CN
+
+__all__ = [
+    "PRESETS",
+    "ResNeXtSpec",
+    "add_resnext_config",
+    "resolve_resnext_spec",
+    "ResNeXtConfigError",
+    "get_config_file",
+]
+
+
+class ResNeXtConfigError(ValueError):
+    """A config value that cannot work. The message names the key, the value and what would."""
+
+
+# depth -> number of blocks in res2..res5 (the ResNet paper's bottleneck layouts).
+BLOCKS_PER_STAGE: Dict[int, Tuple[int, int, int, int]] = {
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+# name -> (depth, cardinality, bottleneck_width). "R-*" are the plain ResNets (C=1, d=64),
+# kept as presets so the same code builds the paper's baselines.
+PRESETS: Dict[str, Tuple[int, int, int]] = {
+    "X-50-32x4d": (50, 32, 4),
+    "X-101-32x4d": (101, 32, 4),
+    "X-101-32x8d": (101, 32, 8),
+    "X-101-64x4d": (101, 64, 4),
+    "X-152-32x4d": (152, 32, 4),
+    "X-152-32x8d": (152, 32, 8),
+    # Table 2 of the paper: the equal-complexity ResNeXt-50 family.
+    "X-50-2x40d": (50, 2, 40),
+    "X-50-4x24d": (50, 4, 24),
+    "X-50-8x14d": (50, 8, 14),
+    "R-50": (50, 1, 64),
+    "R-101": (101, 1, 64),
+    "R-152": (152, 1, 64),
+}
+
+# When PRESET is empty, unset (0) DEPTH/CARDINALITY/BOTTLENECK_WIDTH take these
+# values: the ResNeXt-50 32x4d template of the paper.
+_FALLBACK = {"DEPTH": 50, "CARDINALITY": 32, "BOTTLENECK_WIDTH": 4}
+
+FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
+NORMS = ("FrozenBN", "BN", "SyncBN", "GN", "nnSyncBN", "naiveSyncBN", "LN", "")
+BLOCK_FORMS = ("grouped", "split", "concat")
+
+
+def add_resnext_config(cfg: CN) -> CN:
+    """Add the ``MODEL.RESNEXT`` node to a detectron2 config (in place; also returned).
+
+    Call it on ``get_cfg()`` before ``merge_from_file``, like any detectron2 project.
+
+    Args:
+        cfg: a detectron2 ``CfgNode``.
+    """
+    _C = cfg
+    _C.MODEL.RESNEXT = CN()
+    r = _C.MODEL.RESNEXT
+    # A named preset ("X-101-32x4d", ...). Empty: use DEPTH/CARDINALITY/BOTTLENECK_WIDTH.
+    r.PRESET = ""
+    # 0 = "not set": taken from PRESET (or 50 / 32 / 4 when PRESET is empty).
+    r.DEPTH = 0
+    r.CARDINALITY = 0
+    r.BOTTLENECK_WIDTH = 0  # d: channels per group in res2; doubles per stage
+    # FrozenBN for detection fine-tuning; "BN" for from-scratch / parameter-count checks.
+    r.NORM = "FrozenBN"
+    # ResNeXt (FB Torch / torchvision / FAIR Caffe2) puts the stride on the 3x3 conv.
+    r.STRIDE_IN_1X1 = False
+    r.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    r.RES5_DILATION = 1
+    r.STEM_OUT_CHANNELS = 64
+    r.RES2_OUT_CHANNELS = 256
+    # Fig. 3 of the paper: "grouped" (c, default), "split" (a), "concat" (b).
+    r.BLOCK_FORM = "grouped"
+    # Fast path / training switches (engine.fast). Off by default: the stock-equivalent path.
+    r.FAST = CN()
+    r.FAST.INFERENCE = False  # fold FrozenBN + channels_last at inference
+    r.FAST.PRECISION = "fp32"  # "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA)
+    r.FAST.CHANNELS_LAST_TRAIN = False
+    r.FAST.AUTOCAST_TRAIN = ""  # "" (off), "bf16", "fp16"
+    return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNeXtSpec:
+    """Resolved, validated description of a ResNeXt (what the builders consume)."""
+
+    depth: int
+    cardinality: int
+    bottleneck_width: int
+    norm: str = "FrozenBN"
+    stride_in_1x1: bool = False
+    out_features: Tuple[str, ...] = ("res2", "res3", "res4", "res5")
+    res5_dilation: int = 1
+    stem_out_channels: int = 64
+    res2_out_channels: int = 256
+    block_form: str = "grouped"
+    freeze_at: int = 0
+    preset: str = ""
+
+    @property
+    def blocks_per_stage(self) -> Tuple[int, int, int, int]:
+        return BLOCKS_PER_STAGE[self.depth]
+
+    def stage_channels(self, stage_idx: int) -> Tuple[int, int]:
+        """(bottleneck_channels, out_channels) for stage 2..5."""
+        scale = 2 ** (stage_idx - 2)
+        return (
+            self.cardinality * self.bottleneck_width * scale,
+            self.res2_out_channels * scale,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.preset or f"X-{self.depth}-{self.cardinality}x{self.bottleneck_width}d"
+
+
+def _err(key: str, value, allowed: str) -> ResNeXtConfigError:
+    return ResNeXtConfigError(f"MODEL.RESNEXT.{key}={value!r} is not valid; {allowed}")
+
+
+def resolve_resnext_spec(cfg: CN, out_features: Optional[List[str]] = None) -> ResNeXtSpec:
+    """Validate ``cfg.MODEL.RESNEXT`` (+ ``MODEL.BACKBONE.FREEZE_AT``) into a :class:`ResNeXtSpec`.
+
+    Args:
+        cfg: a config that went through :func:`add_resnext_config`.
+        out_features: overrides ``MODEL.RESNEXT.OUT_FEATURES`` (the C4 head asks for res4 only).
+
+    Raises:
+        ResNeXtConfigError: naming the key, the value and what is allowed.
+    """
+    if "RESNEXT" not in cfg.MODEL:
+        raise ResNeXtConfigError(
+            "cfg.MODEL.RESNEXT is missing: call resnext_det.add_resnext_config(cfg) "
+            "before merge_from_file()"
+        )
+    r = cfg.MODEL.RESNEXT
+    values = {"DEPTH": int(r.DEPTH), "CARDINALITY": int(r.CARDINALITY),
+              "BOTTLENECK_WIDTH": int(r.BOTTLENECK_WIDTH)}
+    for key, v in values.items():
+        if v < 0:
+            raise _err(key, v, "use a positive integer, or 0 to take it from PRESET")
+    preset = str(r.PRESET)
+    if preset:
+        if preset not in PRESETS:
+            raise _err("PRESET", preset, f"known presets: {', '.join(PRESETS)} (or '' for explicit values)")
+        depth, card, width = PRESETS[preset]
+        for key, preset_v in zip(("DEPTH", "CARDINALITY", "BOTTLENECK_WIDTH"), (depth, card, width)):
+            if values[key] and values[key] != preset_v:
+                raise ResNeXtConfigError(
+                    f"MODEL.RESNEXT.{key}={values[key]} contradicts MODEL.RESNEXT.PRESET={preset!r} "
+                    f"({key}={preset_v}); leave {key} at 0 (take it from the preset), set it to "
+                    f"{preset_v}, or set PRESET to '' to use explicit values"
+                )
+    else:
+        depth, card, width = (values[k] or _FALLBACK[k] for k in ("DEPTH", "CARDINALITY", "BOTTLENECK_WIDTH"))
+    if depth not in BLOCKS_PER_STAGE:
+        raise _err("DEPTH", depth, f"supported depths: {sorted(BLOCKS_PER_STAGE)}")
+
+    norm = r.NORM
+    if not isinstance(norm, str) or norm not in NORMS:
+        raise _err("NORM", norm, f"use one of {NORMS}")
+    block_form = str(r.BLOCK_FORM)
+    if block_form not in BLOCK_FORMS:
+        raise _err("BLOCK_FORM", block_form, f"use one of {BLOCK_FORMS} (Fig. 3 (c), (a), (b))")
+
+    feats = list(out_features if out_features is not None else r.OUT_FEATURES)
+    if not feats:
+        raise _err("OUT_FEATURES", feats, f"name at least one of {FEATURE_NAMES}")
+    for f in feats:
+        if f not in FEATURE_NAMES:
+            raise _err("OUT_FEATURES", feats, f"{f!r} is unknown; allowed: {FEATURE_NAMES}")
+
+    dilation = int(r.RES5_DILATION)
+    if dilation not in (1, 2):
+        raise _err("RES5_DILATION", dilation, "use 1 or 2")
+    for key in ("STEM_OUT_CHANNELS", "RES2_OUT_CHANNELS"):
+        if int(r[key]) <= 0:
+            raise _err(key, r[key], "use a positive integer")
+
+    freeze_at = int(cfg.MODEL.BACKBONE.FREEZE_AT)
+    if not 0 <= freeze_at <= 5:
+        raise ResNeXtConfigError(
+            f"MODEL.BACKBONE.FREEZE_AT={freeze_at} is not valid; use 0 (train all) .. 5 "
+            "(1 freezes the stem, k freezes the stem and res2..res{k})"
+        )
+    return ResNeXtSpec(
+        depth=depth,
+        cardinality=card,
+        bottleneck_width=width,
+        norm=norm,
+        stride_in_1x1=bool(r.STRIDE_IN_1X1),
+        out_features=tuple(feats),
+        res5_dilation=dilation,
+        stem_out_channels=int(r.STEM_OUT_CHANNELS),
+        res2_out_channels=int(r.RES2_OUT_CHANNELS),
+        block_form=block_form,
+        freeze_at=freeze_at,
+        preset=preset,
+    )
+
+
+def get_config_file(name: str) -> str:
+    """Absolute path of a shipped YAML config (``configs/NAME``), from the repo or the installed package.
+
+    Args:
+        name: file name relative to ``configs/``, e.g. ``"faster_rcnn_X101_32x4d.yaml"``.
+    """
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [
+        os.path.join(here, "model_configs", name),  # installed package (see setup.py)
+        os.path.join(os.path.dirname(here), "configs", name),  # source checkout
+    ]
+    for c in candidates:
+        if os.path.isfile(c):
+            return c
+    raise FileNotFoundError(f"config {name!r} not found; looked in: {', '.join(candidates)}")

@@ -1,0 +1,1 @@
+"""resnext_det.data (see module docstrings)."""

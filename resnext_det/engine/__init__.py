@@ -1,0 +1,1 @@
+"""resnext_det.engine (see module docstrings)."""

@@ -1,0 +1,1 @@
+"""resnext_det.weights (see module docstrings)."""

@@ -1,0 +1,42 @@
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end test (tiny models, still seconds to minutes)")
+
+
+@pytest.fixture
+def tiny_resnext_cfg():
+    """A detectron2 config for a tiny ResNeXt (CPU-fast): C=4, d=4, res2 width 32."""
+    from detectron2.config import get_cfg
+
+    import resnext_det
+
+    def make(config_name="faster_rcnn_X50_32x4d_FPN.yaml", **overrides):
+        cfg = get_cfg()
+        resnext_det.add_resnext_config(cfg)
+        cfg.merge_from_file(resnext_det.get_config_file(config_name))
+        cfg.MODEL.DEVICE = "cpu"
+        r = cfg.MODEL.RESNEXT
+        r.PRESET = ""
+        r.DEPTH, r.CARDINALITY, r.BOTTLENECK_WIDTH = 50, 4, 4
+        r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS = 16, 32
+        cfg.MODEL.FPN.OUT_CHANNELS = 32
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 64
+        cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+        for k, v in overrides.items():
+            node = cfg
+            *path, last = k.split(".")
+            for p in path:
+                node = node[p]
+            node[last] = v
+        return cfg
+
+    return make
