@@ -18,6 +18,10 @@ from . import modeling  # noqa: F401  (imported to register backbones and heads)
 from .modeling import TorchvisionBackbone, build_backbone_from_preset
 
 __version__ = "0.1.0"
+
+# Functions ``f(cfg)`` that add further config nodes (e.g. the training plan). Every
+# entry point that reads a YAML of this project calls add_resnext_config and these.
+CONFIG_HOOKS = []
 __all__ = [
     "PRESETS",
     "ResNeXtConfigError",
