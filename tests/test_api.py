@@ -56,7 +56,7 @@ def test_custom_detectron2_meta_architecture_trains():
 
     model = build_model(cfg)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     torch.manual_seed(0)
     batch = [{"image": torch.randn(3, 64, 64), "label": i % 3} for i in range(6)]
     first = None
