@@ -1,0 +1,209 @@
+"""A checked COCO-format reader: clear errors instead of tracebacks deep inside detectron2.
+
+:func:`load_coco_json_checked` validates a COCO instances JSON (structure, references
+between annotations, images and categories, image files on disk), drops degenerate
+boxes with a count in the log, and then hands the file to detectron2's own
+``load_coco_json``. :func:`register_coco_checked` registers such a dataset in
+detectron2's catalogs, like ``register_coco_instances``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+__all__ = ["DatasetError", "validate_coco_dict", "load_coco_json_checked", "register_coco_checked"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be used; the message names the file, the entry and a fix."""
+
+
+def _read_json(json_file: str) -> Any:
+    if not os.path.isfile(json_file):
+        root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+        raise DatasetError(
+            f"COCO annotation file {json_file!r} does not exist. Put it there, or point "
+            f"DETECTRON2_DATASETS (now {root!r}) at the folder that holds coco/annotations/."
+        )
+    try:
+        with open(json_file, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DatasetError(f"cannot read COCO annotation file {json_file!r}: {e}") from None
+    if not raw.strip():
+        raise DatasetError(f"COCO annotation file {json_file!r} is empty; expected a JSON object "
+                           "with 'images', 'annotations' and 'categories'")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{json_file!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                           "expected a COCO JSON file") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{json_file!r} is not valid JSON (line {e.lineno}, column {e.colno}: "
+                           f"{e.msg}); expected a COCO instances JSON file") from None
+    except RecursionError:
+        raise DatasetError(f"{json_file!r} is nested too deeply to be a COCO JSON file") from None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _examples(items, n=5) -> str:
+    items = list(items)
+    more = f" (and {len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(repr(i) for i in items[:n]) + more
+
+
+def validate_coco_dict(data: Any, source: str = "<dict>") -> Dict[str, Any]:
+    """Check a parsed COCO instances dict; return a copy without degenerate boxes.
+
+    Args:
+        data: the parsed JSON.
+        source: the file name, used in messages.
+
+    Raises:
+        DatasetError: missing keys, malformed entries, annotations pointing at unknown
+            images or categories, duplicate ids.
+    """
+    if not isinstance(data, dict):
+        raise DatasetError(f"{source}: top level is a {type(data).__name__}; a COCO file is a JSON "
+                           "object with 'images', 'annotations' and 'categories'")
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    if missing:
+        raise DatasetError(f"{source}: missing top-level key(s) {missing}; a COCO instances file has "
+                           "'images', 'annotations' and 'categories'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            raise DatasetError(f"{source}: '{key}' must be a list, got {type(data[key]).__name__}")
+
+    def check_entry(kind, i, entry, required):
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{source}: {kind}[{i}] is a {type(entry).__name__}, expected an object")
+        lacking = [k for k, _ in required if k not in entry]
+        if lacking:
+            raise DatasetError(f"{source}: {kind}[{i}] (id {entry.get('id')!r}) lacks {lacking}")
+        for k, typ in required:
+            v = entry[k]
+            ok = _is_number(v) if typ == "number" else isinstance(v, typ) and not isinstance(v, bool)
+            if not ok:
+                raise DatasetError(f"{source}: {kind}[{i}].{k} = {v!r} has the wrong type "
+                                   f"(expected {typ if isinstance(typ, str) else typ.__name__})")
+
+    image_ids = set()
+    for i, img in enumerate(data["images"]):
+        check_entry("images", i, img, [("id", int), ("file_name", str), ("height", int), ("width", int)])
+        if img["height"] <= 0 or img["width"] <= 0:
+            raise DatasetError(f"{source}: images[{i}] ({img['file_name']!r}) has size "
+                               f"{img['height']}x{img['width']}; height and width must be positive")
+        if img["id"] in image_ids:
+            raise DatasetError(f"{source}: duplicate image id {img['id']} (images[{i}])")
+        image_ids.add(img["id"])
+    cat_ids = set()
+    for i, cat in enumerate(data["categories"]):
+        check_entry("categories", i, cat, [("id", int), ("name", str)])
+        if cat["id"] in cat_ids:
+            raise DatasetError(f"{source}: duplicate category id {cat['id']} (categories[{i}])")
+        cat_ids.add(cat["id"])
+    if not cat_ids:
+        raise DatasetError(f"{source}: 'categories' is empty; at least one category is needed")
+
+    kept, degenerate = [], 0
+    bad_images, bad_cats, ann_ids = {}, {}, set()
+    for i, ann in enumerate(data["annotations"]):
+        check_entry("annotations", i, ann, [("id", int), ("image_id", int), ("category_id", int),
+                                            ("bbox", list)])
+        if ann["id"] in ann_ids:
+            raise DatasetError(f"{source}: duplicate annotation id {ann['id']} (annotations[{i}])")
+        ann_ids.add(ann["id"])
+        box = ann["bbox"]
+        if len(box) != 4 or not all(_is_number(v) for v in box):
+            raise DatasetError(f"{source}: annotations[{i}] (id {ann['id']}) bbox {box!r} is not "
+                               "[x, y, width, height] numbers")
+        if ann["image_id"] not in image_ids:
+            bad_images.setdefault(ann["image_id"], ann["id"])
+        if ann["category_id"] not in cat_ids:
+            bad_cats.setdefault(ann["category_id"], ann["id"])
+        if not (box[2] > 0 and box[3] > 0):
+            degenerate += 1
+            continue
+        kept.append(ann)
+    if bad_images:
+        raise DatasetError(
+            f"{source}: annotations point at image ids that are not in 'images': "
+            f"{_examples(sorted(bad_images))} (e.g. annotation id {next(iter(bad_images.values()))})")
+    if bad_cats:
+        raise DatasetError(
+            f"{source}: annotations use category ids that are not in 'categories' "
+            f"{sorted(cat_ids)}: {_examples(sorted(bad_cats))} "
+            f"(e.g. annotation id {next(iter(bad_cats.values()))})")
+    if degenerate:
+        logger.warning("%s: dropped %d degenerate box(es) with zero or negative width/height",
+                       source, degenerate)
+    out = dict(data)
+    out["annotations"] = kept
+    out["_dropped_degenerate_boxes"] = degenerate
+    return out
+
+
+def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Optional[str] = None,
+                           *, check_image_files: bool = True) -> List[Dict[str, Any]]:
+    """Validate a COCO instances file, then load it with detectron2's ``load_coco_json``.
+
+    Args:
+        json_file: path to the COCO instances JSON.
+        image_root: folder the images' ``file_name`` are relative to.
+        dataset_name: registers thing classes / id mapping in MetadataCatalog, as detectron2 does.
+        check_image_files: fail early, listing missing image files.
+
+    Returns:
+        detectron2 dataset dicts (degenerate boxes removed; empty images kept: detectron2's
+        ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` decides whether training drops them).
+    """
+    import tempfile
+
+    from detectron2.data.datasets.coco import load_coco_json
+
+    data = validate_coco_dict(_read_json(json_file), source=json_file)
+    if check_image_files:
+        absent = [img["file_name"] for img in data["images"]
+                  if not os.path.isfile(os.path.join(image_root, img["file_name"]))]
+        if absent:
+            raise DatasetError(
+                f"{len(absent)} of {len(data['images'])} image file(s) listed in {json_file!r} are "
+                f"missing under image root {image_root!r}: {_examples(absent)}")
+    dropped = data.pop("_dropped_degenerate_boxes")
+    if not dropped:
+        return load_coco_json(json_file, image_root, dataset_name)
+    # detectron2's loader reads a file: give it the cleaned annotations.
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(data, f)
+        tmp = f.name
+    try:
+        dicts = load_coco_json(tmp, image_root, dataset_name)
+    finally:
+        os.unlink(tmp)
+    if dataset_name is not None:
+        from detectron2.data import MetadataCatalog
+
+        MetadataCatalog.get(dataset_name).set(json_file=json_file)
+    return dicts
+
+
+def register_coco_checked(name: str, json_file: str, image_root: str, metadata: Optional[dict] = None):
+    """Register a COCO-format dataset read through :func:`load_coco_json_checked`.
+
+    Same contract as detectron2's ``register_coco_instances`` (evaluator_type "coco").
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: load_coco_json_checked(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
+                                  **(metadata or {}))
