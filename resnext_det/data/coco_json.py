@@ -207,3 +207,28 @@ def register_coco_checked(name: str, json_file: str, image_root: str, metadata: 
     DatasetCatalog.register(name, lambda: load_coco_json_checked(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
                                   **(metadata or {}))
+
+
+def checked_mapper(cfg, is_train: bool = True):
+    """detectron2's ``DatasetMapper`` whose read errors name the image file.
+
+    Grayscale, palette and 4-channel (RGBA/CMYK) images are converted to ``INPUT.FORMAT``
+    by detectron2's ``read_image``; a file that is missing or not an image raises
+    :class:`DatasetError` naming it, instead of a bare PIL traceback from a worker.
+    """
+    from detectron2.data import DatasetMapper
+
+    class CheckedDatasetMapper(DatasetMapper):
+        def __call__(self, dataset_dict):
+            try:
+                return super().__call__(dataset_dict)
+            except (OSError, ValueError, SyntaxError) as e:
+                if isinstance(e, DatasetError):
+                    raise
+                name = dataset_dict.get("file_name", "<no file_name>")
+                raise DatasetError(
+                    f"cannot read image {name!r} (image id {dataset_dict.get('image_id')}): "
+                    f"{type(e).__name__}: {e}. Replace the file or remove it from the JSON."
+                ) from e
+
+    return CheckedDatasetMapper(cfg, is_train)
