@@ -1,0 +1,237 @@
+"""Reading weight files without running what is inside them.
+
+A ``.pkl`` or legacy ``.pth`` file is a pickle program: unpickled naively it may call any
+Python function (``os.system``, ``open`` ...). Weights never need that, so:
+
+- torch files (zip or legacy) load with ``torch.load(weights_only=True)``;
+- ``.pkl`` files go through :class:`RestrictedUnpickler`, which admits only numpy arrays,
+  numpy dtypes/scalars and builtin containers and numbers; any other global is refused
+  *before* it is called, so the payload never runs;
+- ``.safetensors`` files hold raw tensors only (read by ``safetensors``);
+- Torch7 ``.t7`` files are data only (read by ``torchfile``).
+
+The format is sniffed from the first bytes, not trusted from the extension.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import struct
+from typing import Any
+
+import numpy as np
+
+__all__ = ["WeightsError", "ForbiddenGlobalError", "RestrictedUnpickler", "sniff_format", "safe_load"]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED = (
+    "torchvision/timm state dicts (.pth/.pt, plain or wrapped; timm .safetensors), "
+    "Caffe2/Detectron ImageNet .pkl (blob names like res2_0_branch2a_w), "
+    "detectron2 checkpoints (.pkl with __author__, .pth with 'model'), "
+    "Torch7 models (.t7, fb.resnet.torch / facebookresearch/ResNeXt layout)"
+)
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used. The message names the file and what would work."""
+
+
+class ForbiddenGlobalError(WeightsError):
+    """A pickle asked for a global outside the allow-list (it was not called)."""
+
+    def __init__(self, path: str, module: str, name: str):
+        self.path, self.module, self.name = path, module, name
+        super().__init__(
+            f"{path}: refused to unpickle: the file asks for the global '{module}.{name}', which "
+            "is not a numpy array, numpy dtype or builtin container/number. Weight files never "
+            "need it; nothing from the file was executed. If you created this file yourself, "
+            "re-save the weights as a plain dict of numpy arrays (.pkl) or tensors (.pth)."
+        )
+
+
+def _np_core(sub: str):
+    # numpy >= 2 moved numpy.core to numpy._core; pickles from numpy 1.x name the old path.
+    import importlib
+
+    try:
+        return importlib.import_module(f"numpy._core.{sub}")
+    except ImportError:  # numpy 1.x
+        return importlib.import_module(f"numpy.core.{sub}")
+
+
+def _latin1_encode(obj, encoding="latin1", errors="strict"):
+    # Protocol-2 pickles of bytes (numpy array buffers) call _codecs.encode(str, 'latin1').
+    # Only that use is admitted; other codecs (zlib, bz2 ...) are refused.
+    if encoding not in ("latin1", "latin-1", "iso-8859-1") or not isinstance(obj, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    return obj.encode("latin1", errors)
+
+
+def _allowed_globals():
+    import builtins
+    import collections
+
+    allowed = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+    }
+    for mod in ("numpy.core", "numpy._core"):
+        allowed[(f"{mod}.multiarray", "_reconstruct")] = _np_core("multiarray")._reconstruct
+        allowed[(f"{mod}.multiarray", "scalar")] = _np_core("multiarray").scalar
+        allowed[(f"{mod}.numeric", "_frombuffer")] = _np_core("numeric")._frombuffer
+    for mod in ("builtins", "__builtin__"):
+        for name in ("set", "frozenset", "bytearray", "complex", "int", "float", "bool", "str",
+                     "bytes", "list", "tuple", "dict", "slice"):
+            allowed[(mod, name)] = getattr(builtins, name)
+    return allowed
+
+
+_ALLOWED = None
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only an allow-list of globals (numpy arrays/dtypes, builtins).
+
+    Every callable a pickle can invoke (REDUCE, NEWOBJ, INST, OBJ, BUILD via a class) must first
+    be looked up through :meth:`find_class`; refusing there means the payload never runs.
+    """
+
+    def __init__(self, file, path: str = "<stream>"):
+        super().__init__(file, encoding="latin1")
+        self._path = path
+
+    def find_class(self, module, name):
+        global _ALLOWED
+        if _ALLOWED is None:
+            _ALLOWED = _allowed_globals()
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise ForbiddenGlobalError(self._path, module, name) from None
+
+    def persistent_load(self, pid):
+        raise WeightsError(
+            f"{self._path}: refused to unpickle: the file uses persistent ids ({pid!r}), which "
+            "plain weight pickles never do (torch files must be read with torch.load)"
+        )
+
+
+# The first object of a legacy (non-zip) torch.save file: torch's magic number.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def sniff_format(path: str) -> str:
+    """The container format of ``path`` from its first bytes.
+
+    Returns one of ``"torch-zip"``, ``"pickle"``, ``"safetensors"``, ``"torch7"``.
+
+    Raises:
+        WeightsError: missing, empty or unrecognised file.
+    """
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no such file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise WeightsError(f"{path}: the file is empty (0 bytes); expected one of: {SUPPORTED}")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head[:1] == b"\x80":  # pickle protocol >= 2 (also legacy torch.save files)
+        return "pickle"
+    if len(head) >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 8 + header_len <= size:
+            return "safetensors"
+    if len(head) >= 8:
+        typeidx, index = struct.unpack("<ii", head[:8])
+        if typeidx in (3, 4) and index == 1:  # Torch7 binary: TYPE_TABLE/TYPE_TORCH, object #1
+            return "torch7"
+    if path.endswith(".pkl") and head[:1] in (b"(", b"}", b"]", b"c"):  # protocol 0/1 pickles
+        return "pickle"
+    raise WeightsError(
+        f"{path}: not a checkpoint this project can read (starts with {head[:8]!r}); "
+        f"expected one of: {SUPPORTED}"
+    )
+
+
+def _truncated(path: str, err: Exception) -> WeightsError:
+    return WeightsError(
+        f"{path}: the file is truncated or corrupted ({type(err).__name__}: {err}); "
+        "download or convert it again"
+    )
+
+
+def _torch_load(path: str):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's weights-only unpickler refused a global: report it, never fall back.
+        raise WeightsError(
+            f"{path}: refused to load with torch.load(weights_only=True): {str(e).splitlines()[0]}. "
+            "Weight files contain tensors and containers only; nothing from the file was executed. "
+            "Re-save the state dict (torch.save(model.state_dict(), ...)) if you trust it."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise _truncated(path, e) from None
+
+
+def _pickle_load(path: str):
+    with open(path, "rb") as f:
+        try:
+            return RestrictedUnpickler(f, path).load()
+        except WeightsError:
+            raise
+        except (EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError,
+                IndexError, MemoryError) as e:
+            raise _truncated(path, e) from None
+
+
+def safe_load(path: str) -> Any:
+    """Load a weights file without executing anything from it.
+
+    Args:
+        path: a local file (.pth/.pt/.pkl/.safetensors/.t7; the format is sniffed).
+
+    Returns:
+        the stored object: a dict for torch/pickle/safetensors files; a ``torchfile``
+        object for Torch7 files.
+
+    Raises:
+        WeightsError: empty, truncated, unrecognised or unsafe file (naming the file and,
+            for a refused pickle, the forbidden global).
+    """
+    fmt = sniff_format(path)
+    if fmt == "torch-zip":
+        return _torch_load(path)
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(path, device="cpu"))
+        except Exception as e:  # safetensors raises its own SafetensorError
+            raise _truncated(path, e) from None
+    if fmt == "torch7":
+        import torchfile
+
+        try:
+            return torchfile.load(path)
+        except (EOFError, struct.error, ValueError, TypeError, MemoryError, OverflowError,
+                NotImplementedError, torchfile.T7ReaderException) as e:
+            raise _truncated(path, e) from None
+    obj = _pickle_load(path)
+    if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:  # legacy torch.save (non-zip)
+        return _torch_load(path)
+    return obj
+
+
+def load_bytes_restricted(data: bytes, name: str = "<bytes>") -> Any:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler` (used by tests and tools)."""
+    return RestrictedUnpickler(io.BytesIO(data), name).load()

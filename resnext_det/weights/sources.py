@@ -1,0 +1,392 @@
+"""Every ImageNet weight source -> detectron2 parameter names + the input convention it implies.
+
+Converted state dicts use detectron2's *bottom-up* names without a model prefix
+(``stem.conv1.weight``, ``res2.0.conv1.norm.running_mean``, ``res2.0.shortcut.weight`` ...),
+as detectron2's own ``convert-torchvision-to-d2.py`` and Caffe2 loading do; detectron2's
+suffix matching (``align_and_update_state_dicts``) then places them under
+``backbone.bottom_up.`` (FPN), ``backbone.`` (C4 trunk) or ``roi_heads.res5.`` (C4 head).
+
+Input conventions (``meta``), in detectron2's 0..255 pixel units:
+
+=====================  ======  ===========================  =========================  =============
+source                 format  PIXEL_MEAN                   PIXEL_STD                  STRIDE_IN_1X1
+=====================  ======  ===========================  =========================  =============
+torchvision / timm     RGB     123.675, 116.280, 103.530    58.395, 57.120, 57.375     False
+Torch7 (fb.resnet)     RGB     123.675, 116.280, 103.530    58.395, 57.120, 57.375     from file
+Caffe2 MSRA ResNet     BGR     103.530, 116.280, 123.675    1, 1, 1                    True
+Caffe2 FAIR ResNeXt    BGR     103.530, 116.280, 123.675    57.375, 57.120, 58.395     False
+Caffe2 FAIR GN ResNet  BGR     103.530, 116.280, 123.675    1, 1, 1                    False
+=====================  ======  ===========================  =========================  =============
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+import re
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..config import BLOCKS_PER_STAGE, PRESETS
+from .safe_io import SUPPORTED, WeightsError, safe_load, sniff_format
+
+__all__ = [
+    "INPUT_CONVENTIONS",
+    "ConvertedCheckpoint",
+    "read_checkpoint",
+    "convert_to_detectron2",
+    "infer_architecture",
+    "save_converted",
+]
+
+logger = logging.getLogger(__name__)
+
+_TV_MEAN, _TV_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+_C2_MEAN = [103.53, 116.28, 123.675]
+
+INPUT_CONVENTIONS: Dict[str, Dict[str, Any]] = {
+    "torchvision": dict(input_format="RGB", pixel_mean=_TV_MEAN, pixel_std=_TV_STD, stride_in_1x1=False),
+    "timm": dict(input_format="RGB", pixel_mean=_TV_MEAN, pixel_std=_TV_STD, stride_in_1x1=False),
+    # Torch7: RGB in [0,1] normalised by ImageNet mean/std == torchvision's, in 0..255 units.
+    "torch7": dict(input_format="RGB", pixel_mean=_TV_MEAN, pixel_std=_TV_STD, stride_in_1x1=False),
+    "caffe2-msra": dict(input_format="BGR", pixel_mean=_C2_MEAN, pixel_std=[1.0, 1.0, 1.0], stride_in_1x1=True),
+    "caffe2-fair": dict(input_format="BGR", pixel_mean=_C2_MEAN, pixel_std=[57.375, 57.12, 58.395],
+                        stride_in_1x1=False),
+    "caffe2-fair-gn": dict(input_format="BGR", pixel_mean=_C2_MEAN, pixel_std=[1.0, 1.0, 1.0],
+                           stride_in_1x1=False),
+}
+
+# detectron2's BN / FrozenBN eps. Caffe2 ImageNet files hold BN folded into an affine
+# (scale, bias); running_var = 1 - eps makes x * scale / sqrt(var + eps) exactly x * scale.
+_D2_EPS = 1e-5
+_TRUNK = re.compile(r"(?:^|\.)(stem|res[2-5])\.")
+
+
+class ConvertedCheckpoint(dict):
+    """``{"model": state dict in detectron2 names, "meta": ..., extras}`` as the checkpointer wants."""
+
+
+def _to_tensor(v):
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(v))
+    return v
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="tensor", leave=False)
+
+
+# ----------------------------------------------------------------------------- torchvision / timm
+_TV_PATTERNS = [
+    (re.compile(r"^conv1\.weight$"), lambda m: "stem.conv1.weight"),
+    (re.compile(r"^bn1\.(weight|bias|running_mean|running_var)$"), lambda m: f"stem.conv1.norm.{m[1]}"),
+    (re.compile(r"^layer(\d)\.(\d+)\.conv(\d)\.weight$"),
+     lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"),
+    (re.compile(r"^layer(\d)\.(\d+)\.bn(\d)\.(weight|bias|running_mean|running_var)$"),
+     lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
+    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.0\.weight$"),
+     lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.weight"),
+    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(weight|bias|running_mean|running_var)$"),
+     lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
+]
+_CLASSIFIER = re.compile(r"^(fc|linear|pred|head\.fc|classifier)[._]")
+
+
+def _convert_torchvision(sd: Dict[str, Any], path: str, progress: bool):
+    out, dropped, unknown = {}, [], []
+    for k in _progress(sorted(sd), progress, "renaming"):
+        if k.endswith("num_batches_tracked"):
+            continue
+        if _CLASSIFIER.match(k):
+            dropped.append(k)
+            continue
+        for pat, fn in _TV_PATTERNS:
+            m = pat.match(k)
+            if m:
+                out[fn(m)] = _to_tensor(sd[k])
+                break
+        else:
+            unknown.append(k)
+    if unknown:
+        raise WeightsError(
+            f"{path}: {len(unknown)} tensors have names outside the torchvision/timm ResNet layout "
+            f"(e.g. {unknown[:5]}); only plain ResNet/ResNeXt bottleneck models (conv1, bn1, "
+            "layerN.i.convK/bnK, downsample.0/1, fc) convert. Deep-stem / SE / BasicBlock "
+            "variants are not ResNeXt backbones this project builds."
+        )
+    if any(k.endswith("conv3.weight") for k in out) is False:
+        raise WeightsError(f"{path}: no bottleneck blocks found (BasicBlock ResNet-18/34 is not supported)")
+    return out, dropped
+
+
+# ----------------------------------------------------------------------------- Caffe2 / Detectron
+def _convert_caffe2(blobs: Dict[str, Any], path: str, progress: bool):
+    from detectron2.checkpoint.c2_model_loading import convert_basic_c2_names, convert_c2_detectron_names
+
+    blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum") and isinstance(v, np.ndarray)}
+    detection = any(k.startswith(("rpn_", "conv_rpn", "fpn_", "cls_score", "bbox_pred")) for k in blobs)
+    if detection:
+        # A Detectron detection model: detectron2's full renaming (heads, FPN, RPN).
+        renamed, _ = convert_c2_detectron_names({k: _to_tensor(v) for k, v in blobs.items()})
+        orig_of = {}
+        keys = sorted(blobs)
+        for new, old in zip(convert_basic_c2_names(keys), keys):
+            orig_of[new] = old
+    else:
+        keys = sorted(blobs)
+        renamed = {}
+        orig_of = {}
+        for new, old in zip(convert_basic_c2_names(keys), _progress(keys, progress, "renaming")):
+            renamed[new] = _to_tensor(blobs[old])
+            orig_of[new] = old
+    dropped = [k for k in renamed if k.startswith(("linear.", "pred."))] if not detection else []
+    out = {k: v for k, v in renamed.items() if k not in dropped}
+    # Caffe2 ImageNet models fold BN into an AffineChannel (``*_bn_s``, ``*_bn_b``): give
+    # detectron2's BN the neutral statistics under which it computes that same affine.
+    for k in list(out):
+        if k.endswith("norm.weight") and str(orig_of.get(k, "")).endswith("_bn_s"):
+            prefix = k[: -len("weight")]
+            if prefix + "running_mean" not in out:
+                n = out[k].shape[0]
+                out[prefix + "running_mean"] = torch.zeros(n)
+                out[prefix + "running_var"] = torch.full((n,), 1.0 - _D2_EPS)
+    return out, dropped, detection
+
+
+def _caffe2_convention(blobs: Dict[str, Any]) -> str:
+    if any("_gn_" in k for k in blobs):
+        return "caffe2-fair-gn"
+    a, b = blobs.get("res2_0_branch2a_w"), blobs.get("res2_0_branch2b_w")
+    if a is not None and b is not None and a.shape[0] != b.shape[1]:
+        return "caffe2-fair"  # grouped 3x3: FAIR ResNeXt (stride on the 3x3)
+    return "caffe2-msra"
+
+
+# ----------------------------------------------------------------------------- detection
+def _unwrap(obj: Any, path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(flat state dict, the wrapper's other entries)."""
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict; expected one of: {SUPPORTED}")
+    for key in ("model", "state_dict", "model_state", "module"):
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+            return dict(inner), {k: v for k, v in obj.items() if k != key}
+    if "blobs" in obj and isinstance(obj["blobs"], dict):  # Detectron detection model
+        return dict(obj["blobs"]), {k: v for k, v in obj.items() if k != "blobs"}
+    return dict(obj), {}
+
+
+def _strip_module(sd: Dict[str, Any]) -> Dict[str, Any]:
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _classify(sd: Dict[str, Any]) -> str:
+    keys = list(sd)
+    if any(re.match(r"^layer[1-4]\.\d+\.", k) for k in keys):
+        return "torchvision"
+    if any(re.match(r"^res\d_\d+_branch", k) or k.startswith("res_conv1_") for k in keys):
+        return "caffe2"
+    if any(re.search(r"(?:^|\.)(stem\.conv1|res[2-5]\.\d+\.conv1)\.weight$", k) for k in keys):
+        return "detectron2"
+    return "unknown"
+
+
+def infer_architecture(sd: Dict[str, Any]) -> Dict[str, Any]:
+    """Depth, cardinality C, bottleneck width d and widths of a detectron2-named state dict.
+
+    Works on bare (``res2.0...``) and prefixed (``backbone.bottom_up.res2.0...``) names.
+    Returns ``{}`` when the trunk is not complete enough to tell.
+    """
+    blocks = {s: 0 for s in range(2, 6)}
+    conv = {}
+    for k, v in sd.items():
+        m = re.search(r"(?:^|\.)res([2-5])\.(\d+)\.(conv[123]|shortcut)\.weight$", k)
+        if m:
+            s, i = int(m[1]), int(m[2])
+            blocks[s] = max(blocks[s], i + 1)
+            conv[(s, i, m[3])] = tuple(v.shape)
+        elif re.search(r"(?:^|\.)stem\.conv1\.weight$", k):
+            conv["stem"] = tuple(v.shape)
+    if (2, 0, "conv2") not in conv or (2, 0, "conv3") not in conv:
+        return {}
+    c2 = conv[(2, 0, "conv2")]
+    width = c2[1]
+    arch = {
+        "blocks_per_stage": [blocks[s] for s in range(2, 6)],
+        "cardinality": c2[0] // c2[1],
+        "bottleneck_width": width,
+        "res2_out_channels": conv[(2, 0, "conv3")][0],
+        "stem_out_channels": conv["stem"][0] if "stem" in conv else None,
+    }
+    depth = next((d for d, b in BLOCKS_PER_STAGE.items() if list(b) == arch["blocks_per_stage"]), None)
+    arch["depth"] = depth
+    arch["preset"] = next(
+        (name for name, spec in PRESETS.items()
+         if spec == (depth, arch["cardinality"], width)
+         and arch["res2_out_channels"] == 256 and arch["stem_out_channels"] == 64),
+        "",
+    )
+    return arch
+
+
+def _check_preset(arch: Dict[str, Any], preset: Optional[str], path: str) -> None:
+    if not preset:
+        return
+    if preset not in PRESETS:
+        raise WeightsError(f"--preset {preset!r} is unknown; known presets: {', '.join(PRESETS)}")
+    if not arch:
+        raise WeightsError(f"{path}: cannot tell the architecture of these weights to compare with preset {preset!r}")
+    want = PRESETS[preset]
+    have = (arch["depth"], arch["cardinality"], arch["bottleneck_width"])
+    if have != want or arch["res2_out_channels"] != 256 or arch["stem_out_channels"] != 64:
+        got = arch["preset"] or (
+            f"depth {arch['depth']} (blocks {arch['blocks_per_stage']}), C={arch['cardinality']}, "
+            f"d={arch['bottleneck_width']}, res2 width {arch['res2_out_channels']}"
+        )
+        raise WeightsError(
+            f"{path}: the weights are {got}, not preset {preset!r} (depth {want[0]}, C={want[1]}, "
+            f"d={want[2]}); pass the matching --preset or none"
+        )
+
+
+def _meta(source: str, convention: Optional[str], path: str, arch: Dict[str, Any], **extra) -> Dict[str, Any]:
+    meta: Dict[str, Any] = {"source": source, "original_file": os.path.basename(path)}
+    if convention is not None:
+        meta.update(copy.deepcopy(INPUT_CONVENTIONS[convention]))
+        meta["convention"] = convention
+    if arch:
+        meta["architecture"] = arch
+    meta.update(extra)
+    return meta
+
+
+def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool = False) -> ConvertedCheckpoint:
+    """Read any supported weights file into ``{"model": d2-named state dict, "meta": ..., ...}``.
+
+    Args:
+        path: local file path.
+        preset: if given, the weights must have this architecture (``WeightsError`` otherwise).
+        progress: show a progress bar / log lines (large files).
+
+    Returns:
+        a :class:`ConvertedCheckpoint`: ``model``, ``meta`` (``None`` for a detectron2
+        checkpoint without metadata), ``matching_heuristics`` and, for detectron2 training
+        checkpoints, the other entries (optimizer, iteration ...).
+    """
+    t0 = time.perf_counter()
+    fmt = sniff_format(path)
+    if progress:
+        logger.info(f"Reading {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {fmt}) ...")
+    obj = safe_load(path)
+    if progress:
+        logger.info(f"Read in {time.perf_counter() - t0:.1f}s; converting ...")
+    if fmt == "torch7":
+        from .torch7 import torch7_to_detectron2
+
+        sd, stride_in_1x1 = torch7_to_detectron2(obj, path)
+        arch = infer_architecture(sd)
+        _check_preset(arch, preset, path)
+        meta = _meta("torch7", "torch7", path, arch)
+        if stride_in_1x1 is not None:
+            meta["stride_in_1x1"] = bool(stride_in_1x1)
+        return ConvertedCheckpoint(model=sd, meta=meta, matching_heuristics=True, __author__="torch7")
+
+    sd, extras = _unwrap(obj, path)
+    sd = _strip_module(sd)
+    kind = _classify(sd)
+    if kind == "torchvision":
+        out, dropped = _convert_torchvision(sd, path, progress)
+        source = "timm" if (fmt == "safetensors" or "arch" in extras or "state_dict_ema" in extras) else "torchvision"
+        arch = infer_architecture(out)
+        _check_preset(arch, preset, path)
+        meta = _meta(source, source, path, arch, dropped=dropped)
+        return ConvertedCheckpoint(model=out, meta=meta, matching_heuristics=True, __author__=source)
+    if kind == "caffe2":
+        out, dropped, detection = _convert_caffe2(sd, path, progress)
+        convention = _caffe2_convention(sd)
+        arch = infer_architecture(out)
+        _check_preset(arch, preset, path)
+        meta = _meta("caffe2", convention, path, arch, dropped=dropped)
+        return ConvertedCheckpoint(model=out, meta=meta, matching_heuristics=True, __author__="Caffe2")
+    if kind == "detectron2":
+        model = {k: _to_tensor(v) for k, v in sd.items()}
+        arch = infer_architecture(model)
+        _check_preset(arch, preset, path)
+        meta = extras.pop("meta", None)
+        author = extras.pop("__author__", None)
+        heuristics = bool(extras.pop("matching_heuristics", False))
+        if meta is None and author == "torchvision":
+            # detectron2's tools/convert-torchvision-to-d2.py output: torchvision's convention.
+            meta = _meta("torchvision", "torchvision", path, arch, via="convert-torchvision-to-d2")
+        elif meta is not None:
+            meta = dict(meta)
+        return ConvertedCheckpoint(model=model, meta=meta, matching_heuristics=heuristics,
+                                   __author__=author or "detectron2", **extras)
+    raise WeightsError(
+        f"{path}: a {fmt} file whose tensor names match no known layout (e.g. {sorted(sd)[:5]}); "
+        f"expected one of: {SUPPORTED}"
+    )
+
+
+def convert_to_detectron2(path: str, preset: Optional[str] = None, *, progress: bool = False):
+    """Convert any supported weights file to detectron2 names.
+
+    Args:
+        path: torchvision/timm ``.pth``/``.safetensors``, Caffe2 ``.pkl``, detectron2
+            ``.pkl``/``.pth`` or Torch7 ``.t7`` file (format detected from content).
+        preset: optional preset name the weights must match (e.g. ``"X-101-32x8d"``).
+        progress: progress output while converting.
+
+    Returns:
+        ``(state_dict, meta)``: tensors in detectron2 names; ``meta`` with ``source``,
+        ``input_format`` ("RGB"/"BGR"), ``pixel_mean``, ``pixel_std``, ``stride_in_1x1``,
+        ``architecture`` (``None`` for a detectron2 checkpoint carrying no metadata).
+
+    Raises:
+        WeightsError: unreadable, unsafe or unrecognised file; preset mismatch.
+    """
+    ckpt = read_checkpoint(path, preset, progress=progress)
+    return ckpt["model"], ckpt["meta"]
+
+
+def save_converted(state_dict: Dict[str, Any], meta: Optional[Dict[str, Any]], output: str, *,
+                   matching_heuristics: bool = True, progress: bool = False) -> str:
+    """Write a detectron2 checkpoint: ``.pkl`` (numpy arrays) or ``.pth`` (tensors).
+
+    The file holds ``model``, ``__author__``, ``matching_heuristics`` and ``meta`` (the input
+    convention), so loading it with :class:`ResNeXtCheckpointer` re-checks the config, and
+    stock detectron2's ``DetectionCheckpointer`` still loads it.
+    """
+    model = {}
+    for k in _progress(sorted(state_dict), progress, "writing"):
+        v = state_dict[k]
+        if output.endswith(".pkl"):
+            model[k] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        else:
+            model[k] = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+    source = (meta or {}).get("source", "unknown")
+    data = {
+        "model": model,
+        "__author__": f"resnext_det (from {source})",
+        "matching_heuristics": bool(matching_heuristics),
+        "meta": meta,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = output + ".tmp"
+    if output.endswith(".pkl"):
+        with open(tmp, "wb") as f:
+            pickle.dump(data, f, protocol=4)
+    else:
+        torch.save(data, tmp)
+    os.replace(tmp, output)
+    return output
