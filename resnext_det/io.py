@@ -1,0 +1,83 @@
+"""Kill-safe file writes: a write goes to a temporary file that is renamed into place.
+
+A process killed at any moment (SIGKILL included) leaves either the old file or the
+complete new one, never a truncated one: ``os.replace`` is atomic on POSIX file systems.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import IO, Any, Iterator
+
+__all__ = ["atomic_open", "atomic_write_json", "AtomicPathManager", "make_atomic"]
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb", **kwargs) -> Iterator[IO[Any]]:
+    """Like ``open(path, mode)`` for writing, but the file appears only when complete.
+
+    Args:
+        path: destination.
+        mode: a write mode ("w", "wb", "wt", ...). Append modes are refused.
+    """
+    if "a" in mode or "+" in mode or not ("w" in mode or "x" in mode):
+        raise ValueError(f"atomic_open supports plain write modes, got {mode!r}")
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode.replace("x", "w"), **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        try:  # make the rename itself durable
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str, obj: Any, **dump_kwargs) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, **dump_kwargs)
+
+
+class AtomicPathManager:
+    """Wraps an iopath ``PathManager``: local writes through it become atomic.
+
+    Everything else (reads, ls, exists, remote handlers) is delegated unchanged.
+    """
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def open(self, path: str, mode: str = "r", **kwargs):
+        is_local = "://" not in str(path)
+        if is_local and ("w" in mode or "x" in mode) and "a" not in mode and "+" not in mode:
+            return atomic_open(path, mode, **kwargs)
+        return self._inner.open(path, mode, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def make_atomic(checkpointer):
+    """Make an fvcore/detectron2 ``Checkpointer``'s saves and its ``last_checkpoint`` tag atomic.
+
+    Both go through ``checkpointer.path_manager.open(..., "wb"/"w")``; this swaps that
+    path manager for an :class:`AtomicPathManager`. Returns the checkpointer.
+    """
+    if not isinstance(checkpointer.path_manager, AtomicPathManager):
+        checkpointer.path_manager = AtomicPathManager(checkpointer.path_manager)
+    return checkpointer
