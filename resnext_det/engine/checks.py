@@ -1,0 +1,77 @@
+"""Checks run before training starts, so bad values fail in seconds with a clear message.
+
+Each error names the config key or file, the value, and what would work.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional
+
+__all__ = ["TrainingConfigError", "validate_solver", "check_proposal_file"]
+
+
+class TrainingConfigError(ValueError):
+    """A training setting that cannot work."""
+
+
+def validate_solver(cfg, world_size: int = 1) -> None:
+    """Validate ``SOLVER.*`` for a run on ``world_size`` worker processes.
+
+    Raises:
+        TrainingConfigError: naming the key, the value and what would work.
+    """
+    s = cfg.SOLVER
+    if not (isinstance(s.IMS_PER_BATCH, int) and s.IMS_PER_BATCH > 0):
+        raise TrainingConfigError(f"SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH!r} must be a positive integer")
+    if s.IMS_PER_BATCH % max(world_size, 1):
+        lower = s.IMS_PER_BATCH - s.IMS_PER_BATCH % world_size
+        raise TrainingConfigError(
+            f"SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH} is not divisible by the number of workers "
+            f"({world_size} = --num-gpus x --num-machines); use a multiple of {world_size}, "
+            f"e.g. {max(lower, world_size)} or {lower + world_size}")
+    if not s.BASE_LR > 0:
+        raise TrainingConfigError(f"SOLVER.BASE_LR={s.BASE_LR!r} must be > 0 (the paper: 0.02 for the "
+                                  "RPN stage, 0.005 for Fast R-CNN, at 16 / 8 images per batch)")
+    if not (isinstance(s.MAX_ITER, int) and s.MAX_ITER > 0):
+        raise TrainingConfigError(f"SOLVER.MAX_ITER={s.MAX_ITER!r} must be a positive integer")
+    bad_steps = [x for x in s.STEPS if not 0 < x]
+    if bad_steps:
+        raise TrainingConfigError(f"SOLVER.STEPS={tuple(s.STEPS)} must hold positive iterations")
+    if s.REFERENCE_WORLD_SIZE < 0:
+        raise TrainingConfigError(f"SOLVER.REFERENCE_WORLD_SIZE={s.REFERENCE_WORLD_SIZE} must be >= 0 "
+                                  "(0 disables linear scaling)")
+
+
+def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Optional[str] = None) -> None:
+    """Verify that a precomputed-proposals file covers every image of a dataset.
+
+    Args:
+        proposal_file: a detectron2 proposal pickle (dict with ``ids``, ``boxes``,
+            ``objectness_logits``), read with the project's restricted unpickler.
+        image_ids: the dataset's image ids.
+        dataset: the dataset name, for the message.
+
+    Raises:
+        TrainingConfigError: file missing/unreadable, or images without proposals.
+    """
+    from ..weights.safe_io import safe_load  # restricted unpickler: no code in the file runs
+
+    where = f" (DATASETS.PROPOSAL_FILES for {dataset})" if dataset else ""
+    if not os.path.isfile(proposal_file):
+        raise TrainingConfigError(f"proposal file {proposal_file!r}{where} does not exist; run the RPN "
+                                  "stage (or its proposal computation) first")
+    try:
+        data = safe_load(proposal_file)
+    except Exception as e:  # WeightsError and friends: re-label for the context
+        raise TrainingConfigError(f"cannot read proposal file {proposal_file!r}{where}: {e}") from None
+    if not isinstance(data, dict) or not {"ids", "boxes"} <= set(data):
+        raise TrainingConfigError(f"{proposal_file!r}{where} is not a proposal file: expected a dict with "
+                                  "'ids', 'boxes' and 'objectness_logits'")
+    have = {str(i) for i in data["ids"]}
+    want = [i for i in image_ids]
+    missing = [i for i in want if str(i) not in have]
+    if missing:
+        raise TrainingConfigError(
+            f"proposal file {proposal_file!r}{where} does not match the dataset: {len(missing)} of "
+            f"{len(want)} images have no proposals (e.g. image ids {missing[:5]}); recompute the "
+            "proposals for this dataset")
