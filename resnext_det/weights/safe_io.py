@@ -179,7 +179,7 @@ def _torch_load(path: str):
             "Weight files contain tensors and containers only; nothing from the file was executed. "
             "Re-save the state dict (torch.save(model.state_dict(), ...)) if you trust it."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # RuntimeError, EOFError, zip/safetensors errors ...: a damaged file
         raise _truncated(path, e) from None
 
 
@@ -189,8 +189,7 @@ def _pickle_load(path: str):
             return RestrictedUnpickler(f, path).load()
         except WeightsError:
             raise
-        except (EOFError, pickle.UnpicklingError, struct.error, ValueError, TypeError,
-                IndexError, MemoryError) as e:
+        except Exception as e:  # EOFError, UnpicklingError, bad opcodes/arguments ...: damaged file
             raise _truncated(path, e) from None
 
 
@@ -223,8 +222,7 @@ def safe_load(path: str) -> Any:
 
         try:
             return torchfile.load(path)
-        except (EOFError, struct.error, ValueError, TypeError, MemoryError, OverflowError,
-                NotImplementedError, torchfile.T7ReaderException) as e:
+        except Exception as e:  # struct.error, EOFError, T7ReaderException ...: damaged file
             raise _truncated(path, e) from None
     obj = _pickle_load(path)
     if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:  # legacy torch.save (non-zip)
