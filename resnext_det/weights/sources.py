@@ -219,6 +219,8 @@ def infer_architecture(sd: Dict[str, Any]) -> Dict[str, Any]:
             conv["stem"] = tuple(v.shape)
     if (2, 0, "conv2") not in conv or (2, 0, "conv3") not in conv:
         return {}
+    if len(conv[(2, 0, "conv2")]) != 4 or not conv[(2, 0, "conv2")][1] or not conv[(2, 0, "conv3")]:
+        return {}
     c2 = conv[(2, 0, "conv2")]
     width = c2[1]
     arch = {
@@ -304,6 +306,13 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
     sd, extras = _unwrap(obj, path)
     sd = _strip_module(sd)
     kind = _classify(sd)
+    if kind in ("torchvision", "detectron2"):
+        bad = [k for k, v in sd.items() if not isinstance(v, (torch.Tensor, np.ndarray))]
+        if bad:
+            raise WeightsError(
+                f"{path}: entries {bad[:5]} of the state dict are not tensors/arrays; "
+                f"expected one of: {SUPPORTED}"
+            )
     if kind == "torchvision":
         out, dropped = _convert_torchvision(sd, path, progress)
         source = "timm" if (fmt == "safetensors" or "arch" in extras or "state_dict_ema" in extras) else "torchvision"
