@@ -633,7 +633,7 @@ def test_pickle_payload_is_refused_and_never_runs(how, ext, tmp_path):
     assert not target.exists()
 
 
-def test_bad_files_give_clear_errors(files, tmp_path, x50):
+def test_bad_files_give_clear_errors(files, tmp_path, tiny):
     d, named = files
     cases = {}
     (tmp_path / "empty.pth").write_bytes(b"")
@@ -643,10 +643,10 @@ def test_bad_files_give_clear_errors(files, tmp_path, x50):
     data = open(named["tiny_tv"], "rb").read()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     cases["cut.pth"] = "truncated"
-    pkl = pickle.dumps(caffe2_blobs(x50), protocol=2)
+    pkl = pickle.dumps(caffe2_blobs(tiny), protocol=2)
     (tmp_path / "cut.pkl").write_bytes(pkl[: len(pkl) // 3])
     cases["cut.pkl"] = "truncated"
-    write_timm(x50, str(tmp_path / "full.safetensors"))
+    write_timm(tiny, str(tmp_path / "full.safetensors"))
     st = (tmp_path / "full.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(st[: len(st) // 2])
     cases["cut.safetensors"] = "truncated|not a checkpoint"
