@@ -19,6 +19,8 @@ def tiny_resnext_cfg():
     def make(config_name="faster_rcnn_X50_32x4d_FPN.yaml", **overrides):
         cfg = get_cfg()
         resnext_det.add_resnext_config(cfg)
+        for hook in resnext_det.CONFIG_HOOKS:  # further project nodes (training plan ...)
+            hook(cfg)
         cfg.merge_from_file(resnext_det.get_config_file(config_name))
         cfg.MODEL.DEVICE = "cpu"
         r = cfg.MODEL.RESNEXT
