@@ -15,6 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .safe_io import WeightsError
+from ..io import make_atomic
 from .sources import read_checkpoint
 
 __all__ = [
@@ -150,6 +151,9 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir: str = "", *, cfg=None, strict_backbone: bool = False,
                  **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
+        # Saves and the last_checkpoint tag go to a temporary file renamed into place:
+        # a kill at any moment leaves the old or the new checkpoint, never a broken one.
+        make_atomic(self)
         self.cfg = cfg
         self.strict_backbone = strict_backbone
         self.last_report: Optional[LoadReport] = None
