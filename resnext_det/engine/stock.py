@@ -1,0 +1,60 @@
+"""The stock detectron2 equivalent of a ResNeXt config: the baseline every speed claim is against.
+
+detectron2 builds grouped-conv ResNets itself (``build_resnet_backbone`` with
+``MODEL.RESNETS.NUM_GROUPS/WIDTH_PER_GROUP``) and its C4 head is ``Res5ROIHeads``.
+:func:`stock_equivalent_cfg` rewrites a ``MODEL.RESNEXT`` config into that form, keeping
+every other setting (FPN, RPN, heads, input), so the two models have the same parameter
+names and shapes and ``load_state_dict`` works across them.
+"""
+from __future__ import annotations
+
+from ..config import resolve_resnext_spec
+
+__all__ = ["stock_equivalent_cfg"]
+
+_STOCK_BACKBONES = {
+    "build_resnext_backbone": "build_resnet_backbone",
+    "build_resnext_fpn_backbone": "build_resnet_fpn_backbone",
+}
+
+
+def stock_equivalent_cfg(cfg):
+    """A copy of ``cfg`` that builds the same network with detectron2's own ResNet code.
+
+    Args:
+        cfg: a config with ``MODEL.RESNEXT`` whose backbone is one of this project's
+            (``build_resnext_backbone`` / ``build_resnext_fpn_backbone``).
+
+    Returns:
+        a new config: ``MODEL.BACKBONE.NAME`` -> detectron2's ResNet builders,
+        ``ResNeXtRes5ROIHeads`` -> ``Res5ROIHeads``, ``MODEL.RESNETS`` from the ResNeXt spec.
+
+    Raises:
+        ValueError: a block form other than "grouped" (detectron2 has only form (c)).
+    """
+    spec = resolve_resnext_spec(cfg)
+    if spec.block_form != "grouped":
+        raise ValueError(
+            f"MODEL.RESNEXT.BLOCK_FORM={spec.block_form!r} has no stock detectron2 equivalent; "
+            "use 'grouped'"
+        )
+    out = cfg.clone()
+    out.defrost()
+    name = out.MODEL.BACKBONE.NAME
+    if name not in _STOCK_BACKBONES:
+        raise ValueError(f"MODEL.BACKBONE.NAME={name!r} is not a ResNeXt backbone; use one of {list(_STOCK_BACKBONES)}")
+    out.MODEL.BACKBONE.NAME = _STOCK_BACKBONES[name]
+    if out.MODEL.ROI_HEADS.NAME == "ResNeXtRes5ROIHeads":
+        out.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+    r = out.MODEL.RESNETS
+    r.DEPTH = spec.depth
+    r.NUM_GROUPS = spec.cardinality
+    r.WIDTH_PER_GROUP = spec.bottleneck_width
+    r.STRIDE_IN_1X1 = spec.stride_in_1x1
+    r.NORM = spec.norm
+    r.OUT_FEATURES = list(spec.out_features)
+    r.RES5_DILATION = spec.res5_dilation
+    r.STEM_OUT_CHANNELS = spec.stem_out_channels
+    r.RES2_OUT_CHANNELS = spec.res2_out_channels
+    r.DEFORM_ON_PER_STAGE = [False] * 4
+    return out

@@ -1,0 +1,219 @@
+"""engine.fast: the fast inference path equals the default path (fp32), training switches
+give the stock path's first-iteration losses, and the config switch does what it says."""
+import copy
+import warnings
+
+import pytest
+import torch
+
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from resnext_det.engine.fast import (
+    apply_training_switches,
+    fold_frozen_bn,
+    maybe_apply_fast_config,
+    prepare_for_inference,
+    training_autocast,
+)
+from resnext_det.engine.stock import stock_equivalent_cfg
+
+
+def _randomize_frozen_bn(model, seed=0):
+    """Give every FrozenBN non-trivial statistics (fresh ones are the identity map)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            n = m.weight.numel()
+            m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+    return model
+
+
+def _model(cfg, seed=0, spread_scores=True):
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    _randomize_frozen_bn(model, seed)
+    if not spread_scores:
+        return model.eval()
+    # random detector heads give near-equal scores; spread them so rounding cannot reorder NMS
+    box_pred = model.roi_heads.box_predictor
+    with torch.no_grad():
+        box_pred.cls_score.weight.normal_(0, 0.5)
+        box_pred.bbox_pred.weight.normal_(0, 0.05)
+    return model.eval()
+
+
+def _inputs(sizes=((96, 128), (112, 80)), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "height": h, "width": w}
+            for h, w in sizes]
+
+
+def _rel_err(a, b):
+    return ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+
+
+def test_fold_frozen_bn_matches_conv_then_norm():
+    torch.manual_seed(0)
+    conv = Conv2d(8, 16, 3, padding=1, groups=4, bias=False, norm=FrozenBatchNorm2d(16))
+    _randomize_frozen_bn(conv)
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        ref = conv(x)
+        assert fold_frozen_bn(conv) == 1
+        out = conv(x)
+    assert conv.norm is None and conv.bias is not None
+    assert _rel_err(ref, out) < 1e-5
+
+
+def test_backbone_fast_equals_default(tiny_resnext_cfg):
+    cfg = tiny_resnext_cfg()
+    default = _model(cfg).backbone
+    fast = prepare_for_inference(copy.deepcopy(default))
+    assert fast._resnext_fast["folded"] > 0 and fast._resnext_fast["fused_blocks"] > 0
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        ref, out = default(x), fast(x)
+    assert set(ref) == set(out)
+    for k in ref:
+        assert out[k].dtype == torch.float32
+        assert _rel_err(ref[k], out[k]) < 1e-4, k
+
+
+@pytest.mark.parametrize("config_name", ["faster_rcnn_X50_32x4d_FPN.yaml", "faster_rcnn_X50_32x4d.yaml"])
+def test_detector_fast_equals_default(tiny_resnext_cfg, config_name):
+    cfg = tiny_resnext_cfg(config_name, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})
+    default = _model(cfg)
+    fast = prepare_for_inference(copy.deepcopy(default))
+    inputs = _inputs()
+    with torch.no_grad():
+        ref, out = default(inputs), fast(inputs)
+    for r, o in zip(ref, out):
+        r, o = r["instances"], o["instances"]
+        assert len(r) > 0 and len(r) == len(o)
+        assert torch.equal(r.pred_classes, o.pred_classes)
+        # boxes in pixels; random heads amplify the ~1e-6 relative feature rounding
+        torch.testing.assert_close(o.pred_boxes.tensor, r.pred_boxes.tensor, atol=1e-2, rtol=1e-4)
+        torch.testing.assert_close(o.scores, r.scores, atol=1e-3, rtol=1e-3)
+
+
+def test_c4_res5_head_is_prepared_too(tiny_resnext_cfg):
+    model = prepare_for_inference(_model(tiny_resnext_cfg("faster_rcnn_X50_32x4d.yaml")))
+    res5 = model.roi_heads.res5
+    assert all(c.norm is None for c in res5.modules() if isinstance(c, Conv2d))
+    assert res5[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_runs_and_keeps_postprocessing_fp32(tiny_resnext_cfg):
+    cfg = tiny_resnext_cfg()
+    default = _model(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "no native bf16 on this CPU"
+        fast = prepare_for_inference(copy.deepcopy(default), precision="bf16")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = fast.backbone(x)
+        ref = default.backbone(x)
+        out = fast(_inputs(((64, 64),)))
+    assert all(v.dtype == torch.float32 for v in feats.values())
+    assert all(_rel_err(ref[k], feats[k]) < 0.1 for k in ref)  # bf16 has 8 mantissa bits
+    inst = out[0]["instances"]
+    assert inst.pred_boxes.tensor.dtype == torch.float32 and inst.scores.dtype == torch.float32
+
+
+def test_invalid_precision_is_an_error(tiny_resnext_cfg):
+    model = _model(tiny_resnext_cfg())
+    with pytest.raises(ValueError, match="fp16"):
+        prepare_for_inference(model, precision="fp16")  # CPU
+    with pytest.raises(ValueError, match="PRECISION"):
+        prepare_for_inference(model, precision="int8")
+
+
+def _train_batch():
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for h, w in ((96, 128), (128, 96)):
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 5.0, 90.0, 50.0]]))
+        inst.gt_classes = torch.tensor([0, 2])
+        out.append({"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst})
+    return out
+
+
+def _first_losses(model):
+    from detectron2.utils.events import EventStorage
+
+    model.train()
+    torch.manual_seed(123)  # proposal / RoI sampling
+    with EventStorage(0):
+        losses = model(_train_batch())
+    total = sum(losses.values())
+    total.backward()
+    return {k: v.item() for k, v in losses.items()}
+
+
+@pytest.mark.parametrize("config_name", ["faster_rcnn_X50_32x4d_FPN.yaml", "faster_rcnn_X50_32x4d.yaml"])
+def test_training_switches_match_stock_first_iteration(tiny_resnext_cfg, config_name):
+    cfg = tiny_resnext_cfg(config_name, **{"MODEL.RESNEXT.FAST.CHANNELS_LAST_TRAIN": True})
+    ours = _model(cfg, spread_scores=False)
+    stock = build_model(stock_equivalent_cfg(cfg))
+    assert type(stock.backbone).__name__ in ("ResNet", "FPN")
+    stock.load_state_dict(ours.state_dict())  # same names, same shapes
+    keys_before = set(ours.state_dict())
+    maybe_apply_fast_config(ours, cfg, training=True)
+    assert set(ours.state_dict()) == keys_before  # checkpoints stay interchangeable
+    assert ours.backbone.bottom_up.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last) \
+        if hasattr(ours.backbone, "bottom_up") else ours.backbone.stem.conv1.weight.is_contiguous(
+            memory_format=torch.channels_last)
+    ref, got = _first_losses(stock), _first_losses(ours)
+    assert set(ref) == set(got)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-5), k
+    for p in ours.parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all()
+
+
+def test_autocast_training_loss_close_to_fp32(tiny_resnext_cfg):
+    cfg = tiny_resnext_cfg(**{"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN": "bf16"})
+    ref_model = _model(cfg, spread_scores=False)
+    fast_model = copy.deepcopy(ref_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        apply_training_switches(fast_model, cfg)
+    ref, got = _first_losses(ref_model), _first_losses(fast_model)
+    assert all(torch.isfinite(torch.tensor(v)) for v in got.values())
+    # RPN losses score fixed, seed-sampled anchors: comparable. The RoI losses depend on which
+    # proposals survive top-k/NMS, which bf16 rounding legitimately changes.
+    for k in ("loss_rpn_cls", "loss_rpn_loc"):
+        assert got[k] == pytest.approx(ref[k], rel=0.05, abs=0.01), k
+
+
+def test_training_autocast_context(tiny_resnext_cfg):
+    cfg = tiny_resnext_cfg()
+    with training_autocast(cfg):
+        assert not torch.is_autocast_enabled("cpu")
+    with training_autocast(precision="bf16"):
+        assert torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError):
+        apply_training_switches(_model(cfg), autocast="int4")
+
+
+def test_maybe_apply_fast_config(tiny_resnext_cfg):
+    cfg = tiny_resnext_cfg()
+    model = _model(cfg)
+    assert maybe_apply_fast_config(model, cfg, training=False) is model
+    assert not hasattr(model, "_resnext_fast")  # switch off: untouched
+    cfg.MODEL.RESNEXT.FAST.INFERENCE = True
+    maybe_apply_fast_config(model, cfg, training=False)
+    assert model._resnext_fast["mode"] == "inference" and model._resnext_fast["folded"] > 0
+    # prepared models can still be copied (the demo / evaluator may deepcopy)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        a, b = model(_inputs(((64, 96),))), clone(_inputs(((64, 96),)))
+    torch.testing.assert_close(a[0]["instances"].pred_boxes.tensor, b[0]["instances"].pred_boxes.tensor)
