@@ -21,12 +21,15 @@ __version__ = "0.1.0"
 
 # Functions ``f(cfg)`` that add further config nodes (e.g. the training plan). Every
 # entry point that reads a YAML of this project calls add_resnext_config and these.
-CONFIG_HOOKS = []
+from .config_plan import add_plan_config  # noqa: E402  (the RESNEXT_PLAN node)
+
+CONFIG_HOOKS = [add_plan_config]
 __all__ = [
     "PRESETS",
     "ResNeXtConfigError",
     "ResNeXtSpec",
     "add_resnext_config",
+    "add_plan_config",
     "get_config_file",
     "resolve_resnext_spec",
     "TorchvisionBackbone",

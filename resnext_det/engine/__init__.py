@@ -1,1 +1,2 @@
-"""resnext_det.engine (see module docstrings)."""
+"""resnext_det.engine: the trainer (trainer), the training plan incl. the paper's two-stage
+schedule (plan), demo pictures (demo) and the fast inference path (fast)."""

@@ -1,0 +1,151 @@
+"""A synthetic COCO-format detection dataset, reproducible from a seed (the demo's data).
+
+Each image is a noisy, smoothly shaded background with 1..``max_objects`` filled
+shapes (square, circle, triangle) of random colour, size and position; the boxes are
+the shapes' exact extents. :func:`make_synthetic_coco` writes ``<split>/*.png`` and
+``annotations/instances_<split>.json`` under a root folder; the same arguments give
+byte-identical files. :func:`register_synthetic_coco` makes (if needed) and registers
+``<name>_train`` / ``<name>_val`` in detectron2's catalogs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+__all__ = ["CLASSES", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names"]
+
+CLASSES = ("square", "circle", "triangle")
+_SPLITS = ("train", "val")
+_FORMAT_VERSION = 1  # bump when the drawing changes, so cached folders are remade
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _draw_image(rng: np.random.Generator, size: int, max_objects: int):
+    """One image (H, W, 3 uint8) and its objects [(class index, [x0, y0, x1, y1], polygon)]."""
+    from PIL import Image, ImageDraw
+
+    # background: a colour gradient plus pixel noise, so shapes are not found by colour alone
+    c0, c1 = rng.uniform(40, 215, size=3), rng.uniform(40, 215, size=3)
+    t = np.linspace(0.0, 1.0, size)[None, :, None]
+    bg = (c0 * (1 - t) + c1 * t) * np.ones((size, 1, 1))
+    bg = bg + rng.normal(0, 12, size=(size, size, 3))
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    objects: List = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _attempt in range(20):
+            cls = int(rng.integers(len(CLASSES)))
+            s = float(rng.uniform(0.14, 0.4) * size)
+            x0, y0 = rng.uniform(0, size - s, size=2)
+            box = [float(x0), float(y0), float(x0 + s), float(y0 + s)]
+            if all(_iou(box, o[1]) < 0.2 for o in objects):
+                break
+        else:
+            continue
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        if cls == 0:
+            poly = [(box[0], box[1]), (box[2], box[1]), (box[2], box[3]), (box[0], box[3])]
+            draw.polygon(poly, fill=colour)
+        elif cls == 1:
+            draw.ellipse(box, fill=colour)
+            ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+            cx, cy, r = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, s / 2
+            poly = [(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a in ang]
+        else:
+            poly = [((box[0] + box[2]) / 2, box[1]), (box[2], box[3]), (box[0], box[3])]
+            draw.polygon(poly, fill=colour)
+        objects.append((cls, box, poly))
+    return img, objects
+
+
+def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_val: int = 100,
+                        image_size: int = 128, max_objects: int = 4) -> Dict[str, Dict[str, str]]:
+    """Write the dataset under ``root`` (skipped when an identical one is already there).
+
+    Args:
+        root: output folder.
+        seed: the dataset is a pure function of (seed, split, image index, the other args).
+        num_train, num_val: number of images per split.
+        image_size: square image side in pixels.
+        max_objects: at most this many shapes per image (at least one).
+
+    Returns:
+        ``{"train": {"json_file": ..., "image_root": ...}, "val": {...}}``.
+    """
+    params = {"format": _FORMAT_VERSION, "seed": int(seed), "num_train": int(num_train),
+              "num_val": int(num_val), "image_size": int(image_size),
+              "max_objects": int(max_objects), "classes": list(CLASSES)}
+    out = {split: {"json_file": os.path.join(root, "annotations", f"instances_{split}.json"),
+                   "image_root": os.path.join(root, split)} for split in _SPLITS}
+    manifest = os.path.join(root, "manifest.json")
+    if os.path.isfile(manifest) and all(os.path.isfile(v["json_file"]) for v in out.values()):
+        with open(manifest) as f:
+            if json.load(f) == params:
+                return out
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]
+    for split_index, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
+        os.makedirs(out[split]["image_root"], exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            rng = np.random.default_rng([int(seed), split_index, i])
+            img, objects = _draw_image(rng, image_size, max_objects)
+            file_name = f"{i:06d}.png"
+            img.save(os.path.join(out[split]["image_root"], file_name))
+            image_id = i + 1
+            images.append({"id": image_id, "file_name": file_name, "height": image_size,
+                           "width": image_size})
+            for cls, (x0, y0, x1, y1), poly in objects:
+                w, h = x1 - x0, y1 - y0
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
+                    "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)],
+                    "area": round(w * h, 2), "iscrowd": 0,
+                    "segmentation": [[round(v, 2) for xy in poly for v in xy]],
+                })
+        data = {"info": {"description": "resnext-det synthetic shapes", **params},
+                "images": images, "annotations": annotations, "categories": categories}
+        tmp = out[split]["json_file"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, out[split]["json_file"])
+    tmp = manifest + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(params, f)
+    os.replace(tmp, manifest)  # written last: a half-made folder is remade next time
+    return out
+
+
+def synthetic_dataset_names(name: str) -> Sequence[str]:
+    """The registered names for ``name``: ``(<name>_train, <name>_val)``."""
+    return tuple(f"{name}_{split}" for split in _SPLITS)
+
+
+def register_synthetic_coco(name: str, root: str, **kwargs) -> Sequence[str]:
+    """Make (or reuse) the dataset under ``root`` and register ``<name>_train`` / ``<name>_val``.
+
+    Args:
+        name: dataset name prefix.
+        root: folder of the dataset.
+        kwargs: forwarded to :func:`make_synthetic_coco` (seed, num_train, ...).
+
+    Returns:
+        the two registered dataset names.
+    """
+    from .coco_json import register_coco_checked
+
+    paths = make_synthetic_coco(root, **kwargs)
+    names = synthetic_dataset_names(name)
+    for split, dataset_name in zip(_SPLITS, names):
+        register_coco_checked(dataset_name, paths[split]["json_file"], paths[split]["image_root"])
+    return names

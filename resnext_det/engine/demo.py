@@ -1,0 +1,138 @@
+"""Demo pictures: detections drawn on val images, and losses / AP over iterations.
+
+Both read what a training run leaves behind (``model_final.pth``, ``metrics.json``), so
+they work on any finished output folder, not only the demo's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+__all__ = ["draw_detections", "plot_metrics", "read_metrics"]
+
+
+def draw_detections(cfg, dataset_name: str, out_dir: str, *, num_images: int = 6,
+                    score_thresh: float = 0.5, model=None) -> List[str]:
+    """Draw the model's detections (and the ground-truth boxes, thin) on val images.
+
+    Args:
+        cfg: the config of the detector (MODEL.WEIGHTS is loaded when ``model`` is None).
+        dataset_name: a registered dataset (its first ``num_images`` images are drawn).
+        out_dir: where ``detections_<i>.png`` and a grid ``detections.png`` are written.
+        num_images: how many images.
+        score_thresh: detections below it are not drawn.
+        model: an already built and loaded model (eval mode), optional.
+
+    Returns:
+        the PNG paths, the grid first.
+    """
+    import cv2
+    import torch
+    from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+    from detectron2.structures import BoxMode
+    from detectron2.utils.visualizer import Visualizer
+
+    from .trainer import ResNeXtTrainer, load_checkpoint
+
+    if model is None:
+        model = ResNeXtTrainer.build_model(cfg)
+        load_checkpoint(model, cfg, cfg.MODEL.WEIGHTS)
+    model.eval()
+    meta = MetadataCatalog.get(dataset_name)
+    dicts = DatasetCatalog.get(dataset_name)[:num_images]
+    # the test loader applies the config's test-time resize (and precomputed proposals)
+    loader = build_detection_test_loader(cfg, dataset_name)
+    os.makedirs(out_dir, exist_ok=True)
+    paths, tiles = [], []
+    with torch.no_grad():
+        for i, inputs in enumerate(loader):
+            if i >= len(dicts):
+                break
+            inst = model(inputs)[0]["instances"].to("cpu")
+            inst = inst[inst.scores >= score_thresh]
+            rgb = cv2.imread(inputs[0]["file_name"])[:, :, ::-1]
+            scale = max(1, 256 // max(rgb.shape[:2]))  # small images: enlarge for legibility
+            vis = Visualizer(rgb, metadata=meta, scale=scale)
+            for ann in dicts[i].get("annotations", []):
+                box = BoxMode.convert(ann["bbox"], ann["bbox_mode"], BoxMode.XYXY_ABS)
+                vis.draw_box(box, edge_color="white", line_style="--")
+            img = vis.draw_instance_predictions(inst).get_image()
+            path = os.path.join(out_dir, f"detections_{i}.png")
+            cv2.imwrite(path, img[:, :, ::-1])
+            paths.append(path)
+            tiles.append(img)
+    if not tiles:
+        return paths
+    h = max(t.shape[0] for t in tiles)
+    w = max(t.shape[1] for t in tiles)
+    cols = min(3, len(tiles))
+    rows = -(-len(tiles) // cols)
+    grid = np.full((rows * h, cols * w, 3), 255, np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, cols)
+        grid[r * h: r * h + t.shape[0], c * w: c * w + t.shape[1]] = t
+    grid_path = os.path.join(out_dir, "detections.png")
+    cv2.imwrite(grid_path, grid[:, :, ::-1])
+    return [grid_path] + paths
+
+
+def read_metrics(metrics_json: str) -> List[Dict]:
+    """The records of a detectron2 ``metrics.json`` (one JSON object per line)."""
+    out = []
+    with open(metrics_json) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out
+
+
+_LOSSES = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
+
+
+def plot_metrics(metrics_files: Dict[str, str], out_png: str,
+                 ap_keys: Sequence[str] = ("bbox/AP", "bbox/AP50")) -> str:
+    """Plot losses (one panel per training stage) and AP over iterations into one PNG.
+
+    Args:
+        metrics_files: stage name -> path of its ``metrics.json``.
+        out_png: output path.
+        ap_keys: evaluation metrics to plot in the last panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = {name: read_metrics(p) for name, p in metrics_files.items() if os.path.isfile(p)}
+    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(5.5 * (len(stages) + 1), 4), squeeze=False)
+    axes = axes[0]
+    ap_ax = axes[-1]
+    for ax, (name, recs) in zip(axes, stages.items()):
+        for key in _LOSSES:
+            pts = [(r["iteration"], r[key]) for r in recs if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=key, lw=1.2)
+        ax.set_title(f"{name}: training losses")
+        ax.set_xlabel("iteration")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        for key in ap_keys:
+            pts = [(r["iteration"], r[key]) for r in recs if key in r]
+            if pts:
+                ap_ax.plot(*zip(*pts), marker="o", label=f"{name} {key}")
+    ap_ax.set_title("COCO box AP on val")
+    ap_ax.set_xlabel("iteration")
+    ap_ax.set_ylim(0, 100)
+    ap_ax.grid(alpha=0.3)
+    if ap_ax.lines:
+        ap_ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
