@@ -214,7 +214,9 @@ def _fused_conv_add_relu(x, other, conv):
 
 def _can_fuse(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # The fused oneDNN ops have no autograd: only used where no gradient can be asked for.
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.numel() > 0
+    # The TorchScript tracer cannot record their ``Scalar?[]`` argument: a traced model
+    # keeps the folded, channels_last, unfused convs.
+    return (not torch.jit.is_tracing() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.numel() > 0
             and not torch.is_autocast_enabled("cpu")
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 

@@ -1,0 +1,71 @@
+"""TorchScript export of a detector with this backbone, through detectron2's ``TracingAdapter``.
+
+Works for the default model and for one prepared by
+:func:`resnext_det.engine.fast.prepare_for_inference` (folded, channels_last, fused).
+
+Example::
+
+    traced, adapter = trace_detector(model, image)          # image: CHW float tensor
+    traced.save("model.ts")                                 # loads without detectron2
+    instances = run_traced(traced, adapter, image)          # detectron2 Instances
+
+A traced graph is specialised to what it saw: control flow that depends on data is
+frozen. Faster R-CNN's is shape-generic in detectron2 (it is written for tracing), but
+trace with an image of the size you will deploy (detectron2's own advice), and the
+batch is one image.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from detectron2.export import TracingAdapter
+from detectron2.modeling import GeneralizedRCNN
+
+__all__ = ["trace_detector", "run_traced", "export_torchscript"]
+
+
+def _inference_func(model, inputs):
+    # do_postprocess=False: boxes in the (resized) input image's coordinates, no
+    # rescaling to a requested height/width (that is plain arithmetic, done outside).
+    instances = model.inference(inputs, do_postprocess=False)[0]
+    return [{"instances": instances}]
+
+
+def trace_detector(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.ScriptModule, TracingAdapter]:
+    """Trace a detectron2 ``GeneralizedRCNN`` to TorchScript.
+
+    Args:
+        model: the detector (eval mode is set), default or fast-path prepared.
+        image: one CHW image tensor in the model's input format (as in ``{"image": ...}``).
+
+    Returns:
+        ``(traced, adapter)``: ``traced(image)`` returns a tuple of tensors;
+        ``adapter.outputs_schema(...)`` rebuilds ``[{"instances": Instances}]``.
+    """
+    if not isinstance(model, GeneralizedRCNN):
+        raise TypeError(f"trace_detector expects a detectron2 GeneralizedRCNN, got {type(model).__name__}")
+    model.eval()
+    inputs = [{"image": image}]
+    adapter = TracingAdapter(model, inputs, _inference_func)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about python values in detectron2
+        traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+    return traced, adapter
+
+
+def run_traced(traced: torch.jit.ScriptModule, adapter: TracingAdapter, image: torch.Tensor):
+    """Run a traced detector on one CHW image; returns detectron2 ``Instances``."""
+    with torch.no_grad():
+        flat = traced(image)
+    return adapter.outputs_schema(flat)[0]["instances"]
+
+
+def export_torchscript(model: nn.Module, image: torch.Tensor, path: str) -> TracingAdapter:
+    """Trace (see :func:`trace_detector`) and save to ``path``; returns the adapter for the schema."""
+    traced, adapter = trace_detector(model, image)
+    traced.save(path)
+    return adapter
