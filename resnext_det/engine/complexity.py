@@ -1,0 +1,120 @@
+"""Parameters and FLOPs of the ResNeXt presets as ImageNet classifiers, next to the paper's.
+
+The counted network is the paper's classifier: this project's bottom-up ResNeXt
+(stem, res2..res5, BN with affine parameters, as torchvision counts them) + global average
+pooling + a 1000-class fc. **The fc (2048*1000 + 1000 = 2,049,000 parameters) is included
+in the parameter counts**, as in the paper's Table 1 and torchvision. FLOPs are fvcore's
+count at 224x224, batch 1: one multiply-add = one FLOP (the paper's convention); fvcore
+also counts the BN (one per element) and the pooling, which adds well under 1%.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..config import PRESETS
+from ..modeling import build_backbone_from_preset
+
+__all__ = ["PAPER", "ComplexityRow", "classifier_from_preset", "count", "complexity_table", "format_table", "TABLE2_FAMILY"]
+
+# name -> (params in millions, GFLOPs) as printed in the paper (Table 1 and Sec. 3/5.1).
+# "~" figures: the paper only says "about" (101-layer models: ~44M / 7.8G; Table 2's family is
+# built to match ResNet-50's complexity).
+PAPER = {
+    "R-50": (25.5, 4.1, ""),
+    "X-50-32x4d": (25.0, 4.2, ""),
+    "R-101": (44.0, 7.8, "~"),
+    "X-101-32x4d": (44.0, 7.8, "~"),
+    "X-50-2x40d": (25.5, 4.1, "~"),
+    "X-50-4x24d": (25.5, 4.1, "~"),
+    "X-50-8x14d": (25.5, 4.1, "~"),
+}
+
+# The paper's Table 2: C x d = 1x64 (ResNet-50), 2x40, 4x24, 8x14, 32x4, equal complexity.
+TABLE2_FAMILY = ("R-50", "X-50-2x40d", "X-50-4x24d", "X-50-8x14d", "X-50-32x4d")
+DEFAULT_MODELS = ("R-50", "R-101", "X-50-32x4d", "X-101-32x4d", "X-101-32x8d", "X-101-64x4d",
+                  "X-50-2x40d", "X-50-4x24d", "X-50-8x14d")
+
+
+class _Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int = 1000):
+        super().__init__()
+        self.backbone = backbone
+        channels = backbone.output_shape()["res5"].channels
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        x = self.backbone(x)["res5"]
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def classifier_from_preset(preset: str, num_classes: int = 1000) -> nn.Module:
+    """The preset's ImageNet classifier (BN with affine params, avgpool, fc), eval mode."""
+    backbone = build_backbone_from_preset(preset, out_features=["res5"], norm="BN")
+    return _Classifier(backbone, num_classes).eval()
+
+
+@dataclasses.dataclass
+class ComplexityRow:
+    name: str
+    cardinality: int
+    bottleneck_width: int
+    params: int
+    gflops: float
+    paper_params_m: Optional[float]
+    paper_gflops: Optional[float]
+    paper_approx: str
+
+    @property
+    def params_diff_pct(self) -> Optional[float]:
+        if self.paper_params_m is None:
+            return None
+        return 100.0 * (self.params / 1e6 - self.paper_params_m) / self.paper_params_m
+
+    @property
+    def gflops_diff_pct(self) -> Optional[float]:
+        if self.paper_gflops is None:
+            return None
+        return 100.0 * (self.gflops - self.paper_gflops) / self.paper_gflops
+
+
+def count(model: nn.Module, size: int = 224):
+    """(parameters, fvcore GFLOPs at size x size, batch 1) of a classifier."""
+    from fvcore.nn import FlopCountAnalysis
+
+    params = sum(p.numel() for p in model.parameters())
+    flops = FlopCountAnalysis(model, torch.zeros(1, 3, size, size))
+    flops.unsupported_ops_warnings(False)
+    flops.uncalled_modules_warnings(False)
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    return params, flops.total() / 1e9
+
+
+def complexity_table(names: Sequence[str] = DEFAULT_MODELS, size: int = 224) -> List[ComplexityRow]:
+    """One :class:`ComplexityRow` per preset name (see ``resnext_det.PRESETS``)."""
+    rows = []
+    for name in names:
+        _, card, width = PRESETS[name]
+        params, gflops = count(classifier_from_preset(name), size)
+        p_params, p_gflops, approx = PAPER.get(name, (None, None, ""))
+        rows.append(ComplexityRow(name, card, width, params, gflops, p_params, p_gflops, approx))
+    return rows
+
+
+def format_table(rows: Sequence[ComplexityRow]) -> str:
+    """A Markdown table of the rows, with the paper's figures and the differences."""
+    def pct(v):
+        return "" if v is None else f"{v:+.1f}%"
+
+    lines = ["| model | C x d | params (M, incl. fc) | paper | diff | GFLOPs (224) | paper | diff |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pp = "" if r.paper_params_m is None else f"{r.paper_approx}{r.paper_params_m}"
+        pg = "" if r.paper_gflops is None else f"{r.paper_approx}{r.paper_gflops}"
+        lines.append(f"| {r.name} | {r.cardinality}x{r.bottleneck_width}d | {r.params / 1e6:.2f} | {pp} | "
+                     f"{pct(r.params_diff_pct)} | {r.gflops:.2f} | {pg} | {pct(r.gflops_diff_pct)} |")
+    return "\n".join(lines)
