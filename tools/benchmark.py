@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of stock detectron2 vs this project's default and fast ResNeXt paths.
+
+In one process, on the same random weights (our parameter names are detectron2's, so one
+``state_dict`` loads into both), for each preset:
+
+  (a) ``backbone``: the bottom-up network (res2..res5, FrozenBN);
+  (b) ``fpn`` / ``c4``: full Faster R-CNN inference on one image;
+  (c) ``train``: one training iteration (forward, backward, SGD step), batch 1.
+
+Modes: ``stock`` = detectron2's ``build_resnet_backbone`` (NUM_GROUPS/WIDTH_PER_GROUP,
+STRIDE_IN_1X1 False) and its stock ``GeneralizedRCNN``/``Res5ROIHeads`` with every other
+setting equal (``resnext_det.engine.stock.stock_equivalent_cfg``); ``default`` = this
+project's model with default settings; ``fast`` = ``prepare_for_inference`` (fp32);
+``fast-bf16`` / ``fast-fp16`` = with reduced precision (bf16 only where the CPU has native
+bf16 -- elsewhere a probe records how much slower it is -- and on CUDA); for ``train``,
+``fast`` = the training switches (channels_last; + autocast on CUDA / native-bf16 CPUs).
+
+Runs are interleaved (stock, default, fast, stock, ...) and the median is kept, so the
+ratios are fair on a shared, noisy machine; the load average at start is recorded.
+GFLOP counts are fvcore's multiply-adds x 2 (so they compare with the matmul ceiling,
+measured in the same run as 2*n^3 / t for fp32 and bf16).
+
+    python tools/benchmark.py                      # X-101-32x4d all parts + 2 backbones, 800x1333
+    python tools/benchmark.py --quick              # 320x512, X-50-32x4d, fewer runs
+    python tools/benchmark.py --presets X-50-32x4d X-101-32x4d X-101-32x8d --backbone-presets
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec  # noqa: E402
+from detectron2.modeling import build_backbone, build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+import resnext_det  # noqa: E402
+from resnext_det.engine.fast import (  # noqa: E402
+    apply_training_switches,
+    cpu_has_native_bf16,
+    prepare_for_inference,
+)
+from resnext_det.engine.stock import stock_equivalent_cfg  # noqa: E402
+
+logger = logging.getLogger("benchmark")
+
+
+# --------------------------------------------------------------------------- helpers
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device):
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t, out
+
+
+def matmul_ceiling(dtype, device, n=2048, reps=5):
+    """Median GFLOP/s (2*n^3/t) of an n x n matmul."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    ts = [_timed(lambda: a @ b, device)[0] for _ in range(reps)]
+    return 2 * n ** 3 / statistics.median(ts) / 1e9, n
+
+
+def _cfg(config_name, preset, device, c4_topk=None):
+    cfg = get_cfg()
+    resnext_det.add_resnext_config(cfg)
+    for hook in getattr(resnext_det, "CONFIG_HOOKS", []):
+        hook(cfg)
+    cfg.merge_from_file(resnext_det.get_config_file(config_name))
+    cfg.MODEL.RESNEXT.PRESET = preset
+    cfg.MODEL.DEVICE = device.type
+    if c4_topk:
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = c4_topk
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random heads: keep detections to compare
+    return cfg
+
+
+def _randomize(model, seed=0):
+    """Non-trivial FrozenBN statistics (fresh ones are the identity) and a spread box head."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                n = m.weight.numel()
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+        box_predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+        if box_predictor is not None:  # spread the scores so rounding cannot reorder them
+            box_predictor.cls_score.weight.normal_(0, 0.5, generator=g)
+    return model
+
+
+def _rel_err(ref, out):
+    """max |out - ref| / max |ref| over all tensors of the outputs (None if not comparable)."""
+    if isinstance(ref, dict):
+        errs = [_rel_err(ref[k], out[k]) for k in ref]
+        return None if any(e is None for e in errs) else max(errs)
+    if isinstance(ref, torch.Tensor):
+        if ref.shape != out.shape:
+            return None
+        return ((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12)).item()
+    return None
+
+
+def _det_err(ref, out):
+    a, b = ref[0]["instances"], out[0]["instances"]
+    if len(a) != len(b) or len(a) == 0:
+        return None
+    return _rel_err(a.pred_boxes.tensor, b.pred_boxes.tensor)
+
+
+def _fvcore_gflop(model, inputs):
+    """fvcore multiply-adds x 2, in GFLOP; None if counting fails."""
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if isinstance(inputs, torch.Tensor):
+                from fvcore.nn import FlopCountAnalysis
+
+                fca = FlopCountAnalysis(model, inputs)
+            else:
+                from detectron2.utils.analysis import FlopCountAnalysis
+
+                fca = FlopCountAnalysis(model, inputs)
+            fca.unsupported_ops_warnings(False)
+            fca.uncalled_modules_warnings(False)
+            return 2 * fca.total() / 1e9
+    except Exception as e:  # pragma: no cover - report, don't die
+        logger.warning("fvcore count failed: %s", e)
+        return None
+
+
+def interleaved(fns, reps, warmup, device):
+    """Run each fn warmup times, then reps rounds ABAB...; returns (median seconds, last output)."""
+    outs = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            outs[name] = fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t, outs[name] = _timed(fn, device)
+            times[name].append(t)
+    return {n: statistics.median(ts) for n, ts in times.items()}, times, outs
+
+
+# --------------------------------------------------------------------------- suites
+class Bench:
+    def __init__(self, args, device):
+        self.args, self.device = args, device
+        self.records = []
+        self.ceiling = {}
+        self.precisions = []
+        if device.type == "cuda":
+            self.precisions = ["fp16", "bf16"]
+        elif cpu_has_native_bf16():
+            self.precisions = ["bf16"]
+
+    def add(self, name, preset, mode, seconds, stock_s, err, gflop, runs, note=""):
+        rec = {
+            "name": name, "preset": preset, "mode": mode, "seconds": seconds,
+            "ratio_vs_stock": (stock_s / seconds) if (stock_s and seconds) else None,
+            "max_rel_err_vs_stock": err, "gflop": gflop,
+            "gflops": (gflop / seconds) if (gflop and seconds) else None,
+            "ceiling_gflops": dict(self.ceiling), "runs": runs,
+            "image": list(self.args.size), "device": self.device.type, "note": note,
+        }
+        if rec["gflops"] and self.ceiling.get("fp32"):
+            rec["pct_of_fp32_matmul"] = 100 * rec["gflops"] / self.ceiling["fp32"]
+        self.records.append(rec)
+        logger.info("%-9s %-12s %-10s %7.3fs x%s err=%s", name, preset, mode, seconds,
+                    f"{rec['ratio_vs_stock']:.2f}" if rec["ratio_vs_stock"] else "-", err)
+
+    def _report(self, name, preset, medians, times, outs, gflop, errf, notes=None):
+        stock_s = medians["stock"]
+        for mode, s in medians.items():
+            err = 0.0 if mode == "stock" else errf(outs["stock"], outs[mode])
+            self.add(name, preset, mode, s, stock_s, err, gflop, [round(t, 4) for t in times[mode]],
+                     (notes or {}).get(mode, ""))
+
+    def _fast_variants(self, default, prep):
+        models = {"fast": prep(copy.deepcopy(default), "fp32")}
+        for p in self.precisions:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                models[f"fast-{p}"] = prep(copy.deepcopy(default), p)
+        return models
+
+    def backbone(self, preset):
+        cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device)
+        shape = ShapeSpec(channels=3)
+        default = _randomize(build_backbone(cfg, shape)).to(self.device).eval()
+        stock = build_backbone(stock_equivalent_cfg(cfg), shape).bottom_up.to(self.device).eval()
+        default = default.bottom_up
+        stock.load_state_dict(default.state_dict())
+        models = {"stock": stock, "default": default}
+        models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
+        h, w = self.args.size
+        x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
+        gflop = _fvcore_gflop(stock, x)
+
+        def call(m):
+            def f():
+                with torch.no_grad():
+                    return m(x)
+            return f
+        medians, times, outs = interleaved({k: call(m) for k, m in models.items()},
+                                           self.args.reps, self.args.warmup, self.device)
+        self._report("backbone", preset, medians, times, outs, gflop, _rel_err)
+
+    def detector(self, preset, arch):
+        name = {"fpn": "faster_rcnn_X50_32x4d_FPN.yaml", "c4": "faster_rcnn_X50_32x4d.yaml"}[arch]
+        topk = self.args.c4_topk if arch == "c4" else None
+        cfg = _cfg(name, preset, self.device, topk)
+        torch.manual_seed(0)
+        default = _randomize(build_model(cfg)).eval()
+        stock = build_model(stock_equivalent_cfg(cfg)).eval()
+        stock.load_state_dict(default.state_dict())
+        models = {"stock": stock, "default": default}
+        models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
+        h, w = self.args.size
+        image = torch.randint(0, 256, (3, h, w), generator=torch.Generator().manual_seed(0)).float()
+        inputs = [{"image": image.to(self.device), "height": h, "width": w}]
+        gflop = _fvcore_gflop(stock, inputs) if self.args.count_detector_flops else None
+
+        def call(m):
+            def f():
+                with torch.no_grad():
+                    return m(inputs)
+            return f
+        medians, times, outs = interleaved({k: call(m) for k, m in models.items()},
+                                           self.args.reps, self.args.warmup, self.device)
+        note = f"RPN.POST_NMS_TOPK_TEST={topk} (both sides)" if topk else ""
+        self._report(arch, preset, medians, times, outs, gflop, _det_err,
+                     {m: note for m in medians})
+
+    def train(self, preset):
+        cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device)
+        torch.manual_seed(0)
+        default = _randomize(build_model(cfg))
+        stock = build_model(stock_equivalent_cfg(cfg))
+        stock.load_state_dict(default.state_dict())
+        fast = copy.deepcopy(default)
+        autocast = ""
+        if self.device.type == "cuda":
+            autocast = "bf16"
+        elif cpu_has_native_bf16() and self.args.bf16_train:
+            autocast = "bf16"
+        apply_training_switches(fast, channels_last=True, autocast=autocast)
+        models = {"stock": stock, "default": default, "fast": fast}
+        h, w = self.args.size
+        g = torch.Generator().manual_seed(0)
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor([[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h],
+                                            [0.4 * w, 0.3 * h, 0.9 * w, 0.8 * h],
+                                            [0.2 * w, 0.5 * h, 0.35 * w, 0.7 * h]]))
+        inst.gt_classes = torch.tensor([1, 5, 17])
+        data = [{"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst}]
+        opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+                for k, m in models.items()}
+
+        def step(k):
+            m, opt = models[k], opts[k]
+            m.train()
+
+            def f():
+                torch.manual_seed(1)
+                with EventStorage(0):
+                    losses = m(data)
+                total = sum(losses.values())
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                return torch.tensor(total.item())
+            return f
+        # first-iteration losses (before any step): the equality check of the switches
+        first = {k: step(k)() for k in models}
+        medians, times, _ = interleaved({k: step(k) for k in models}, self.args.train_reps, 0, self.device)
+        note = f"fast = channels_last{' + ' + autocast + ' autocast' if autocast else ''}; err = first-iteration loss"
+        for mode, s in medians.items():
+            err = 0.0 if mode == "stock" else _rel_err(first["stock"], first[mode])
+            self.add("train", preset, mode, s, medians["stock"], err, None,
+                     [round(t, 4) for t in times[mode]], note if mode == "fast" else "")
+
+    def bf16_probe(self):
+        """On CPUs without native bf16: one grouped-conv layer, bf16 vs fp32 (why bf16 is skipped)."""
+        x = torch.randn(1, 256, 64, 96).contiguous(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(256, 256, 3, padding=1, groups=32).to(memory_format=torch.channels_last)
+
+        def run(dtype):
+            def f():
+                with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                    return conv(x)
+            return f
+        med, times, _ = interleaved({"fp32": run(torch.float32), "bf16": run(torch.bfloat16)}, 3, 1, self.device)
+        self.records.append({
+            "name": "bf16_probe", "preset": "conv3x3 256ch g32 64x96", "mode": "bf16",
+            "seconds": med["bf16"], "ratio_vs_stock": med["fp32"] / med["bf16"],
+            "max_rel_err_vs_stock": None, "gflops": None, "ceiling_gflops": dict(self.ceiling),
+            "note": "CPU without native bf16 (no AVX512-BF16/AMX): bf16 fast path not benchmarked; "
+                    "ratio_vs_stock here = fp32 time / bf16 time of one layer",
+        })
+
+
+def print_table(records, header):
+    lines = [header, "",
+             "| part | preset | mode | s (median) | x stock | max rel err | GFLOP/s | % fp32 matmul |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        def f(v, fmt):
+            return "" if v is None else format(v, fmt)
+        lines.append(f"| {r['name']} | {r['preset']} | {r['mode']} | {f(r['seconds'], '.3f')} | "
+                     f"{f(r['ratio_vs_stock'], '.2f')} | {f(r['max_rel_err_vs_stock'], '.1e')} | "
+                     f"{f(r.get('gflops'), '.1f')} | {f(r.get('pct_of_fp32_matmul'), '.0f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="*", default=["X-101-32x4d"],
+                    help="presets for the full suite (backbone, fpn, c4, train)")
+    ap.add_argument("--backbone-presets", nargs="*", default=["X-50-32x4d", "X-101-32x8d"],
+                    help="extra presets for the backbone part only")
+    ap.add_argument("--parts", nargs="+", default=["backbone", "fpn", "c4", "train"])
+    ap.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
+    ap.add_argument("--reps", type=int, default=3, help="timed runs per mode (median kept)")
+    ap.add_argument("--train-reps", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--c4-topk", type=int, default=300,
+                    help="RPN.POST_NMS_TOPK_TEST for the C4 run on both sides (res5 runs per RoI; "
+                         "0 keeps the config's 1000)")
+    ap.add_argument("--count-detector-flops", action="store_true",
+                    help="fvcore-count the full detectors too (one slow traced forward each)")
+    ap.add_argument("--bf16-train", action="store_true", help="bf16 autocast in the fast training mode (CPU)")
+    ap.add_argument("--quick", action="store_true", help="320x512, X-50-32x4d only, 2 runs")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="benchmarks/latest.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.size, args.reps, args.train_reps = [320, 512], 2, 1
+        args.presets, args.backbone_presets = ["X-50-32x4d"], []
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("detectron2").setLevel(logging.WARNING)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    load = os.getloadavg()
+    t0 = time.time()
+    b = Bench(args, device)
+    b.ceiling["fp32"], _ = matmul_ceiling(torch.float32, device)
+    native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    # without native bf16 a 2048^2 bf16 matmul takes ~a minute: measure a smaller one
+    b.ceiling["bf16"], _ = matmul_ceiling(torch.bfloat16, device, n=2048 if native_bf16 else 512,
+                                          reps=5 if native_bf16 else 2)
+    logger.info("matmul ceiling GFLOP/s: %s", b.ceiling)
+    if not native_bf16:
+        b.bf16_probe()
+    for preset in args.presets:
+        for part in args.parts:
+            if part == "backbone":
+                b.backbone(preset)
+            elif part in ("fpn", "c4"):
+                b.detector(preset, part)
+            elif part == "train":
+                b.train(preset)
+    for preset in args.backbone_presets:
+        if "backbone" in args.parts:
+            b.backbone(preset)
+    meta = {
+        "command": "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(), "wall_s": time.time() - t0,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16,
+        "platform": platform.platform(), "device": str(device),
+        "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "image": list(args.size), "reps": args.reps, "train_reps": args.train_reps,
+    }
+    out = {"meta": meta, "records": b.records}
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, args.out)
+    header = (f"{meta['command']}  | {meta['date']} | {device} {meta['cpu_capability']} x{meta['threads']} threads"
+              f" | load avg at start {load[0]:.2f} | {args.size[0]}x{args.size[1]} | median of {args.reps}"
+              f" | matmul GFLOP/s fp32 {b.ceiling['fp32']:.0f}, bf16 {b.ceiling['bf16']:.1f}")
+    print(print_table(b.records, header))
+    return out
+
+
+if __name__ == "__main__":
+    main()
