@@ -42,3 +42,29 @@ def tiny_resnext_cfg():
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def train_net():
+    """tools/train_net.py imported as a module (its cli(), get_parser(), setup_cfg(), main())."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(root, "tools", "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A tiny ResNeXt (C=4, d=4, res2 width 32) on 64-pixel synthetic images: trailing train_net
+# opts shared by the end-to-end tests.
+TINY_OPTS = [
+    "MODEL.RESNEXT.CARDINALITY", "4", "MODEL.RESNEXT.BOTTLENECK_WIDTH", "4",
+    "MODEL.RESNEXT.STEM_OUT_CHANNELS", "16", "MODEL.RESNEXT.RES2_OUT_CHANNELS", "32",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+    "RESNEXT_PLAN.SYNTHETIC.NUM_TRAIN", "16", "RESNEXT_PLAN.SYNTHETIC.NUM_VAL", "4",
+    "RESNEXT_PLAN.SYNTHETIC.IMAGE_SIZE", "64", "RESNEXT_PLAN.DEMO.NUM_IMAGES", "2",
+    "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "SOLVER.CHECKPOINT_PERIOD", "1000",
+]

@@ -21,6 +21,11 @@ import os
 import sys
 import time
 
+# Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared or small
+# CPU machine spinning threads of concurrent processes slow training down up to ~10x
+# (measured here: 12-16 s/iter instead of 1.9 s/iter for the demo under load).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     import resnext_det  # noqa: F401
 except ImportError:  # a source checkout that is not installed

@@ -147,5 +147,6 @@ def register_synthetic_coco(name: str, root: str, **kwargs) -> Sequence[str]:
     paths = make_synthetic_coco(root, **kwargs)
     names = synthetic_dataset_names(name)
     for split, dataset_name in zip(_SPLITS, names):
-        register_coco_checked(dataset_name, paths[split]["json_file"], paths[split]["image_root"])
+        register_coco_checked(dataset_name, paths[split]["json_file"], paths[split]["image_root"],
+                              metadata={"thing_classes": list(CLASSES)})
     return names
