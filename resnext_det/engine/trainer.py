@@ -13,9 +13,10 @@ import logging
 import os
 import weakref
 
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 # Single import site of the checkpointer: the project's (issue 3) when available.
 try:
@@ -53,12 +54,29 @@ def load_checkpoint(model, cfg, path, *, resume=False):
 class ResNeXtTrainer(DefaultTrainer):
     """DefaultTrainer + COCO box AP (pycocotools, no C++ extension needed) + results JSON."""
 
-    def build_hooks(self):
-        # DefaultTrainer made a DetectionCheckpointer just before calling build_hooks();
-        # replace it here so the periodic checkpointer hook and resume use the project's.
-        self.checkpointer = make_checkpointer(self._trainer.model, self.cfg,
-                                              trainer=weakref.proxy(self))
-        return super().build_hooks()
+    def __init__(self, cfg):
+        # DefaultTrainer's construction order, with two changes: DDP without device_ids on
+        # CPU (detectron2 passes [local_rank], which DDP refuses for CPU modules, so GLOO
+        # training on CPU processes would fail), and the project's checkpointer.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_kwargs = {"broadcast_buffers": False}
+        if cfg.MODEL.DEVICE == "cpu":
+            ddp_kwargs["device_ids"] = None
+        model = create_ddp_model(model, **ddp_kwargs)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = make_checkpointer(model, cfg, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

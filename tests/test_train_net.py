@@ -1,0 +1,132 @@
+"""tools/train_net.py end to end on the synthetic set, on CPU, with tiny models and few iterations.
+
+The real demo (600 iterations, AP >= 60) is not run here: see the README for its numbers.
+"""
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import TINY_OPTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def _run(args, timeout=400):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_net.py")] + args,
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    return r
+
+
+def test_reduced_demo_trains_evaluates_and_draws(tmp_path):
+    out = tmp_path / "demo"
+    r = _run(["--demo", "fpn", "OUTPUT_DIR", str(out), "MODEL.FPN.OUT_CHANNELS", "32",
+              "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)", "SOLVER.WARMUP_ITERS", "2",
+              "SOLVER.IMS_PER_BATCH", "4", "TEST.EVAL_PERIOD", "3"] + TINY_OPTS)
+    assert "COCO box AP on synthetic_shapes_val =" in r.stdout
+    results = json.load(open(out / "inference" / "eval_results.json"))["results"]
+    assert math.isfinite(results["bbox"]["AP"]) and 0 <= results["bbox"]["AP"] <= 100
+    assert (out / "inference" / "synthetic_shapes_val" / "coco_instances_results.json").is_file()
+    records = [json.loads(line) for line in open(out / "metrics.json")]
+    assert [r["iteration"] for r in records if "bbox/AP" in r] == [2, 5]  # periodic + final
+    assert any("total_loss" in r and "eta_seconds" in r for r in records)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))  # TensorBoard
+    assert "eta:" in r.stderr  # detectron2's console writer: ETA and losses
+    pics = out / "pictures"
+    assert (pics / "detections.png").stat().st_size > 1000
+    assert (pics / "detections_1.png").is_file()
+    assert (pics / "losses_and_ap.png").stat().st_size > 1000
+    assert str(pics / "detections.png") in r.stdout and str(pics / "losses_and_ap.png") in r.stdout
+    assert json.load(open(out / "plan_state.json"))["finished"] == ["detector"]
+    assert (out / "model_final.pth").is_file()
+
+
+def test_two_stage_miniature_runs_end_to_end(tmp_path):
+    out = tmp_path / "two"
+    stage_opts = []
+    for stage in ("RPN", "FAST_RCNN"):
+        stage_opts += [f"RESNEXT_PLAN.{stage}.MAX_ITER", "4", f"RESNEXT_PLAN.{stage}.STEPS", "(3,)",
+                       f"RESNEXT_PLAN.{stage}.IMS_PER_BATCH", "2"]
+    r = _run(["--demo", "two_stage", "OUTPUT_DIR", str(out), "SOLVER.WARMUP_ITERS", "1",
+              "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"] + stage_opts + TINY_OPTS)
+    state = json.load(open(out / "plan_state.json"))
+    assert state["finished"] == ["rpn", "proposals", "fast_rcnn"]
+    # stage 1: proposals written for the training and the test sets, in detectron2's format
+    for split, n in (("train", 16), ("val", 4)):
+        with open(out / "stage1_rpn" / "proposals" / f"synthetic_shapes_{split}.pkl", "rb") as f:
+            props = pickle.load(f)
+        assert sorted(props["ids"]) == list(range(1, n + 1))
+        assert all(b.shape[1] == 4 and len(b) == len(s) > 0
+                   for b, s in zip(props["boxes"], props["objectness_logits"]))
+    # stage 2: Fast R-CNN trained from them, then COCO AP
+    cfg_text = open(out / "stage2_fast_rcnn" / "config.yaml").read()
+    assert "PrecomputedProposals" in cfg_text and "LOAD_PROPOSALS: true" in cfg_text
+    assert (out / "stage2_fast_rcnn" / "model_final.pth").is_file()
+    ap = state["results"]["fast_rcnn"]["bbox"]["AP"]
+    assert math.isfinite(ap) and 0 <= ap <= 100
+    assert (out / "pictures" / "losses_and_ap.png").is_file()
+
+    # --eval-only on the stage-2 checkpoint gives the same AP (and rewrites the results JSON)
+    (out / "stage2_fast_rcnn" / "inference" / "eval_results.json").unlink()
+    _run(["--demo", "two_stage", "--eval-only", "OUTPUT_DIR", str(out), "MODEL.WEIGHTS",
+          str(out / "stage2_fast_rcnn" / "model_final.pth"), "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+          "32"] + stage_opts + TINY_OPTS)
+    again = json.load(open(out / "stage2_fast_rcnn" / "inference" / "eval_results.json"))
+    assert again["results"]["bbox"]["AP"] == pytest.approx(ap, abs=1e-6)
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    sys.path.insert(0, {tools!r})
+    import train_net
+    from detectron2.engine import launch
+    from detectron2.utils import comm
+    from resnext_det.engine.trainer import ResNeXtTrainer
+
+    class RecordingTrainer(ResNeXtTrainer):
+        def train(self):
+            super().train()
+            model = self.model.module if hasattr(self.model, "module") else self.model
+            torch.save({{k: v.detach().clone() for k, v in model.named_parameters()}},
+                       os.path.join(self.cfg.OUTPUT_DIR, f"rank{{comm.get_rank()}}_of_{{comm.get_world_size()}}.pth"))
+
+    if __name__ == "__main__":
+        args = train_net.get_parser().parse_args(sys.argv[1:])
+        cfg = train_net.setup_cfg(args)
+        from resnext_det.engine.plan import prepare_datasets
+        prepare_datasets(cfg)
+        launch(train_net.main, args.num_gpus, dist_url="auto", args=(args, RecordingTrainer))
+""")
+
+
+def test_two_gloo_workers_train_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT.format(tools=os.path.join(ROOT, "tools")))
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    r = subprocess.run([sys.executable, str(script), "--num-gpus", "2", "--config",
+                        "configs/demo_tiny_X_FPN_synthetic.yaml", "OUTPUT_DIR", str(out),
+                        "MODEL.FPN.OUT_CHANNELS", "32", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)",
+                        "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "4",
+                        "TEST.EVAL_PERIOD", "0"] + TINY_OPTS,
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-4000:]
+    # both ranks ran; DDP averaged their gradients, so every parameter is identical
+    # (BN running statistics are per rank: detectron2 uses broadcast_buffers=False)
+    w0 = torch.load(out / "rank0_of_2.pth")
+    w1 = torch.load(out / "rank1_of_2.pth")
+    assert len(w0) > 50 and w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    fresh = torch.load(out / "model_final.pth")["model"]
+    assert all(torch.equal(fresh[k], v) for k, v in w0.items())  # the checkpoint = rank 0
+    assert json.load(open(out / "plan_state.json"))["finished"] == ["detector"]
