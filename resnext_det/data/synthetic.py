@@ -1,6 +1,6 @@
 """A synthetic COCO-format detection dataset, reproducible from a seed (the demo's data).
 
-Each image is a noisy, smoothly shaded background with 1..``max_objects`` filled
+Each image is a dark, slightly noisy background with 1..``max_objects`` bright filled
 shapes (square, circle, triangle) of random colour, size and position; the boxes are
 the shapes' exact extents. :func:`make_synthetic_coco` writes ``<split>/*.png`` and
 ``annotations/instances_<split>.json`` under a root folder; the same arguments give
@@ -19,7 +19,7 @@ __all__ = ["CLASSES", "make_synthetic_coco", "register_synthetic_coco", "synthet
 
 CLASSES = ("square", "circle", "triangle")
 _SPLITS = ("train", "val")
-_FORMAT_VERSION = 1  # bump when the drawing changes, so cached folders are remade
+_FORMAT_VERSION = 2  # bump when the drawing changes, so cached folders are remade
 
 
 def _iou(a, b) -> float:
@@ -34,25 +34,24 @@ def _draw_image(rng: np.random.Generator, size: int, max_objects: int):
     """One image (H, W, 3 uint8) and its objects [(class index, [x0, y0, x1, y1], polygon)]."""
     from PIL import Image, ImageDraw
 
-    # background: a colour gradient plus pixel noise, so shapes are not found by colour alone
-    c0, c1 = rng.uniform(40, 215, size=3), rng.uniform(40, 215, size=3)
-    t = np.linspace(0.0, 1.0, size)[None, :, None]
-    bg = (c0 * (1 - t) + c1 * t) * np.ones((size, 1, 1))
-    bg = bg + rng.normal(0, 12, size=(size, size, 3))
+    # background: a dark, slightly noisy field; shapes are bright, so the task is to tell
+    # shapes apart (square / circle / triangle) and box them, not to find them in clutter
+    base = rng.uniform(0, 60, size=3)
+    bg = base * np.ones((size, size, 3)) + rng.normal(0, 6, size=(size, size, 3))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     objects: List = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
             cls = int(rng.integers(len(CLASSES)))
-            s = float(rng.uniform(0.14, 0.4) * size)
+            s = float(rng.uniform(0.18, 0.42) * size)
             x0, y0 = rng.uniform(0, size - s, size=2)
             box = [float(x0), float(y0), float(x0 + s), float(y0 + s)]
             if all(_iou(box, o[1]) < 0.2 for o in objects):
                 break
         else:
             continue
-        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        colour = tuple(int(v) for v in rng.integers(110, 256, size=3))
         if cls == 0:
             poly = [(box[0], box[1]), (box[2], box[1]), (box[2], box[3]), (box[0], box[3])]
             draw.polygon(poly, fill=colour)
