@@ -35,7 +35,10 @@ except ImportError:  # a source checkout that is not installed
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 
+from resnext_det.config import ResNeXtConfigError
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
+from resnext_det.data.coco_json import DatasetError
+from resnext_det.engine.checks import TrainingConfigError
 from resnext_det.engine.plan import (
     PlanState,
     build_plan,
@@ -45,13 +48,23 @@ from resnext_det.engine.plan import (
     resolve_datasets,
     run_plan,
 )
-from resnext_det.engine.trainer import ResNeXtTrainer, load_checkpoint
+from resnext_det.engine.trainer import (
+    NonFiniteLossError,
+    ResNeXtTrainer,
+    load_checkpoint,
+    validate_for_workers,
+)
+from resnext_det.weights import WeightsError
 
 DEMO_CONFIGS = {
     "fpn": "demo_tiny_X_FPN_synthetic.yaml",
     "two_stage": "demo_tiny_X_C4_two_stage_synthetic.yaml",
 }
 logger = logging.getLogger("resnext_det.train_net")
+# Errors in what the user gave (config, weights, data, solver values): one line on stderr,
+# exit status 2, no traceback. A diverged run (NonFiniteLossError) exits with 1.
+USER_ERRORS = (ResNeXtConfigError, WeightsError, DatasetError, TrainingConfigError,
+               MissingDatasetFiles, FileNotFoundError)
 
 
 def get_parser():
@@ -83,9 +96,24 @@ def setup_cfg(args):
         try:  # allow a shipped config's bare name
             config_file = resnext_det.get_config_file(os.path.basename(config_file))
         except FileNotFoundError:
-            raise SystemExit(f"train_net.py: config file {args.config_file!r} not found") from None
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(args.opts or [])
+            raise FileNotFoundError(
+                f"config file {args.config_file!r} not found (neither as a path nor as a shipped "
+                f"config in {os.path.dirname(resnext_det.get_config_file(DEMO_CONFIGS['fpn']))})"
+            ) from None
+    if args.config_file:
+        args.config_file = config_file  # the resolved path (default_setup reads it again)
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, ValueError, AssertionError) as e:  # yacs: unknown key, wrong type
+        raise ResNeXtConfigError(f"config file {config_file!r}: {e}") from None
+    opts = list(args.opts or [])
+    if len(opts) % 2:
+        raise ResNeXtConfigError(f"trailing options must be KEY VALUE pairs; {opts[-1]!r} has no value")
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ResNeXtConfigError(f"command-line option: {e} (trailing options are KEY VALUE pairs "
+                                 "of existing config keys, e.g. SOLVER.BASE_LR 0.01)") from None
     if getattr(args, "demo", None) and not any(o == "OUTPUT_DIR" for o in (args.opts or [])[::2]):
         cfg.OUTPUT_DIR = os.path.join("output", f"demo_{args.demo}")
     if cfg.MODEL.DEVICE.startswith("cuda"):
@@ -111,9 +139,28 @@ def evaluate_only(cfg, resume=False):
 
 
 def main(args, trainer_cls=None):
-    """Per-process entry (what launch() runs in each worker)."""
+    """Per-process entry (what launch() runs in each worker). In a spawned worker, the
+    project's errors print one line and exit with 2; in-process, ``cli`` reports them."""
+    from detectron2.utils import comm
+
+    if comm.get_world_size() <= 1:
+        return _main(args, trainer_cls)
+    try:
+        return _main(args, trainer_cls)
+    except USER_ERRORS + (NonFiniteLossError,) as e:
+        print(f"train_net.py: error (worker {comm.get_rank()}): {e}", file=sys.stderr, flush=True)
+        sys.exit(2 if isinstance(e, USER_ERRORS) else 1)
+
+
+def _main(args, trainer_cls=None):
     cfg = setup_cfg(args)
     default_setup(cfg, args)
+    # the project's own progress lines (plan stages, resume) on the console and in log.txt
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnext_det",
+                 abbrev_name="resnext")
     prepare_datasets(cfg)
     if args.eval_only:
         return evaluate_only(cfg, resume=args.resume)
@@ -161,10 +208,45 @@ def print_demo_report(cfg, args, seconds):
     return ap, pics, plot
 
 
+def validate_plan_solvers(cfg, world_size):
+    """Every training stage's SOLVER values work on ``world_size`` workers
+    (:class:`TrainingConfigError` naming the stage otherwise)."""
+    for st in build_plan(cfg):
+        if st.kind != "train":
+            continue
+        try:
+            validate_for_workers(st.cfg, world_size)
+        except TrainingConfigError as e:
+            where = "" if st.name == "detector" else (
+                f" [plan stage '{st.name}': set RESNEXT_PLAN.{st.name.upper()}.* for its solver]")
+            raise TrainingConfigError(f"{e}{where}") from None
+
+
 def cli(argv=None):
+    """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged)."""
     args = get_parser().parse_args(argv)
+    try:
+        return _cli(args)
+    except USER_ERRORS as e:
+        msg = str(e) if not isinstance(e, MissingDatasetFiles) else f"cannot start.\n{e}"
+        print(f"train_net.py: error: {msg}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"train_net.py: error: training diverged: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # workers exited (their message is already on stderr)
+        import torch.multiprocessing as mp
+
+        if isinstance(e, mp.ProcessExitedException) and e.exit_code in (1, 2):
+            return e.exit_code
+        raise
+
+
+def _cli(args):
     cfg = setup_cfg(args)
     world_size = args.num_gpus * args.num_machines
+    if not args.eval_only:  # bad solver values fail before any process starts
+        validate_plan_solvers(cfg, world_size)
     if args.dry_run:
         import yaml
 
@@ -177,11 +259,7 @@ def cli(argv=None):
     start = time.perf_counter()
     if args.machine_rank == 0:
         prepare_datasets(cfg)  # makes the synthetic set once, before workers start
-    try:
-        check_files(cfg, args)
-    except MissingDatasetFiles as e:
-        print(f"train_net.py: cannot start.\n{e}", file=sys.stderr)
-        return 2
+    check_files(cfg, args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
     if args.demo and args.machine_rank == 0 and not args.eval_only:

@@ -28,6 +28,7 @@ from detectron2.config import CfgNode
 
 from ..config_plan import PLAN_MODES
 from ..data.coco import coco_split_names
+from ..io import atomic_open
 
 __all__ = [
     "Stage",
@@ -39,6 +40,7 @@ __all__ = [
     "run_plan",
     "compute_proposals",
     "final_stage",
+    "check_stage_proposals",
     "STATE_FILE",
 ]
 
@@ -301,11 +303,8 @@ class _ProposalCollector:
             data["ids"] += ids
             data["boxes"] += boxes
             data["objectness_logits"] += logits
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(self.path, "wb") as f:  # a kill leaves no half-written proposal file
             pickle.dump(data, f, pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.path)
         n = sum(len(b) for b in data["boxes"])
         logger.info("Wrote %d proposals for %d images of %s to %s", n, len(data["ids"]),
                     self.dataset_name, self.path)
@@ -333,6 +332,31 @@ def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
         with torch.no_grad():
             results[dataset] = inference_on_dataset(model, loader, _ProposalCollector(dataset, path))
     return results
+
+
+def check_stage_proposals(cfg: CfgNode) -> None:
+    """For a stage trained on precomputed proposals (``MODEL.LOAD_PROPOSALS``): every train
+    and test proposal file exists and covers its dataset's images.
+
+    Raises:
+        TrainingConfigError: naming the file, the dataset and the fix.
+    """
+    from detectron2.data import DatasetCatalog
+
+    from .checks import TrainingConfigError, check_proposal_file
+
+    if not cfg.MODEL.LOAD_PROPOSALS:
+        return
+    for kind in ("TRAIN", "TEST"):
+        datasets = list(cfg.DATASETS[kind])
+        files = list(cfg.DATASETS[f"PROPOSAL_FILES_{kind}"])
+        if len(files) != len(datasets):
+            raise TrainingConfigError(
+                f"DATASETS.PROPOSAL_FILES_{kind} has {len(files)} file(s) for {len(datasets)} "
+                f"dataset(s) {datasets}; give one proposal file per dataset")
+        for dataset, path in zip(datasets, files):
+            ids = [d["image_id"] for d in DatasetCatalog.get(dataset)]
+            check_proposal_file(path, ids, dataset)
 
 
 def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[str, Any]:
@@ -370,6 +394,7 @@ def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[st
             with open(os.path.join(stage.output_dir, "config.yaml"), "w") as f:
                 f.write(stage.cfg.dump())
         if stage.kind == "train":
+            check_stage_proposals(stage.cfg)
             trainer = trainer_cls(stage.cfg)
             trainer.resume_or_load(resume=resume)
             trainer.train()

@@ -1,22 +1,36 @@
 """ResNeXtTrainer: detectron2's DefaultTrainer with COCO evaluation, the project's
 checkpointer and (optionally) the fast inference path for evaluation.
 
-Only ``build_evaluator``, ``build_hooks`` (to swap in the checkpointer) and ``test``
-are overridden; training, writers (ETA and losses on the console, ``metrics.json``,
-TensorBoard events) and hooks are detectron2's.
+Overridden: ``build_train_loader`` (checked mapper, resumable sampler), ``build_hooks``
+(no checkpoint of non-finite weights), ``resume_or_load`` (sampler data position),
+``train`` (solver check first, clear errors), ``build_evaluator`` and ``test``; the
+training step, writers (ETA and losses on the console, ``metrics.json``, TensorBoard
+events) and the other hooks are detectron2's.
+
+Kill safety: checkpoints and ``last_checkpoint`` are written atomically (the project's
+checkpointer), the sampler's seed is part of every checkpoint and a resumed run skips the
+images the finished iterations consumed, so ``--resume`` continues with the same
+iteration, learning rate and data position.
 """
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import weakref
 
+import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
-from detectron2.evaluation import COCOEvaluator
+from detectron2.engine import hooks as d2_hooks
+from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
+
+from ..data.coco_json import DatasetError, checked_mapper
+from ..data.sampler import ResumableTrainingSampler
+from ..io import atomic_write_json
+from .checks import TrainingConfigError, validate_solver
 
 # Single import site of the checkpointer: the project's (issue 3) when available.
 try:
@@ -28,14 +42,42 @@ except ImportError:
 
     _CHECKPOINTER_TAKES_CFG = False
 
-__all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS"]
+__all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
+           "NonFiniteLossError", "validate_for_workers"]
 
 logger = logging.getLogger(__name__)
+# training progress lines go where detectron2's own go (console and log.txt via default_setup)
+_train_logger = logging.getLogger("detectron2.engine.train_loop")
 EVAL_RESULTS = "eval_results.json"  # in <OUTPUT_DIR>/inference/
 
 
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: a loss (or, at a checkpoint, a weight) became NaN or infinite."""
+
+
+def _user_errors():
+    from ..config import ResNeXtConfigError
+    from ..weights import WeightsError
+
+    return (ResNeXtConfigError, WeightsError, DatasetError, TrainingConfigError)
+
+
+def validate_for_workers(cfg, world_size: int) -> None:
+    """``validate_solver`` for ``cfg`` as it will run on ``world_size`` workers: the values
+    as written (split over ``SOLVER.REFERENCE_WORLD_SIZE`` workers when set) and after
+    detectron2's linear scaling to ``world_size``.
+
+    Raises:
+        TrainingConfigError: naming the key, the value and what would work.
+    """
+    ref = int(cfg.SOLVER.REFERENCE_WORLD_SIZE)
+    validate_solver(cfg, ref if ref > 0 else world_size)
+    if ref > 0 and ref != world_size:
+        validate_solver(DefaultTrainer.auto_scale_workers(cfg, world_size), world_size)
 
 
 def make_checkpointer(model, cfg, save_dir=None, **checkpointables):
@@ -61,10 +103,12 @@ class ResNeXtTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        validate_for_workers(cfg, comm.get_world_size())  # fail in seconds, not mid-run
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        self.sampler = getattr(data_loader, "resnext_sampler", None)
         ddp_kwargs = {"broadcast_buffers": False}
         if cfg.MODEL.DEVICE == "cpu":
             ddp_kwargs["device_ids"] = None
@@ -73,10 +117,108 @@ class ResNeXtTrainer(DefaultTrainer):
             model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = make_checkpointer(model, cfg, trainer=weakref.proxy(self))
+        if self.sampler is not None:  # its seed goes into every checkpoint
+            self.checkpointer.add_checkpointable("sampler", self.sampler)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's ``build_detection_train_loader`` with the checked mapper (errors name
+        the image file) and a :class:`ResumableTrainingSampler` (seed ``cfg.SEED`` when >= 0,
+        else a random one shared by all workers), attached as ``loader.resnext_sampler``."""
+        from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":  # other samplers: detectron2's own
+            return build_detection_train_loader(cfg, mapper=checked_mapper(cfg, True))
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None)
+        loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler,
+                                              mapper=checked_mapper(cfg, True))
+        loader.resnext_sampler = sampler
+        return loader
+
+    def build_hooks(self):
+        """detectron2's hooks; the periodic checkpointer refuses to save non-finite weights."""
+        ret = super().build_hooks()
+        return [_FiniteCheckpointer(h.checkpointer, h.period, max_to_keep=h.max_to_keep)
+                if isinstance(h, d2_hooks.PeriodicCheckpointer) else h for h in ret]
+
+    def resume_or_load(self, resume=True):
+        """detectron2's, then the sampler starts after the images the finished iterations used
+        (the data loader iterator is created lazily at the first step, after this)."""
+        super().resume_or_load(resume=resume)
+        if self.sampler is not None:
+            self.sampler.set_start_iter(self.start_iter, self.cfg.SOLVER.IMS_PER_BATCH)
+            if self.start_iter:
+                _train_logger.info("Resuming at iteration %d: data stream seed %s, skipping %d images",
+                            self.start_iter, self.sampler._seed, self.sampler.start)
+
+    def train(self):
+        """detectron2's training loop (``TrainerBase.train`` + ``DefaultTrainer.train``) with
+        clear errors: a non-finite loss raises :class:`NonFiniteLossError` naming the
+        iteration, the loss terms and the last checkpoint (nothing is saved on that path);
+        the project's input errors are logged as one line, without a traceback."""
+        start_iter, max_iter = self.start_iter, self.max_iter
+        _train_logger.info("Starting training from iteration %d", start_iter)
+        self.iter = self.start_iter = start_iter
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                self.iter += 1
+            except FloatingPointError as e:
+                if isinstance(e, NonFiniteLossError):
+                    raise
+                msg = str(e)
+                if "iteration" not in msg:  # e.g. the box head's "Predicted boxes ... Inf/NaN"
+                    msg = f"Non-finite values at iteration={self.iter}: {msg}"
+                if "loss_dict" not in msg:
+                    msg += f"\n{self._last_losses()}"
+                raise NonFiniteLossError(f"{msg}\n{self._recovery_hint()}") from None
+            except _user_errors() as e:
+                _train_logger.error("Training stopped at iteration %d: %s", self.iter, e)
+                raise
+            except Exception:
+                _train_logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            assert hasattr(self, "_last_eval_results"), "No evaluation results obtained during training!"
+            verify_results(self.cfg, self._last_eval_results)
+            return self._last_eval_results
+
+    def _last_losses(self) -> str:
+        try:
+            latest = self.storage.latest()
+        except Exception:  # no storage yet
+            return "No loss was recorded before."
+        losses = {k: v for k, v in latest.items() if k.startswith("loss") or k == "total_loss"}
+        if not losses:
+            return "No loss was recorded before."
+        it = max(i for _, i in losses.values())
+        terms = ", ".join(f"{k}={v:.4g}" for k, (v, _) in sorted(losses.items()))
+        return f"Loss terms at the last finite iteration {it}: {terms}"
+
+    def _recovery_hint(self) -> str:
+        last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+        where = (f"The last good checkpoint {last} is unchanged (no checkpoint is written after a "
+                 "non-finite loss)" if last else "No checkpoint was written yet")
+        return (f"{where}. Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR}) or "
+                f"lengthen SOLVER.WARMUP_ITERS (now {self.cfg.SOLVER.WARMUP_ITERS}), or enable "
+                "SOLVER.CLIP_GRADIENTS, then rerun (with --resume to continue from that checkpoint).")
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -102,11 +244,25 @@ class ResNeXtTrainer(DefaultTrainer):
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             path = os.path.join(cfg.OUTPUT_DIR, "inference", EVAL_RESULTS)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"datasets": list(cfg.DATASETS.TEST), "weights": cfg.MODEL.WEIGHTS,
-                           "results": results}, f, indent=2, default=float)
-            os.replace(tmp, path)
+            atomic_write_json(path, {"datasets": list(cfg.DATASETS.TEST), "weights": cfg.MODEL.WEIGHTS,
+                                     "results": results}, indent=2, default=float)
             logger.info("Evaluation results written to %s", path)
         return results
+
+
+class _FiniteCheckpointer(d2_hooks.PeriodicCheckpointer):
+    """detectron2's periodic checkpointer hook that never saves NaN/inf weights: a diverged
+    step must not replace the last good checkpoint."""
+
+    def after_step(self):
+        it = int(self.trainer.iter)
+        due = (it + 1) % self.period == 0 or (self.max_iter is not None and it >= self.max_iter - 1)
+        if due:
+            bad = [n for n, p in _unwrap(self.checkpointer.model).state_dict().items()
+                   if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+            if bad:
+                more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+                raise NonFiniteLossError(
+                    f"Weights became infinite or NaN at iteration={it}: {', '.join(bad[:5])}{more}; "
+                    f"checkpoint not saved.\n{self.trainer._recovery_hint()}")
+        super().after_step()
