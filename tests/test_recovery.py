@@ -100,11 +100,11 @@ def _all_checkpoints_load(out):
     return names
 
 
-def _finish(out, min_start):
+def _finish(out, min_start, opts=()):
     """--resume to the end; checks it started after the last complete checkpoint."""
     k = torch.load(_last_checkpoint(out), map_location="cpu", weights_only=False)["iteration"]
     assert k + 1 >= min_start
-    r = Run(out, _args(flags=["--resume"]))
+    r = Run(out, _args(*opts, flags=["--resume"]))
     assert r.wait() == 0, r.text[-4000:]
     assert f"Starting training from iteration {k + 1}" in r.text
     assert "Starting training from iteration 0" not in r.text
@@ -161,7 +161,7 @@ def test_sigkill_during_checkpoint_saves_then_resume(tmp_path):
     assert "model_0000004.pth" in names
     assert _last_checkpoint(out).is_file()  # the pointer never names a missing/broken file
     leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    k, r = _finish(out, min_start=5)
+    k, r = _finish(out, min_start=5, opts=opts)
     assert k in (4, 9)
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 15

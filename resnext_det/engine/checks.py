@@ -42,6 +42,29 @@ def validate_solver(cfg, world_size: int = 1) -> None:
                                   "(0 disables linear scaling)")
 
 
+def _load_proposals(path: str):
+    """A proposal pickle through the project's restricted unpickler (no code in the file
+    runs), which also admits detectron2's ``BoxMode`` enum (the ``bbox_mode`` entry that
+    detectron2's own proposal files hold)."""
+    from ..weights.safe_io import RestrictedUnpickler, WeightsError
+
+    class _ProposalUnpickler(RestrictedUnpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("detectron2.structures.boxes", "BoxMode"):
+                from detectron2.structures import BoxMode
+
+                return BoxMode
+            return super().find_class(module, name)
+
+    with open(path, "rb") as f:
+        try:
+            return _ProposalUnpickler(f, path).load()
+        except WeightsError:
+            raise
+        except Exception as e:  # truncated / not a pickle
+            raise WeightsError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
 def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Optional[str] = None) -> None:
     """Verify that a precomputed-proposals file covers every image of a dataset.
 
@@ -54,14 +77,12 @@ def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Option
     Raises:
         TrainingConfigError: file missing/unreadable, or images without proposals.
     """
-    from ..weights.safe_io import safe_load  # restricted unpickler: no code in the file runs
-
     where = f" (DATASETS.PROPOSAL_FILES for {dataset})" if dataset else ""
     if not os.path.isfile(proposal_file):
         raise TrainingConfigError(f"proposal file {proposal_file!r}{where} does not exist; run the RPN "
                                   "stage (or its proposal computation) first")
     try:
-        data = safe_load(proposal_file)
+        data = _load_proposals(proposal_file)
     except Exception as e:  # WeightsError and friends: re-label for the context
         raise TrainingConfigError(f"cannot read proposal file {proposal_file!r}{where}: {e}") from None
     if not isinstance(data, dict) or not {"ids", "boxes"} <= set(data):

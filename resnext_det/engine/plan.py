@@ -298,7 +298,7 @@ class _ProposalCollector:
         parts = comm.gather((self._ids, self._boxes, self._logits), dst=0)
         if not comm.is_main_process():
             return {}
-        data = {"ids": [], "boxes": [], "objectness_logits": [], "bbox_mode": BoxMode.XYXY_ABS}
+        data = {"ids": [], "boxes": [], "objectness_logits": [], "bbox_mode": int(BoxMode.XYXY_ABS)}
         for ids, boxes, logits in parts:
             data["ids"] += ids
             data["boxes"] += boxes
