@@ -161,6 +161,7 @@ def _main(args, trainer_cls=None):
 
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnext_det",
                  abbrev_name="resnext")
+    logging.getLogger("resnext_det").propagate = True  # as before, for handlers set up elsewhere
     prepare_datasets(cfg)
     if args.eval_only:
         return evaluate_only(cfg, resume=args.resume)
