@@ -14,7 +14,10 @@ setting equal (``resnext_det.engine.stock.stock_equivalent_cfg``); ``default`` =
 project's model with default settings; ``fast`` = ``prepare_for_inference`` (fp32);
 ``fast-bf16`` / ``fast-fp16`` = with reduced precision (bf16 only where the CPU has native
 bf16 -- elsewhere a probe records how much slower it is -- and on CUDA); for ``train``,
-``fast`` = the training switches (channels_last; + autocast on CUDA / native-bf16 CPUs).
+``fast`` = the training switches (channels_last; + autocast on CUDA / native-bf16 CPUs),
+``fast-fold`` = the same + FrozenBN folded into the convs on the fly (``fold_frozen_bn=True``).
+For ``fpn``/``c4``, ``fast`` also includes the fast post-processing (sorted batched NMS, same
+detections) and, on CPU fp32, the fused RPN conv+ReLU.
 
 Runs are interleaved (stock, default, fast, stock, ...) and the median is kept, so the
 ratios are fair on a shared, noisy machine; the load average at start is recorded.
@@ -277,7 +280,9 @@ class Bench:
         elif cpu_has_native_bf16() and self.args.bf16_train:
             autocast = "bf16"
         apply_training_switches(fast, channels_last=True, autocast=autocast)
-        models = {"stock": stock, "default": default, "fast": fast}
+        fast_fold = copy.deepcopy(default)
+        apply_training_switches(fast_fold, channels_last=True, autocast=autocast, fold_frozen_bn=True)
+        models = {"stock": stock, "default": default, "fast": fast, "fast-fold": fast_fold}
         h, w = self.args.size
         g = torch.Generator().manual_seed(0)
         inst = Instances((h, w))
@@ -309,8 +314,10 @@ class Bench:
         note = f"fast = channels_last{' + ' + autocast + ' autocast' if autocast else ''}; err = first-iteration loss"
         for mode, s in medians.items():
             err = 0.0 if mode == "stock" else _rel_err(first["stock"], first[mode])
+            mode_note = {"fast": note, "fast-fold": note.replace("channels_last", "channels_last + FrozenBN "
+                                                                        "folded on the fly")}.get(mode, "")
             self.add("train", preset, mode, s, medians["stock"], err, None,
-                     [round(t, 4) for t in times[mode]], note if mode == "fast" else "")
+                     [round(t, 4) for t in times[mode]], mode_note)
 
     def bf16_probe(self):
         """On CPUs without native bf16: one grouped-conv layer, bf16 vs fp32 (why bf16 is skipped)."""
