@@ -133,6 +133,9 @@ def test_resume_continues_at_the_unfinished_stage(tmp_path, monkeypatch):
     computed = []
     monkeypatch.setattr(plan_mod, "compute_proposals",
                         lambda stage, trainer_cls: computed.append(stage.name) or {"n": 1})
+    checked = []  # the proposals are faked: record the stage-2 proposal check instead of reading files
+    monkeypatch.setattr(plan_mod, "check_stage_proposals",
+                        lambda cfg: checked.append(os.path.basename(cfg.OUTPUT_DIR)))
     log = []
     with pytest.raises(_Crash):  # killed during stage 2
         plan_mod.run_plan(cfg, trainer_cls=_fake_trainer(log, crash_on="stage2_fast_rcnn"))
@@ -145,6 +148,7 @@ def test_resume_continues_at_the_unfinished_stage(tmp_path, monkeypatch):
     # stage 1 and its proposals are not redone; stage 2 resumes from its own checkpoint
     assert log == [("stage2_fast_rcnn", "load", True), ("stage2_fast_rcnn", "train")]
     assert computed == ["proposals"]
+    assert checked[-1] == "stage2_fast_rcnn"  # checked before stage 2 trains
     assert results["fast_rcnn"] == {"bbox": {"AP": 42.0}}
     assert PlanState(str(tmp_path)).load().data["finished"] == ["rpn", "proposals", "fast_rcnn"]
 
