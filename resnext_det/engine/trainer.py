@@ -22,9 +22,8 @@ import weakref
 import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.engine import hooks as d2_hooks
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 from ..data.coco_json import DatasetError, checked_mapper
@@ -163,42 +162,24 @@ class ResNeXtTrainer(DefaultTrainer):
                             self.start_iter, self.sampler._seed, self.sampler.start)
 
     def train(self):
-        """detectron2's training loop (``TrainerBase.train`` + ``DefaultTrainer.train``) with
-        clear errors: a non-finite loss raises :class:`NonFiniteLossError` naming the
-        iteration, the loss terms and the last checkpoint (nothing is saved on that path);
-        the project's input errors are logged as one line, without a traceback."""
-        start_iter, max_iter = self.start_iter, self.max_iter
-        _train_logger.info("Starting training from iteration %d", start_iter)
-        self.iter = self.start_iter = start_iter
-        with EventStorage(start_iter) as self.storage:
-            try:
-                self.before_train()
-                for self.iter in range(start_iter, max_iter):
-                    self.before_step()
-                    self.run_step()
-                    self.after_step()
-                self.iter += 1
-            except FloatingPointError as e:
-                if isinstance(e, NonFiniteLossError):
-                    raise
-                msg = str(e)
-                if "iteration" not in msg:  # e.g. the box head's "Predicted boxes ... Inf/NaN"
-                    msg = f"Non-finite values at iteration={self.iter}: {msg}"
-                if "loss_dict" not in msg:
-                    msg += f"\n{self._last_losses()}"
-                raise NonFiniteLossError(f"{msg}\n{self._recovery_hint()}") from None
-            except _user_errors() as e:
-                _train_logger.error("Training stopped at iteration %d: %s", self.iter, e)
-                raise
-            except Exception:
-                _train_logger.exception("Exception during training:")
-                raise
-            finally:
-                self.after_train()
-        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
-            assert hasattr(self, "_last_eval_results"), "No evaluation results obtained during training!"
-            verify_results(self.cfg, self._last_eval_results)
-            return self._last_eval_results
+        """detectron2's ``DefaultTrainer.train`` with clear errors: a non-finite loss raises
+        :class:`NonFiniteLossError` naming the iteration, the loss terms and the last
+        checkpoint (nothing is saved on that path); the project's input errors are logged
+        as one line."""
+        try:
+            return super().train()
+        except NonFiniteLossError:
+            raise
+        except FloatingPointError as e:
+            msg = str(e)
+            if "iteration" not in msg:  # e.g. the box head's "Predicted boxes ... Inf/NaN"
+                msg = f"Non-finite values at iteration={self.iter}: {msg}"
+            if "loss_dict" not in msg:
+                msg += f"\n{self._last_losses()}"
+            raise NonFiniteLossError(f"{msg}\n{self._recovery_hint()}") from None
+        except _user_errors() as e:
+            _train_logger.error("Training stopped at iteration %d: %s", self.iter, e)
+            raise
 
     def _last_losses(self) -> str:
         try:
