@@ -92,6 +92,15 @@ def load_checkpoint(model, cfg, path, *, resume=False):
     return make_checkpointer(model, cfg).resume_or_load(path, resume=resume)
 
 
+class _QuietExpectedErrors(logging.Filter):
+    """Drops detectron2's "Exception during training:" traceback for errors this trainer
+    reports itself as one clear line (non-finite losses, the project's input errors)."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and isinstance(exc, (FloatingPointError,) + _user_errors()))
+
+
 class ResNeXtTrainer(DefaultTrainer):
     """DefaultTrainer + COCO box AP (pycocotools, no C++ extension needed) + results JSON."""
 
@@ -166,6 +175,8 @@ class ResNeXtTrainer(DefaultTrainer):
         :class:`NonFiniteLossError` naming the iteration, the loss terms and the last
         checkpoint (nothing is saved on that path); the project's input errors are logged
         as one line."""
+        quiet = _QuietExpectedErrors()  # these get one clear line below, not a traceback
+        _train_logger.addFilter(quiet)
         try:
             return super().train()
         except NonFiniteLossError:
@@ -180,6 +191,8 @@ class ResNeXtTrainer(DefaultTrainer):
         except _user_errors() as e:
             _train_logger.error("Training stopped at iteration %d: %s", self.iter, e)
             raise
+        finally:
+            _train_logger.removeFilter(quiet)
 
     def _last_losses(self) -> str:
         try:
