@@ -94,6 +94,8 @@ def add_resnext_config(cfg: CN) -> CN:
     r.FAST.PRECISION = "fp32"  # "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA)
     r.FAST.CHANNELS_LAST_TRAIN = False
     r.FAST.AUTOCAST_TRAIN = ""  # "" (off), "bf16", "fp16"
+    # fold FrozenBN into the preceding conv on the fly while training (same parameters/grads)
+    r.FAST.FOLD_FROZEN_BN_TRAIN = False
     return cfg
 
 

@@ -272,3 +272,31 @@ def test_training_fold_frozen_bn_matches_stock(tiny_resnext_cfg):
         conv.norm.running_var.mul_(4.0)
         expected = F.relu(conv.norm(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)))
         torch.testing.assert_close(F.relu(conv(x)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_trainer_applies_training_switches_from_config(tmp_path, tiny_resnext_cfg):
+    """ResNeXtTrainer wires MODEL.RESNEXT.FAST.*_TRAIN in; training still steps and the
+    checkpoint keys stay those of the plain model."""
+    from resnext_det.data.synthetic import register_synthetic_coco
+    from resnext_det.engine.trainer import ResNeXtTrainer
+
+    train, _ = register_synthetic_coco("fast_train_unit", str(tmp_path / "data"), num_train=4,
+                                       num_val=1, image_size=32)
+    cfg = tiny_resnext_cfg()
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), ()
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER, cfg.SOLVER.REFERENCE_WORLD_SIZE = 2, 2, 0
+    cfg.SOLVER.STEPS = (1,)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (32,), 32
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    cfg.MODEL.RESNEXT.FAST.CHANNELS_LAST_TRAIN = True
+    cfg.MODEL.RESNEXT.FAST.FOLD_FROZEN_BN_TRAIN = True
+    trainer = ResNeXtTrainer(cfg)
+    info = trainer.model._resnext_fast
+    assert info["mode"] == "training" and info["channels_last"] and info["folded_on_the_fly"] > 0
+    plain_keys = set(build_model(tiny_resnext_cfg()).state_dict())
+    assert set(trainer.model.state_dict()) == plain_keys
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert trainer.iter == 2

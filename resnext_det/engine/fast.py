@@ -565,7 +565,7 @@ def apply_training_switches(model: nn.Module, cfg=None, *, channels_last: Option
         warnings.warn("AUTOCAST_TRAIN='bf16' on a CPU without native bf16: expect it to be slower than fp32",
                       RuntimeWarning, stacklevel=2)
     if fold_frozen_bn is None:
-        fold_frozen_bn = False
+        fold_frozen_bn = bool(fast.get("FOLD_FROZEN_BN_TRAIN", False)) if fast is not None else False
     n_folded = _fold_frozen_bn_for_training(model) if fold_frozen_bn else 0
     if not channels_last and dtype is None:
         if n_folded:

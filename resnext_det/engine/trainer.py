@@ -114,6 +114,11 @@ class ResNeXtTrainer(DefaultTrainer):
         validate_for_workers(cfg, comm.get_world_size())  # fail in seconds, not mid-run
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
+        # MODEL.RESNEXT.FAST.{CHANNELS_LAST_TRAIN, AUTOCAST_TRAIN, FOLD_FROZEN_BN_TRAIN}; before
+        # the optimizer is built, so its state follows the parameters' memory format
+        from .fast import maybe_apply_fast_config
+
+        model = maybe_apply_fast_config(model, cfg, training=True)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         self.sampler = getattr(data_loader, "resnext_sampler", None)
