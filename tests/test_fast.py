@@ -19,20 +19,12 @@ from resnext_det.engine.fast import (
     prepare_for_inference,
     training_autocast,
 )
-from resnext_det.engine.stock import stock_equivalent_cfg
+from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg
 
 
 def _randomize_frozen_bn(model, seed=0):
     """Give every FrozenBN non-trivial statistics (fresh ones are the identity map)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            n = m.weight.numel()
-            m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-    return model
+    return randomize_frozen_bn(model, torch.Generator().manual_seed(seed))
 
 
 def _model(cfg, seed=0, spread_scores=True):

@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec  # noqa: E402
+from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling import build_backbone, build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
@@ -58,7 +58,7 @@ from resnext_det.engine.fast import (  # noqa: E402
     cpu_has_native_bf16,
     prepare_for_inference,
 )
-from resnext_det.engine.stock import stock_equivalent_cfg  # noqa: E402
+from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -104,14 +104,8 @@ def _cfg(config_name, preset, device, c4_topk=None):
 def _randomize(model, seed=0):
     """Non-trivial FrozenBN statistics (fresh ones are the identity) and a spread box head."""
     g = torch.Generator().manual_seed(seed)
+    randomize_frozen_bn(model, g)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, FrozenBatchNorm2d):
-                n = m.weight.numel()
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
         box_predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
         if box_predictor is not None:  # spread the scores so rounding cannot reorder them
             box_predictor.cls_score.weight.normal_(0, 0.5, generator=g)

@@ -8,9 +8,11 @@ names and shapes and ``load_state_dict`` works across them.
 """
 from __future__ import annotations
 
+import torch
+
 from ..config import resolve_resnext_spec
 
-__all__ = ["stock_equivalent_cfg"]
+__all__ = ["stock_equivalent_cfg", "randomize_frozen_bn"]
 
 _STOCK_BACKBONES = {
     "build_resnext_backbone": "build_resnet_backbone",
@@ -58,3 +60,20 @@ def stock_equivalent_cfg(cfg):
     r.RES2_OUT_CHANNELS = spec.res2_out_channels
     r.DEFORM_ON_PER_STAGE = [False] * 4
     return out
+
+
+def randomize_frozen_bn(model, generator: torch.Generator):
+    """Give every FrozenBatchNorm2d of ``model`` non-trivial statistics (fresh ones are the
+    identity map), so stock/fast comparisons exercise BN folding. Returns ``model``."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    g = generator
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                n = m.weight.numel()
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+    return model
