@@ -15,6 +15,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..io import atomic_write_json
+
 __all__ = ["CLASSES", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names"]
 
 CLASSES = ("square", "circle", "triangle")
@@ -114,14 +116,8 @@ def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_v
                 })
         data = {"info": {"description": "resnext-det synthetic shapes", **params},
                 "images": images, "annotations": annotations, "categories": categories}
-        tmp = out[split]["json_file"] + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, out[split]["json_file"])
-    tmp = manifest + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(params, f)
-    os.replace(tmp, manifest)  # written last: a half-made folder is remade next time
+        atomic_write_json(out[split]["json_file"], data)
+    atomic_write_json(manifest, params)  # written last: a half-made folder is remade next time
     return out
 
 

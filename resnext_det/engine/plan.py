@@ -28,7 +28,7 @@ from detectron2.config import CfgNode
 
 from ..config_plan import PLAN_MODES
 from ..data.coco import coco_split_names
-from ..io import atomic_open
+from ..io import atomic_open, atomic_write_json
 
 __all__ = [
     "Stage",
@@ -248,13 +248,7 @@ class PlanState:
         self.save()
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=2, default=float)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, self.data, indent=2, default=float)
 
 
 def prepare_datasets(cfg: CfgNode) -> None:
