@@ -1,11 +1,53 @@
-"""resnext-det: ResNeXt backbones (FPN and C4) for Detectron2 Faster R-CNN."""
+"""resnext-det: ResNeXt backbones (FPN and C4) for Detectron2 Faster R-CNN.
+
+Dependencies are all declared here, so ``pip install -e .[test,deploy]`` tells the truth.
+detectron2 itself is not on PyPI: ``tools/install.sh`` installs it (the official source
+install, or the PyPI redistribution sal-detectron2 when no git host can be reached) and
+then this project with its extras.
+"""
+import os
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+README = os.path.join(HERE, "README.md")
+
+INSTALL_REQUIRES = [
+    "torch",
+    "torchvision",
+    # detectron2's runtime dependencies (its PyPI redistribution is installed without them)
+    "fvcore",
+    "iopath",
+    "pycocotools",
+    "omegaconf",
+    "hydra-core",
+    "yacs",
+    "termcolor",
+    "tabulate",
+    "cloudpickle",
+    "tqdm",
+    "tensorboard",
+    "matplotlib",
+    "Pillow",
+    # the same cv2 API as opencv-python, without GUI libraries (servers, CI)
+    "opencv-python-headless",
+    # detectron2.model_zoo imports pkg_resources, which setuptools 81 removed
+    "setuptools<81",
+    # weight sources: timm .safetensors, the paper authors' Torch7 .t7 files
+    "safetensors",
+    "torchfile",
+]
+EXTRAS = {
+    "test": ["pytest", "pytest-timeout", "hypothesis"],
+    # ONNX export and the CPU inference runtimes (resnext_det.deploy, tools/export.py)
+    "deploy": ["onnx", "onnxruntime", "openvino"],
+}
 
 setup(
     name="resnext-det",
     version="0.1.0",
     description="ResNeXt (Xie et al., CVPR 2017) as a Detectron2 backbone plugin",
-    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description=open(README).read() if os.path.exists(README) else "",
     long_description_content_type="text/markdown",
     # configs/ ships inside the package as resnext_det.model_configs, so
     # resnext_det.get_config_file() and relative _BASE_ paths work when installed too.
@@ -13,16 +55,6 @@ setup(
     package_dir={"resnext_det.model_configs": "configs"},
     package_data={"resnext_det.model_configs": ["*.yaml"]},
     python_requires=">=3.10",
-    # detectron2 is not on PyPI: tools/install.sh installs it (official source
-    # install, or the PyPI redistribution sal-detectron2 when no git host is reachable).
-    install_requires=[
-        "torch",
-        "torchvision",
-        "fvcore",
-        "pycocotools",
-        "opencv-python-headless",
-        "safetensors",
-        "torchfile",
-    ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
 )

@@ -5,31 +5,31 @@
 - ``BACKBONE_REGISTRY``: ``build_resnext_backbone`` (bottom-up) and
   ``build_resnext_fpn_backbone`` (with FPN);
 - ``ROI_HEADS_REGISTRY``: ``ResNeXtRes5ROIHeads`` (the C4 form's res5 head).
+
+Config: ``resnext_det.get_cfg()`` (or ``add_resnext_config(cfg)`` on detectron2's
+``get_cfg()``) adds every node the project's YAML files use.
 """
 from .config import (
     PRESETS,
     ResNeXtConfigError,
     ResNeXtSpec,
     add_resnext_config,
+    get_cfg,
     get_config_file,
     resolve_resnext_spec,
 )
+from .config_plan import add_plan_config
 from . import modeling  # noqa: F401  (imported to register backbones and heads)
 from .modeling import TorchvisionBackbone, build_backbone_from_preset
 
 __version__ = "0.1.0"
-
-# Functions ``f(cfg)`` that add further config nodes (e.g. the training plan). Every
-# entry point that reads a YAML of this project calls add_resnext_config and these.
-from .config_plan import add_plan_config  # noqa: E402  (the RESNEXT_PLAN node)
-
-CONFIG_HOOKS = [add_plan_config]
 __all__ = [
     "PRESETS",
     "ResNeXtConfigError",
     "ResNeXtSpec",
     "add_resnext_config",
     "add_plan_config",
+    "get_cfg",
     "get_config_file",
     "resolve_resnext_spec",
     "TorchvisionBackbone",

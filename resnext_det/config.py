@@ -9,14 +9,24 @@ contradicts the chosen preset is an error, never a silent override.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from typing import Dict, List, Optional, Tuple
 
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg as d2_get_cfg
+
+from .config_plan import add_plan_config
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PRESETS",
     "ResNeXtSpec",
     "add_resnext_config",
+    "get_cfg",
+    "default_device",
     "resolve_resnext_spec",
     "ResNeXtConfigError",
     "get_config_file",
@@ -61,15 +71,37 @@ NORMS = ("FrozenBN", "BN", "SyncBN", "GN", "nnSyncBN", "naiveSyncBN", "LN", "")
 BLOCK_FORMS = ("grouped", "split", "concat")
 
 
-def add_resnext_config(cfg: CN) -> CN:
-    """Add the ``MODEL.RESNEXT`` node to a detectron2 config (in place; also returned).
+_DEVICE_LOGGED = False
 
-    Call it on ``get_cfg()`` before ``merge_from_file``, like any detectron2 project.
+
+def default_device() -> str:
+    """``"cuda"`` when a CUDA device is usable, else ``"cpu"`` (logged once per process)."""
+    global _DEVICE_LOGGED
+    if torch.cuda.is_available():
+        return "cuda"
+    if not _DEVICE_LOGGED:
+        logger.info("MODEL.DEVICE: no CUDA device found, using cpu")
+        _DEVICE_LOGGED = True
+    return "cpu"
+
+
+def add_resnext_config(cfg: CN) -> CN:
+    """Add every config node this project's YAML files use (in place; also returned).
+
+    The one entry point: ``MODEL.RESNEXT`` (the backbone in the paper's terms) and
+    ``RESNEXT_PLAN`` (how a config is trained: joint or the paper's two-stage plan,
+    :mod:`resnext_det.config_plan`). ``MODEL.DEVICE`` is set to ``cuda`` when a CUDA device
+    is usable and to ``cpu`` otherwise (detectron2's default ``cuda`` fails on a machine
+    without a GPU); a YAML or command line may still set it. Call it on detectron2's
+    ``get_cfg()`` before ``merge_from_file``, like any detectron2 project, or use
+    :func:`get_cfg`, which does both.
 
     Args:
         cfg: a detectron2 ``CfgNode``.
     """
     _C = cfg
+    _C.MODEL.DEVICE = default_device()
+    add_plan_config(_C)
     _C.MODEL.RESNEXT = CN()
     r = _C.MODEL.RESNEXT
     # A named preset ("X-101-32x4d", ...). Empty: use DEPTH/CARDINALITY/BOTTLENECK_WIDTH.
@@ -97,6 +129,27 @@ def add_resnext_config(cfg: CN) -> CN:
     # fold FrozenBN into the preceding conv on the fly while training (same parameters/grads)
     r.FAST.FOLD_FROZEN_BN_TRAIN = False
     return cfg
+
+
+def get_cfg() -> CN:
+    """detectron2's default config with this project's nodes added: the same as
+    ``add_resnext_config(detectron2.config.get_cfg())``."""
+    return add_resnext_config(d2_get_cfg())
+
+
+def check_device(cfg: CN) -> None:
+    """``MODEL.DEVICE`` names a device this machine has.
+
+    Raises:
+        ResNeXtConfigError: naming the key and what would work (an explicit ``cuda``
+            on a machine without a usable CUDA device).
+    """
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ResNeXtConfigError(
+            f"MODEL.DEVICE={device!r} but this machine has no usable CUDA device; set "
+            "MODEL.DEVICE cpu (or leave it unset: resnext_det picks cuda when present, else cpu)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +203,9 @@ def resolve_resnext_spec(cfg: CN, out_features: Optional[List[str]] = None) -> R
     if "RESNEXT" not in cfg.MODEL:
         raise ResNeXtConfigError(
             "cfg.MODEL.RESNEXT is missing: call resnext_det.add_resnext_config(cfg) "
-            "before merge_from_file()"
+            "before merge_from_file() (or start from resnext_det.get_cfg())"
         )
+    check_device(cfg)
     r = cfg.MODEL.RESNEXT
     values = {"DEPTH": int(r.DEPTH), "CARDINALITY": int(r.CARDINALITY),
               "BOTTLENECK_WIDTH": int(r.BOTTLENECK_WIDTH)}
@@ -224,8 +278,6 @@ def get_config_file(name: str) -> str:
     Args:
         name: file name relative to ``configs/``, e.g. ``"faster_rcnn_X101_32x4d.yaml"``.
     """
-    import os
-
     here = os.path.dirname(os.path.abspath(__file__))
     candidates = [
         os.path.join(here, "model_configs", name),  # installed package (see setup.py)

@@ -13,7 +13,7 @@ other world sizes scale them linearly (detectron2's ``auto_scale_workers``).
 :mod:`resnext_det.engine.plan` turns this node into stages.
 
 This node is separate from ``MODEL.RESNEXT`` (the backbone); it is added by
-:func:`add_plan_config`, which is registered in ``resnext_det.CONFIG_HOOKS``.
+:func:`add_plan_config`, which :func:`resnext_det.add_resnext_config` calls.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _stage_solver(ims_per_batch, base_lr, steps, max_iter, batch_size_per_image)
 def add_plan_config(cfg: CN) -> CN:
     """Add the ``RESNEXT_PLAN`` node (in place; also returned).
 
-    Call it on ``get_cfg()`` before ``merge_from_file``, after ``add_resnext_config``.
+    :func:`resnext_det.add_resnext_config` calls it; there is no need to call it yourself.
     Defaults are the paper's Appendix B numbers (for 8 workers) with ``MODE: "joint"``,
     so a config only opts in with ``RESNEXT_PLAN.MODE: "two_stage"``.
 

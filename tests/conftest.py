@@ -12,15 +12,11 @@ def pytest_configure(config):
 @pytest.fixture
 def tiny_resnext_cfg():
     """A detectron2 config for a tiny ResNeXt (CPU-fast): C=4, d=4, res2 width 32."""
-    from detectron2.config import get_cfg
 
     import resnext_det
 
     def make(config_name="faster_rcnn_X50_32x4d_FPN.yaml", **overrides):
-        cfg = get_cfg()
-        resnext_det.add_resnext_config(cfg)
-        for hook in resnext_det.CONFIG_HOOKS:  # further project nodes (training plan ...)
-            hook(cfg)
+        cfg = resnext_det.get_cfg()
         cfg.merge_from_file(resnext_det.get_config_file(config_name))
         cfg.MODEL.DEVICE = "cpu"
         r = cfg.MODEL.RESNEXT
@@ -46,14 +42,10 @@ def tiny_resnext_cfg():
 
 @pytest.fixture(scope="session")
 def train_net():
-    """tools/train_net.py imported as a module (its cli(), get_parser(), setup_cfg(), main())."""
-    import importlib.util
+    """The command line behind tools/train_net.py (its cli(), get_parser(), setup_cfg(), main())."""
+    from resnext_det import cli
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(root, "tools", "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return cli
 
 
 # A tiny ResNeXt (C=4, d=4, res2 width 32) on 64-pixel synthetic images: trailing train_net

@@ -129,15 +129,11 @@ def test_malicious_pickle_refused_via_cli_payload_never_runs(cli, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model():
     """(cfg, model) of the tiny FPN detector, built once."""
-    from detectron2.config import get_cfg
 
     import resnext_det
     from resnext_det.engine.trainer import ResNeXtTrainer
 
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    for hook in resnext_det.CONFIG_HOOKS:
-        hook(cfg)
+    cfg = resnext_det.get_cfg()
     cfg.merge_from_file(resnext_det.get_config_file(DEMO))
     cfg.merge_from_list(TINY_OPTS + ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.DEVICE", "cpu"])
     return cfg, ResNeXtTrainer.build_model(cfg)

@@ -1,7 +1,6 @@
 """The checked COCO reader: every bad input gets a clear error naming file and entry."""
 import json
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

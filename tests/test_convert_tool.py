@@ -1,6 +1,5 @@
 """tools/convert_weights.py: INPUT OUTPUT [--preset NAME] -> a detectron2 checkpoint with metadata."""
 import os
-import pickle
 import subprocess
 import sys
 

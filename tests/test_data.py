@@ -70,15 +70,11 @@ def test_coco_split_names():
 
 
 def _paper_cfg(**opts):
-    from detectron2.config import get_cfg
 
     import resnext_det
     from resnext_det.engine.plan import resolve_datasets
 
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    for hook in resnext_det.CONFIG_HOOKS:
-        hook(cfg)
+    cfg = resnext_det.get_cfg()
     cfg.merge_from_file(resnext_det.get_config_file("faster_rcnn_X101_32x4d.yaml"))
     cfg.merge_from_list([x for kv in opts.items() for x in kv])
     return resolve_datasets(cfg)

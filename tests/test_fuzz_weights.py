@@ -3,7 +3,6 @@
 The only outcomes allowed: a loaded object, or the project's own WeightsError with the
 file's name. Nothing from the file is executed (a canary global would create a file).
 """
-import io
 import os
 import pickle
 

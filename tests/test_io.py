@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from resnext_det.io import atomic_open, atomic_write_json, make_atomic
+from resnext_det.io import atomic_open, atomic_write_json
 
 
 def test_failed_write_keeps_old_file(tmp_path):

@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import resnext_det
@@ -14,11 +13,7 @@ CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR,
 
 
 def _load(name):
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    # projects may add their own nodes (training plan ...): let them, through the public hook
-    for hook in resnext_det.CONFIG_HOOKS:
-        hook(cfg)
+    cfg = resnext_det.get_cfg()
     cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
     cfg.MODEL.DEVICE = "cpu"
     return cfg

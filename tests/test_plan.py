@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import yaml
-from detectron2.config import get_cfg
 
 import resnext_det
 from resnext_det.engine import plan as plan_mod
@@ -16,10 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cfg(name, *opts):
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    for hook in resnext_det.CONFIG_HOOKS:
-        hook(cfg)
+    cfg = resnext_det.get_cfg()
     cfg.merge_from_file(resnext_det.get_config_file(name))
     cfg.merge_from_list(list(opts))
     return cfg

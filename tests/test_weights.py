@@ -126,13 +126,9 @@ def _load(model, path, **kw):
 
 
 def _cfg(name):
-    """A project config as every entry point reads it (add_resnext_config + CONFIG_HOOKS)."""
-    from detectron2.config import get_cfg
+    """A project config as every entry point reads it (resnext_det.get_cfg())."""
 
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    for hook in getattr(resnext_det, "CONFIG_HOOKS", []):
-        hook(cfg)
+    cfg = resnext_det.get_cfg()
     cfg.merge_from_file(resnext_det.get_config_file(name))
     cfg.MODEL.DEVICE = "cpu"
     return cfg

@@ -46,7 +46,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling import build_backbone, build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
@@ -88,10 +87,7 @@ def matmul_ceiling(dtype, device, n=2048, reps=5):
 
 
 def _cfg(config_name, preset, device, c4_topk=None):
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    for hook in getattr(resnext_det, "CONFIG_HOOKS", []):
-        hook(cfg)
+    cfg = resnext_det.get_cfg()
     cfg.merge_from_file(resnext_det.get_config_file(config_name))
     cfg.MODEL.RESNEXT.PRESET = preset
     cfg.MODEL.DEVICE = device.type

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Installs everything resnext-det needs into the current Python, idempotently:
-# fast when all is already there. Then, with --test, runs the test suite.
+# Installs everything resnext-det needs into the current Python, idempotently (fast when all
+# is already there). Then, with --test, runs the test suite.
 #
 #   bash tools/install.sh            # install only
 #   bash tools/install.sh --test     # install, then run the tests (the README command)
+#
+# Only what pip cannot do lives here: torch pinned to the releases this platform ships, and
+# detectron2 (not on PyPI). Every other dependency, with its version bounds, is declared in
+# setup.py and installed by `pip install -e .[test,deploy]`, which reinstalls a present
+# package that is outside its bound (e.g. setuptools<81).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -20,37 +25,10 @@ else
   $PIP install -q torch==2.14.1 torchvision==0.29.1
 fi
 
-# 2. runtime dependencies of detectron2 and of this project, by name.
-DEPS=(fvcore iopath pycocotools omegaconf hydra-core yacs termcolor tabulate cloudpickle
-      tqdm tensorboard matplotlib Pillow opencv-python-headless "setuptools<81"
-      torchfile safetensors)
-TEST_DEPS=(pytest pytest-timeout hypothesis)
-missing=$("$PY" - "${DEPS[@]}" "${TEST_DEPS[@]}" <<'PYEOF'
-import sys
-from importlib import metadata
-import re
-out = []
-for req in sys.argv[1:]:
-    name = re.split(r"[<>=!]", req)[0]
-    try:
-        metadata.version(name)
-    except metadata.PackageNotFoundError:
-        out.append(req)
-print(" ".join(out))
-PYEOF
-)
-if [ -n "$missing" ]; then
-  log "installing dependencies: $missing"
-  # shellcheck disable=SC2086
-  $PIP install -q $missing
-else
-  log "runtime and test dependencies already installed"
-fi
-
-# 3. detectron2: the official source install first; when no git host can be
-#    reached, the PyPI redistribution of its Python package (sal-detectron2).
+# 2. detectron2: the official source install first; when no git host can be reached, the
+#    PyPI redistribution of its Python package (sal-detectron2), without its C++ extension.
 if have detectron2; then
-  log "detectron2 already importable from $("$PY" -c 'import detectron2,os; print(os.path.dirname(detectron2.__file__))')"
+  log "detectron2 already importable from $("$PY" -c 'import detectron2,os; print(os.path.dirname(detectron2.__file__))' 2>/dev/null)"
 else
   log "trying the official detectron2 source install (git)"
   if timeout 600 $PIP install -q --no-build-isolation \
@@ -64,18 +42,19 @@ else
     $PIP install -q --no-deps --only-binary=:all: --python-version 3.10 --implementation cp \
       --upgrade --target "$TARGET" sal-detectron2==0.7.2
     echo "$TARGET" > "$SITE/_sal_detectron2.pth"
-    have detectron2 || { log "ERROR: detectron2 still not importable after install"; exit 1; }
   fi
 fi
 
-# 4. this project, editable.
-REPO=$(pwd)
-if (cd / && "$PY" -c 'import resnext_det, sys, os; sys.exit(0 if os.path.samefile(os.path.dirname(resnext_det.__file__), sys.argv[1]) else 1)' "$REPO/resnext_det") >/dev/null 2>&1; then
-  log "resnext_det already installed (editable) from $(pwd)"
-else
-  log "installing resnext_det (editable)"
-  $PIP install -q --no-deps --no-build-isolation -e .
+# 3. this project (editable) with every declared dependency and the test and deploy extras;
+#    pip honours the version bounds of setup.py.
+log "installing resnext_det (editable) with its dependencies: pip install -e .[test,deploy]"
+PIP_LOG=$(mktemp)
+if ! $PIP install -q --no-build-isolation -e ".[test,deploy]" >"$PIP_LOG" 2>&1; then
+  cat "$PIP_LOG"; log "ERROR: pip install -e .[test,deploy] failed (output above)"; exit 1
 fi
+rm -f "$PIP_LOG"
+"$PY" -W ignore -c 'import resnext_det, detectron2.model_zoo, onnxruntime, openvino' \
+  || { log "ERROR: resnext_det, detectron2.model_zoo, onnxruntime or openvino not importable after install"; exit 1; }
 log "done"
 
 if [ "${1:-}" = "--test" ]; then

@@ -7,7 +7,7 @@ paper's terms. Module names are detectron2's (``stem.conv1``, ``res2.0.conv1.nor
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, ResNet
