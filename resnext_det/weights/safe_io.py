@@ -14,14 +14,15 @@ The format is sniffed from the first bytes, not trusted from the extension.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
+import re
 import struct
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = ["WeightsError", "ForbiddenGlobalError", "RestrictedUnpickler", "sniff_format", "safe_load"]
 
@@ -40,15 +41,17 @@ class WeightsError(ValueError):
 
 
 class ForbiddenGlobalError(WeightsError):
-    """A pickle asked for a global outside the allow-list (it was not called)."""
+    """A pickle (a ``.pkl`` or a torch file) asked for a global outside the allow-list; it was
+    not called. The same message for every container format."""
 
     def __init__(self, path: str, module: str, name: str):
         self.path, self.module, self.name = path, module, name
         super().__init__(
-            f"{path}: refused to unpickle: the file asks for the global '{module}.{name}', which "
-            "is not a numpy array, numpy dtype or builtin container/number. Weight files never "
-            "need it; nothing from the file was executed. If you created this file yourself, "
-            "re-save the weights as a plain dict of numpy arrays (.pkl) or tensors (.pth)."
+            f"{path}: refused to load: the file asks for the global '{module}.{name}', which a "
+            "weights file never needs (only tensors, numpy arrays and dtypes, and builtin "
+            "containers and numbers are admitted); nothing from the file was executed. If you "
+            "created this file yourself, re-save the weights as a plain state dict of tensors "
+            "(torch.save(model.state_dict(), path)) or of numpy arrays (.pkl)."
         )
 
 
@@ -167,17 +170,29 @@ def _truncated(path: str, err: Exception) -> WeightsError:
     )
 
 
-def _torch_load(path: str):
-    import torch
+def _torch_safe_globals():
+    # The same allow-list as .pkl files (numpy arrays and dtypes inside a torch file load;
+    # anything else is refused by torch's weights-only unpickler, before it is called).
+    allowed = [fn for (module, _), fn in _allowed_globals().items() if module != "_codecs"]
+    allowed += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16,
+                                             np.int32, np.int64, np.uint8, np.bool_)]
+    return allowed
 
+
+def _torch_load(path: str):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's weights-only unpickler refused a global: report it, never fall back.
+        # Refused before anything ran. Report it in the project's own message, naming the
+        # global: torch's own text advises weights_only=False, the opposite of a safe loader.
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if refused:
+            module, _, name = refused.group(1).rpartition(".")
+            raise ForbiddenGlobalError(path, module, name) from None
         raise WeightsError(
-            f"{path}: refused to load with torch.load(weights_only=True): {str(e).splitlines()[0]}. "
-            "Weight files contain tensors and containers only; nothing from the file was executed. "
-            "Re-save the state dict (torch.save(model.state_dict(), ...)) if you trust it."
+            f"{path}: refused to load: the file holds objects a weights file never needs; nothing "
+            "from the file was executed. Re-save the weights as a plain state dict of tensors."
         ) from None
     except Exception as e:  # RuntimeError, EOFError, zip/safetensors errors ...: a damaged file
         raise _truncated(path, e) from None
@@ -228,8 +243,3 @@ def safe_load(path: str) -> Any:
     if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:  # legacy torch.save (non-zip)
         return _torch_load(path)
     return obj
-
-
-def load_bytes_restricted(data: bytes, name: str = "<bytes>") -> Any:
-    """Unpickle ``data`` with :class:`RestrictedUnpickler` (used by tests and tools)."""
-    return RestrictedUnpickler(io.BytesIO(data), name).load()
