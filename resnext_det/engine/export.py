@@ -7,7 +7,7 @@ Example::
 
     traced, adapter = trace_detector(model, image)          # image: CHW float tensor
     traced.save("model.ts")                                 # loads without detectron2
-    instances = run_traced(traced, adapter, image)          # detectron2 Instances
+    instances = run_traced(traced, adapter, image)          # == model([{"image": image}])[0]["instances"]
 
 A traced graph is specialised to what it saw: control flow that depends on data is
 frozen. Faster R-CNN's is shape-generic in detectron2 (it is written for tracing), but
@@ -17,13 +17,14 @@ batch is one image.
 from __future__ import annotations
 
 import warnings
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.postprocessing import detector_postprocess
 
 __all__ = ["trace_detector", "run_traced", "export_torchscript"]
 
@@ -57,11 +58,26 @@ def trace_detector(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.Scr
     return traced, adapter
 
 
-def run_traced(traced: torch.jit.ScriptModule, adapter: TracingAdapter, image: torch.Tensor):
-    """Run a traced detector on one CHW image; returns detectron2 ``Instances``."""
+def run_traced(traced: torch.jit.ScriptModule, adapter: TracingAdapter, image: torch.Tensor,
+               height: Optional[int] = None, width: Optional[int] = None):
+    """Run a traced detector on one CHW image; returns detectron2 ``Instances`` as the eager
+    model returns them for ``{"image": image, "height": height, "width": width}``.
+
+    The graph stops before detectron2's post-processing (plain arithmetic, kept out of the
+    trace); :func:`detector_postprocess` is applied here as ``GeneralizedRCNN`` applies it:
+    boxes rescaled to ``height`` x ``width`` (default: the image's own size), clipped, and
+    empty boxes dropped.
+
+    Args:
+        traced: from :func:`trace_detector` (or ``torch.jit.load`` of a saved one).
+        adapter: the ``TracingAdapter`` from :func:`trace_detector` (its output schema).
+        image: one CHW image tensor in the model's input format.
+        height, width: the size to report boxes in (the original image's size).
+    """
     with torch.no_grad():
         flat = traced(image)
-    return adapter.outputs_schema(flat)[0]["instances"]
+    instances = adapter.outputs_schema(flat)[0]["instances"]
+    return detector_postprocess(instances, height or image.shape[-2], width or image.shape[-1])
 
 
 def export_torchscript(model: nn.Module, image: torch.Tensor, path: str) -> TracingAdapter:
