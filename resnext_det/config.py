@@ -120,14 +120,18 @@ def add_resnext_config(cfg: CN) -> CN:
     r.RES2_OUT_CHANNELS = 256
     # Fig. 3 of the paper: "grouped" (c, default), "split" (a), "concat" (b).
     r.BLOCK_FORM = "grouped"
-    # Fast path / training switches (engine.fast). Off by default: the stock-equivalent path.
+    # Fast path / training switches (engine.fast). Inference: off by default (the stock path).
     r.FAST = CN()
-    r.FAST.INFERENCE = False  # fold FrozenBN + channels_last at inference
+    r.FAST.INFERENCE = False  # fold FrozenBN + channels_last (+ fused oneDNN blocks) at inference
     r.FAST.PRECISION = "fp32"  # "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA)
-    r.FAST.CHANNELS_LAST_TRAIN = False
+    # Training layout switches: "auto" (default), "on"/"off" (True/False in Python). They never
+    # change the losses beyond float rounding (same parameters, same names); "auto" turns on
+    # what a short probe at start (else the CPU's features) shows faster than stock on this
+    # machine, and logs what it chose and why in one line (engine/fast/auto.py).
+    r.FAST.CHANNELS_LAST_TRAIN = "auto"  # conv weights and activations NHWC
+    r.FAST.FOLD_FROZEN_BN_TRAIN = "auto"  # each conv+FrozenBN run as one conv, folded on the fly
+    # Off by default: reduced precision changes the first-iteration loss beyond rounding.
     r.FAST.AUTOCAST_TRAIN = ""  # "" (off), "bf16", "fp16"
-    # fold FrozenBN into the preceding conv on the fly while training (same parameters/grads)
-    r.FAST.FOLD_FROZEN_BN_TRAIN = False
     return cfg
 
 

@@ -1,0 +1,86 @@
+"""Precision names, the CPU's native bf16 support, and the autocast context for training."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterator, Optional
+
+import torch
+
+__all__ = ["PRECISIONS", "cpu_has_native_bf16", "autocast_dtype", "training_autocast", "warn_if_bf16_is_slow"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if probe is not None:
+        try:
+            return bool(probe())
+        except Exception:  # pragma: no cover - very old/odd builds
+            pass
+    cap = torch.backends.cpu.get_cpu_capability()
+    return "AMX" in cap or "BF16" in cap
+
+
+def autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype for a precision name on a device type; None means fp32 (no autocast).
+
+    Args:
+        precision: "fp32", "bf16" or "fp16".
+        device_type: "cpu" or "cuda".
+
+    Raises:
+        ValueError: unknown precision, or fp16 on CPU (oneDNN has no fp16 conv on CPU worth using).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"MODEL.RESNEXT.FAST.PRECISION={precision!r} is not valid; use one of {PRECISIONS}")
+    if precision == "fp16" and device_type == "cpu":
+        raise ValueError(
+            "MODEL.RESNEXT.FAST.PRECISION='fp16' is not valid on CPU; use 'bf16' on CPU "
+            "(fp16 or bf16 on CUDA) or 'fp32'"
+        )
+    return _DTYPES[precision]
+
+
+def warn_if_bf16_is_slow(dtype: Optional[torch.dtype], device_type: str, what: str) -> None:
+    """Warn when bf16 is asked for on a CPU without native bf16 (oneDNN's reference kernels
+    there are several times slower than fp32).
+
+    Args:
+        dtype: the autocast dtype about to be used (None: fp32).
+        device_type: "cpu" or "cuda".
+        what: the setting that asked for it, named in the warning.
+    """
+    if dtype == torch.bfloat16 and device_type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            f"{what}: this CPU has no native bf16 (AVX512-BF16/AMX); oneDNN falls back to "
+            "reference kernels and bf16 will be much SLOWER than fp32 here. Use fp32 on this machine.",
+            RuntimeWarning, stacklevel=3,
+        )
+
+
+@contextlib.contextmanager
+def training_autocast(cfg=None, device_type: str = "cpu", precision: Optional[str] = None) -> Iterator[None]:
+    """Context manager for a trainer that prefers to autocast the whole ``model(data)`` call.
+
+    A no-op when ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` (or ``precision``) is "" / "fp32".
+    Unlike :func:`~resnext_det.engine.fast.apply_training_switches` it also autocasts the heads;
+    detectron2 keeps the loss computations in fp32 either way (``smooth_l1``/``cross_entropy``
+    autocast to fp32).
+
+    Args:
+        cfg: a config with ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN``.
+        device_type: "cpu" or "cuda".
+        precision: overrides the config: "", "fp32", "bf16", "fp16".
+    """
+    if precision is None:
+        precision = str(cfg.MODEL.RESNEXT.FAST.AUTOCAST_TRAIN) if cfg is not None else ""
+    dtype = autocast_dtype(precision or "fp32", device_type)
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device_type, dtype=dtype):
+        yield

@@ -1,0 +1,172 @@
+"""The fast path's entry points: :func:`prepare_for_inference`, :func:`apply_training_switches`
+and :func:`maybe_apply_fast_config` (the one-line integration used by the trainer)."""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .auto import CpuFeatures, resolve_training_layout
+from .folding import fold_frozen_bn, fold_frozen_bn_on_the_fly
+from .fused import fuse_blocks
+from .layout import autocast_trunks
+from .precision import PRECISIONS, autocast_dtype, warn_if_bf16_is_slow
+
+__all__ = ["prepare_for_inference", "apply_training_switches", "maybe_apply_fast_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def _resolve_device(model: nn.Module, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def prepare_for_inference(model: nn.Module, precision: str = "fp32",
+                          device: Optional[Union[str, torch.device]] = None, *,
+                          channels_last: bool = True, fuse: bool = True) -> nn.Module:
+    """Prepare a trained detectron2 model (or a bare backbone) for fast inference, in place.
+
+    1. FrozenBN folded into the convs (:func:`~.folding.fold_frozen_bn`, float64): each such
+       conv becomes a ``Conv2d`` with a bias.
+    2. channels_last conv weights (oneDNN's NHWC kernels are much faster on CPU, especially
+       for the grouped 3x3 conv; cuDNN's tensor-core kernels want NHWC). The FPN, RPN and RoI
+       heads keep the channels_last feature maps (measured: converting them to NCHW for
+       RoIAlign costs as much as RoIAlign's own internal conversion saves).
+    3. On CPU, fp32: bottlenecks, stem and RPN head swapped for their oneDNN fused classes
+       (:mod:`.fused`).
+    4. ``precision`` "bf16"/"fp16": the backbone and the C4 res5 head become
+       ``Autocast<Class>`` trunks (:mod:`.layout`) with fp32 outputs, so box decoding, NMS,
+       RoIAlign, the box predictor and detectron2's post-processing stay fp32.
+
+    Post-processing is detectron2's own. Puts the model in eval mode. In fp32 the outputs equal
+    the unprepared model's up to float rounding. On CUDA, ``cudnn.benchmark`` is turned on.
+
+    Args:
+        model: a ``GeneralizedRCNN`` (FPN or C4), a ``Backbone``, or any module whose
+            convs are detectron2 ``Conv2d`` with FrozenBN.
+        precision: "fp32"; "bf16" (CPU with AVX512-BF16/AMX, or CUDA); "fp16" (CUDA only).
+        device: move the model there first (default: where its parameters are).
+        channels_last: store conv weights and feature maps NHWC (default True).
+        fuse: on CPU, use the oneDNN fused blocks (fp32, no-grad calls only; anything else runs
+            detectron2's forward on the same folded convs).
+
+    Returns:
+        the prepared model: the same object, except that a bare backbone run in bf16/fp16 is
+        returned as its ``Autocast<Class>`` (same parameters): use the return value.
+    """
+    dev = _resolve_device(model, device)
+    dtype = autocast_dtype(precision, dev.type)
+    warn_if_bf16_is_slow(dtype, dev.type, "prepare_for_inference(precision='bf16')")
+    model.to(dev)
+    model.eval()
+    model.requires_grad_(False)  # inference only; lets the fused (autograd-free) kernels run
+    n_folded = fold_frozen_bn(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    n_fused = fuse_blocks(model) if fuse and dev.type == "cpu" and dtype is None else 0
+    if dtype is not None:
+        model = autocast_trunks(model, dev.type, dtype, channels_last)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model._resnext_fast = {"mode": "inference", "precision": precision, "folded": n_folded,
+                           "fused_blocks": n_fused, "channels_last": channels_last}
+    logger.info("prepare_for_inference: folded %d FrozenBN, fused %d blocks, channels_last=%s, %s",
+                n_folded, n_fused, channels_last, precision)
+    return model
+
+
+def apply_training_switches(model: nn.Module, cfg=None, *, channels_last=None,
+                            autocast: Optional[str] = None, fold_frozen_bn=None,
+                            cpu_features: Optional[CpuFeatures] = None,
+                            probe: Union[bool, Mapping[str, float], None] = None) -> nn.Module:
+    """Apply the training speed switches to a model, in place; every parameter keeps its
+    detectron2 name, so checkpoints stay interchangeable with the stock path.
+
+    - channels_last: conv weights (and their gradients / optimizer state) NHWC.
+    - fold_frozen_bn: each ``Conv2d`` + ``FrozenBatchNorm2d`` becomes a
+      :class:`~.folding.FrozenBNFoldedConv2d` (one conv, FrozenBN folded on the fly; same
+      parameters, gradients equal up to rounding).
+    - autocast ("bf16" / "fp16"): the backbone and C4 res5 become ``Autocast<Class>`` trunks
+      with fp32 outputs, so the heads and losses stay fp32. With fp16 the trainer should also
+      use a grad scaler (detectron2's ``AMPTrainer``).
+
+    ``auto`` (the config default of the two layout switches) picks what is faster on this
+    machine (:mod:`.auto`: a short probe, else the CPU's features), logged in one line.
+
+    Args:
+        model: the detectron2 model about to be trained.
+        cfg: a config with ``MODEL.RESNEXT.FAST`` (CHANNELS_LAST_TRAIN, FOLD_FROZEN_BN_TRAIN,
+            AUTOCAST_TRAIN); the keyword arguments, when given, take precedence.
+        channels_last: override ``CHANNELS_LAST_TRAIN``: True, False or "auto".
+        autocast: override ``AUTOCAST_TRAIN``: "" (off), "bf16" or "fp16".
+        fold_frozen_bn: override ``FOLD_FROZEN_BN_TRAIN``: True, False or "auto".
+        cpu_features: for ``auto``: the CPU features to decide by (default: this machine's).
+        probe: for ``auto``: None runs the probe, False skips it, a mapping gives its times.
+
+    Returns:
+        the same model object.
+    """
+    fast = cfg.MODEL.RESNEXT.FAST if cfg is not None else None
+    if channels_last is None:
+        channels_last = fast.CHANNELS_LAST_TRAIN if fast is not None else False
+    if fold_frozen_bn is None:
+        fold_frozen_bn = fast.get("FOLD_FROZEN_BN_TRAIN", False) if fast is not None else False
+    if autocast is None:
+        autocast = str(fast.AUTOCAST_TRAIN) if fast is not None else ""
+    if autocast not in ("",) + PRECISIONS:
+        raise ValueError(
+            f"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN={autocast!r} is not valid; use '' (off), 'bf16' or 'fp16'"
+        )
+    dev = _resolve_device(model, None)
+    dtype = autocast_dtype(autocast or "fp32", dev.type)
+    warn_if_bf16_is_slow(dtype, dev.type, "AUTOCAST_TRAIN='bf16'")
+    choice = resolve_training_layout(model, cfg, channels_last, fold_frozen_bn,
+                                     features=cpu_features, probe=probe)
+    n_folded = fold_frozen_bn_on_the_fly(model) if choice.fold_frozen_bn else 0
+    if choice.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if dtype is not None:
+        model = autocast_trunks(model, dev.type, dtype, choice.channels_last)
+    if dev.type == "cuda" and (choice.channels_last or dtype is not None):
+        torch.backends.cudnn.benchmark = True
+    model._resnext_fast = {"mode": "training", "precision": autocast or "fp32",
+                           "channels_last": choice.channels_last, "folded_on_the_fly": n_folded,
+                           "layout_reason": choice.reason}
+    return model
+
+
+def maybe_apply_fast_config(model: nn.Module, cfg, training: bool) -> nn.Module:
+    """Apply what ``cfg.MODEL.RESNEXT.FAST`` asks for; the one-line integration point.
+
+    - ``training=False`` and ``FAST.INFERENCE``: :func:`prepare_for_inference` with
+      ``FAST.PRECISION`` (on ``cfg.MODEL.DEVICE``).
+    - ``training=True``: :func:`apply_training_switches` (CHANNELS_LAST_TRAIN,
+      FOLD_FROZEN_BN_TRAIN, AUTOCAST_TRAIN; the first two default to ``auto``).
+    - otherwise the model is returned unchanged.
+
+    Args:
+        model: a built detectron2 model.
+        cfg: its config (went through ``add_resnext_config``).
+        training: whether the model is about to be trained (else: evaluated).
+
+    Returns:
+        the model to use: the same object (see :func:`prepare_for_inference` for the one
+        exception, a bare backbone in reduced precision).
+    """
+    if "RESNEXT" not in cfg.MODEL:
+        return model
+    fast = cfg.MODEL.RESNEXT.FAST
+    if training:
+        return apply_training_switches(model, cfg)
+    if bool(fast.INFERENCE):
+        return prepare_for_inference(model, precision=str(fast.PRECISION))
+    return model
+
+
+
+
