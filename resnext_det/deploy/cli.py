@@ -1,0 +1,108 @@
+"""The command line of ``tools/export.py``: export a trained detector for CPU inference.
+
+    python tools/export.py --config-file configs/faster_rcnn_X101_32x4d_FPN_e2e.yaml \\
+        --output out/deploy MODEL.WEIGHTS out/model_final.pth
+    python tools/export.py --config-file ... --output out/deploy --int8 --calib-images 32 MODEL.WEIGHTS ...
+
+Writes ``DIR/model.onnx`` (and with ``--int8`` ``DIR/model_int8.onnx``), each with a
+``.export.json`` report. Bad input: one line ``export.py: error: ...``, exit status 2, and
+nothing written at the output path.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+
+__all__ = ["get_parser", "cli"]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="export.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", "--config", dest="config_file", required=True, metavar="FILE",
+                   help="the detector's config (a path or a shipped config's name)")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for model.onnx")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--int8", action="store_true", help="also write model_int8.onnx (static int8)")
+    p.add_argument("--calib-images", type=int, default=32, metavar="N",
+                   help="training images to calibrate int8 on (default 32)")
+    p.add_argument("--image", default="", metavar="FILE",
+                   help="image to trace and check on (default: first test image)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides, e.g. MODEL.WEIGHTS out/model_final.pth")
+    return p
+
+
+def _export_cfg(args):
+    """The plan's final detector config, datasets registered (export image, calibration)."""
+    # the same config and dataset steps as tools/train_net.py (whatever module holds them)
+    from ..cli import build_plan, final_stage, prepare_datasets, setup_cfg
+    from .contract import DeployError
+
+    ns = argparse.Namespace(config_file=args.config_file, opts=args.opts, demo=None)
+    cfg = setup_cfg(ns)
+    if cfg.RESNEXT_PLAN.MODE == "two_stage":
+        raise DeployError(
+            "RESNEXT_PLAN.MODE two_stage: the plan's detector is two separately trained networks "
+            "(an RPN, then Fast R-CNN on its saved proposals); export a jointly trained detector "
+            "(RESNEXT_PLAN.MODE joint, e.g. configs/*_FPN_e2e.yaml)")
+    prepare_datasets(cfg)
+    scfg = final_stage(build_plan(cfg)).cfg.clone()
+    scfg.defrost()
+    scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
+    scfg.freeze()
+    return scfg
+
+
+def run(args) -> dict:
+    """Export (and optionally quantize) as ``args`` say; returns the export report."""
+    from .export import export_onnx
+
+    if args.calib_images < 1:
+        from .contract import DeployError
+
+        raise DeployError(f"--calib-images {args.calib_images} is not valid; use a positive number")
+    cfg = _export_cfg(args)
+    start = time.perf_counter()
+    report = export_onnx(cfg, args.output, image_path=args.image or None, opset=args.opset)
+    par = report["parity_onnxruntime_vs_eager"]
+    print(f"Exported {report['path']} ({report['bytes'] / 1e6:.1f} MB, opset {args.opset}) in "
+          f"{time.perf_counter() - start:.0f} s; ONNX Runtime vs eager on the export image: "
+          f"{par['detections']} detections, max box diff {par['max_box_diff']:.2g} px, "
+          f"max score diff {par['max_score_diff']:.2g}")
+    if args.int8:
+        from .quantize import calibration_images, quantize_int8
+
+        path = quantize_int8(report["path"], calibration_images(cfg, args.calib_images))
+        report["int8_path"] = path
+        print(f"int8 model {path} (calibrated on {args.calib_images} training images); measure its AP: "
+              f"python tools/train_net.py --config-file {args.config_file} --eval-only MODEL.WEIGHTS {path}")
+    return report
+
+
+def cli(argv=None) -> int:
+    """The command line: returns 0, or 2 after a one-line error."""
+    args = get_parser().parse_args(argv)
+    from ..config import ResNeXtConfigError
+    from ..weights import WeightsError
+    from .contract import DeployError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (DeployError, ResNeXtConfigError, WeightsError, FileNotFoundError, ValueError) as e:
+        print(f"export.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main():  # pragma: no cover - console entry
+    with warnings.catch_warnings():
+        # detectron2 imports torch.jit.script-decorated functions: torch deprecates that API
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        sys.exit(cli())

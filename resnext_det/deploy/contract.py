@@ -1,0 +1,179 @@
+"""The preprocessing contract of an exported detector, stored in the ONNX file's metadata.
+
+One place knows the metadata keys. The graph itself takes one image, CHW float32, already
+resized (shortest edge to ``min_size_test``, longest at most ``max_size_test``) and in
+``input_format`` channel order; it normalises with ``pixel_mean``/``pixel_std``, pads to
+``size_divisibility``, runs the detector and NMS, and returns ``boxes`` (N x 4, XYXY, in the
+resized image's pixels), ``scores`` (N) and ``classes`` (N, int64). Rescaling the boxes to
+the original image and clipping (detectron2's ``detector_postprocess``) is the one
+post-step every runtime shares (:mod:`resnext_det.deploy.predictor`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+__all__ = ["Contract", "DeployError", "CONTRACT_KEY", "read_contract", "load_onnx"]
+
+# The metadata_props key holding the contract as JSON; its presence marks our exports.
+CONTRACT_KEY = "resnext_det.contract"
+CONTRACT_VERSION = 1
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("boxes", "scores", "classes")
+
+
+class DeployError(RuntimeError):
+    """An export, a deployed model file or a deployed-model input that cannot work; the
+    message names the file, key or value and what would work."""
+
+
+@dataclasses.dataclass
+class Contract:
+    """What a caller must do to an image before the graph, and what the graph returns.
+
+    Args:
+        input_format: channel order the graph expects ("RGB" or "BGR", INPUT.FORMAT).
+        pixel_mean, pixel_std: MODEL.PIXEL_MEAN/STD (applied inside the graph; recorded so a
+            reader can check them against a config).
+        min_size_test, max_size_test: INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (resize rule).
+        size_divisibility: padding multiple applied inside the graph.
+        num_classes: MODEL.ROI_HEADS.NUM_CLASSES.
+        class_names: the test set's ``thing_classes`` when known, else empty.
+        meta_architecture: e.g. "GeneralizedRCNN (FPN)".
+        precision: "fp32" or "int8" (how the weights are stored).
+        config: the full config as YAML (for reference and checks).
+    """
+
+    input_format: str
+    pixel_mean: List[float]
+    pixel_std: List[float]
+    min_size_test: int
+    max_size_test: int
+    size_divisibility: int
+    num_classes: int
+    class_names: List[str] = dataclasses.field(default_factory=list)
+    meta_architecture: str = ""
+    precision: str = "fp32"
+    score_thresh_test: float = 0.05
+    nms_thresh_test: float = 0.5
+    detections_per_image: int = 100
+    opset: int = 17
+    config: str = ""
+    version: int = CONTRACT_VERSION
+
+    @classmethod
+    def from_cfg(cls, cfg, size_divisibility: int, class_names=(), opset: int = 17) -> "Contract":
+        """The contract of a detectron2 config (the exported model's)."""
+        return cls(
+            input_format=cfg.INPUT.FORMAT,
+            pixel_mean=[float(v) for v in cfg.MODEL.PIXEL_MEAN],
+            pixel_std=[float(v) for v in cfg.MODEL.PIXEL_STD],
+            min_size_test=int(cfg.INPUT.MIN_SIZE_TEST),
+            max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
+            size_divisibility=int(size_divisibility),
+            num_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+            class_names=[str(c) for c in class_names],
+            meta_architecture=f"{cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.ROI_HEADS.NAME})",
+            score_thresh_test=float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
+            nms_thresh_test=float(cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST),
+            detections_per_image=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+            opset=opset,
+            config=cfg.dump(),
+        )
+
+    def metadata(self) -> Dict[str, str]:
+        """metadata_props entries: the whole contract as JSON, plus each field for tools
+        (Netron, ``onnx.load(...).metadata_props``) that show them one by one."""
+        d = dataclasses.asdict(self)
+        props = {CONTRACT_KEY: json.dumps(d)}
+        for k, v in d.items():
+            if k != "config":
+                props[f"resnext_det.{k}"] = v if isinstance(v, str) else json.dumps(v)
+        return props
+
+    def mismatches(self, cfg) -> List[str]:
+        """The preprocessing/label settings where ``cfg`` differs from this contract."""
+        other = Contract.from_cfg(cfg, self.size_divisibility)
+        out = []
+        for key, mine, theirs in [
+            ("INPUT.FORMAT", self.input_format, other.input_format),
+            ("MODEL.PIXEL_MEAN", self.pixel_mean, other.pixel_mean),
+            ("MODEL.PIXEL_STD", self.pixel_std, other.pixel_std),
+            ("INPUT.MIN_SIZE_TEST", self.min_size_test, other.min_size_test),
+            ("INPUT.MAX_SIZE_TEST", self.max_size_test, other.max_size_test),
+            ("MODEL.ROI_HEADS.NUM_CLASSES", self.num_classes, other.num_classes),
+        ]:
+            if mine != theirs:
+                out.append(f"{key}: model {mine}, config {theirs}")
+        return out
+
+
+def _file_error(path: str, why: str) -> DeployError:
+    return DeployError(f"{path}: {why}; give an ONNX file written by tools/export.py "
+                       "(python tools/export.py --config-file CFG --output DIR MODEL.WEIGHTS W.pth)")
+
+
+def load_onnx(path: str):
+    """Load and structurally check an exported model file.
+
+    Args:
+        path: the ``.onnx`` file.
+
+    Returns:
+        ``(onnx.ModelProto, Contract)``.
+
+    Raises:
+        FileNotFoundError: no such file (the message names it).
+        DeployError: empty, truncated or not ONNX, or an ONNX file without this project's
+            contract (a foreign export).
+    """
+    import onnx
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"exported model {path!r} not found; export one with tools/export.py")
+    if os.path.getsize(path) == 0:
+        raise _file_error(path, "the file is empty")
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # protobuf DecodeError and friends: truncated or not ONNX at all
+        raise _file_error(path, f"not a readable ONNX file (truncated or another format: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not model.graph.node:
+        raise _file_error(path, "not a readable ONNX file (no graph: truncated or another format)")
+    contract = _contract_of(model, path)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise _file_error(path, f"onnx.checker rejects it: {str(e).splitlines()[0]}") from None
+    return model, contract
+
+
+def _contract_of(model, path: str) -> Contract:
+    props = {p.key: p.value for p in model.metadata_props}
+    if CONTRACT_KEY not in props:
+        raise _file_error(path, "an ONNX model without resnext_det's preprocessing contract in its "
+                                f"metadata ({CONTRACT_KEY!r}: not exported by this project)")
+    try:
+        data = json.loads(props[CONTRACT_KEY])
+        fields = {f.name for f in dataclasses.fields(Contract)}
+        contract = Contract(**{k: v for k, v in data.items() if k in fields})
+    except (ValueError, TypeError) as e:
+        raise _file_error(path, f"its {CONTRACT_KEY!r} metadata is unreadable ({e})") from None
+    names_in = [i.name for i in model.graph.input]
+    names_out = [o.name for o in model.graph.output]
+    if names_in != [INPUT_NAME] or tuple(names_out) != OUTPUT_NAMES:
+        raise _file_error(path, f"graph inputs {names_in} / outputs {names_out}; expected "
+                                f"[{INPUT_NAME!r}] / {list(OUTPUT_NAMES)}")
+    return contract
+
+
+def read_contract(path: str) -> Contract:
+    """The contract stored in an exported file (see :func:`load_onnx` for the errors)."""
+    return load_onnx(path)[1]
+
+
+def expected_image_message(contract: Optional[Contract]) -> str:
+    fmt = contract.input_format if contract else "the model's INPUT.FORMAT"
+    return f"an HxWx3 uint8 numpy array in {fmt} channel order (H, W >= 1)"

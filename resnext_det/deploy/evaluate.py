@@ -1,0 +1,88 @@
+"""COCO evaluation of an exported model through a runtime (``train_net.py --eval-only
+MODEL.WEIGHTS out/model.onnx``): detectron2's ``inference_on_dataset`` with the project's
+evaluator, the runtime in place of the eager model."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, Optional
+
+from ..io import atomic_write_json
+from .contract import DeployError, load_onnx
+from .predictor import DeployedPredictor
+
+__all__ = ["evaluate_exported", "is_exported_model", "check_exported_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_exported_model(path: str) -> bool:
+    """True when MODEL.WEIGHTS names an exported model (``.onnx``) rather than a checkpoint."""
+    return str(path).lower().endswith(".onnx")
+
+
+def check_exported_model(cfg, path: str) -> None:
+    """The file is one of our exports and its contract matches ``cfg`` (format, mean/std,
+    resize rule, number of classes); otherwise one error naming the file and the keys."""
+    _, contract = load_onnx(path)
+    bad = contract.mismatches(cfg)
+    if bad:
+        raise DeployError(f"{path} was exported with other settings than this config: "
+                          f"{'; '.join(bad)}. Evaluate it with the config it was exported with")
+
+
+class _RuntimeModel:
+    """detectron2's model calling convention (list of dicts in, list of dicts out) on a
+    :class:`DeployedPredictor`, so ``inference_on_dataset`` runs it as it runs the eager one."""
+
+    def __init__(self, predictor: DeployedPredictor):
+        self.predictor = predictor
+
+    def __call__(self, batched_inputs):
+        return self.predictor.inference(batched_inputs)
+
+
+def evaluate_exported(cfg, path: Optional[str] = None, runtime: str = "onnxruntime",
+                      num_threads: Optional[int] = None, precision: str = "fp32") -> Dict:
+    """COCO box AP of an exported model on each of ``cfg.DATASETS.TEST``.
+
+    Args:
+        cfg: the config the model was exported from (datasets, evaluator, OUTPUT_DIR).
+        path: the ``.onnx`` file (default ``cfg.MODEL.WEIGHTS``).
+        runtime: "onnxruntime" or "openvino".
+        num_threads: runtime threads (None: all cores).
+        precision: see :class:`DeployedPredictor`.
+
+    Returns:
+        ``{dataset: {"bbox": {...}}}`` as detectron2's test loop returns; also written to
+        ``<OUTPUT_DIR>/inference/eval_results.json`` with the runtime and precision.
+    """
+    from collections import OrderedDict
+
+    from detectron2.data import build_detection_test_loader
+    from detectron2.evaluation import inference_on_dataset, print_csv_format
+
+    from ..engine.trainer import EVAL_RESULTS, ResNeXtTrainer
+
+    path = path or cfg.MODEL.WEIGHTS
+    check_exported_model(cfg, path)
+    predictor = DeployedPredictor(path, runtime=runtime, num_threads=num_threads, precision=precision)
+    print(f"Evaluating {path} with {runtime} (precision {predictor.precision_used}, "
+          f"weights {predictor.contract.precision})", flush=True)
+    results = OrderedDict()
+    for name in cfg.DATASETS.TEST:
+        loader = build_detection_test_loader(cfg, name)
+        evaluator = ResNeXtTrainer.build_evaluator(cfg, name)
+        res = inference_on_dataset(_RuntimeModel(predictor), loader, evaluator)
+        results[name] = res
+        if res:
+            print_csv_format(res)
+    if len(results) == 1:
+        results = list(results.values())[0]
+    out = os.path.join(cfg.OUTPUT_DIR, "inference", EVAL_RESULTS)
+    atomic_write_json(out, {"datasets": list(cfg.DATASETS.TEST), "weights": path, "runtime": runtime,
+                            "precision": predictor.precision_used,
+                            "weights_precision": predictor.contract.precision, "results": results},
+                      indent=2, default=float)
+    logger.info("Evaluation results written to %s", out)
+    return results

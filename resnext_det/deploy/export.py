@@ -1,0 +1,276 @@
+"""Whole-detector ONNX export (FPN and C4 Faster R-CNN) through detectron2's ``TracingAdapter``.
+
+    from resnext_det.deploy import export_onnx
+    report = export_onnx(cfg, "out/deploy")        # cfg.MODEL.WEIGHTS: the trained detector
+    # -> out/deploy/model.onnx (+ export.json), checked and compared with eager first
+
+The graph is ``GeneralizedRCNN.inference(..., do_postprocess=False)``: normalisation, padding
+to the size divisibility, backbone, RPN (with its NMS), RoIAlign (aligned, exact from opset
+16), box head, per-class NMS (ONNX ``NonMaxSuppression``) and the top-k detections, with
+dynamic image height and width. Exported with ``torch.onnx.export(opset_version=17,
+dynamo=False)``: the dynamo exporter fails on detectron2's detectors. The model exported is
+the plain (un-prepared) detector: ONNX Runtime and OpenVINO fold FrozenBN/BN into the convs
+and fuse the layers themselves.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectron2.export import TracingAdapter
+from detectron2.modeling import GeneralizedRCNN
+
+from ..io import atomic_open, atomic_write_json
+from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError
+from .parity import compare_detections
+
+__all__ = ["export_onnx", "build_export_model", "onnx_bytes", "DEFAULT_OPSET", "MODEL_FILE"]
+
+logger = logging.getLogger(__name__)
+DEFAULT_OPSET = 17  # >= 16 for RoiAlign's coordinate_transformation_mode="half_pixel" (aligned)
+MODEL_FILE = "model.onnx"
+
+
+def _boxes_scores_classes(model, inputs):
+    """The traced function: one image in, detections in the resized image's coordinates out."""
+    inst = model.inference(inputs, do_postprocess=False)[0]
+    return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
+
+
+def eager_detections(model: nn.Module, image_chw: torch.Tensor):
+    """``(boxes, scores, classes)`` of the eager model on one resized CHW image (what the graph
+    computes)."""
+    with torch.no_grad():
+        return tuple(t.numpy() for t in _boxes_scores_classes(model, [{"image": image_chw}]))
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """Silence the known, harmless messages of tracing detectron2 and of the TorchScript-based
+    exporter, by category and module only (the caller's filters are restored after)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        # the anchor generator's meshgrid call inside detectron2, seen only while tracing
+        warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
+        fx = logging.getLogger("torch.fx._symbolic_trace")  # "is_fx_tracing will return true ..."
+        level = fx.level
+        fx.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            fx.setLevel(level)
+
+
+def check_exportable(cfg) -> None:
+    """Settings the exported graph cannot represent: one :class:`DeployError` naming the key."""
+    m = cfg.MODEL
+    if m.META_ARCHITECTURE != "GeneralizedRCNN":
+        raise DeployError(f"MODEL.META_ARCHITECTURE={m.META_ARCHITECTURE!r} cannot be exported: "
+                          "tools/export.py exports a whole detector (GeneralizedRCNN, FPN or C4)")
+    if m.LOAD_PROPOSALS or m.PROPOSAL_GENERATOR.NAME != "RPN":
+        raise DeployError(f"MODEL.PROPOSAL_GENERATOR.NAME={m.PROPOSAL_GENERATOR.NAME!r} (precomputed "
+                          "proposals) cannot be exported: the deployed graph must make its own "
+                          "proposals (use a jointly trained detector, RESNEXT_PLAN.MODE joint)")
+    for key in ("MASK_ON", "KEYPOINT_ON"):
+        if m[key]:
+            raise DeployError(f"MODEL.{key}=True is not supported by the export (the graph returns "
+                              "boxes, scores and classes only); set MODEL.{key} False")
+    if m.DEVICE != "cpu":
+        raise DeployError(f"MODEL.DEVICE={m.DEVICE!r}: export on the CPU (MODEL.DEVICE cpu)")
+
+
+def build_export_model(cfg) -> nn.Module:
+    """The detector of ``cfg`` with ``cfg.MODEL.WEIGHTS`` loaded (project checkpointer: any
+    supported format, clear errors), in eval mode. Random weights when WEIGHTS is empty."""
+    from detectron2.modeling import build_model
+
+    from ..engine.trainer import load_checkpoint
+
+    check_exportable(cfg)
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_checkpoint(model, cfg, cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised detector")
+    return model.eval()
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_OPSET) -> bytes:
+    """Trace ``model`` (a GeneralizedRCNN in eval mode) on one image and export it.
+
+    Args:
+        model: the detector.
+        image_chw: one resized CHW float image in the model's format (fixes nothing but the
+            batch: height and width stay dynamic).
+        opset: ONNX opset (>= 16).
+
+    Returns:
+        the serialized ONNX model (no metadata yet).
+
+    Raises:
+        DeployError: the exporter refuses the model (unsupported operator, ...), named.
+    """
+    if not isinstance(model, GeneralizedRCNN):
+        raise DeployError(f"only a detectron2 GeneralizedRCNN can be exported, got {type(model).__name__}")
+    if opset < 16:
+        raise DeployError(f"opset {opset} has no aligned RoiAlign (coordinate_transformation_mode); "
+                          "use opset >= 16")
+    model.eval()
+    adapter = TracingAdapter(model, [{"image": image_chw}], _boxes_scores_classes)
+    adapter.eval()  # torch.onnx.export leaves a module in training mode unless it was in eval
+    buf = io.BytesIO()
+    dyn = {INPUT_NAME: {1: "height", 2: "width"}, **{n: {0: "detections"} for n in OUTPUT_NAMES}}
+    try:
+        with _quiet_export(), torch.no_grad():
+            torch.onnx.export(adapter, adapter.flattened_inputs, buf, opset_version=opset,
+                              dynamo=False, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                              dynamic_axes=dyn, do_constant_folding=True)
+    except Exception as e:
+        raise DeployError(f"torch.onnx.export cannot export this detector "
+                          f"({type(model.backbone).__name__} backbone, "
+                          f"{type(model.roi_heads).__name__}): {_short(e)}") from None
+    finally:
+        model.eval()
+    return buf.getvalue()
+
+
+def _class_names(cfg):
+    from detectron2.data import MetadataCatalog
+
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        try:
+            names = MetadataCatalog.get(name).get("thing_classes", None)
+        except Exception:  # pragma: no cover - unregistered
+            names = None
+        if names:
+            return list(names)
+    return []
+
+
+def export_image(cfg, image_path: Optional[str] = None) -> np.ndarray:
+    """The image the export is traced and checked on: ``image_path``, else the first image of
+    the test set when it is registered and on disk, else a fixed synthetic image (HxWx3 uint8,
+    the config's format, original size)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import read_image
+
+    if image_path:
+        if not os.path.isfile(image_path):
+            raise FileNotFoundError(f"--image {image_path!r} not found")
+        return read_image(image_path, format=cfg.INPUT.FORMAT)
+    for name in cfg.DATASETS.TEST:
+        try:
+            first = DatasetCatalog.get(name)[0]["file_name"]
+            if os.path.isfile(first):
+                return read_image(first, format=cfg.INPUT.FORMAT)
+        except Exception:  # not registered / not on disk: use the synthetic image
+            continue
+    s = max(64, int(cfg.INPUT.MIN_SIZE_TEST))
+    g = np.random.default_rng(0)
+    img = g.integers(0, 64, (s, int(s * 4 / 3), 3), dtype=np.uint8)
+    img[s // 4: s // 2, s // 4: s // 2] = 230  # a bright square, something to detect
+    return img
+
+
+def _resize(cfg, img: np.ndarray) -> torch.Tensor:
+    from detectron2.data import transforms as T
+
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    out = aug.get_transform(img).apply_image(img)
+    return torch.as_tensor(np.ascontiguousarray(out.astype(np.float32).transpose(2, 0, 1)))
+
+
+def verify_against_eager(model, data: bytes, images, runtime: str = "onnxruntime",
+                         box_tol: float = 0.01, score_tol: float = 1e-4) -> Dict:
+    """Run the exported bytes and the eager model on each CHW image; raise DeployError naming
+    the image size and the difference when they disagree. Returns the worst differences."""
+    from .runtimes import make_runtime
+
+    runner = make_runtime(runtime, data, precision="fp32")
+    worst = {"max_box_diff": 0.0, "max_score_diff": 0.0, "detections": []}
+    for image in images:
+        ref = eager_detections(model, image)
+        got = runner.run(image.numpy())
+        cmp = compare_detections(ref, got, box_tol, score_tol)
+        if not cmp["ok"]:
+            raise DeployError(f"the exported graph ({runtime}) disagrees with eager on a "
+                              f"{tuple(image.shape[1:])} image: {cmp['why']}")
+        worst["max_box_diff"] = max(worst["max_box_diff"], cmp["max_box_diff"])
+        worst["max_score_diff"] = max(worst["max_score_diff"], cmp["max_score_diff"])
+        worst["detections"].append(cmp["count_ref"])
+    return worst
+
+
+def export_onnx(cfg, output_dir: str, *, model: Optional[nn.Module] = None, image_path: Optional[str] = None,
+                opset: int = DEFAULT_OPSET, filename: str = MODEL_FILE) -> Dict:
+    """Export the detector of ``cfg`` to ``output_dir/model.onnx`` with its contract.
+
+    Steps, each failing with one :class:`DeployError` line: build and load
+    (``cfg.MODEL.WEIGHTS``), trace + ``torch.onnx.export``, store the contract in
+    ``metadata_props``, ``onnx.checker``, compare with eager (ONNX Runtime) on the export
+    image and on the same image at another, not 32-divisible size; only then is the file
+    written (atomically: a temporary file renamed into place). ``export.json`` beside it
+    records the contract and the parity figures.
+
+    Args:
+        cfg: the detector's config (MODEL.WEIGHTS the trained weights).
+        output_dir: folder for ``model.onnx``.
+        model: an already built detector to export instead of building ``cfg``'s.
+        image_path: image to trace and check on (default: first test image, else synthetic).
+        opset: ONNX opset (>= 16).
+        filename: file name inside ``output_dir``.
+
+    Returns:
+        the report dict (path, contract, parity, size).
+    """
+    import onnx
+
+    model = build_export_model(cfg) if model is None else model.eval()
+    img = export_image(cfg, image_path)
+    image = _resize(cfg, img)
+    data = onnx_bytes(model, image, opset)
+    proto = onnx.load_from_string(data)
+    size_div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
+    contract = Contract.from_cfg(cfg, size_div, _class_names(cfg), opset)
+    for k, v in contract.metadata().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name, proto.doc_string = "resnext_det", "ResNeXt Faster R-CNN (resnext_det tools/export.py)"
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise DeployError(f"onnx.checker rejects the exported graph: {_short(e)}") from None
+    data = proto.SerializeToString()
+    # parity before success: the export image and an odd size (dynamic shapes, padding)
+    h, w = image.shape[1:]
+    odd = torch.nn.functional.interpolate(image[None], size=(max(33, h * 3 // 4) | 1, max(33, w * 3 // 4) | 1),
+                                          mode="bilinear", align_corners=False)[0].round()
+    parity = verify_against_eager(model, data, [image, odd])
+    path = os.path.join(output_dir, filename)
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    report = {"path": path, "bytes": len(data), "opset": opset, "export_image_hw": [int(h), int(w)],
+              "parity_onnxruntime_vs_eager": parity,
+              "contract": {k: v for k, v in contract.__dict__.items() if k != "config"}}
+    atomic_write_json(os.path.join(output_dir, os.path.splitext(filename)[0] + ".export.json"),
+                      report, indent=2)
+    logger.info("Exported %s (%.1f MB): %s detections on the export image, max box diff %.2g px, "
+                "max score diff %.2g vs eager", path, len(data) / 1e6, parity["detections"],
+                parity["max_box_diff"], parity["max_score_diff"])
+    return report

@@ -1,0 +1,124 @@
+"""``DeployedPredictor``: an exported detector in ONNX Runtime or OpenVINO, called like
+detectron2's ``DefaultPredictor``.
+
+    from resnext_det.deploy import DeployedPredictor
+    predictor = DeployedPredictor("out/model.onnx", runtime="openvino")   # fp32 by default
+    instances = predictor(image)["instances"]     # image: HxWx3 uint8, the model's INPUT.FORMAT
+
+Pre-processing is the export's contract (read from the file): resize the shortest edge to
+INPUT.MIN_SIZE_TEST with the longest at most INPUT.MAX_SIZE_TEST (detectron2's
+``ResizeShortestEdge``, as ``DefaultPredictor`` and the test data loader do); normalisation
+and padding run inside the graph. Post-processing is detectron2's ``detector_postprocess``
+(boxes rescaled to the original image and clipped), the same step eager inference ends with.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from detectron2.data import transforms as T
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+
+from .contract import DeployError, expected_image_message, load_onnx
+from .runtimes import make_runtime
+
+__all__ = ["DeployedPredictor"]
+
+logger = logging.getLogger(__name__)
+
+
+class DeployedPredictor:
+    """An exported detector (``tools/export.py``) run by an inference runtime.
+
+    Args:
+        path: the exported ``model.onnx`` (or ``model_int8.onnx``).
+        runtime: "onnxruntime" or "openvino".
+        num_threads: runtime threads; None = all cores.
+        precision: "fp32" (default, exact parity with eager), "bf16" (OpenVINO, CPUs with
+            native bf16) or "default" (the runtime's own choice). The precision in effect is
+            logged and kept on ``self.precision_used``.
+        input_format: channel order of the images given to ``__call__``; None = the model's
+            INPUT.FORMAT. "BGR" for ``cv2.imread`` images with an RGB model (flipped here).
+
+    Raises:
+        FileNotFoundError / DeployError: a missing, empty, truncated or foreign file (named).
+    """
+
+    def __init__(self, path: str, runtime: str = "onnxruntime", num_threads: Optional[int] = None,
+                 precision: str = "fp32", input_format: Optional[str] = None):
+        self.path = path
+        _, self.contract = load_onnx(path)
+        c = self.contract
+        if input_format not in (None, "RGB", "BGR"):
+            raise DeployError(f"input_format={input_format!r} is not valid; use 'RGB', 'BGR' or None "
+                              f"(the model's {c.input_format})")
+        self.input_format = input_format or c.input_format
+        self.resize = T.ResizeShortestEdge([c.min_size_test, c.min_size_test], c.max_size_test)
+        try:
+            self.runner = make_runtime(runtime, path, num_threads, precision)
+        except DeployError:
+            raise
+        except Exception as e:  # the runtime refuses the graph
+            raise DeployError(f"{path}: {runtime} cannot load it: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        self.runtime = runtime
+        self.precision_used = self.runner.precision_used
+        logger.info("Deployed model %s: %s, %d threads, precision %s (weights %s)", path, runtime,
+                    self.runner.num_threads, self.precision_used, c.precision)
+
+    # -- the graph on an already resized CHW image (what the test data loader gives) --------
+    def run_resized(self, image_chw) -> Instances:
+        """Detections in the resized image's coordinates.
+
+        Args:
+            image_chw: 3xHxW float tensor/array, resized per the contract, model format.
+        """
+        x = image_chw.numpy() if isinstance(image_chw, torch.Tensor) else np.asarray(image_chw)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 3 or x.shape[0] != 3 or min(x.shape[1:]) < 1:
+            raise DeployError(f"the graph takes a 3xHxW float image, got shape {tuple(x.shape)}")
+        boxes, scores, classes = self.runner.run(x)
+        inst = Instances((x.shape[1], x.shape[2]))
+        inst.pred_boxes = Boxes(torch.from_numpy(np.asarray(boxes, dtype=np.float32)))
+        inst.scores = torch.from_numpy(np.asarray(scores, dtype=np.float32))
+        inst.pred_classes = torch.from_numpy(np.asarray(classes).astype(np.int64))
+        return inst
+
+    def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
+        """Detect objects in one image.
+
+        Args:
+            original_image: HxWx3 uint8 numpy array in ``self.input_format`` channel order.
+
+        Returns:
+            ``{"instances": Instances}`` in the original image's coordinates (pred_boxes,
+            scores, pred_classes), as detectron2's ``DefaultPredictor`` returns them.
+        """
+        img = original_image
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 \
+                or img.shape[2] != 3 or min(img.shape[:2]) < 1:
+            got = (f"{type(img).__name__} shape {tuple(img.shape)} dtype {img.dtype}"
+                   if hasattr(img, "shape") and hasattr(img, "dtype") else type(img).__name__)
+            raise DeployError(f"DeployedPredictor expects {expected_image_message(self.contract)}"
+                              .replace(self.contract.input_format, self.input_format) + f"; got {got}")
+        if self.input_format != self.contract.input_format:
+            img = img[:, :, ::-1]
+        h, w = img.shape[:2]
+        resized = self.resize.get_transform(img).apply_image(img)
+        inst = self.run_resized(resized.astype(np.float32).transpose(2, 0, 1))
+        return {"instances": detector_postprocess(inst, h, w)}
+
+    # -- detectron2's model calling convention, for inference_on_dataset ---------------------
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
+        """Like ``GeneralizedRCNN.forward`` in eval mode on detectron2's test-loader dicts
+        (``image`` resized CHW tensor, optional ``height``/``width`` of the original)."""
+        out = []
+        for d in batched_inputs:
+            inst = self.run_resized(d["image"].float())
+            h, w = inst.image_size
+            out.append({"instances": detector_postprocess(inst, d.get("height", h), d.get("width", w))})
+        return out
