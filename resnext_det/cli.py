@@ -113,13 +113,27 @@ def setup_cfg(args):
     return cfg
 
 
-def evaluate_only(cfg, resume=False):
+def evaluate_only(cfg, resume=False, runtime="onnxruntime", precision="fp32"):
     """COCO AP of MODEL.WEIGHTS (or, with ``resume``, the last checkpoint) with the plan's
-    final detector config; results JSON in ``<stage output>/inference/``."""
+    final detector config; results JSON in ``<stage output>/inference/``. A MODEL.WEIGHTS
+    ending in ``.onnx`` is an exported detector, evaluated through ``runtime``
+    ("onnxruntime" or "openvino") at ``precision`` (see resnext_det.deploy)."""
     stage = final_stage(build_plan(cfg))
     scfg = stage.cfg.clone()
     scfg.defrost()
     scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
+    if str(cfg.MODEL.WEIGHTS).lower().endswith(".onnx"):
+        # an exported whole detector (tools/export.py): COCO AP through the runtime; it makes
+        # its own proposals, so the plan's proposal files are not read
+        from resnext_det.deploy.contract import DeployError
+        from resnext_det.deploy.evaluate import evaluate_exported
+
+        scfg.MODEL.LOAD_PROPOSALS = False
+        scfg.freeze()
+        try:
+            return evaluate_exported(scfg, scfg.MODEL.WEIGHTS, runtime=runtime, precision=precision)
+        except DeployError as e:
+            raise WeightsError(f"MODEL.WEIGHTS: {e}") from None
     scfg.freeze()
     model = ResNeXtTrainer.build_model(scfg)
     load_checkpoint(model, scfg, scfg.MODEL.WEIGHTS, resume=resume)
@@ -163,7 +177,18 @@ def check_files(cfg, args):
         stage = final_stage(build_plan(cfg)).cfg.clone()
         stage.defrost()
         stage.MODEL.WEIGHTS = "" if args.resume else cfg.MODEL.WEIGHTS
+        exported = str(stage.MODEL.WEIGHTS).lower().endswith(".onnx")  # tools/export.py's file
+        if exported:
+            stage.MODEL.LOAD_PROPOSALS = False  # an exported detector makes its own proposals
         verify_dataset_files(stage, train=False)
+        if exported:  # a truncated/foreign file, or one exported with other settings
+            from resnext_det.deploy.contract import DeployError
+            from resnext_det.deploy.evaluate import check_exported_model
+
+            try:
+                check_exported_model(stage, stage.MODEL.WEIGHTS)
+            except DeployError as e:
+                raise WeightsError(f"MODEL.WEIGHTS: {e}") from None
         return
     verify_dataset_files(base)
     for st in build_plan(cfg):
