@@ -272,3 +272,82 @@ def test_resumed_trainer_restores_sampler_seed_and_data_position(tmp_path, tiny_
     assert b.sampler.start == 12
     first = [d["image_id"] for d in next(b._trainer._data_loader_iter)]  # what run_step uses
     assert first == batches[6]
+
+
+# ---- exact resume: a SIGKILL at a random moment, then --resume, ends bit-identical ---------
+
+def _final_state(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt["model"], ckpt["trainer"]["_trainer"]["optimizer"]
+
+
+def _assert_bit_identical(ref_path, got_path):
+    ref_model, ref_opt = _final_state(ref_path)
+    got_model, got_opt = _final_state(got_path)
+    assert sorted(ref_model) == sorted(got_model)
+    differ = [k for k in ref_model if not torch.equal(torch.as_tensor(ref_model[k]), torch.as_tensor(got_model[k]))]
+    assert not differ, f"{len(differ)} of {len(ref_model)} tensors differ, e.g. {differ[:3]}: " + str(
+        (torch.as_tensor(ref_model[differ[0]]) - torch.as_tensor(got_model[differ[0]])).abs().max())
+    # the optimizer's momentum buffers too
+    ref_m = [v["momentum_buffer"] for v in ref_opt["state"].values()]
+    got_m = [v["momentum_buffer"] for v in got_opt["state"].values()]
+    assert len(ref_m) == len(got_m) > 0 and all(torch.equal(a, b) for a, b in zip(ref_m, got_m))
+
+
+def _kill_at_random_moment_after(run, first_checkpoint, rng):
+    _wait_for(lambda: first_checkpoint.is_file(), run)
+    time.sleep(rng.uniform(0.0, 0.6))  # anywhere in the following iterations (or a save)
+    assert run.proc.poll() is None, "the run finished before the kill:\n" + run.text[-2000:]
+    run.kill()
+    assert run.wait() == -signal.SIGKILL
+
+
+# 24 iterations of 2 images with flips and two train sizes (augmentation draws), a checkpoint
+# every 4 and an evaluation at 12 (evaluation must not move the random streams).
+EXACT_OPTS = ["SOLVER.MAX_ITER", "24", "SOLVER.STEPS", "(16,)", "SOLVER.CHECKPOINT_PERIOD", "4",
+              "TEST.EVAL_PERIOD", "12", "INPUT.MIN_SIZE_TRAIN", "(48, 64)", "INPUT.RANDOM_FLIP", "horizontal"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_sigkill_ends_bit_identical_to_uninterrupted_run(tmp_path, workers):
+    import random
+
+    opts = EXACT_OPTS + ["DATALOADER.NUM_WORKERS", str(workers)]
+    ref = Run(tmp_path / "ref", _args(*opts))
+    assert ref.wait() == 0, ref.text[-3000:]
+    seed = random.randrange(1 << 30)
+    print("kill moment seed:", seed)
+    out = tmp_path / "killed"
+    run = Run(out, _args(*opts))
+    _kill_at_random_moment_after(run, out / "model_0000003.pth", random.Random(seed))
+    resumed = Run(out, _args(*opts, flags=["--resume"]))
+    assert resumed.wait() == 0, resumed.text[-3000:]
+    assert "Starting training from iteration 0" not in resumed.text
+    _assert_bit_identical(tmp_path / "ref" / "model_final.pth", out / "model_final.pth")
+
+
+@pytest.mark.slow
+def test_two_stage_plan_resume_after_sigkill_ends_bit_identical(tmp_path):
+    """Killed once in stage 1 (RPN) and once in stage 2 (Fast R-CNN): both stages' final
+    weights equal the uninterrupted plan's, bit for bit."""
+    import random
+
+    opts = ["SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "3"]
+    for stage in ("RPN", "FAST_RCNN"):
+        opts += [f"RESNEXT_PLAN.{stage}.MAX_ITER", "12", f"RESNEXT_PLAN.{stage}.STEPS", "(8,)",
+                 f"RESNEXT_PLAN.{stage}.IMS_PER_BATCH", "2"]
+    opts += TINY_OPTS[:-2] + ["INPUT.RANDOM_FLIP", "horizontal"]
+    conf = ["--config", "demo_tiny_X_C4_two_stage_synthetic.yaml"]
+    ref = Run(tmp_path / "ref", conf + opts)
+    assert ref.wait() == 0, ref.text[-3000:]
+    rng = random.Random(random.randrange(1 << 30))
+    out = tmp_path / "killed"
+    first = Run(out, conf + opts)
+    _kill_at_random_moment_after(first, out / "stage1_rpn" / "model_0000002.pth", rng)
+    second = Run(out, ["--resume"] + conf + opts)
+    _kill_at_random_moment_after(second, out / "stage2_fast_rcnn" / "model_0000002.pth", rng)
+    last = Run(out, ["--resume"] + conf + opts)
+    assert last.wait() == 0, last.text[-3000:]
+    for stage in ("stage1_rpn", "stage2_fast_rcnn"):
+        _assert_bit_identical(tmp_path / "ref" / stage / "model_final.pth", out / stage / "model_final.pth")

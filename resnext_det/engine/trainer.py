@@ -14,35 +14,34 @@ iteration, learning rate and data position.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import random
 import weakref
 
+import numpy as np
 import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
+from ..config import ResNeXtConfigError
 from ..data.coco_json import DatasetError, checked_mapper
-from ..data.sampler import ResumableTrainingSampler
+from ..data.sampler import PositionSeededDataset, ResumableTrainingSampler
 from ..io import atomic_write_json
+from ..weights import ResNeXtCheckpointer as Checkpointer
+from ..weights import WeightsError
 from .checks import TrainingConfigError, validate_solver
-
-# Single import site of the checkpointer: the project's (issue 3) when available.
-try:
-    from ..weights import ResNeXtCheckpointer as Checkpointer
-
-    _CHECKPOINTER_TAKES_CFG = True
-except ImportError:
-    from detectron2.checkpoint import DetectionCheckpointer as Checkpointer
-
-    _CHECKPOINTER_TAKES_CFG = False
+from .fast import maybe_apply_fast_config, prepare_for_inference
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
-           "NonFiniteLossError", "validate_for_workers"]
+           "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams"]
 
 logger = logging.getLogger(__name__)
 # training progress lines go where detectron2's own go (console and log.txt via default_setup)
@@ -58,11 +57,39 @@ class NonFiniteLossError(FloatingPointError):
     """Training diverged: a loss (or, at a checkpoint, a weight) became NaN or infinite."""
 
 
-def _user_errors():
-    from ..config import ResNeXtConfigError
-    from ..weights import WeightsError
+_USER_ERRORS = (ResNeXtConfigError, WeightsError, DatasetError, TrainingConfigError)
 
-    return (ResNeXtConfigError, WeightsError, DatasetError, TrainingConfigError)
+
+class RandomStreams:
+    """The training process's random streams (torch CPU and CUDA, numpy, Python) as a
+    checkpointable: saved in every checkpoint and restored on ``--resume``, so the draws a
+    resumed run makes (RPN anchor and RoI sampling, any global-stream augmentation) are the
+    ones the uninterrupted run made."""
+
+    def state_dict(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(tuple(state["numpy"]))
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_random_streams():
+    """Run the body without moving the process's random streams (evaluation during training
+    must not change what the next training iteration draws)."""
+    saved = RandomStreams().state_dict()
+    try:
+        yield
+    finally:
+        RandomStreams().load_state_dict(saved)
 
 
 def validate_for_workers(cfg, world_size: int) -> None:
@@ -82,9 +109,7 @@ def validate_for_workers(cfg, world_size: int) -> None:
 def make_checkpointer(model, cfg, save_dir=None, **checkpointables):
     """The project's checkpointer for ``model`` saving under ``save_dir`` (default OUTPUT_DIR)."""
     save_dir = cfg.OUTPUT_DIR if save_dir is None else save_dir
-    if _CHECKPOINTER_TAKES_CFG:
-        return Checkpointer(model, save_dir, cfg=cfg, **checkpointables)
-    return Checkpointer(model, save_dir, **checkpointables)
+    return Checkpointer(model, save_dir, cfg=cfg, **checkpointables)
 
 
 def load_checkpoint(model, cfg, path, *, resume=False):
@@ -98,7 +123,7 @@ class _QuietExpectedErrors(logging.Filter):
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
-        return not (exc is not None and isinstance(exc, (FloatingPointError,) + _user_errors()))
+        return not (exc is not None and isinstance(exc, (FloatingPointError,) + _USER_ERRORS))
 
 
 class ResNeXtTrainer(DefaultTrainer):
@@ -113,11 +138,13 @@ class ResNeXtTrainer(DefaultTrainer):
             setup_logger()
         validate_for_workers(cfg, comm.get_world_size())  # fail in seconds, not mid-run
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        if cfg.SEED >= 0:
+            # each trainer (each stage of a plan) starts from the same random state whatever
+            # ran before it in this process (a resumed plan skips finished stages)
+            seed_all_rng(cfg.SEED + comm.get_rank())
         model = self.build_model(cfg)
         # MODEL.RESNEXT.FAST.{CHANNELS_LAST_TRAIN, AUTOCAST_TRAIN, FOLD_FROZEN_BN_TRAIN}; before
         # the optimizer is built, so its state follows the parameters' memory format
-        from .fast import maybe_apply_fast_config
-
         model = maybe_apply_fast_config(model, cfg, training=True)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -132,6 +159,7 @@ class ResNeXtTrainer(DefaultTrainer):
         self.checkpointer = make_checkpointer(model, cfg, trainer=weakref.proxy(self))
         if self.sampler is not None:  # its seed goes into every checkpoint
             self.checkpointer.add_checkpointable("sampler", self.sampler)
+        self.checkpointer.add_checkpointable("rng", RandomStreams())  # so do the random streams
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -140,22 +168,30 @@ class ResNeXtTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """detectron2's ``build_detection_train_loader`` with the checked mapper (errors name
-        the image file) and a :class:`ResumableTrainingSampler` (seed ``cfg.SEED`` when >= 0,
-        else a random one shared by all workers), attached as ``loader.resnext_sampler``."""
-        from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
-
+        the image file), a keyed :class:`ResumableTrainingSampler` (seed ``cfg.SEED`` when
+        >= 0, else a random one shared by all workers) and a :class:`PositionSeededDataset`
+        (each image's augmentation seeded from its place in the stream), so a resumed run
+        draws exactly the images and augmentations the uninterrupted run drew. The sampler
+        is attached as ``loader.resnext_sampler``."""
+        mapper = checked_mapper(cfg, True)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":  # other samplers: detectron2's own
-            return build_detection_train_loader(cfg, mapper=checked_mapper(cfg, True))
-        dataset = get_detection_dataset_dicts(
+            return build_detection_train_loader(cfg, mapper=mapper)
+        dicts = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
             if cfg.MODEL.KEYPOINT_ON else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
-        sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None)
-        loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler,
-                                              mapper=checked_mapper(cfg, True))
+        sampler = ResumableTrainingSampler(len(dicts), seed=cfg.SEED if cfg.SEED >= 0 else None, keyed=True)
+        loader = build_detection_train_loader(
+            PositionSeededDataset(dicts, mapper, sampler), mapper=None, sampler=sampler,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            # the loader's own seed: creating its iterator must not draw from the process's
+            # torch stream (a resumed run creates it at another point of that stream)
+            seed=sampler.seed)
         loader.resnext_sampler = sampler
         return loader
 
@@ -193,7 +229,7 @@ class ResNeXtTrainer(DefaultTrainer):
             if "loss_dict" not in msg:
                 msg += f"\n{self._last_losses()}"
             raise NonFiniteLossError(f"{msg}\n{self._recovery_hint()}") from None
-        except _user_errors() as e:
+        except _USER_ERRORS as e:
             _train_logger.error("Training stopped at iteration %d: %s", self.iter, e)
             raise
         finally:
@@ -234,13 +270,12 @@ class ResNeXtTrainer(DefaultTrainer):
         ``<OUTPUT_DIR>/inference/eval_results.json``."""
         fast = cfg.MODEL.RESNEXT.FAST
         if fast.INFERENCE:
-            from .fast import prepare_for_inference  # issue 5; imported only when asked for
-
             # a copy: the training model (and its checkpoints) stay as they are
             eval_model = copy.deepcopy(_unwrap(model))
             prepared = prepare_for_inference(eval_model, precision=fast.PRECISION)
             model = prepared if prepared is not None else eval_model
-        results = super().test(cfg, model, evaluators)
+        with preserved_random_streams():  # evaluation mid-training leaves training's draws alone
+            results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             path = os.path.join(cfg.OUTPUT_DIR, "inference", EVAL_RESULTS)
             atomic_write_json(path, {"datasets": list(cfg.DATASETS.TEST), "weights": cfg.MODEL.WEIGHTS,

@@ -175,7 +175,7 @@ def _torch_safe_globals():
     # anything else is refused by torch's weights-only unpickler, before it is called).
     allowed = [fn for (module, _), fn in _allowed_globals().items() if module != "_codecs"]
     allowed += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16,
-                                             np.int32, np.int64, np.uint8, np.bool_)]
+                                             np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)]
     return allowed
 
 
