@@ -1,0 +1,186 @@
+"""resnext_det.deploy on small trained detectors (FPN and C4): tools/export.py writes a checked
+model.onnx whose detections in ONNX Runtime and OpenVINO equal eager's (same count, boxes
+within 0.01 px, scores within 1e-4) at three image sizes (one not divisible by 32), and
+whose COCO AP through --eval-only equals eager's within 0.1; int8 export runs."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+# Built on the shipped bases (not the demo configs, which change with the demo): a tiny
+# ResNeXt (C=4, d=4, BN, from scratch) on 64-px synthetic shapes, jointly trained 16 iterations.
+CONFIGS = {"fpn": "Base-ResNeXt-FPN.yaml", "c4": "Base-ResNeXt-C4.yaml"}
+COMMON = [
+    "RESNEXT_PLAN.MODE", "joint", "RESNEXT_PLAN.SYNTHETIC.ENABLED", "True",
+    "RESNEXT_PLAN.SYNTHETIC.NUM_TRAIN", "32", "RESNEXT_PLAN.SYNTHETIC.NUM_VAL", "6",
+    "RESNEXT_PLAN.SYNTHETIC.IMAGE_SIZE", "64", "SEED", "0",
+    "MODEL.RESNEXT.DEPTH", "50", "MODEL.RESNEXT.CARDINALITY", "4", "MODEL.RESNEXT.BOTTLENECK_WIDTH", "4",
+    "MODEL.RESNEXT.STEM_OUT_CHANNELS", "16", "MODEL.RESNEXT.RES2_OUT_CHANNELS", "32",
+    "MODEL.RESNEXT.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "300", "MODEL.RPN.PRE_NMS_TOPK_TEST", "300",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+    "SOLVER.MAX_ITER", "16", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.005",
+    "SOLVER.STEPS", "(12,)", "SOLVER.WARMUP_ITERS", "4", "SOLVER.CHECKPOINT_PERIOD", "1000",
+    "SOLVER.REFERENCE_WORLD_SIZE", "0", "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "20",
+]
+ARCH_OPTS = {
+    "fpn": ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+            "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]"],
+    "c4": ["MODEL.ANCHOR_GENERATOR.SIZES", "[[16, 32, 64]]"],
+}
+# (H, W) of the original images: square, landscape, and sizes whose resized form is not
+# divisible by 32 (padding inside the graph)
+SIZES = [(64, 64), (80, 120), (75, 101)]
+
+
+def _opts(out, arch):
+    return COMMON + ARCH_OPTS[arch] + ["OUTPUT_DIR", str(out)]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """{arch: (output dir, config name)} of FPN and C4 demo models trained through train_net,
+    each exported with tools/export.py to <dir>/deploy/model.onnx (+ model_int8.onnx for FPN)."""
+    from resnext_det import cli
+    from resnext_det.deploy import cli as export_cli
+
+    out = {}
+    for arch, name in CONFIGS.items():
+        d = tmp_path_factory.mktemp(f"trained_{arch}")
+        assert cli.cli(["--config", name] + _opts(d, arch)) == 0
+        argv = ["--config-file", name, "--output", str(d / "deploy")]
+        if arch == "fpn":
+            argv += ["--int8", "--calib-images", "8"]
+        assert export_cli.cli(argv + _opts(d, arch) + ["MODEL.WEIGHTS", str(d / "model_final.pth")]) == 0
+        out[arch] = (d, arch)
+    return out
+
+
+def _cfg(d, arch):
+    import resnext_det
+
+    cfg = resnext_det.get_cfg()
+    cfg.merge_from_file(resnext_det.get_config_file(CONFIGS[arch]))
+    cfg.merge_from_list(_opts(d, arch) + ["MODEL.WEIGHTS", str(d / "model_final.pth")])
+    return cfg
+
+
+def _eager(d, arch):
+    from resnext_det.deploy.export import build_export_model
+
+    return build_export_model(_cfg(d, arch))
+
+
+def _image(h, w, seed):
+    """A synthetic-shapes-like picture: dark noise with bright rectangles."""
+    g = np.random.default_rng(seed)
+    img = g.integers(0, 50, (h, w, 3), dtype=np.uint8)
+    for _ in range(3):
+        y, x = g.integers(0, h // 2), g.integers(0, w // 2)
+        img[y: y + h // 3, x: x + w // 3] = g.integers(150, 255, 3, dtype=np.uint8)
+    return img
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("arch", ["fpn", "c4"])
+def test_runtime_detections_equal_eager(trained, arch, runtime):
+    from detectron2.data import transforms as T
+
+    from resnext_det.deploy import DeployedPredictor
+    from resnext_det.deploy.parity import compare_detections
+
+    d, name = trained[arch]
+    model = _eager(d, name)
+    cfg = _cfg(d, name)
+    predictor = DeployedPredictor(str(d / "deploy" / "model.onnx"), runtime=runtime, num_threads=2)
+    assert predictor.precision_used == "fp32"
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    for i, (h, w) in enumerate(SIZES):
+        img = _image(h, w, i)
+        resized = aug.get_transform(img).apply_image(img)
+        with torch.no_grad():
+            ref = model([{"image": torch.as_tensor(resized.transpose(2, 0, 1).astype("float32")),
+                          "height": h, "width": w}])[0]["instances"]
+        got = predictor(img)["instances"]
+        assert got.image_size == (h, w)
+        assert len(ref) > 0
+        cmp = compare_detections(ref, got, box_tol=0.01, score_tol=1e-4)
+        assert cmp["ok"], f"{arch} {runtime} {h}x{w}: {cmp['why']}"
+        assert got.pred_classes.dtype == torch.int64
+
+
+def test_export_contract_and_report(trained):
+    import onnx
+
+    d, name = trained["fpn"]
+    meta = {p.key: p.value for p in onnx.load(str(d / "deploy" / "model.onnx")).metadata_props}
+    contract = json.loads(meta["resnext_det.contract"])
+    assert contract["input_format"] == "RGB"
+    assert contract["pixel_mean"] == pytest.approx([123.675, 116.28, 103.53])
+    assert (contract["min_size_test"], contract["max_size_test"]) == (64, 128)
+    assert contract["size_divisibility"] == 32 and contract["num_classes"] == 3
+    assert contract["class_names"] == ["square", "circle", "triangle"] or len(contract["class_names"]) == 3
+    report = json.loads((d / "deploy" / "model.export.json").read_text())
+    assert report["parity_onnxruntime_vs_eager"]["max_box_diff"] <= 0.01
+    assert not [f for f in os.listdir(d / "deploy") if f.endswith(".tmp")]
+
+
+def test_export_leaves_model_in_eval_mode(trained):
+    from resnext_det.deploy.export import onnx_bytes
+
+    d, name = trained["c4"]
+    model = _eager(d, name)
+    onnx_bytes(model, torch.zeros(3, 64, 96))
+    assert not any(m.training for m in model.modules())
+
+
+def _ap(path):
+    data = json.loads(open(path).read())
+    res = data["results"]
+    return res["bbox"]["AP"] if "bbox" in res else next(iter(res.values()))["bbox"]["AP"]
+
+
+@pytest.mark.parametrize("arch", ["fpn", "c4"])
+def test_eval_only_on_onnx_equals_eager_ap(trained, arch, tmp_path):
+    from resnext_det import cli
+
+    d, name = trained[arch]
+    eager_ap = _ap(d / "inference" / "eval_results.json")  # written by the training run
+    out = tmp_path / "eval"
+    rc = cli.cli(["--config", CONFIGS[arch], "--eval-only"] + _opts(out, arch) +
+                 ["RESNEXT_PLAN.SYNTHETIC.ROOT", str(d / "data"),
+                  "MODEL.WEIGHTS", str(d / "deploy" / "model.onnx")])
+    assert rc == 0
+    onnx_eval = json.loads((out / "inference" / "eval_results.json").read_text())
+    assert onnx_eval["runtime"] == "onnxruntime"
+    assert abs(_ap(out / "inference" / "eval_results.json") - eager_ap) <= 0.1
+
+
+def test_openvino_eval_and_int8(trained, tmp_path):
+    """evaluate_only through OpenVINO equals eager AP; the int8 file carries the contract
+    (precision int8) and runs in both runtimes."""
+    from resnext_det import cli
+    from resnext_det.deploy import DeployedPredictor, read_contract
+
+    d, name = trained["fpn"]
+    args = cli.get_parser().parse_args(["--config", CONFIGS["fpn"], "--eval-only"] + _opts(tmp_path, "fpn") + [
+        "RESNEXT_PLAN.SYNTHETIC.ROOT", str(d / "data"),
+        "MODEL.WEIGHTS", str(d / "deploy" / "model.onnx")])
+    cfg = cli.setup_cfg(args)
+    cli.prepare_datasets(cfg)
+    res = cli.evaluate_only(cfg, runtime="openvino")
+    assert abs(res["bbox"]["AP"] - _ap(d / "inference" / "eval_results.json")) <= 0.1
+    int8 = str(d / "deploy" / "model_int8.onnx")
+    assert read_contract(int8).precision == "int8"
+    img = _image(64, 96, 7)
+    for runtime in ("onnxruntime", "openvino"):
+        inst = DeployedPredictor(int8, runtime=runtime)(img)["instances"]
+        assert len(inst) > 0 and inst.image_size == (64, 96)
