@@ -34,15 +34,8 @@ from resnext_det.config import ResNeXtConfigError, check_device
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
 from resnext_det.data.coco_json import DatasetError
 from resnext_det.engine.checks import TrainingConfigError
-from resnext_det.engine.plan import (
-    PlanState,
-    build_plan,
-    final_stage,
-    plan_summary,
-    prepare_datasets,
-    resolve_datasets,
-    run_plan,
-)
+from resnext_det.engine.plan import build_plan, final_stage, plan_summary, resolve_datasets
+from resnext_det.engine.plan_runner import PlanState, prepare_datasets, run_plan, stage_figures
 from resnext_det.engine.trainer import (
     NonFiniteLossError,
     ResNeXtTrainer,
@@ -197,28 +190,56 @@ def check_files(cfg, args):
 
 
 def print_demo_report(cfg, args, seconds):
-    """Pictures (detections, losses/AP plot) of a finished demo run; prints AP and paths."""
+    """Pictures (detections, losses and each stage's quality) of a finished demo run; prints
+    each stage's figures and the paths. Returns ``(AP, picture paths, plot path)``."""
     from resnext_det.engine.demo import draw_detections, plot_metrics
+    from resnext_det.engine.pretrain import pretrained_weights_path
 
     stages = build_plan(cfg)
     final = final_stage(stages)
     state = PlanState(cfg.OUTPUT_DIR).load()
-    ap = state.data["results"].get(final.name, {}).get("bbox", {}).get("AP", float("nan"))
+    figures = stage_figures(state.data["results"])
+    ap = figures.get("box_AP", float("nan"))
     scfg = final.cfg.clone()
     scfg.defrost()
     scfg.MODEL.WEIGHTS = os.path.join(final.output_dir, "model_final.pth")
     demo = cfg.RESNEXT_PLAN.DEMO
     pics = draw_detections(scfg, scfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "pictures"),
                            num_images=demo.NUM_IMAGES, score_thresh=demo.SCORE_THRESH)
+    lines = {}
+    if "rpn_AR@100" in figures:
+        lines["stage 1 (RPN) AR@100 x100"] = 100 * figures["rpn_AR@100"]
+    if "oracle_box_AP" in figures:
+        lines["stage 2 AP, GT boxes as proposals (oracle)"] = figures["oracle_box_AP"]
     plot = plot_metrics({s.name: os.path.join(s.output_dir, "metrics.json")
                          for s in stages if s.kind == "train"},
-                        os.path.join(cfg.OUTPUT_DIR, "pictures", "losses_and_ap.png"))
-    print(f"\nDemo ({args.demo}) finished in {seconds:.0f} s: COCO box AP on "
-          f"{scfg.DATASETS.TEST[0]} = {ap:.1f}")
+                        os.path.join(cfg.OUTPUT_DIR, "pictures", "losses_and_ap.png"), figures=lines)
+    test = scfg.DATASETS.TEST[0]
+    print(f"\nDemo ({args.demo}) finished in {seconds:.0f} s: COCO box AP on {test} = {ap:.1f}")
+    if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:
+        info_path = pretrained_weights_path(resolve_datasets(cfg)) + ".json"
+        if os.path.isfile(info_path):
+            import json
+
+            with open(info_path) as f:
+                info = json.load(f)["results"]
+            print(f"  pretraining (miniature ImageNet): top-1 {info['top1']:.1f}% on val crops, "
+                  f"{info['seconds']:.0f} s -> {info['weights']} (torchvision format)")
+    if "rpn_AR@100" in figures:
+        print(f"  stage 1 (RPN) proposals on {test}: AR@100 {figures['rpn_AR@100']:.3f}, AR@1000 "
+              f"{figures['rpn_AR@1000']:.3f}; recall@100 at IoU 0.5 "
+              f"{figures['rpn_recall@100_IoU0.5']:.3f}, at IoU 0.7 {figures['rpn_recall@100_IoU0.7']:.3f}")
+    if "box_AP" in figures:
+        print(f"  {'stage 2 (Fast R-CNN)' if final.name == 'fast_rcnn' else 'detector'}: box AP "
+              f"{figures['box_AP']:.1f}, AP50 {figures['box_AP50']:.1f}")
+    if "oracle_box_AP" in figures:
+        print(f"  stage 2 with ground-truth boxes as proposals (oracle): box AP "
+              f"{figures['oracle_box_AP']:.1f}")
     print(f"  detections: {pics[0]}  (+{len(pics) - 1} single images)")
     print(f"  losses and AP plot: {plot}")
     print(f"  metrics: {os.path.join(final.output_dir, 'metrics.json')}, results JSON: "
-          f"{os.path.join(final.output_dir, 'inference', 'eval_results.json')}")
+          f"{os.path.join(final.output_dir, 'inference', 'eval_results.json')}, stage figures: "
+          f"{state.path}")
     return ap, pics, plot
 
 
@@ -272,7 +293,12 @@ def _cli(args):
         return 0
     start = time.perf_counter()
     if args.machine_rank == 0:
-        prepare_datasets(cfg)  # makes the synthetic set once, before workers start
+        if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:  # its progress on the console, before workers start
+            from detectron2.utils.logger import setup_logger
+
+            setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
+        # makes the synthetic set (and the PRETRAIN weights) once, before workers start
+        prepare_datasets(cfg)
     check_files(cfg, args)
     if args.num_gpus > 1 and cfg.MODEL.DEVICE == "cpu":
         # several CPU worker processes share the cores: their OpenMP threads must sleep, not

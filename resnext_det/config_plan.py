@@ -81,6 +81,24 @@ def add_plan_config(cfg: CN) -> CN:
     s.NUM_VAL = 100
     s.IMAGE_SIZE = 128
     s.MAX_OBJECTS = 4
+    # Object side as a fraction of the image side: uniform in [min, max].
+    s.OBJECT_SIZE = (0.18, 0.42)
+    # A miniature "ImageNet" (resnext_det.engine.pretrain): before the plan runs, the
+    # MODEL.RESNEXT network is trained as a classifier on crops of DATASETS.TRAIN's objects
+    # (and background) and saved in torchvision's format; every stage then starts from it
+    # through MODEL.WEIGHTS (which must be left empty), as a COCO user starts from
+    # torchvision's resnext101_32x4d. Reused when an identical one exists.
+    t = p.PRETRAIN = CN()
+    t.ENABLED = False
+    t.OUTPUT = ""  # "" = <OUTPUT_DIR>/pretrain/tiny_resnext_torchvision.pth
+    t.EPOCHS = 6
+    t.IMS_PER_BATCH = 64
+    t.BASE_LR = 0.05
+    t.CROP_SIZE = 32
+    t.CROPS_PER_OBJECT = 1
+    # After the fast_rcnn stage: also its box AP with the ground-truth boxes as proposals
+    # (the ceiling a perfect RPN would give); results under plan_state.json "fast_rcnn".
+    p.ORACLE_EVAL = False
     # Demo pictures: how many val images to draw detections on, score threshold.
     p.DEMO = CN()
     p.DEMO.NUM_IMAGES = 6

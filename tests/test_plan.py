@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 import resnext_det
-from resnext_det.engine import plan as plan_mod
-from resnext_det.engine.plan import PlanState, build_plan, plan_summary
+from resnext_det.engine import plan_runner
+from resnext_det.engine.plan import build_plan, plan_summary
+from resnext_det.engine.plan_runner import PlanState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,10 @@ def test_dry_run_shows_the_papers_schedule(tmp_path):
     trainval35k = ["coco_2014_train", "coco_2014_valminusminival"]
     for st in (rpn, fast):
         assert st["datasets"]["train"] == trainval35k
-        assert st["datasets"]["test"] == ["coco_2014_minival"]
+    # stage 1 is measured once, by the proposals step (recall on minival), not by its trainer
+    assert rpn["datasets"]["test"] == [] and fast["datasets"]["test"] == ["coco_2014_minival"]
+    assert props["evaluate"].startswith("proposal recall (AR@100, AR@1000")
+    assert props["evaluate"].endswith("on coco_2014_minival")
     # stage 2 reads the proposals stage 1 writes, for the training and the test sets
     assert props["datasets"] == trainval35k + ["coco_2014_minival"]
     assert fast["datasets"]["proposal_files_train"] == [props["writes"][d] for d in trainval35k]
@@ -111,6 +115,7 @@ def _fake_trainer(log, crash_on=None):
     class FakeTrainer:
         def __init__(self, cfg):
             self.name = os.path.basename(cfg.OUTPUT_DIR)
+            self.output_dir = cfg.OUTPUT_DIR
 
         def resume_or_load(self, resume):
             log.append((self.name, "load", resume))
@@ -119,7 +124,10 @@ def _fake_trainer(log, crash_on=None):
             if self.name == crash_on:
                 raise _Crash(self.name)
             log.append((self.name, "train"))
-            self._last_eval_results = {"bbox": {"AP": 42.0}} if "fast" in self.name else None
+            if "fast" in self.name:  # what ResNeXtTrainer.test writes after the last iteration
+                os.makedirs(os.path.join(self.output_dir, "inference"), exist_ok=True)
+                with open(os.path.join(self.output_dir, "inference", "eval_results.json"), "w") as f:
+                    json.dump({"results": {"bbox": {"AP": 42.0, "AP50": 60.0}}}, f)
 
     return FakeTrainer
 
@@ -127,28 +135,40 @@ def _fake_trainer(log, crash_on=None):
 def test_resume_continues_at_the_unfinished_stage(tmp_path, monkeypatch):
     cfg = _cfg("faster_rcnn_X101_32x4d.yaml", "OUTPUT_DIR", str(tmp_path))
     computed = []
-    monkeypatch.setattr(plan_mod, "compute_proposals",
+    monkeypatch.setattr(plan_runner, "compute_proposals",
                         lambda stage, trainer_cls: computed.append(stage.name) or {"n": 1})
     checked = []  # the proposals are faked: record the stage-2 proposal check instead of reading files
-    monkeypatch.setattr(plan_mod, "check_stage_proposals",
+    monkeypatch.setattr(plan_runner, "check_stage_proposals",
                         lambda cfg: checked.append(os.path.basename(cfg.OUTPUT_DIR)))
     log = []
     with pytest.raises(_Crash):  # killed during stage 2
-        plan_mod.run_plan(cfg, trainer_cls=_fake_trainer(log, crash_on="stage2_fast_rcnn"))
+        plan_runner.run_plan(cfg, trainer_cls=_fake_trainer(log, crash_on="stage2_fast_rcnn"))
     state = json.load(open(tmp_path / "plan_state.json"))
     assert state["finished"] == ["rpn", "proposals"]
     assert not (tmp_path / "plan_state.json.tmp").exists()
 
     log.clear()
-    results = plan_mod.run_plan(cfg, resume=True, trainer_cls=_fake_trainer(log))
+    results = plan_runner.run_plan(cfg, resume=True, trainer_cls=_fake_trainer(log))
     # stage 1 and its proposals are not redone; stage 2 resumes from its own checkpoint
     assert log == [("stage2_fast_rcnn", "load", True), ("stage2_fast_rcnn", "train")]
     assert computed == ["proposals"]
     assert checked[-1] == "stage2_fast_rcnn"  # checked before stage 2 trains
-    assert results["fast_rcnn"] == {"bbox": {"AP": 42.0}}
+    assert results["fast_rcnn"] == {"bbox": {"AP": 42.0, "AP50": 60.0}}
     assert PlanState(str(tmp_path)).load().data["finished"] == ["rpn", "proposals", "fast_rcnn"]
 
     log.clear()
-    plan_mod.run_plan(cfg, resume=False, trainer_cls=_fake_trainer(log))  # a fresh run redoes all
+    plan_runner.run_plan(cfg, resume=False, trainer_cls=_fake_trainer(log))  # a fresh run redoes all
     assert [e for e in log if e[1] == "train"] == [("stage1_rpn", "train"), ("stage2_fast_rcnn", "train")]
     assert computed == ["proposals", "proposals"]
+
+
+def test_demo_plan_starts_both_stages_from_the_pretrained_file(tmp_path):
+    stages = build_plan(_cfg("demo_tiny_X_C4_two_stage_synthetic.yaml", "OUTPUT_DIR", str(tmp_path)))
+    path = str(tmp_path / "pretrain" / "tiny_resnext_torchvision.pth")
+    assert [s.cfg.MODEL.WEIGHTS for s in stages if s.kind == "train"] == [path, path]
+    assert [s.oracle_eval for s in stages] == [False, False, True]
+    assert stages[1].recall_datasets == ("synthetic_shapes_val",)
+    summary = plan_summary(_cfg("demo_tiny_X_C4_two_stage_synthetic.yaml", "OUTPUT_DIR", str(tmp_path)))
+    assert summary["config"]["pretrain"]["writes"] == path
+    assert "oracle" in summary["stages"][2]["evaluate"]
+    assert not tmp_path.joinpath("pretrain").exists()  # describing the plan writes nothing

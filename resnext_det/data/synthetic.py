@@ -32,7 +32,8 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _draw_image(rng: np.random.Generator, size: int, max_objects: int):
+def _draw_image(rng: np.random.Generator, size: int, max_objects: int,
+                object_size: Sequence[float] = (0.18, 0.42)):
     """One image (H, W, 3 uint8) and its objects [(class index, [x0, y0, x1, y1], polygon)]."""
     from PIL import Image, ImageDraw
 
@@ -46,7 +47,7 @@ def _draw_image(rng: np.random.Generator, size: int, max_objects: int):
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
             cls = int(rng.integers(len(CLASSES)))
-            s = float(rng.uniform(0.18, 0.42) * size)
+            s = float(rng.uniform(*object_size) * size)
             x0, y0 = rng.uniform(0, size - s, size=2)
             box = [float(x0), float(y0), float(x0 + s), float(y0 + s)]
             if all(_iou(box, o[1]) < 0.2 for o in objects):
@@ -70,7 +71,8 @@ def _draw_image(rng: np.random.Generator, size: int, max_objects: int):
 
 
 def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_val: int = 100,
-                        image_size: int = 128, max_objects: int = 4) -> Dict[str, Dict[str, str]]:
+                        image_size: int = 128, max_objects: int = 4,
+                        object_size: Sequence[float] = (0.18, 0.42)) -> Dict[str, Dict[str, str]]:
     """Write the dataset under ``root`` (skipped when an identical one is already there).
 
     Args:
@@ -79,6 +81,7 @@ def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_v
         num_train, num_val: number of images per split.
         image_size: square image side in pixels.
         max_objects: at most this many shapes per image (at least one).
+        object_size: (min, max) side of a shape as a fraction of the image side.
 
     Returns:
         ``{"train": {"json_file": ..., "image_root": ...}, "val": {...}}``.
@@ -86,6 +89,12 @@ def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_v
     params = {"format": _FORMAT_VERSION, "seed": int(seed), "num_train": int(num_train),
               "num_val": int(num_val), "image_size": int(image_size),
               "max_objects": int(max_objects), "classes": list(CLASSES)}
+    lo, hi = (float(v) for v in object_size)
+    if not 0 < lo <= hi < 1:
+        raise ValueError(f"object_size={tuple(object_size)!r}: give (min, max) fractions of the "
+                         "image side with 0 < min <= max < 1, e.g. (0.18, 0.42)")
+    if (lo, hi) != (0.18, 0.42):  # the default keeps the manifests (and caches) of before
+        params["object_size"] = [lo, hi]
     out = {split: {"json_file": os.path.join(root, "annotations", f"instances_{split}.json"),
                    "image_root": os.path.join(root, split)} for split in _SPLITS}
     manifest = os.path.join(root, "manifest.json")
@@ -100,7 +109,7 @@ def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_v
         images, annotations = [], []
         for i in range(count):
             rng = np.random.default_rng([int(seed), split_index, i])
-            img, objects = _draw_image(rng, image_size, max_objects)
+            img, objects = _draw_image(rng, image_size, max_objects, (lo, hi))
             file_name = f"{i:06d}.png"
             img.save(os.path.join(out[split]["image_root"], file_name))
             image_id = i + 1

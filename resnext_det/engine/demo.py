@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -94,13 +94,16 @@ _LOSSES = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_l
 
 
 def plot_metrics(metrics_files: Dict[str, str], out_png: str,
-                 ap_keys: Sequence[str] = ("bbox/AP", "bbox/AP50")) -> str:
-    """Plot losses (one panel per training stage) and AP over iterations into one PNG.
+                 ap_keys: Sequence[str] = ("bbox/AP", "bbox/AP50"),
+                 figures: Optional[Dict[str, float]] = None) -> str:
+    """Plot losses (one panel per training stage) and each stage's quality into one PNG.
 
     Args:
         metrics_files: stage name -> path of its ``metrics.json``.
         out_png: output path.
-        ap_keys: evaluation metrics to plot in the last panel.
+        ap_keys: evaluation metrics to plot (over iterations) in the last panel.
+        figures: further figures drawn as labelled horizontal lines in the last panel,
+            in percent (e.g. ``{"stage 1 RPN AR@100 x100": 78.0, "oracle AP": 90.1}``).
     """
     import matplotlib
 
@@ -125,7 +128,11 @@ def plot_metrics(metrics_files: Dict[str, str], out_png: str,
             pts = [(r["iteration"], r[key]) for r in recs if key in r]
             if pts:
                 ap_ax.plot(*zip(*pts), marker="o", label=f"{name} {key}")
-    ap_ax.set_title("COCO box AP on val")
+    styles = ("--", ":", "-.")
+    for k, (label, value) in enumerate((figures or {}).items()):
+        ap_ax.axhline(value, ls=styles[k % len(styles)], color=f"C{k + 3}", lw=1.2,
+                      label=f"{label} = {value:.1f}")
+    ap_ax.set_title("each stage's quality on val (COCO)")
     ap_ax.set_xlabel("iteration")
     ap_ax.set_ylim(0, 100)
     ap_ax.grid(alpha=0.3)

@@ -1,4 +1,4 @@
-"""The training plan: a config's ``RESNEXT_PLAN`` turned into stages, run with resume-at-stage.
+"""The training plan as data: a config's ``RESNEXT_PLAN`` turned into stages (no side effects).
 
 ``MODE: "joint"``  -> one stage ``detector`` (train, then COCO AP), in ``OUTPUT_DIR``.
 ``MODE: "two_stage"`` (the paper, Appendix B; RPN and Fast R-CNN share no features):
@@ -6,45 +6,45 @@
 1. ``rpn``       train an RPN-only network (``ProposalNetwork``) from ``MODEL.WEIGHTS``
                  -> ``OUTPUT_DIR/stage1_rpn``
 2. ``proposals`` compute its proposals on the training and test sets
-                 -> ``OUTPUT_DIR/stage1_rpn/proposals/<dataset>.pkl`` (detectron2's format)
+                 -> ``OUTPUT_DIR/stage1_rpn/proposals/<dataset>.pkl`` (detectron2's format),
+                 and measure stage 1: proposal recall on the test set (AR@100, AR@1000,
+                 recall at IoU 0.5 and 0.7)
 3. ``fast_rcnn`` train Fast R-CNN on those proposals (``PrecomputedProposals``), again from
-                 ``MODEL.WEIGHTS``, then COCO AP -> ``OUTPUT_DIR/stage2_fast_rcnn``
+                 ``MODEL.WEIGHTS``, then COCO box AP -> ``OUTPUT_DIR/stage2_fast_rcnn``;
+                 with ``RESNEXT_PLAN.ORACLE_EVAL`` also the AP with the ground-truth boxes
+                 as proposals (the ceiling a perfect stage 1 would give)
 
-Which stages are finished is kept in ``OUTPUT_DIR/plan_state.json`` (written atomically);
-with ``resume=True`` finished stages are skipped and the unfinished training stage
-continues from its last checkpoint.
+With ``RESNEXT_PLAN.PRETRAIN.ENABLED`` every stage starts from the miniature "ImageNet"
+model of :mod:`resnext_det.engine.pretrain` (a torchvision-format file) as ``MODEL.WEIGHTS``.
+
+This module only describes the plan (what ``train_net.py --dry-run`` prints). Running it,
+``plan_state.json`` and resume live in :mod:`resnext_det.engine.plan_runner`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
-import pickle
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Tuple
 
 from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer
 
+from ..config import resolve_resnext_spec
 from ..config_plan import PLAN_MODES
 from ..data.coco import coco_split_names
-from ..io import atomic_open, atomic_write_json
+from ..data.synthetic import synthetic_dataset_names
+from .pretrain import pretrained_weights_path
 
 __all__ = [
     "Stage",
-    "PlanState",
     "resolve_datasets",
     "build_plan",
     "plan_summary",
-    "prepare_datasets",
-    "run_plan",
-    "compute_proposals",
     "final_stage",
-    "check_stage_proposals",
     "STATE_FILE",
 ]
 
-logger = logging.getLogger(__name__)
 STATE_FILE = "plan_state.json"
 # plan step -> the paper's stage (Appendix B: 1 = RPN and its proposals, 2 = Fast R-CNN)
 _PAPER_STAGE = {"rpn": 1, "proposals": 1, "fast_rcnn": 2}
@@ -60,6 +60,8 @@ class Stage:
         cfg: the stage's full detectron2 config, for ``SOLVER.REFERENCE_WORLD_SIZE`` workers.
         evaluate: COCO box AP on ``DATASETS.TEST`` at the end of the stage.
         outputs: files the stage produces (proposal files: dataset name -> path).
+        recall_datasets: (proposals) datasets on which proposal recall is measured.
+        oracle_eval: (train) also box AP with ground-truth boxes as proposals.
     """
 
     name: str
@@ -67,6 +69,8 @@ class Stage:
     cfg: CfgNode
     evaluate: bool = False
     outputs: Dict[str, str] = dataclasses.field(default_factory=dict)
+    recall_datasets: Tuple[str, ...] = ()
+    oracle_eval: bool = False
 
     @property
     def output_dir(self) -> str:
@@ -74,10 +78,16 @@ class Stage:
 
 
 def resolve_datasets(cfg: CfgNode) -> CfgNode:
-    """A copy of ``cfg`` with DATASETS.TRAIN/TEST filled from RESNEXT_PLAN.COCO_SPLITS or
-    RESNEXT_PLAN.SYNTHETIC (nothing is read or written)."""
-    from ..data.synthetic import synthetic_dataset_names
+    """A copy of ``cfg`` with the plan's inputs filled in (nothing is read or written):
+    DATASETS.TRAIN/TEST from RESNEXT_PLAN.COCO_SPLITS or RESNEXT_PLAN.SYNTHETIC, and with
+    RESNEXT_PLAN.PRETRAIN enabled, MODEL.WEIGHTS = the file the pretraining writes.
 
+    Args:
+        cfg: a config with RESNEXT_PLAN (resnext_det.get_cfg()).
+
+    Raises:
+        ValueError: an unknown MODE, or settings that contradict each other.
+    """
     cfg = cfg.clone()
     cfg.defrost()
     p = cfg.RESNEXT_PLAN
@@ -93,6 +103,13 @@ def resolve_datasets(cfg: CfgNode) -> CfgNode:
             p.SYNTHETIC.ROOT = os.path.join(cfg.OUTPUT_DIR, "data")
     elif p.COCO_SPLITS:
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = coco_split_names(p.COCO_SPLITS)
+    if p.PRETRAIN.ENABLED:
+        if cfg.MODEL.WEIGHTS:
+            raise ValueError(
+                f"RESNEXT_PLAN.PRETRAIN.ENABLED and MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} contradict "
+                "each other (the pretraining provides the weights); set MODEL.WEIGHTS '' or "
+                "RESNEXT_PLAN.PRETRAIN.ENABLED False")
+        cfg.MODEL.WEIGHTS = pretrained_weights_path(cfg)
     return cfg
 
 
@@ -115,19 +132,22 @@ def build_plan(cfg: CfgNode) -> List[Stage]:
     """The stages of ``cfg``'s plan, each with its full config (see module docstring).
 
     Args:
-        cfg: a config with MODEL.RESNEXT and RESNEXT_PLAN (add_resnext_config, add_plan_config).
+        cfg: a config with MODEL.RESNEXT and RESNEXT_PLAN (resnext_det.get_cfg()).
     """
     base = resolve_datasets(cfg)
     p = base.RESNEXT_PLAN
     if p.MODE == "joint":
-        return [Stage("detector", "train", base, evaluate=True)]
+        return [Stage("detector", "train", base, evaluate=True, oracle_eval=False)]
 
     rpn = base.clone()
     rpn.MODEL.META_ARCHITECTURE = "ProposalNetwork"
     rpn.MODEL.RPN.BATCH_SIZE_PER_IMAGE = p.RPN.BATCH_SIZE_PER_IMAGE
     rpn.OUTPUT_DIR = os.path.join(base.OUTPUT_DIR, "stage1_rpn")
     _apply_solver(rpn, p.RPN)
-    rpn.TEST.EVAL_PERIOD = 0  # stage 1 has no box AP; its output is judged through stage 2
+    rpn.TEST.EVAL_PERIOD = 0
+    # No evaluation inside stage 1 (detectron2 would run one after the last iteration): its
+    # quality is measured once, by the proposals step, on the very proposals stage 2 uses.
+    rpn.DATASETS.TEST = ()
 
     datasets = list(dict.fromkeys(list(base.DATASETS.TRAIN) + list(base.DATASETS.TEST)))
     props = rpn.clone()
@@ -149,8 +169,9 @@ def build_plan(cfg: CfgNode) -> List[Stage]:
     _apply_solver(fast, p.FAST_RCNN)
     return [
         Stage("rpn", "train", rpn),
-        Stage("proposals", "proposals", props, outputs=dict(outputs)),
-        Stage("fast_rcnn", "train", fast, evaluate=True),
+        Stage("proposals", "proposals", props, outputs=dict(outputs),
+              recall_datasets=tuple(base.DATASETS.TEST)),
+        Stage("fast_rcnn", "train", fast, evaluate=True, oracle_eval=bool(p.ORACLE_EVAL)),
     ]
 
 
@@ -164,11 +185,11 @@ def plan_summary(cfg: CfgNode, world_size: int = 1) -> Dict[str, Any]:
 
     Solver values are those used on ``world_size`` workers: detectron2's
     ``auto_scale_workers`` scales batch, LR and schedule from ``SOLVER.REFERENCE_WORLD_SIZE``.
+
+    Args:
+        cfg: the full config.
+        world_size: number of training processes.
     """
-    from detectron2.engine import DefaultTrainer
-
-    from ..config import resolve_resnext_spec
-
     stages = build_plan(cfg)
     out: Dict[str, Any] = {
         "config": {"mode": cfg.RESNEXT_PLAN.MODE, "output_dir": cfg.OUTPUT_DIR,
@@ -176,6 +197,13 @@ def plan_summary(cfg: CfgNode, world_size: int = 1) -> Dict[str, Any]:
                    "reference_world_size": int(cfg.SOLVER.REFERENCE_WORLD_SIZE)},
         "stages": [],
     }
+    pre = cfg.RESNEXT_PLAN.PRETRAIN
+    if pre.ENABLED:
+        out["config"]["pretrain"] = {
+            "writes": pretrained_weights_path(cfg), "format": "torchvision",
+            "data": "crops of " + ", ".join(stages[0].cfg.DATASETS.TRAIN),
+            "epochs": int(pre.EPOCHS), "ims_per_batch": int(pre.IMS_PER_BATCH),
+            "base_lr": float(pre.BASE_LR), "crop_size": int(pre.CROP_SIZE)}
     for i, st in enumerate(stages, 1):
         c = DefaultTrainer.auto_scale_workers(st.cfg, world_size) if st.kind == "train" else st.cfg
         m = c.MODEL
@@ -213,202 +241,23 @@ def plan_summary(cfg: CfgNode, world_size: int = 1) -> Dict[str, Any]:
                     d["rpn_batch_size_per_image"] = m.RPN.BATCH_SIZE_PER_IMAGE
                 d["roi_batch_size_per_image"] = m.ROI_HEADS.BATCH_SIZE_PER_IMAGE
             d["evaluate"] = "COCO box AP on " + ", ".join(c.DATASETS.TEST) if st.evaluate else None
+            if st.oracle_eval:
+                d["evaluate"] += " (and with ground-truth boxes as proposals: oracle)"
         else:
             d["datasets"] = list(c.DATASETS.TEST)
             d["proposals_per_image"] = m.RPN.POST_NMS_TOPK_TEST
             d["writes"] = dict(st.outputs)
+            d["evaluate"] = ("proposal recall (AR@100, AR@1000, recall at IoU 0.5/0.7) on "
+                             + ", ".join(st.recall_datasets))
         out["stages"].append(d)
     return out
 
 
-class PlanState:
-    """``OUTPUT_DIR/plan_state.json``: which stages finished, and their results.
+def __getattr__(name):
+    # check_stage_proposals moved to plan_runner (it reads files); tests/test_bad_inputs.py
+    # still imports it from here. Remove once that import names plan_runner.
+    if name == "check_stage_proposals":
+        from .plan_runner import check_stage_proposals
 
-    Written with a temporary file and ``os.replace``, so a kill never leaves half a file.
-    """
-
-    def __init__(self, output_dir: str):
-        self.path = os.path.join(output_dir, STATE_FILE)
-        self.data: Dict[str, Any] = {"finished": [], "results": {}}
-
-    def load(self) -> "PlanState":
-        if os.path.isfile(self.path):
-            with open(self.path) as f:
-                self.data = json.load(f)
-        return self
-
-    def is_finished(self, name: str) -> bool:
-        return name in self.data["finished"]
-
-    def mark_finished(self, name: str, results: Optional[dict] = None) -> None:
-        if name not in self.data["finished"]:
-            self.data["finished"].append(name)
-        if results:
-            self.data["results"][name] = results
-        self.save()
-
-    def save(self) -> None:
-        atomic_write_json(self.path, self.data, indent=2, default=float)
-
-
-def prepare_datasets(cfg: CfgNode) -> None:
-    """Register (and for SYNTHETIC, make if missing) the datasets of ``cfg``.
-
-    Idempotent; run in every worker process (registrations do not cross process spawns).
-    """
-    from ..data.coco import register_coco_splits
-    from ..data.synthetic import register_synthetic_coco
-
-    cfg = resolve_datasets(cfg)
-    s = cfg.RESNEXT_PLAN.SYNTHETIC
-    if s.ENABLED:
-        register_synthetic_coco(s.NAME, s.ROOT, seed=s.SEED, num_train=s.NUM_TRAIN,
-                                num_val=s.NUM_VAL, image_size=s.IMAGE_SIZE,
-                                max_objects=s.MAX_OBJECTS)
-    register_coco_splits(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-
-
-class _ProposalCollector:
-    """A DatasetEvaluator that gathers ProposalNetwork outputs into detectron2's proposal file."""
-
-    def __init__(self, dataset_name: str, path: str):
-        self.dataset_name, self.path = dataset_name, path
-        self.reset()
-
-    def reset(self):
-        self._ids, self._boxes, self._logits = [], [], []
-
-    def process(self, inputs, outputs):
-        for inp, out in zip(inputs, outputs):
-            p = out["proposals"].to("cpu")
-            self._ids.append(inp["image_id"])
-            self._boxes.append(p.proposal_boxes.tensor.numpy())
-            self._logits.append(p.objectness_logits.numpy())
-
-    def evaluate(self):
-        from detectron2.structures import BoxMode
-        from detectron2.utils import comm
-
-        parts = comm.gather((self._ids, self._boxes, self._logits), dst=0)
-        if not comm.is_main_process():
-            return {}
-        data = {"ids": [], "boxes": [], "objectness_logits": [], "bbox_mode": int(BoxMode.XYXY_ABS)}
-        for ids, boxes, logits in parts:
-            data["ids"] += ids
-            data["boxes"] += boxes
-            data["objectness_logits"] += logits
-        with atomic_open(self.path, "wb") as f:  # a kill leaves no half-written proposal file
-            pickle.dump(data, f, pickle.HIGHEST_PROTOCOL)
-        n = sum(len(b) for b in data["boxes"])
-        logger.info("Wrote %d proposals for %d images of %s to %s", n, len(data["ids"]),
-                    self.dataset_name, self.path)
-        return {"images": len(data["ids"]), "proposals_per_image": n / max(len(data["ids"]), 1)}
-
-
-def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
-    """Run the stage-1 RPN on each dataset of ``stage`` and write detectron2 proposal files.
-
-    Progress (images done, ETA) is logged by detectron2's ``inference_on_dataset``.
-    """
-    import torch
-    from detectron2.evaluation import inference_on_dataset
-
-    from .trainer import load_checkpoint
-
-    cfg = stage.cfg
-    model = trainer_cls.build_model(cfg)
-    load_checkpoint(model, cfg, cfg.MODEL.WEIGHTS)
-    model.eval()
-    results = {}
-    for dataset, path in stage.outputs.items():
-        logger.info("Computing proposals for %s ...", dataset)
-        loader = trainer_cls.build_test_loader(cfg, dataset)
-        with torch.no_grad():
-            results[dataset] = inference_on_dataset(model, loader, _ProposalCollector(dataset, path))
-    return results
-
-
-def check_stage_proposals(cfg: CfgNode) -> None:
-    """For a stage trained on precomputed proposals (``MODEL.LOAD_PROPOSALS``): every train
-    and test proposal file exists and covers its dataset's images.
-
-    Raises:
-        TrainingConfigError: naming the file, the dataset and the fix.
-    """
-    from detectron2.data import DatasetCatalog
-
-    from .checks import TrainingConfigError, check_proposal_file
-
-    if not cfg.MODEL.LOAD_PROPOSALS:
-        return
-    for kind in ("TRAIN", "TEST"):
-        datasets = list(cfg.DATASETS[kind])
-        files = list(cfg.DATASETS[f"PROPOSAL_FILES_{kind}"])
-        if len(files) != len(datasets):
-            raise TrainingConfigError(
-                f"DATASETS.PROPOSAL_FILES_{kind} has {len(files)} file(s) for {len(datasets)} "
-                f"dataset(s) {datasets}; give one proposal file per dataset")
-        for dataset, path in zip(datasets, files):
-            ids = [d["image_id"] for d in DatasetCatalog.get(dataset)]
-            check_proposal_file(path, ids, dataset)
-
-
-def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[str, Any]:
-    """Run every stage of ``cfg``'s plan; returns ``{stage name: results}``.
-
-    Args:
-        cfg: the full config (datasets must already be registered: :func:`prepare_datasets`).
-        resume: skip stages that ``plan_state.json`` marks finished and continue the
-            unfinished training stage from its last checkpoint. Without it, everything reruns.
-        trainer_cls: the trainer (default :class:`resnext_det.engine.trainer.ResNeXtTrainer`).
-    """
-    from detectron2.utils import comm
-
-    from .trainer import ResNeXtTrainer
-
-    trainer_cls = trainer_cls or ResNeXtTrainer
-    stages = build_plan(cfg)
-    state = PlanState(cfg.OUTPUT_DIR)
-    if resume:
-        state.load()
-    elif comm.is_main_process():
-        state.save()  # a fresh run forgets earlier progress
-    comm.synchronize()
-    results: Dict[str, Any] = {}
-    for i, stage in enumerate(stages, 1):
-        if resume and state.is_finished(stage.name):
-            logger.info("Plan stage %d/%d '%s' already finished: skipped (resume)", i, len(stages),
-                        stage.name)
-            results[stage.name] = state.data["results"].get(stage.name, {})
-            continue
-        logger.info("Plan stage %d/%d '%s' (%s) -> %s", i, len(stages), stage.name, stage.kind,
-                    stage.output_dir)
-        if comm.is_main_process():
-            os.makedirs(stage.output_dir, exist_ok=True)
-            with open(os.path.join(stage.output_dir, "config.yaml"), "w") as f:
-                f.write(stage.cfg.dump())
-        if stage.kind == "train":
-            check_stage_proposals(stage.cfg)
-            trainer = trainer_cls(stage.cfg)
-            trainer.resume_or_load(resume=resume)
-            trainer.train()
-            res = getattr(trainer, "_last_eval_results", None) if stage.evaluate else None
-            res = _plain(res) if res else {}
-            del trainer
-        else:
-            res = _plain(compute_proposals(stage, trainer_cls))
-        results[stage.name] = res
-        if comm.is_main_process():
-            state.mark_finished(stage.name, res)
-        comm.synchronize()
-    return results
-
-
-def _plain(x):
-    """Results as JSON-able nested dicts of floats."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return str(x)
+        return check_stage_proposals
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,423 @@
+"""Running the plan of :mod:`resnext_det.engine.plan`: stages in order, resume-at-stage, and
+each stage's quality measured and recorded.
+
+Which stages are finished, and their results, are kept in ``OUTPUT_DIR/plan_state.json``
+(written atomically); with ``resume=True`` finished stages are skipped and the unfinished
+training stage continues from its last checkpoint.
+
+Results recorded per stage (``plan_state.json`` ``results``):
+
+* ``proposals``: per dataset, the proposal count and, on the test sets, ``recall``:
+  ``AR@100`` / ``AR@1000`` (COCO average recall over IoU 0.5:0.95, detectron2's
+  ``COCOEvaluator``, as fractions) and ``recall@100_IoU0.5`` ... (the fraction of
+  ground-truth boxes with a proposal among the top k at that IoU), plus detectron2's
+  ``box_proposals`` dict (percent, incl. small/medium/large);
+* ``fast_rcnn`` / ``detector``: the COCO results (``bbox``: AP, AP50 ...); with
+  ``RESNEXT_PLAN.ORACLE_EVAL`` also ``oracle``: the same model's results with the
+  ground-truth boxes as its proposals.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
+from detectron2.utils import comm
+
+from ..data.coco import register_coco_splits
+from ..data.synthetic import register_synthetic_coco
+from ..io import atomic_open, atomic_write_json
+from .checks import TrainingConfigError, check_proposal_file
+from .plan import STATE_FILE, Stage, build_plan, resolve_datasets
+from .pretrain import pretrain_classifier
+from .trainer import EVAL_RESULTS, ResNeXtTrainer, load_checkpoint
+
+__all__ = [
+    "PlanState",
+    "prepare_datasets",
+    "run_plan",
+    "compute_proposals",
+    "check_stage_proposals",
+    "ProposalRecall",
+    "write_gt_proposals",
+    "evaluate_with_gt_proposals",
+    "stage_figures",
+]
+
+logger = logging.getLogger(__name__)
+RECALL_IOUS = (0.5, 0.7)
+RECALL_TOPK = (100, 1000)
+
+
+class PlanState:
+    """``OUTPUT_DIR/plan_state.json``: which stages finished, and their results.
+
+    Written with a temporary file and ``os.replace``, so a kill never leaves half a file.
+    """
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, STATE_FILE)
+        self.data: Dict[str, Any] = {"finished": [], "results": {}}
+
+    def load(self) -> "PlanState":
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                self.data = json.load(f)
+        return self
+
+    def is_finished(self, name: str) -> bool:
+        return name in self.data["finished"]
+
+    def mark_finished(self, name: str, results: Optional[dict] = None) -> None:
+        if name not in self.data["finished"]:
+            self.data["finished"].append(name)
+        if results:
+            self.data["results"][name] = results
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data, indent=2, default=float)
+
+
+def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
+    """Make the plan's inputs ready: register the datasets (making SYNTHETIC ones if missing)
+    and, with ``RESNEXT_PLAN.PRETRAIN.ENABLED``, train (or reuse) the miniature "ImageNet"
+    model the stages start from.
+
+    Idempotent; run in every worker process (registrations do not cross process spawns).
+
+    Args:
+        cfg: the full config.
+
+    Returns:
+        the pretraining's results (``{}`` without PRETRAIN).
+    """
+    cfg = resolve_datasets(cfg)
+    s = cfg.RESNEXT_PLAN.SYNTHETIC
+    if s.ENABLED:
+        register_synthetic_coco(s.NAME, s.ROOT, seed=s.SEED, num_train=s.NUM_TRAIN,
+                                num_val=s.NUM_VAL, image_size=s.IMAGE_SIZE,
+                                max_objects=s.MAX_OBJECTS, object_size=tuple(s.OBJECT_SIZE))
+    register_coco_splits(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED and comm.is_main_process():
+        return pretrain_classifier(cfg)
+    return {}
+
+
+class _ProposalCollector(DatasetEvaluator):
+    """Gathers ProposalNetwork outputs into detectron2's proposal file."""
+
+    def __init__(self, dataset_name: str, path: str):
+        self.dataset_name, self.path = dataset_name, path
+        self.reset()
+
+    def reset(self):
+        self._ids, self._boxes, self._logits = [], [], []
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            p = out["proposals"].to("cpu")
+            self._ids.append(inp["image_id"])
+            self._boxes.append(p.proposal_boxes.tensor.numpy())
+            self._logits.append(p.objectness_logits.numpy())
+
+    def evaluate(self):
+        parts = comm.gather((self._ids, self._boxes, self._logits), dst=0)
+        if not comm.is_main_process():
+            return {}
+        data = {"ids": [], "boxes": [], "objectness_logits": [], "bbox_mode": int(BoxMode.XYXY_ABS)}
+        for ids, boxes, logits in parts:
+            data["ids"] += ids
+            data["boxes"] += boxes
+            data["objectness_logits"] += logits
+        with atomic_open(self.path, "wb") as f:  # a kill leaves no half-written proposal file
+            pickle.dump(data, f, pickle.HIGHEST_PROTOCOL)
+        n = sum(len(b) for b in data["boxes"])
+        logger.info("Wrote %d proposals for %d images of %s to %s", n, len(data["ids"]),
+                    self.dataset_name, self.path)
+        return {"images": len(data["ids"]), "proposals_per_image": n / max(len(data["ids"]), 1)}
+
+
+def _gt_boxes(dataset_dict: dict) -> np.ndarray:
+    """Non-crowd ground-truth boxes of one image, XYXY_ABS (N, 4)."""
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+             for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
+    return np.asarray(boxes, np.float32).reshape(-1, 4)
+
+
+class ProposalRecall(DatasetEvaluator):
+    """Recall of proposals: the fraction of ground-truth boxes (non-crowd) that some proposal
+    among the top ``k`` (by objectness) covers at IoU >= t, for k in ``topk`` and t in ``ious``.
+
+    The RPN's outputs are in original image coordinates (detectron2 rescales them), as the
+    dataset's boxes are.
+
+    Args:
+        dataset_name: a registered dataset with annotations.
+        topk: proposal counts.
+        ious: IoU thresholds.
+    """
+
+    def __init__(self, dataset_name: str, topk=RECALL_TOPK, ious=RECALL_IOUS):
+        self._gt = {d["image_id"]: _gt_boxes(d) for d in DatasetCatalog.get(dataset_name)}
+        self._topk, self._ious = tuple(topk), tuple(ious)
+        self.reset()
+
+    def reset(self):
+        self._best = []  # per image: (num gt, top-k) best IoU per gt box
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            gt = self._gt[inp["image_id"]]
+            p = out["proposals"].to("cpu")
+            order = torch.argsort(p.objectness_logits, descending=True)
+            boxes = p.proposal_boxes[order]
+            best = np.zeros((len(gt), len(self._topk)), np.float32)
+            if len(gt) and len(boxes):
+                iou = pairwise_iou(Boxes(torch.from_numpy(gt)), boxes).numpy()
+                for j, k in enumerate(self._topk):
+                    best[:, j] = iou[:, :k].max(axis=1)
+            self._best.append(best)
+
+    def evaluate(self):
+        parts = comm.gather(self._best, dst=0)
+        if not comm.is_main_process():
+            return {}
+        best = np.concatenate([b for part in parts for b in part] or [np.zeros((0, len(self._topk)))])
+        out = {}
+        for j, k in enumerate(self._topk):
+            for t in self._ious:
+                out[f"recall@{k}_IoU{t}"] = float((best[:, j] >= t).mean()) if len(best) else float("nan")
+        out["num_gt_boxes"] = int(len(best))
+        return {"proposal_recall": out}
+
+
+def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
+    """Run the stage-1 RPN on each dataset of ``stage``, write detectron2 proposal files, and
+    on ``stage.recall_datasets`` measure the proposals' recall (one pass per dataset).
+
+    Progress (images done, ETA) is logged by detectron2's ``inference_on_dataset``.
+
+    Args:
+        stage: the plan's ``proposals`` stage.
+        trainer_cls: builds the model and the test loaders.
+
+    Returns:
+        ``{dataset: {"images", "proposals_per_image"[, "recall", "box_proposals",
+        "proposal_recall"]}}``.
+    """
+    cfg = stage.cfg
+    model = trainer_cls.build_model(cfg)
+    load_checkpoint(model, cfg, cfg.MODEL.WEIGHTS)
+    model.eval()
+    results = {}
+    for dataset, path in stage.outputs.items():
+        logger.info("Computing proposals for %s ...", dataset)
+        evaluators = [_ProposalCollector(dataset, path)]
+        if dataset in stage.recall_datasets:
+            # detectron2's COCO average recall of a ProposalNetwork (AR@100, AR@1000, by size)
+            evaluators += [COCOEvaluator(dataset, tasks=("bbox",), distributed=True,
+                                         output_dir=None, use_fast_impl=False),
+                           ProposalRecall(dataset)]
+        loader = trainer_cls.build_test_loader(cfg, dataset)
+        with torch.no_grad():
+            res = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
+        if "box_proposals" in res:
+            ar = res["box_proposals"]
+            res["recall"] = {"AR@100": ar["AR@100"] / 100, "AR@1000": ar["AR@1000"] / 100,
+                             **{k: v for k, v in res["proposal_recall"].items()
+                                if k.startswith("recall@")}}
+            logger.info("Stage 1 (RPN) on %s: %s", dataset, _format_recall(res["recall"]))
+        results[dataset] = res
+    return results
+
+
+def _format_recall(r: Dict[str, float]) -> str:
+    return (f"AR@100 {r['AR@100']:.3f}, AR@1000 {r['AR@1000']:.3f}, recall@100 at IoU 0.5 "
+            f"{r['recall@100_IoU0.5']:.3f}, at IoU 0.7 {r['recall@100_IoU0.7']:.3f}")
+
+
+def check_stage_proposals(cfg: CfgNode) -> None:
+    """For a stage trained on precomputed proposals (``MODEL.LOAD_PROPOSALS``): every train
+    and test proposal file exists and covers its dataset's images.
+
+    Args:
+        cfg: the stage's config.
+
+    Raises:
+        TrainingConfigError: naming the file, the dataset and the fix.
+    """
+    if not cfg.MODEL.LOAD_PROPOSALS:
+        return
+    for kind in ("TRAIN", "TEST"):
+        datasets = list(cfg.DATASETS[kind])
+        files = list(cfg.DATASETS[f"PROPOSAL_FILES_{kind}"])
+        if len(files) != len(datasets):
+            raise TrainingConfigError(
+                f"DATASETS.PROPOSAL_FILES_{kind} has {len(files)} file(s) for {len(datasets)} "
+                f"dataset(s) {datasets}; give one proposal file per dataset")
+        for dataset, path in zip(datasets, files):
+            ids = [d["image_id"] for d in DatasetCatalog.get(dataset)]
+            check_proposal_file(path, ids, dataset)
+
+
+def write_gt_proposals(dataset_name: str, path: str) -> str:
+    """A detectron2 proposal file whose proposals are the dataset's ground-truth boxes
+    (objectness 1): what a perfect stage 1 would give.
+
+    Args:
+        dataset_name: a registered dataset with annotations.
+        path: the ``.pkl`` to write (atomically).
+    """
+    dicts = DatasetCatalog.get(dataset_name)
+    boxes = [_gt_boxes(d) for d in dicts]
+    data = {"ids": [d["image_id"] for d in dicts], "boxes": boxes,
+            "objectness_logits": [np.ones(len(b), np.float32) for b in boxes],
+            "bbox_mode": int(BoxMode.XYXY_ABS)}
+    with atomic_open(path, "wb") as f:
+        pickle.dump(data, f, pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def evaluate_with_gt_proposals(cfg: CfgNode, model, trainer_cls) -> Dict[str, Any]:
+    """COCO results of a Fast R-CNN ``model`` (``PrecomputedProposals``) given the
+    ground-truth boxes as proposals: the ceiling of the two-stage plan's stage 2.
+
+    Files go to ``<OUTPUT_DIR>/oracle/`` (proposal files, ``inference/``).
+
+    Args:
+        cfg: the stage's config (``MODEL.LOAD_PROPOSALS``).
+        model: the trained model.
+        trainer_cls: its ``test`` runs the evaluation.
+    """
+    ocfg = cfg.clone()
+    ocfg.defrost()
+    ocfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "oracle")
+    files = []
+    for dataset in cfg.DATASETS.TEST:
+        path = os.path.join(ocfg.OUTPUT_DIR, f"{dataset}_gt_proposals.pkl")
+        if comm.is_main_process():
+            write_gt_proposals(dataset, path)
+        files.append(path)
+    comm.synchronize()
+    ocfg.DATASETS.PROPOSAL_FILES_TEST = tuple(files)
+    ocfg.freeze()
+    return trainer_cls.test(ocfg, model)
+
+
+def _eval_results(stage: Stage) -> Dict[str, Any]:
+    path = os.path.join(stage.output_dir, "inference", EVAL_RESULTS)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("results", {})
+
+
+def stage_figures(results: Dict[str, Any]) -> Dict[str, float]:
+    """The headline figure of each stage from ``plan_state.json`` results (flat, for printing
+    and plotting): ``rpn_AR@100`` ... (fractions), ``box_AP``, ``oracle_box_AP`` (percent).
+
+    Args:
+        results: ``PlanState.data["results"]``.
+    """
+    out: Dict[str, float] = {}
+    for res in results.get("proposals", {}).values():
+        if isinstance(res, dict) and "recall" in res:
+            out.update({f"rpn_{k}": v for k, v in res["recall"].items()})
+            break
+    final = results.get("fast_rcnn", results.get("detector", {}))
+    if "bbox" in final:
+        out["box_AP"] = final["bbox"]["AP"]
+        out["box_AP50"] = final["bbox"]["AP50"]
+    if "bbox" in final.get("oracle", {}):
+        out["oracle_box_AP"] = final["oracle"]["bbox"]["AP"]
+    return out
+
+
+def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[str, Any]:
+    """Run every stage of ``cfg``'s plan; returns ``{stage name: results}``.
+
+    Each stage's figures are logged when it ends, and all of them again at the end.
+
+    Args:
+        cfg: the full config (datasets must already be registered: :func:`prepare_datasets`).
+        resume: skip stages that ``plan_state.json`` marks finished and continue the
+            unfinished training stage from its last checkpoint. Without it, everything reruns.
+        trainer_cls: the trainer (default :class:`resnext_det.engine.trainer.ResNeXtTrainer`).
+    """
+    trainer_cls = trainer_cls or ResNeXtTrainer
+    stages = build_plan(cfg)
+    state = PlanState(cfg.OUTPUT_DIR)
+    if resume:
+        state.load()
+    elif comm.is_main_process():
+        state.save()  # a fresh run forgets earlier progress
+    comm.synchronize()
+    results: Dict[str, Any] = {}
+    for i, stage in enumerate(stages, 1):
+        if resume and state.is_finished(stage.name):
+            logger.info("Plan stage %d/%d '%s' already finished: skipped (resume)", i, len(stages),
+                        stage.name)
+            results[stage.name] = state.data["results"].get(stage.name, {})
+            continue
+        logger.info("Plan stage %d/%d '%s' (%s) -> %s", i, len(stages), stage.name, stage.kind,
+                    stage.output_dir)
+        if comm.is_main_process():
+            os.makedirs(stage.output_dir, exist_ok=True)
+            with open(os.path.join(stage.output_dir, "config.yaml"), "w") as f:
+                f.write(stage.cfg.dump())
+        if stage.kind == "train":
+            res = _train(stage, trainer_cls, resume)
+        else:
+            res = _plain(compute_proposals(stage, trainer_cls))
+        results[stage.name] = res
+        if comm.is_main_process():
+            state.mark_finished(stage.name, res)
+        comm.synchronize()
+    figures = stage_figures(results)
+    if figures:
+        logger.info("Plan figures: %s", ", ".join(f"{k} {v:.3f}" if k.startswith("rpn_")
+                                                   else f"{k} {v:.1f}" for k, v in figures.items()))
+    return results
+
+
+def _train(stage: Stage, trainer_cls, resume: bool) -> Dict[str, Any]:
+    check_stage_proposals(stage.cfg)
+    if stage.evaluate and comm.is_main_process():
+        # the final evaluation rewrites it; a stale one must not pass for this run's
+        stale = os.path.join(stage.output_dir, "inference", EVAL_RESULTS)
+        if os.path.isfile(stale):
+            os.unlink(stale)
+    trainer = trainer_cls(stage.cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    res = _plain(_eval_results(stage)) if stage.evaluate else {}
+    if stage.evaluate and "bbox" in res:
+        logger.info("Stage '%s' box AP on %s: %.1f (AP50 %.1f)", stage.name,
+                    ", ".join(stage.cfg.DATASETS.TEST), res["bbox"]["AP"], res["bbox"]["AP50"])
+    if stage.oracle_eval:
+        oracle = _plain(evaluate_with_gt_proposals(stage.cfg, trainer.model, trainer_cls))
+        if "bbox" in oracle:
+            res["oracle"] = oracle
+            logger.info("Stage '%s' box AP with ground-truth boxes as proposals (oracle): %.1f",
+                        stage.name, oracle["bbox"]["AP"])
+    del trainer
+    return res
+
+
+def _plain(x):
+    """Results as JSON-able nested dicts of floats."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
