@@ -9,7 +9,11 @@
 Config: ``resnext_det.get_cfg()`` (or ``add_resnext_config(cfg)`` on detectron2's
 ``get_cfg()``) adds every node the project's YAML files use.
 """
-from .config import (
+from ._warnings import filter_known_third_party_warnings
+
+filter_known_third_party_warnings()  # before detectron2 is imported: some fire at import
+
+from .config import (  # noqa: E402
     PRESETS,
     ResNeXtConfigError,
     ResNeXtSpec,
@@ -18,9 +22,9 @@ from .config import (
     get_config_file,
     resolve_resnext_spec,
 )
-from .config_plan import add_plan_config
+from .config_plan import add_plan_config  # noqa: E402
 from . import modeling  # noqa: F401  (imported to register backbones and heads)
-from .modeling import TorchvisionBackbone, build_backbone_from_preset
+from .modeling import TorchvisionBackbone, build_backbone_from_preset  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
