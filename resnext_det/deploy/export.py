@@ -72,6 +72,34 @@ def _quiet_export():
             fx.setLevel(level)
 
 
+@contextlib.contextmanager
+def _stderr_held():
+    """Hold what is written to file descriptor 2 while exporting: on a failure the exporter's
+    C++ side dumps the whole TorchScript graph there ("Torch IR graph at exception"), which
+    would drown the one-line error. Replayed when the export succeeds, dropped when it fails
+    (the DeployError says what and why)."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                text = held.read().decode(errors="replace")
+                if text:
+                    sys.stderr.write(text)
+
+
 def check_exportable(cfg) -> None:
     """Settings the exported graph cannot represent: one :class:`DeployError` naming the key."""
     m = cfg.MODEL
@@ -98,6 +126,9 @@ def build_export_model(cfg) -> nn.Module:
     from ..engine.trainer import load_checkpoint
 
     check_exportable(cfg)
+    w = cfg.MODEL.WEIGHTS
+    if w and "://" not in w and not os.path.isfile(w):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {w!r} not found (the trained detector to export)")
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         load_checkpoint(model, cfg, cfg.MODEL.WEIGHTS)
@@ -137,7 +168,7 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
     buf = io.BytesIO()
     dyn = {INPUT_NAME: {1: "height", 2: "width"}, **{n: {0: "detections"} for n in OUTPUT_NAMES}}
     try:
-        with _quiet_export(), torch.no_grad():
+        with _quiet_export(), _stderr_held(), torch.no_grad():
             torch.onnx.export(adapter, adapter.flattened_inputs, buf, opset_version=opset,
                               dynamo=False, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                               dynamic_axes=dyn, do_constant_folding=True)

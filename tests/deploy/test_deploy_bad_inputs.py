@@ -1,0 +1,208 @@
+"""Bad input to the deploy tools: each fails with one error naming what and why, and nothing
+is left at the output path."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from resnext_det.deploy import DeployError, DeployedPredictor
+
+TINY_FPN = [
+    "RESNEXT_PLAN.MODE", "joint",
+    "MODEL.RESNEXT.DEPTH", "50", "MODEL.RESNEXT.CARDINALITY", "4", "MODEL.RESNEXT.BOTTLENECK_WIDTH", "4",
+    "MODEL.RESNEXT.STEM_OUT_CHANNELS", "16", "MODEL.RESNEXT.RES2_OUT_CHANNELS", "32",
+    "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "TEST.DETECTIONS_PER_IMAGE", "10",
+]
+
+
+def _cfg(*extra):
+    import resnext_det
+
+    cfg = resnext_det.get_cfg()
+    cfg.merge_from_file(resnext_det.get_config_file("Base-ResNeXt-FPN.yaml"))
+    cfg.merge_from_list(TINY_FPN + list(extra))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny random-weights FPN export (bad-input tests need a real file to spoil)."""
+    from resnext_det.deploy import export_onnx
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("export")
+    return export_onnx(_cfg(), str(out))["path"]
+
+
+def _only_line(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+# ------------------------------------------------------------------ cannot export
+class _CumulativeMaxBoxHead(nn.Module):
+    """The box head followed by a running max over features: an op ONNX has no export for."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return torch.cummax(self.inner(x), dim=1)[0]
+
+
+def test_unsupported_op_is_named_and_nothing_written(tmp_path, capfd):
+    from detectron2.modeling import build_model
+
+    from resnext_det.deploy import export_onnx
+
+    model = build_model(_cfg()).eval()
+    model.roi_heads.box_head = _CumulativeMaxBoxHead(model.roi_heads.box_head)
+    with pytest.raises(DeployError, match=r"aten::cummax.*not supported") as err:
+        export_onnx(_cfg(), str(tmp_path / "out"), model=model)
+    assert "\n" not in str(err.value)
+    assert "Torch IR graph" not in capfd.readouterr().err  # the exporter's graph dump is held back
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+@pytest.mark.parametrize("opts, named", [
+    (["MODEL.MASK_ON", "True"], "MODEL.MASK_ON"),
+    (["MODEL.META_ARCHITECTURE", "ProposalNetwork"], "MODEL.META_ARCHITECTURE"),
+    (["RESNEXT_PLAN.MODE", "two_stage"], "RESNEXT_PLAN.MODE two_stage"),
+    (["MODEL.WEIGHTS", "/nonexistent/model_final.pth"], "/nonexistent/model_final.pth"),
+])
+def test_export_tool_refuses_with_one_line(tmp_path, capsys, opts, named):
+    from resnext_det.deploy import cli as export_cli
+
+    out = tmp_path / "out"
+    rc = export_cli.cli(["--config-file", "Base-ResNeXt-FPN.yaml", "--output", str(out)]
+                        + TINY_FPN + ["OUTPUT_DIR", str(tmp_path)] + opts)
+    assert rc == 2
+    line = _only_line(capsys.readouterr().err)
+    assert line.startswith("export.py: error:") and named in line
+    assert not (out / "model.onnx").exists()
+
+
+def test_disagreeing_export_is_not_written(tmp_path, monkeypatch):
+    """A graph that does not reproduce eager stops the export; no file, no temporary left."""
+    from resnext_det.deploy import export as export_mod
+
+    monkeypatch.setattr(export_mod, "compare_detections",
+                        lambda *a, **k: {"ok": False, "why": "3 detections instead of 4"})
+    out = tmp_path / "out"
+    with pytest.raises(DeployError, match="disagrees with eager.*3 detections instead of 4"):
+        export_mod.export_onnx(_cfg(), str(out))
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_low_opset_refused(tmp_path):
+    from resnext_det.deploy import export_onnx
+
+    with pytest.raises(DeployError, match="opset 13.*RoiAlign.*>= 16"):
+        export_onnx(_cfg(), str(tmp_path), opset=13)
+
+
+# ------------------------------------------------------------------ bad model files
+def _foreign_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def _spoil(kind, exported, tmp_path):
+    path = tmp_path / f"{kind}.onnx"
+    if kind == "missing":
+        return str(path)
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = open(exported, "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "foreign":
+        _foreign_onnx(path)
+    elif kind == "not_onnx":
+        path.write_bytes(b"PK\x03\x04 a zip file, not a model" * 10)
+    return str(path)
+
+
+BAD_FILES = {"missing": "not found", "empty": "empty", "truncated": "not a readable ONNX",
+             "foreign": "without resnext_det's preprocessing contract", "not_onnx": "not a readable ONNX"}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_predictor_names_bad_file(exported, tmp_path, kind, runtime):
+    path = _spoil(kind, exported, tmp_path)
+    with pytest.raises((FileNotFoundError, DeployError)) as err:
+        DeployedPredictor(path, runtime=runtime)
+    assert path in str(err.value) and BAD_FILES[kind] in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign"])
+def test_eval_only_names_bad_file(exported, tmp_path, capsys, kind):
+    from resnext_det import cli
+
+    path = _spoil(kind, exported, tmp_path)
+    rc = cli.cli(["--config", "Base-ResNeXt-FPN.yaml", "--eval-only"] + TINY_FPN + [
+        "RESNEXT_PLAN.SYNTHETIC.ENABLED", "True", "RESNEXT_PLAN.SYNTHETIC.NUM_TRAIN", "4",
+        "RESNEXT_PLAN.SYNTHETIC.NUM_VAL", "2", "RESNEXT_PLAN.SYNTHETIC.IMAGE_SIZE", "64",
+        "OUTPUT_DIR", str(tmp_path / "eval"), "MODEL.WEIGHTS", path])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train_net.py: error:") and path in err
+    assert not (tmp_path / "eval" / "inference" / "eval_results.json").exists()
+
+
+def test_eval_only_refuses_other_contract(exported, tmp_path):
+    """An export evaluated with a config of another input format/size is refused, named."""
+    from resnext_det.deploy.evaluate import check_exported_model
+
+    with pytest.raises(DeployError, match=r"INPUT.FORMAT: model RGB, config BGR.*INPUT.MIN_SIZE_TEST"):
+        check_exported_model(_cfg("INPUT.FORMAT", "BGR", "INPUT.MIN_SIZE_TEST", "80"), exported)
+
+
+# ------------------------------------------------------------------ bad images / settings
+@pytest.mark.parametrize("image, shown", [
+    (np.zeros((64, 64, 3), dtype=np.float32), "dtype float32"),
+    (np.zeros((64, 64), dtype=np.uint8), "shape (64, 64)"),
+    (np.zeros((64, 64, 4), dtype=np.uint8), "shape (64, 64, 4)"),
+    (np.zeros((3, 64, 64), dtype=np.uint8), "shape (3, 64, 64)"),
+    (np.zeros((0, 64, 3), dtype=np.uint8), "shape (0, 64, 3)"),
+    (torch.zeros(64, 64, 3, dtype=torch.uint8), "Tensor"),
+])
+def test_predictor_names_expected_image(exported, image, shown):
+    predictor = DeployedPredictor(exported, runtime="onnxruntime", num_threads=1)
+    with pytest.raises(DeployError, match=r"expects an HxWx3 uint8 numpy array in RGB") as err:
+        predictor(image)
+    assert shown in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"runtime": "tensorrt"}, "runtime='tensorrt'"),
+    ({"runtime": "onnxruntime", "precision": "bf16"}, "precision='bf16'"),
+    ({"runtime": "openvino", "precision": "int4"}, "precision='int4'"),
+    ({"runtime": "onnxruntime", "num_threads": 0}, "num_threads=0"),
+    ({"input_format": "YUV"}, "input_format='YUV'"),
+])
+def test_predictor_names_bad_setting(exported, kwargs, named):
+    with pytest.raises(DeployError, match=named.replace("(", r"\(").replace("[", r"\[")):
+        DeployedPredictor(exported, **kwargs)
+
+
+def test_bgr_input_format_flips_channels(exported):
+    """input_format='BGR' on an RGB model = the RGB image reversed (cv2.imread convention)."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    rgb = DeployedPredictor(exported, num_threads=1)(img)["instances"]
+    bgr = DeployedPredictor(exported, num_threads=1, input_format="BGR")(img[:, :, ::-1].copy())["instances"]
+    torch.testing.assert_close(bgr.pred_boxes.tensor, rgb.pred_boxes.tensor)
