@@ -1,4 +1,6 @@
 """MODEL.RESNEXT: presets, explicit values, and clear errors for every bad value."""
+import os
+
 import pytest
 from detectron2.config import get_cfg
 
@@ -130,3 +132,52 @@ def test_all_paper_presets_present():
     for name in ["X-50-32x4d", "X-101-32x4d", "X-101-32x8d", "X-101-64x4d", "X-152-32x8d",
                  "X-50-2x40d", "X-50-4x24d", "X-50-8x14d", "R-50", "R-101"]:
         assert name in PRESETS
+
+
+# ---- one entry point; CPU by default ------------------------------------------------------
+
+def test_get_cfg_adds_every_node_the_project_configs_use():
+    import resnext_det
+
+    for name in sorted(os.listdir(os.path.dirname(resnext_det.get_config_file("Base-ResNeXt-FPN.yaml")))):
+        if name.endswith(".yaml"):
+            cfg = resnext_det.get_cfg()
+            cfg.merge_from_file(resnext_det.get_config_file(name))  # KeyError on a missing node
+            assert "RESNEXT" in cfg.MODEL and "RESNEXT_PLAN" in cfg
+    # the same through add_resnext_config on detectron2's own get_cfg (the README's route)
+    cfg = resnext_det.add_resnext_config(get_cfg())
+    cfg.merge_from_file(resnext_det.get_config_file("faster_rcnn_X101_32x4d.yaml"))
+    assert cfg.RESNEXT_PLAN.MODE == "two_stage"
+
+
+def test_device_defaults_to_cpu_without_cuda_and_explicit_cuda_is_a_clear_error(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    import resnext_det
+    from detectron2.modeling import build_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="resnext_det"):
+        monkeypatch.setattr(resnext_det.config, "_DEVICE_LOGGED", False)
+        cfg = resnext_det.get_cfg()
+    assert cfg.MODEL.DEVICE == "cpu"
+    assert "no CUDA device found, using cpu" in caplog.text
+    cfg.merge_from_file(resnext_det.get_config_file("demo_tiny_X_FPN_synthetic.yaml"))
+    assert cfg.MODEL.DEVICE == "cpu"  # the project's configs leave the device to the machine
+    assert next(build_model(cfg).parameters()).device.type == "cpu"
+    cfg.MODEL.DEVICE = "cuda"
+    with pytest.raises(ResNeXtConfigError, match=r"MODEL\.DEVICE='cuda' but this machine has no usable CUDA"):
+        build_model(cfg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resnext_det.get_cfg().MODEL.DEVICE == "cuda"
+
+
+def test_train_net_explicit_cuda_without_gpu_is_one_line_error(train_net, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = train_net.cli(["--config", "demo_tiny_X_FPN_synthetic.yaml", "--dry-run", "MODEL.DEVICE", "cuda"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train_net.py: error: MODEL.DEVICE='cuda'" in err and "Traceback" not in err

@@ -1,0 +1,56 @@
+"""tools/install.sh and setup.py: the declared dependencies are what is installed, version
+bounds included, and detectron2.model_zoo imports (it needs setuptools<81's pkg_resources)."""
+import os
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+from packaging.requirements import Requirement
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _declared(extras=("test", "deploy")):
+    reqs = []
+    for line in metadata.requires("resnext-det") or []:
+        req = Requirement(line)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras):
+            reqs.append(req)
+    return reqs
+
+
+def test_every_declared_dependency_is_installed_within_its_bounds():
+    reqs = _declared()
+    names = {r.name.lower() for r in reqs}
+    assert {"setuptools", "onnxruntime", "openvino", "onnx", "pytest", "fvcore", "pycocotools"} <= names
+    for req in reqs:
+        version = metadata.version(req.name)
+        assert req.specifier.contains(version, prereleases=True), f"{req.name} {version} not in {req}"
+
+
+def test_detectron2_model_zoo_imports():
+    r = subprocess.run([sys.executable, "-c", "import detectron2.model_zoo, pkg_resources"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_install_sh_reinstalls_a_present_package_outside_its_bound(tmp_path):
+    """A fresh venv that sees this Python's packages but has setuptools 84 of its own: the
+    installer must bring it within setup.py's bound (<81), not keep it because it is present."""
+    venv = tmp_path / "venv"
+    py = str(venv / "bin" / "python")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "setuptools>=81,<85"],
+                   check=True, capture_output=True)
+    version = lambda: subprocess.run([py, "-c", "import setuptools; print(setuptools.__version__)"],  # noqa: E731
+                                     capture_output=True, text=True, check=True).stdout.strip()
+    assert int(version().split(".")[0]) >= 81
+    r = subprocess.run(["bash", os.path.join(ROOT, "tools", "install.sh")], env=dict(os.environ, PYTHON=py),
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "[install] done" in r.stdout
+    assert int(version().split(".")[0]) < 81
+    r = subprocess.run([py, "-c", "import detectron2.model_zoo, resnext_det"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
