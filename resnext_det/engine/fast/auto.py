@@ -1,18 +1,28 @@
 """``auto`` for the training layout switches (CHANNELS_LAST_TRAIN, FOLD_FROZEN_BN_TRAIN).
 
-Whether channels_last and the on-the-fly FrozenBN fold speed training up depends on the CPU
-(REFERENCE.md, X-101-32x4d training iteration at 800x1333): on an AVX2-only machine
-channels_last ran at 0.80x stock and +fold at 0.84x (slower), on an AVX-512+bf16 machine at
-1.23x and 1.38x. ``auto`` therefore times the real choice where it can: a short probe, one
-forward+backward of one of the model's own grouped bottleneck blocks (deep-copied, batch 1, at
-the feature size of the configured training images, capped) in each candidate layout,
-interleaved, best of a few rounds; a candidate is taken only when it beats stock by a margin,
-so ``auto`` never picks something measured slower than stock. Without a probe (no grouped
-block in the model, or probe disabled) the CPU's features decide: AVX-512 with native bf16
-(AVX512-BF16/AMX) -> both on; otherwise stock. The decision is logged in one line.
+Whether they speed training up depends on the CPU (REFERENCE.md, X-101-32x4d training
+iteration at 800x1333): on an AVX2-only machine channels_last ran at 0.80x stock and
+channels_last+fold at 0.84x (slower), on an AVX-512+bf16 machine at 1.23x and 1.38x.
 
-The decision itself (:func:`choose_training_layout`) is a pure function of the CPU features
-and the probe times, so both machine kinds' branches are testable on either machine.
+- channels_last: from the CPU's features: on for AVX-512 with native bf16 (AVX512-BF16/AMX),
+  where it was measured faster; off elsewhere (AVX2: measured slower; other CPUs and CUDA:
+  not measured, so the stock layout). A probe cannot decide it: its gain is a multi-thread
+  effect (one thread, one block, the probe below measured channels_last *slower* than stock on
+  the AVX-512 machine where the 2-thread iteration is 1.23x faster), and 2-thread wall times
+  on a shared machine varied 3x between identical runs.
+- fold: it does strictly less work (FrozenBN's passes over the activation go, a weight-sized
+  multiply comes) and was measured faster on both kinds (on top of channels_last: 0.80x ->
+  0.84x on AVX2, 1.23x -> 1.38x on AVX-512). A short probe on the layout just chosen guards it:
+  one forward+backward of a copy of one of the model's own grouped bottleneck blocks, with and
+  without the fold, one thread, timed by the thread's CPU time (robust to other processes),
+  best of a few interleaved rounds; the fold stays off only when the probe shows it at least
+  :data:`PROBE_MARGIN` slower. (The one-thread probe understates the fold's 2-thread gain --
+  1.04-1.07x vs 1.12x under channels_last on the AVX-512 machine -- so it is a guard, not a
+  threshold to clear.) Without a probe (no grouped block, probe disabled) it is on, on CPU.
+
+So ``auto`` never picks a layout measured slower than stock. The decision is logged in one
+line. :func:`choose_training_layout` is a pure function of the CPU features and the probe
+times, so both machine kinds' branches are testable on either machine.
 """
 from __future__ import annotations
 
@@ -30,7 +40,7 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock
 from .folding import fold_frozen_bn_on_the_fly
 
 __all__ = ["AUTO", "CpuFeatures", "LayoutChoice", "parse_switch", "choose_training_layout",
-           "probe_training_layouts", "CANDIDATES"]
+           "probe_training_layouts", "probe_pair", "resolve_training_layout", "CANDIDATES"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +52,10 @@ CANDIDATES: Dict[str, Tuple[bool, bool]] = {
     "fold": (False, True),
     "channels_last+fold": (True, True),
 }
-#: a candidate must beat stock by this fraction in the probe to be picked (noise guard)
-PROBE_MARGIN = 0.05
-_PROBE_MAX_PIXELS = 96 * 160  # feature map cap of the probe (keeps it well under a second)
+#: the fold stays on unless the probe shows it slower than this fraction (the probe's noise)
+PROBE_MARGIN = 0.03
+# feature map cap of the probe: about 0.5 s in all for X-101-32x4d (one thread)
+_PROBE_MAX_PIXELS = 48 * 80
 
 _TRUE = ("true", "on", "1", "yes")
 _FALSE = ("false", "off", "0", "no", "")
@@ -118,6 +129,15 @@ class LayoutChoice:
     reason: str
 
 
+def _fast_cpu(device_type: str, features: CpuFeatures) -> bool:
+    return device_type == "cpu" and features.avx512f and (features.avx512_bf16 or features.amx)
+
+
+def probe_pair(channels_last: bool) -> Tuple[str, str]:
+    """The two candidate names the fold probe compares under a layout: (without, with fold)."""
+    return ("channels_last", "channels_last+fold") if channels_last else ("stock", "fold")
+
+
 def choose_training_layout(channels_last: Optional[bool], fold_frozen_bn: Optional[bool], *,
                            device_type: str, features: CpuFeatures,
                            probe: Optional[Mapping[str, float]] = None,
@@ -127,40 +147,38 @@ def choose_training_layout(channels_last: Optional[bool], fold_frozen_bn: Option
     Args:
         channels_last, fold_frozen_bn: True/False, or None for ``auto``.
         device_type: "cpu" or "cuda".
-        features: the CPU's flags (only used on CPU without probe times).
-        probe: seconds per candidate name (keys of :data:`CANDIDATES`, "stock" required), or
-            None when no probe ran.
-        margin: a candidate must be at least this fraction faster than stock to be chosen.
+        features: the CPU's flags.
+        probe: seconds per candidate name (keys of :data:`CANDIDATES`; the two of
+            :func:`probe_pair` for the chosen layout are used), or None when no probe ran.
+        margin: the fold is turned off only when the probe shows it this fraction slower.
 
     Returns:
         the resolved switches and a one-line reason.
     """
     if channels_last is not None and fold_frozen_bn is not None:
         return LayoutChoice(channels_last, fold_frozen_bn, "set in the config")
-    # the candidates consistent with the explicitly set switch
-    allowed = {name: cf for name, cf in CANDIDATES.items()
-               if (channels_last is None or cf[0] == channels_last)
-               and (fold_frozen_bn is None or cf[1] == fold_frozen_bn)}
-    if probe is not None and "stock" in probe:
-        times = {k: v for k, v in probe.items() if k in allowed}
-        base = probe["stock"]
-        # the baseline among the allowed: stock itself, or the explicit switch with auto off
-        fallback = min(allowed, key=lambda k: sum(allowed[k]))
-        best = min(times, key=times.get) if times else fallback
-        pick = best if times.get(best, base) < (1.0 - margin) * times.get(fallback, base) else fallback
-        cl, fold = allowed[pick]
-        measured = ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in sorted(probe.items(), key=lambda kv: kv[1]))
-        reason = (f"probe (one grouped block fwd+bwd): {measured}; picked {pick} "
-                  f"({probe['stock'] / probe.get(pick, base):.2f}x stock; >= {100 * margin:.0f}% gain needed)")
-        return LayoutChoice(cl, fold, reason)
-    fast_cpu = device_type == "cpu" and features.avx512f and (features.avx512_bf16 or features.amx)
-    want = fast_cpu  # measured (REFERENCE.md): 1.23x / 1.38x there, 0.80x / 0.84x on AVX2-only
-    cl = channels_last if channels_last is not None else want
-    fold = fold_frozen_bn if fold_frozen_bn is not None else want
-    why = ("AVX-512 with native bf16: channels_last+fold measured 1.38x stock there" if fast_cpu else
-           "no probe and not an AVX-512+bf16 CPU (AVX2-only: channels_last measured 0.80x, +fold 0.84x): "
-           "stock layout" if device_type == "cpu" else f"no probe on {device_type}: stock layout")
-    return LayoutChoice(cl, fold, f"CPU {features.describe()}: {why}")
+    fast_cpu = _fast_cpu(device_type, features)
+    where = f"CPU {features.describe()}" if device_type == "cpu" else device_type
+    reasons = []
+    if channels_last is None:
+        channels_last = fast_cpu
+        reasons.append("channels_last " + (
+            "on (AVX-512+bf16 CPU: training iteration measured 1.23x stock)" if fast_cpu else
+            "off (AVX2-only CPU: measured 0.80x stock)" if device_type == "cpu" and not features.avx512f else
+            "off (not measured faster on this device)"))
+    if fold_frozen_bn is None:
+        without, with_fold = probe_pair(channels_last)
+        if probe is not None and without in probe and with_fold in probe:
+            fold_frozen_bn = probe[with_fold] <= (1.0 + margin) * probe[without]
+            reasons.append(
+                f"fold {'on' if fold_frozen_bn else 'off'} (probe, one grouped block fwd+bwd, 1 thread: "
+                f"{1e3 * probe[with_fold]:.1f} ms folded vs {1e3 * probe[without]:.1f} ms, "
+                f"{probe[without] / probe[with_fold]:.2f}x; off only if >= {100 * margin:.0f}% slower)")
+        else:
+            fold_frozen_bn = device_type == "cpu"
+            reasons.append("fold " + ("on (no probe; measured faster on AVX2 and AVX-512 CPUs)"
+                                      if fold_frozen_bn else "off (no probe, not measured on this device)"))
+    return LayoutChoice(channels_last, fold_frozen_bn, f"{where}: " + "; ".join(reasons))
 
 
 def _probe_block(model: nn.Module) -> Optional[Tuple[str, BottleneckBlock]]:
@@ -235,15 +253,27 @@ def probe_training_layouts(model: nn.Module, cfg=None, *, rounds: int = 3,
                 p.grad = None
 
         runs[cand] = run
+    # On CPU: one thread, timed by the thread's own CPU time. Other processes on a shared
+    # machine then cost the probe nothing (wall time with 2 OpenMP threads on a loaded 2-core
+    # host was seen to vary 3x between identical runs: a descheduled thread stalls the other at
+    # every barrier); the per-core cost of each layout is what differs between CPU kinds.
+    on_cpu = device.type == "cpu"
+    clock = time.thread_time if on_cpu else time.perf_counter
+    threads = torch.get_num_threads()
     times = {k: float("inf") for k in runs}
-    for r in range(rounds + 1):
-        for k, run in runs.items():
-            _sync(device)
-            t = time.perf_counter()
-            run()
-            _sync(device)
-            if r:  # round 0 warms up
-                times[k] = min(times[k], time.perf_counter() - t)
+    try:
+        if on_cpu:
+            torch.set_num_threads(1)
+        for r in range(rounds + 1):
+            for k, run in runs.items():
+                _sync(device)
+                t = clock()
+                run()
+                _sync(device)
+                if r:  # round 0 warms up
+                    times[k] = min(times[k], clock() - t)
+    finally:
+        torch.set_num_threads(threads)
     logger.debug("training layout probe on %s at %dx%d: %s", name, h, w, times)
     return times
 
@@ -271,9 +301,12 @@ def resolve_training_layout(model: nn.Module, cfg, channels_last, fold_frozen_bn
         return LayoutChoice(cl, fold, "set in the config")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     features = features if features is not None else CpuFeatures.detect()
-    if probe is None or probe is True:
-        probe = probe_training_layouts(model, cfg)
-    elif probe is False:
+    if isinstance(probe, Mapping):
+        pass  # injected times
+    elif fold is None and probe is not False:
+        layout = cl if cl is not None else _fast_cpu(device.type, features)
+        probe = probe_training_layouts(model, cfg, candidates={k: CANDIDATES[k] for k in probe_pair(layout)})
+    else:
         probe = None
     choice = choose_training_layout(cl, fold, device_type=device.type, features=features, probe=probe)
     logger.info("MODEL.RESNEXT.FAST auto: CHANNELS_LAST_TRAIN=%s FOLD_FROZEN_BN_TRAIN=%s (%s)",
