@@ -169,3 +169,30 @@ def test_fuzz_truncated_and_mutated_files(tmp_path, cut, flips):
         load_coco_json_checked(str(p), str(tmp_path), check_image_files=False)
     except DatasetError as e:
         assert "fuzz.json" in str(e)
+
+
+def test_registered_dataset_is_read_once_per_process_and_handed_out_as_copies(tmp_path, monkeypatch):
+    """A run asks DatasetCatalog for a dataset several times (loader, evaluator, proposals,
+    pictures): the JSON is read once, callers get independent copies, a changed file is re-read."""
+    import os
+
+    from detectron2.data import DatasetCatalog
+
+    import resnext_det.data.coco_json as coco_json
+
+    json_file = _write(tmp_path, _good())
+    reads = []
+    real = coco_json.load_coco_json_checked
+    monkeypatch.setattr(coco_json, "load_coco_json_checked", lambda *a, **k: reads.append(a) or real(*a, **k))
+    coco_json.register_coco_checked("cached_once", json_file, str(tmp_path))
+    first = DatasetCatalog.get("cached_once")
+    first[0]["proposal_boxes"] = "added in place by a caller"
+    second = DatasetCatalog.get("cached_once")
+    assert len(reads) == 1 and "proposal_boxes" not in second[0] and second == DatasetCatalog.get("cached_once")
+    data = _good()
+    data["images"] = data["images"][:1]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] == data["images"][0]["id"]]
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    os.utime(json_file, ns=(1, 1))  # a new mtime even within the file system's resolution
+    assert len(DatasetCatalog.get("cached_once")) == 1 and len(reads) == 2

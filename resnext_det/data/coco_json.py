@@ -8,12 +8,18 @@ detectron2's catalogs, like ``register_coco_instances``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import tempfile
 from typing import Any, Dict, List, Optional
 
-__all__ = ["DatasetError", "validate_coco_dict", "load_coco_json_checked", "register_coco_checked"]
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data.datasets.coco import load_coco_json
+
+__all__ = ["DatasetError", "validate_coco_dict", "load_coco_json_checked", "register_coco_checked",
+           "CheckedDatasetMapper", "checked_mapper"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +170,6 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
         detectron2 dataset dicts (degenerate boxes removed; empty images kept: detectron2's
         ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` decides whether training drops them).
     """
-    import tempfile
-
-    from detectron2.data.datasets.coco import load_coco_json
-
     data = validate_coco_dict(_read_json(json_file), source=json_file)
     if check_image_files:
         absent = [img["file_name"] for img in data["images"]
@@ -188,47 +190,67 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
     finally:
         os.unlink(tmp)
     if dataset_name is not None:
-        from detectron2.data import MetadataCatalog
-
         MetadataCatalog.get(dataset_name).set(json_file=json_file)
     return dicts
 
 
+class _CachedCocoLoader:
+    """``DatasetCatalog`` entry: reads and validates the file once per process (a run asks for a
+    dataset several times: training loader, evaluator, proposals, pictures) and hands out a copy
+    each time (detectron2 adds proposals into the dicts in place). A changed file is re-read."""
+
+    def __init__(self, json_file: str, image_root: str, name: str):
+        self.json_file, self.image_root, self.name = json_file, image_root, name
+        self._key = None
+        self._dicts: Optional[List[Dict[str, Any]]] = None
+
+    def __call__(self) -> List[Dict[str, Any]]:
+        try:
+            st = os.stat(self.json_file)
+            key = (st.st_mtime_ns, st.st_size)
+        except OSError:  # missing: the checked loader says so
+            key = None
+        if self._dicts is None or key is None or key != self._key:
+            self._dicts = load_coco_json_checked(self.json_file, self.image_root, self.name)
+            self._key = key
+        return copy.deepcopy(self._dicts)
+
+
 def register_coco_checked(name: str, json_file: str, image_root: str, metadata: Optional[dict] = None):
-    """Register a COCO-format dataset read through :func:`load_coco_json_checked`.
+    """Register a COCO-format dataset read through :func:`load_coco_json_checked` (once per
+    process; see :class:`_CachedCocoLoader`).
 
     Same contract as detectron2's ``register_coco_instances`` (evaluator_type "coco").
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: load_coco_json_checked(json_file, image_root, name))
+    DatasetCatalog.register(name, _CachedCocoLoader(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
                                   **(metadata or {}))
 
 
-def checked_mapper(cfg, is_train: bool = True):
+class CheckedDatasetMapper(DatasetMapper):
     """detectron2's ``DatasetMapper`` whose read errors name the image file.
 
     Grayscale, palette and 4-channel (RGBA/CMYK) images are converted to ``INPUT.FORMAT``
     by detectron2's ``read_image``; a file that is missing or not an image raises
     :class:`DatasetError` naming it, instead of a bare PIL traceback from a worker.
     """
-    from detectron2.data import DatasetMapper
 
-    class CheckedDatasetMapper(DatasetMapper):
-        def __call__(self, dataset_dict):
-            try:
-                return super().__call__(dataset_dict)
-            except (OSError, ValueError, SyntaxError) as e:
-                if isinstance(e, DatasetError):
-                    raise
-                name = dataset_dict.get("file_name", "<no file_name>")
-                raise DatasetError(
-                    f"cannot read image {name!r} (image id {dataset_dict.get('image_id')}): "
-                    f"{type(e).__name__}: {e}. Replace the file or remove it from the JSON."
-                ) from e
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, ValueError, SyntaxError) as e:
+            if isinstance(e, DatasetError):
+                raise
+            name = dataset_dict.get("file_name", "<no file_name>")
+            raise DatasetError(
+                f"cannot read image {name!r} (image id {dataset_dict.get('image_id')}): "
+                f"{type(e).__name__}: {e}. Replace the file or remove it from the JSON."
+            ) from e
 
+
+def checked_mapper(cfg, is_train: bool = True) -> CheckedDatasetMapper:
+    """A :class:`CheckedDatasetMapper` built from ``cfg`` (as ``DatasetMapper(cfg, is_train)``)."""
     return CheckedDatasetMapper(cfg, is_train)

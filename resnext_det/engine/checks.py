@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
+from detectron2.structures import BoxMode
+
+from ..weights.safe_io import RestrictedUnpickler, WeightsError
+
 __all__ = ["TrainingConfigError", "validate_solver", "check_proposal_file"]
 
 
@@ -42,20 +46,18 @@ def validate_solver(cfg, world_size: int = 1) -> None:
                                   "(0 disables linear scaling)")
 
 
+class _ProposalUnpickler(RestrictedUnpickler):
+    """The project's restricted unpickler (no code in the file runs) that also admits
+    detectron2's ``BoxMode`` enum (the ``bbox_mode`` entry of detectron2's proposal files)."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("detectron2.structures.boxes", "BoxMode"):
+            return BoxMode
+        return super().find_class(module, name)
+
+
 def _load_proposals(path: str):
-    """A proposal pickle through the project's restricted unpickler (no code in the file
-    runs), which also admits detectron2's ``BoxMode`` enum (the ``bbox_mode`` entry that
-    detectron2's own proposal files hold)."""
-    from ..weights.safe_io import RestrictedUnpickler, WeightsError
-
-    class _ProposalUnpickler(RestrictedUnpickler):
-        def find_class(self, module, name):
-            if (module, name) == ("detectron2.structures.boxes", "BoxMode"):
-                from detectron2.structures import BoxMode
-
-                return BoxMode
-            return super().find_class(module, name)
-
+    """A proposal pickle read with :class:`_ProposalUnpickler`."""
     with open(path, "rb") as f:
         try:
             return _ProposalUnpickler(f, path).load()

@@ -9,6 +9,7 @@ names and shapes and ``load_state_dict`` works across them.
 from __future__ import annotations
 
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 
 from ..config import resolve_resnext_spec
 
@@ -65,8 +66,6 @@ def stock_equivalent_cfg(cfg):
 def randomize_frozen_bn(model, generator: torch.Generator):
     """Give every FrozenBatchNorm2d of ``model`` non-trivial statistics (fresh ones are the
     identity map), so stock/fast comparisons exercise BN folding. Returns ``model``."""
-    from detectron2.layers import FrozenBatchNorm2d
-
     g = generator
     with torch.no_grad():
         for m in model.modules():

@@ -19,6 +19,8 @@ from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import MultiScaleRoIAlign
 
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
@@ -116,16 +118,12 @@ class TorchvisionBackbone(nn.Module):
 
     def anchor_generator(self, sizes=None, aspect_ratios=(0.5, 1.0, 2.0)):
         """A torchvision ``AnchorGenerator`` with one anchor size per feature map (8 x stride)."""
-        from torchvision.models.detection.anchor_utils import AnchorGenerator
-
         if sizes is None:
             sizes = tuple((8 * s,) for s in self.strides)
         return AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(aspect_ratios),) * len(sizes))
 
     def roi_pool(self, output_size: int = 7, sampling_ratio: int = 2):
         """A torchvision ``MultiScaleRoIAlign`` over the maps (p6 excluded, as in FPN)."""
-        from torchvision.ops import MultiScaleRoIAlign
-
         names = [n for n in self.feature_names if n != "p6"] or self.feature_names
         return MultiScaleRoIAlign(featmap_names=names, output_size=output_size,
                                   sampling_ratio=sampling_ratio)

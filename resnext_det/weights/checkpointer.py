@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
 
@@ -15,6 +14,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .safe_io import WeightsError
 from ..io import make_atomic
+from .names import TRUNK_KEY, checkpoint_source
 from .sources import read_checkpoint
 
 __all__ = [
@@ -27,9 +27,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Tensors of the ResNeXt trunk, wherever the model keeps them (backbone.bottom_up.res2...,
-# backbone.res4..., roi_heads.res5... for C4).
-_TRUNK = re.compile(r"(?:^|\.)(stem|res[2-5])\.")
 
 
 class InputFormatMismatchError(WeightsError):
@@ -200,12 +197,12 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
             else:
                 unexpected.append(k)
         bad = {w[0] for w in wrong_shape}
-        trunk = [k for k in model_sd if _TRUNK.search(k) and not k.endswith("num_batches_tracked")]
+        trunk = [k for k in model_sd if TRUNK_KEY.search(k) and not k.endswith("num_batches_tracked")]
         loaded = [k for k in trunk if k in offered and k not in bad]
         missing_trunk = [k for k in trunk if k not in offered or k in bad]
         self.last_report = LoadReport(
             path=path,
-            source=(meta or {}).get("source", str(checkpoint.get("__author__", "detectron2"))),
+            source=checkpoint_source(meta, checkpoint.get("__author__")),
             backbone_loaded=len(loaded),
             backbone_total=len(trunk),
             missing_backbone=missing_trunk,

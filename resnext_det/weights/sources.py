@@ -31,8 +31,14 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from detectron2.checkpoint.c2_model_loading import convert_basic_c2_names, convert_c2_detectron_names
+from tqdm import tqdm
+
 from ..config import BLOCKS_PER_STAGE, PRESETS
+from ..io import atomic_open
+from .names import D2_BN_EPS
 from .safe_io import SUPPORTED, WeightsError, safe_load, sniff_format
+from .torch7 import torch7_to_detectron2
 
 __all__ = [
     "INPUT_CONVENTIONS",
@@ -60,10 +66,6 @@ INPUT_CONVENTIONS: Dict[str, Dict[str, Any]] = {
                            stride_in_1x1=False),
 }
 
-# detectron2's BN / FrozenBN eps. Caffe2 ImageNet files hold BN folded into an affine
-# (scale, bias); running_var = 1 - eps makes x * scale / sqrt(var + eps) exactly x * scale.
-_D2_EPS = 1e-5
-_TRUNK = re.compile(r"(?:^|\.)(stem|res[2-5])\.")
 
 
 class ConvertedCheckpoint(dict):
@@ -79,8 +81,6 @@ def _to_tensor(v):
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
-    from tqdm import tqdm
-
     return tqdm(items, desc=desc, unit="tensor", leave=False)
 
 
@@ -129,8 +129,6 @@ def _convert_torchvision(sd: Dict[str, Any], path: str, progress: bool):
 
 # ----------------------------------------------------------------------------- Caffe2 / Detectron
 def _convert_caffe2(blobs: Dict[str, Any], path: str, progress: bool):
-    from detectron2.checkpoint.c2_model_loading import convert_basic_c2_names, convert_c2_detectron_names
-
     blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum") and isinstance(v, np.ndarray)}
     detection = any(k.startswith(("rpn_", "conv_rpn", "fpn_", "cls_score", "bbox_pred")) for k in blobs)
     if detection:
@@ -157,7 +155,9 @@ def _convert_caffe2(blobs: Dict[str, Any], path: str, progress: bool):
             if prefix + "running_mean" not in out:
                 n = out[k].shape[0]
                 out[prefix + "running_mean"] = torch.zeros(n)
-                out[prefix + "running_var"] = torch.full((n,), 1.0 - _D2_EPS)
+                # Caffe2 holds BN folded into an affine (scale, bias); running_var = 1 - eps
+                # makes x * scale / sqrt(var + eps) exactly x * scale
+                out[prefix + "running_var"] = torch.full((n,), 1.0 - D2_BN_EPS)
     return out, dropped, detection
 
 
@@ -293,8 +293,6 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
     if progress:
         logger.info(f"Read in {time.perf_counter() - t0:.1f}s; converting ...")
     if fmt == "torch7":
-        from .torch7 import torch7_to_detectron2
-
         sd, stride_in_1x1 = torch7_to_detectron2(obj, path)
         arch = infer_architecture(sd)
         _check_preset(arch, preset, path)
@@ -390,12 +388,9 @@ def save_converted(state_dict: Dict[str, Any], meta: Optional[Dict[str, Any]], o
         "matching_heuristics": bool(matching_heuristics),
         "meta": meta,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = output + ".tmp"
-    if output.endswith(".pkl"):
-        with open(tmp, "wb") as f:
+    with atomic_open(output, "wb") as f:  # a kill never leaves half a file at ``output``
+        if output.endswith(".pkl"):
             pickle.dump(data, f, protocol=4)
-    else:
-        torch.save(data, tmp)
-    os.replace(tmp, output)
+        else:
+            torch.save(data, f)
     return output

@@ -23,12 +23,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .names import D2_BN_EPS
 from .safe_io import WeightsError
 
 __all__ = ["torch7_to_detectron2"]
 
-# detectron2's BN / FrozenBN eps: running_var is re-expressed for it (exact function).
-_D2_EPS = 1e-5
 
 
 def _is_obj(m) -> bool:
@@ -87,7 +86,7 @@ class _BN:
             var = 1.0 / np.square(_arr(m.running_std).astype(np.float64)) - eps
         else:
             raise WeightsError(f"{where}: batch norm without running statistics")
-        self.var = (var + eps - _D2_EPS).astype(np.float32)
+        self.var = (var + eps - D2_BN_EPS).astype(np.float32)
         n = self.mean.shape[0]
         if self.weight is None:  # affine=false
             self.weight, self.bias = np.ones(n, np.float32), np.zeros(n, np.float32)
