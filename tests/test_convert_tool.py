@@ -11,8 +11,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from resnext_det.weights import ResNeXtCheckpointer, read_checkpoint, safe_load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import convert_weights  # noqa: E402
+from resnext_det.weights import cli as convert_weights  # noqa: E402  (tools/convert_weights.py's main)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,17 @@ also counts the BN (one per element) and the pooling, which adds well under 1%.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from typing import List, Optional, Sequence
 
 import torch
+from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from ..config import PRESETS
+from ..io import atomic_write_json
 from ..modeling import build_backbone_from_preset
 
 __all__ = ["PAPER", "ComplexityRow", "classifier_from_preset", "count", "complexity_table", "format_table", "TABLE2_FAMILY"]
@@ -84,7 +87,6 @@ class ComplexityRow:
 
 def count(model: nn.Module, size: int = 224):
     """(parameters, fvcore GFLOPs at size x size, batch 1) of a classifier."""
-    from fvcore.nn import FlopCountAnalysis
 
     params = sum(p.numel() for p in model.parameters())
     flops = FlopCountAnalysis(model, torch.zeros(1, 3, size, size))
@@ -118,3 +120,20 @@ def format_table(rows: Sequence[ComplexityRow]) -> str:
         lines.append(f"| {r.name} | {r.cardinality}x{r.bottleneck_width}d | {r.params / 1e6:.2f} | {pp} | "
                      f"{pct(r.params_diff_pct)} | {r.gflops:.2f} | {pg} | {pct(r.gflops_diff_pct)} |")
     return "\n".join(lines)
+
+
+def main(argv=None):
+    """The command line of ``tools/complexity.py`` (params and FLOPs next to the paper's)."""
+    ap = argparse.ArgumentParser(description="Params and FLOPs of the presets next to the paper's figures.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="preset names")
+    ap.add_argument("--size", type=int, default=224, help="input side (default 224)")
+    ap.add_argument("--json", default="", help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    rows = complexity_table(args.models, args.size)
+    print(format_table(rows))
+    print("\nparams include the 1000-class fc; FLOPs = multiply-adds (fvcore), batch 1, "
+          f"{args.size}x{args.size}; '~' = the paper gives an approximate figure")
+    if args.json:
+        atomic_write_json(args.json, [dict(dataclasses.asdict(r), params_diff_pct=r.params_diff_pct,
+                                           gflops_diff_pct=r.gflops_diff_pct) for r in rows], indent=1)
+    return rows

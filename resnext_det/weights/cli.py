@@ -1,0 +1,66 @@
+"""The command line of ``tools/convert_weights.py``: ImageNet weights from any supported
+source into a detectron2 checkpoint that carries its input convention.
+
+    python tools/convert_weights.py INPUT OUTPUT [--preset NAME]
+
+INPUT: torchvision / timm state dict (.pth/.pt, plain or wrapped; timm .safetensors),
+Caffe2 / Detectron .pkl (res2_0_branch2a_w ...), detectron2 .pkl/.pth, or a Torch7 .t7
+model from facebookresearch/ResNeXt. The format is detected from the file's content.
+OUTPUT: ``.pkl`` (numpy arrays) or ``.pth`` (tensors) holding ``model`` (detectron2 names),
+``__author__``, ``matching_heuristics`` and ``meta``: the input convention the weights need
+(INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, STRIDE_IN_1X1). ``ResNeXtCheckpointer`` checks it
+against the config whenever the file is loaded.
+--preset NAME: fail unless the weights have that architecture (e.g. X-101-32x8d).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from .safe_io import WeightsError
+from .sources import read_checkpoint, save_converted
+
+__all__ = ["main"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="weights file to convert")
+    parser.add_argument("output", help="detectron2 checkpoint to write (.pkl or .pth)")
+    parser.add_argument("--preset", default=None, help="require this architecture (e.g. X-101-32x8d)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="[convert_weights] %(message)s")
+    log = logging.getLogger("convert_weights")
+    if not args.output.endswith((".pkl", ".pth")):
+        parser.error(f"OUTPUT must end in .pkl or .pth, got {args.output!r}")
+    t0 = time.perf_counter()
+    try:
+        ckpt = read_checkpoint(args.input, args.preset, progress=not args.quiet)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = ckpt["meta"]
+    model = ckpt["model"]
+    n_params = sum(int(v.numel()) for v in model.values())
+    log.info(f"{len(model)} tensors ({n_params / 1e6:.2f}M values) in detectron2 names")
+    if meta is None:
+        log.warning("the input carries no input-convention metadata (detectron2 model-zoo file): "
+                    "the output will not be format-checked on load")
+    else:
+        arch = meta.get("architecture") or {}
+        log.info(f"source: {meta['source']}; architecture: {arch.get('preset') or arch}")
+        log.info(f"input convention: INPUT.FORMAT {meta['input_format']}, MODEL.PIXEL_MEAN "
+                 f"{meta['pixel_mean']}, MODEL.PIXEL_STD {meta['pixel_std']}, STRIDE_IN_1X1 "
+                 f"{meta['stride_in_1x1']}")
+        if meta.get("dropped"):
+            log.info(f"dropped classifier tensors: {meta['dropped']}")
+    save_converted(model, meta, args.output, matching_heuristics=bool(ckpt.get("matching_heuristics", True)),
+                   progress=not args.quiet)
+    log.info(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB) in "
+             f"{time.perf_counter() - t0:.1f}s")
+    return 0
