@@ -169,6 +169,13 @@ def _contract_of(model, path: str) -> Contract:
     return contract
 
 
+def read_contract_bytes(data: bytes) -> Contract:
+    """The contract of serialized ONNX bytes (an export not yet written)."""
+    import onnx
+
+    return _contract_of(onnx.load_from_string(data), "<exported bytes>")
+
+
 def read_contract(path: str) -> Contract:
     """The contract stored in an exported file (see :func:`load_onnx` for the errors)."""
     return load_onnx(path)[1]

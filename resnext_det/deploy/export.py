@@ -29,10 +29,11 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
 
 from ..io import atomic_open, atomic_write_json
-from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError
+from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError, read_contract_bytes
 from .parity import compare_detections
 
-__all__ = ["export_onnx", "build_export_model", "onnx_bytes", "DEFAULT_OPSET", "MODEL_FILE"]
+__all__ = ["export_onnx", "build_export_model", "onnx_bytes", "with_contract", "quiet_export",
+           "DEFAULT_OPSET", "MODEL_FILE"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 17  # >= 16 for RoiAlign's coordinate_transformation_mode="half_pixel" (aligned)
@@ -53,7 +54,7 @@ def eager_detections(model: nn.Module, image_chw: torch.Tensor):
 
 
 @contextlib.contextmanager
-def _quiet_export():
+def quiet_export():
     """Silence the known, harmless messages of tracing detectron2 and of the TorchScript-based
     exporter, by category and module only (the caller's filters are restored after)."""
     with warnings.catch_warnings():
@@ -168,7 +169,7 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
     buf = io.BytesIO()
     dyn = {INPUT_NAME: {1: "height", 2: "width"}, **{n: {0: "detections"} for n in OUTPUT_NAMES}}
     try:
-        with _quiet_export(), _stderr_held(), torch.no_grad():
+        with quiet_export(), _stderr_held(), torch.no_grad():
             torch.onnx.export(adapter, adapter.flattened_inputs, buf, opset_version=opset,
                               dynamo=False, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                               dynamic_axes=dyn, do_constant_folding=True)
@@ -227,6 +228,25 @@ def _resize(cfg, img: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(out.astype(np.float32).transpose(2, 0, 1)))
 
 
+def with_contract(data: bytes, cfg, model: nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
+    """The exported bytes with ``cfg``'s contract in ``metadata_props``, checked by
+    ``onnx.checker`` (DeployError naming the check otherwise)."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    size_div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
+    contract = Contract.from_cfg(cfg, size_div, _class_names(cfg), opset)
+    for k, v in contract.metadata().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name, proto.doc_string = "resnext_det", "ResNeXt Faster R-CNN (resnext_det tools/export.py)"
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise DeployError(f"onnx.checker rejects the exported graph: {_short(e)}") from None
+    return proto.SerializeToString()
+
+
 def verify_against_eager(model, data: bytes, images, runtime: str = "onnxruntime",
                          box_tol: float = 0.01, score_tol: float = 1e-4) -> Dict:
     """Run the exported bytes and the eager model on each CHW image; raise DeployError naming
@@ -270,24 +290,10 @@ def export_onnx(cfg, output_dir: str, *, model: Optional[nn.Module] = None, imag
     Returns:
         the report dict (path, contract, parity, size).
     """
-    import onnx
-
     model = build_export_model(cfg) if model is None else model.eval()
     img = export_image(cfg, image_path)
     image = _resize(cfg, img)
-    data = onnx_bytes(model, image, opset)
-    proto = onnx.load_from_string(data)
-    size_div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
-    contract = Contract.from_cfg(cfg, size_div, _class_names(cfg), opset)
-    for k, v in contract.metadata().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    proto.producer_name, proto.doc_string = "resnext_det", "ResNeXt Faster R-CNN (resnext_det tools/export.py)"
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as e:
-        raise DeployError(f"onnx.checker rejects the exported graph: {_short(e)}") from None
-    data = proto.SerializeToString()
+    data = with_contract(onnx_bytes(model, image, opset), cfg, model, opset)
     # parity before success: the export image and an odd size (dynamic shapes, padding)
     h, w = image.shape[1:]
     odd = torch.nn.functional.interpolate(image[None], size=(max(33, h * 3 // 4) | 1, max(33, w * 3 // 4) | 1),
@@ -298,7 +304,7 @@ def export_onnx(cfg, output_dir: str, *, model: Optional[nn.Module] = None, imag
         f.write(data)
     report = {"path": path, "bytes": len(data), "opset": opset, "export_image_hw": [int(h), int(w)],
               "parity_onnxruntime_vs_eager": parity,
-              "contract": {k: v for k, v in contract.__dict__.items() if k != "config"}}
+              "contract": {k: v for k, v in read_contract_bytes(data).__dict__.items() if k != "config"}}
     atomic_write_json(os.path.join(output_dir, os.path.splitext(filename)[0] + ".export.json"),
                       report, indent=2)
     logger.info("Exported %s (%.1f MB): %s detections on the export image, max box diff %.2g px, "

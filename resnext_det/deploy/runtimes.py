@@ -63,7 +63,12 @@ class OnnxRuntimeRunner:
         self.num_threads = opts.intra_op_num_threads
 
     def run(self, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The detector graph on one 3xHxW float32 image: (boxes, scores, classes)."""
         return tuple(self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image}))
+
+    def run_all(self, feeds):
+        """Any graph: all outputs, in graph order, for ``{input name: array}``."""
+        return self.session.run(None, feeds)
 
 
 class OpenVINORunner:
@@ -94,11 +99,16 @@ class OpenVINORunner:
         self.precision_used = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
             getattr(hint, "get_type_name", lambda: str(hint))(), str(hint))
         self.num_threads = config["INFERENCE_NUM_THREADS"]
-        self._outputs = [self.compiled.output(n) for n in OUTPUT_NAMES]
 
     def run(self, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The detector graph on one 3xHxW float32 image: (boxes, scores, classes)."""
         res = self.request.infer({INPUT_NAME: image})
-        return tuple(np.asarray(res[o]) for o in self._outputs)
+        return tuple(np.asarray(res[self.compiled.output(n)]) for n in OUTPUT_NAMES)
+
+    def run_all(self, feeds):
+        """Any graph: all outputs, in graph order, for ``{input name: array}``."""
+        res = self.request.infer(feeds)
+        return [np.asarray(res[o]) for o in self.compiled.outputs]
 
 
 def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precision: str = "fp32"):

@@ -1,0 +1,621 @@
+"""Side-by-side speed of stock detectron2 vs this project's default and fast ResNeXt paths.
+
+In one process, on the same random weights (our parameter names are detectron2's, so one
+``state_dict`` loads into both), for each preset:
+
+  (a) ``backbone``: the bottom-up network (res2..res5, FrozenBN);
+  (b) ``fpn`` / ``c4``: full Faster R-CNN inference on one image;
+  (c) ``train``: one training iteration (forward, backward, SGD step), batch 1.
+
+Modes: ``stock`` = detectron2's ``build_resnet_backbone`` (NUM_GROUPS/WIDTH_PER_GROUP,
+STRIDE_IN_1X1 False) and its stock ``GeneralizedRCNN``/``Res5ROIHeads`` with every other
+setting equal (``resnext_det.engine.stock.stock_equivalent_cfg``); ``default`` = this
+project's model with default settings; ``fast`` = ``prepare_for_inference`` (fp32);
+``fast-bf16`` / ``fast-fp16`` = with reduced precision (bf16 only where the CPU has native
+bf16 -- elsewhere a probe records how much slower it is -- and on CUDA); for ``train``,
+``fast`` = the training switches (channels_last; + autocast on CUDA / native-bf16 CPUs),
+``fast-fold`` = the same + FrozenBN folded into the convs on the fly (``fold_frozen_bn=True``).
+For ``fpn``/``c4``, ``fast`` also includes the fast post-processing (sorted batched NMS, same
+detections) and, on CPU fp32, the fused RPN conv+ReLU.
+
+Runtime modes (the ``deploy`` extra, ``--runtimes``): the same weights exported to ONNX
+(``torch.onnx.export``, opset 17; detectors through :mod:`resnext_det.deploy`) and run by
+``onnxruntime`` and ``openvino`` (fp32: INFERENCE_PRECISION_HINT f32); on CPUs with native bf16
+also ``openvino-bf16``; with ``--int8`` also ``onnxruntime-int8`` / ``openvino-int8`` (static
+int8 calibrated on random images: speed only). Detector runtime modes go through
+:class:`~resnext_det.deploy.DeployedPredictor` on an HxWx3 uint8 image (resize, graph,
+rescaling); ``*-raw`` modes time the bare runtime call on the same graph, so
+``raw / wrapped`` is the wrapper's overhead.
+
+Runs are interleaved (stock, default, fast, stock, ...) and the median is kept, so the
+ratios are fair on a shared, noisy machine; the load average at start is recorded.
+GFLOP counts are fvcore's multiply-adds x 2. The ceiling is the best large-GEMM rate
+(2*n^3 / t, n=2048) of every library at hand, measured in the same run: torch, ONNX Runtime
+and OpenVINO (fp32; bf16 for torch and OpenVINO on native-bf16 CPUs); each record has its
+share of that ceiling, the load average when it was taken and the CPU's flags.
+
+    python tools/benchmark.py                      # X-101-32x4d all parts + 2 backbones, 800x1333, + runtimes
+    python tools/benchmark.py --quick              # 320x512, X-50-32x4d, fewer runs
+    python tools/benchmark.py --presets X-50-32x4d X-101-32x4d X-101-32x8d --backbone-presets
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone, build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+import resnext_det
+from resnext_det.io import atomic_write_json
+from resnext_det.engine.fast import (
+    apply_training_switches,
+    cpu_has_native_bf16,
+    prepare_for_inference,
+)
+from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg
+
+logger = logging.getLogger("benchmark")
+
+
+# --------------------------------------------------------------------------- helpers
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device):
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t, out
+
+
+def matmul_ceiling(dtype, device, n=2048, reps=5):
+    """Median GFLOP/s (2*n^3/t) of an n x n matmul."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    ts = [_timed(lambda: a @ b, device)[0] for _ in range(reps)]
+    return 2 * n ** 3 / statistics.median(ts) / 1e9, n
+
+
+def cpu_flags():
+    """avx2 / avx512f / avx512_bf16 / avx512_vnni / amx (any amx_*) from /proc/cpuinfo."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:  # not Linux: unknown
+        return {}
+    return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "amx": any(f.startswith("amx") for f in flags)}
+
+
+def _gemm_onnx(n):
+    """An ONNX graph computing A @ B with B an n x n constant (the runtimes' GEMM rate)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    b = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype("float32"), "B")
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm",
+                              [helper.make_tensor_value_info("A", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])], [b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def runtime_gemm_ceiling(runtime, precision="fp32", n=2048, reps=5):
+    """Median GFLOP/s of an n x n MatMul in ``runtime`` (None when it is not installed)."""
+    import numpy as np
+
+    try:
+        from resnext_det.deploy.runtimes import make_runtime
+
+        runner = make_runtime(runtime, _gemm_onnx(n), precision=precision)
+    except ImportError:
+        return None
+    a = np.random.default_rng(1).standard_normal((n, n)).astype("float32")
+    for _ in range(2):
+        runner.run_all({"A": a})
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        runner.run_all({"A": a})
+        ts.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(ts) / 1e9
+
+
+def runtimes_available(names):
+    """The runtimes of ``names`` whose packages import (the deploy extra)."""
+    import importlib.util
+
+    mods = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+    return [r for r in names if importlib.util.find_spec(mods[r]) is not None
+            and importlib.util.find_spec("onnx") is not None]
+
+
+class _OutputsAsTuple(torch.nn.Module):
+    """A backbone whose dict of feature maps is returned as a tuple in ``names`` order (what
+    an ONNX graph can return)."""
+
+    def __init__(self, backbone, names):
+        super().__init__()
+        self.backbone, self.names = backbone, list(names)
+
+    def forward(self, x):
+        out = self.backbone(x)
+        return tuple(out[k] for k in self.names)
+
+
+def _backbone_onnx(model, x):
+    import io
+
+    from resnext_det.deploy.export import quiet_export
+
+    names = sorted(model.output_shape())
+    wrapper = _OutputsAsTuple(model, names).eval()
+    buf = io.BytesIO()
+    with quiet_export(), torch.no_grad():
+        torch.onnx.export(wrapper, (x,), buf, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=names)
+    model.eval()
+    return buf.getvalue(), names
+
+
+def _cfg(config_name, preset, device, c4_topk=None):
+    cfg = resnext_det.get_cfg()
+    cfg.merge_from_file(resnext_det.get_config_file(config_name))
+    cfg.MODEL.RESNEXT.PRESET = preset
+    cfg.MODEL.DEVICE = device.type
+    if c4_topk:
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = c4_topk
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random heads: keep detections to compare
+    return cfg
+
+
+def _randomize(model, seed=0):
+    """Non-trivial FrozenBN statistics (fresh ones are the identity) and a spread box head."""
+    g = torch.Generator().manual_seed(seed)
+    randomize_frozen_bn(model, g)
+    with torch.no_grad():
+        box_predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+        if box_predictor is not None:  # spread the scores so rounding cannot reorder them
+            box_predictor.cls_score.weight.normal_(0, 0.5, generator=g)
+    return model
+
+
+def _rel_err(ref, out):
+    """max |out - ref| / max |ref| over all tensors of the outputs (None if not comparable)."""
+    if isinstance(ref, dict):
+        errs = [_rel_err(ref[k], out[k]) for k in ref]
+        return None if any(e is None for e in errs) else max(errs)
+    if isinstance(ref, torch.Tensor):
+        if ref.shape != out.shape:
+            return None
+        return ((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12)).item()
+    return None
+
+
+def _det_err(ref, out):
+    """Box-set distance: for each output box the nearest reference box (max abs coordinate
+    difference), the worst of those over max |ref box|. Order-free: with random heads, near-equal
+    scores legitimately swap ranks under float rounding."""
+    a, b = ref[0]["instances"].pred_boxes.tensor, out[0]["instances"].pred_boxes.tensor
+    if len(a) != len(b) or len(a) == 0:
+        return None
+    dist = (b[:, None, :] - a[None, :, :]).abs().amax(dim=2).amin(dim=1)
+    return (dist.max() / a.abs().max().clamp_min(1e-12)).item()
+
+
+def _raw_or_det_err(ref, out):
+    """_det_err, also for a bare runtime output ``(boxes, scores, classes)`` (boxes in the
+    input image's pixels, which here is the original size)."""
+    if isinstance(out, (tuple, list)) and len(out) == 3 and not isinstance(out[0], dict):
+        inst = Instances(ref[0]["instances"].image_size)
+        inst.pred_boxes = Boxes(torch.as_tensor(out[0]))
+        out = [{"instances": inst}]
+    return _det_err(ref, out)
+
+
+def _fvcore_gflop(model, inputs):
+    """fvcore multiply-adds x 2, in GFLOP; None if counting fails."""
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if isinstance(inputs, torch.Tensor):
+                from fvcore.nn import FlopCountAnalysis
+
+                fca = FlopCountAnalysis(model, inputs)
+            else:
+                from detectron2.utils.analysis import FlopCountAnalysis
+
+                fca = FlopCountAnalysis(model, inputs)
+            fca.unsupported_ops_warnings(False)
+            fca.uncalled_modules_warnings(False)
+            return 2 * fca.total() / 1e9
+    except Exception as e:  # pragma: no cover - report, don't die
+        logger.warning("fvcore count failed: %s", e)
+        return None
+
+
+def interleaved(fns, reps, warmup, device):
+    """Run each fn warmup times, then reps rounds ABAB...; returns (median seconds, last output)."""
+    outs = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            outs[name] = fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t, outs[name] = _timed(fn, device)
+            times[name].append(t)
+    return {n: statistics.median(ts) for n, ts in times.items()}, times, outs
+
+
+# --------------------------------------------------------------------------- suites
+class Bench:
+    def __init__(self, args, device):
+        self.args, self.device = args, device
+        self.records = []
+        self.ceiling = {}
+        self.precisions = []
+        self.flags = cpu_flags()
+        self.runtimes = runtimes_available(args.runtimes) if device.type == "cpu" else []
+        self.tmp = tempfile.mkdtemp(prefix="resnext_bench_")
+        if device.type == "cuda":
+            self.precisions = ["fp16", "bf16"]
+        elif cpu_has_native_bf16():
+            self.precisions = ["bf16"]
+
+    def add(self, name, preset, mode, seconds, stock_s, err, gflop, runs, note=""):
+        rec = {
+            "name": name, "preset": preset, "mode": mode, "seconds": seconds,
+            "ratio_vs_stock": (stock_s / seconds) if (stock_s and seconds) else None,
+            "max_rel_err_vs_stock": err, "gflop": gflop,
+            "gflops": (gflop / seconds) if (gflop and seconds) else None,
+            "ceiling_gflops": dict(self.ceiling), "runs": runs,
+            "image": list(self.args.size), "device": self.device.type, "note": note,
+        }
+        rec["loadavg"] = list(os.getloadavg())
+        rec["cpu_flags"] = self.flags
+        if rec["gflops"] and self.ceiling.get("fp32"):
+            rec["pct_of_fp32_matmul"] = 100 * rec["gflops"] / self.ceiling["fp32"]
+            # reduced-precision modes against the best bf16 GEMM, fp32/int8 against fp32's
+            key = "bf16" if "bf16" in mode and self.ceiling.get("bf16") else "fp32"
+            rec["pct_of_ceiling"] = 100 * rec["gflops"] / self.ceiling[key]
+        self.records.append(rec)
+        logger.info("%-9s %-12s %-10s %7.3fs x%s err=%s", name, preset, mode, seconds,
+                    f"{rec['ratio_vs_stock']:.2f}" if rec["ratio_vs_stock"] else "-", err)
+
+    def _report(self, name, preset, medians, times, outs, gflop, errf, notes=None):
+        stock_s = medians["stock"]
+        for mode, s in medians.items():
+            err = 0.0 if mode == "stock" else errf(outs["stock"], outs[mode])
+            self.add(name, preset, mode, s, stock_s, err, gflop, [round(t, 4) for t in times[mode]],
+                     (notes or {}).get(mode, ""))
+
+    def _fast_variants(self, default, prep):
+        models = {"fast": prep(copy.deepcopy(default), "fp32")}
+        for p in self.precisions:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                models[f"fast-{p}"] = prep(copy.deepcopy(default), p)
+        return models
+
+    def backbone(self, preset):
+        cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device)
+        shape = ShapeSpec(channels=3)
+        default = _randomize(build_backbone(cfg, shape)).to(self.device).eval()
+        stock = build_backbone(stock_equivalent_cfg(cfg), shape).bottom_up.to(self.device).eval()
+        default = default.bottom_up
+        stock.load_state_dict(default.state_dict())
+        models = {"stock": stock, "default": default}
+        models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
+        h, w = self.args.size
+        x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
+        gflop = _fvcore_gflop(stock, x)
+
+        def call(m):
+            def f():
+                with torch.no_grad():
+                    return m(x)
+            return f
+        fns = {k: call(m) for k, m in models.items()}
+        fns.update(self._backbone_runtimes(default, x))
+        medians, times, outs = interleaved(fns, self.args.reps, self.args.warmup, self.device)
+        self._report("backbone", preset, medians, times, outs, gflop, _rel_err)
+
+    def _runtime_modes(self):
+        """(mode, runtime, precision) of the runtime columns on this machine."""
+        modes = [(r, r, "fp32") for r in self.runtimes]
+        if "openvino" in self.runtimes and cpu_has_native_bf16():
+            modes.append(("openvino-bf16", "openvino", "bf16"))
+        return modes
+
+    def _backbone_runtimes(self, model, x):
+        if not self.runtimes:
+            return {}
+        from resnext_det.deploy.runtimes import make_runtime
+
+        data, names = _backbone_onnx(model, x)
+        xn = x.cpu().numpy()
+        fns = {}
+        for mode, runtime, precision in self._runtime_modes():
+            runner = make_runtime(runtime, data, precision=precision)
+
+            def f(runner=runner):
+                return {k: torch.from_numpy(v) for k, v in zip(names, runner.run_all({"x": xn}))}
+            fns[mode] = f
+        return fns
+
+    def _detector_runtimes(self, cfg, model, image):
+        """DeployedPredictor modes (wrapped) and bare runtime calls (``-raw``) on the exported
+        ``model``; int8 modes with ``--int8``."""
+        if not self.runtimes:
+            return {}
+        import numpy as np
+
+        from resnext_det.deploy import DeployedPredictor
+        from resnext_det.deploy.export import onnx_bytes, with_contract
+        from resnext_det.deploy.quantize import quantize_int8
+
+        cfg = cfg.clone()
+        cfg.defrost()
+        h, w = image.shape[1:]
+        # the contract's resize leaves the benchmark image as it is (same input as eager)
+        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = min(h, w), max(h, w)
+        path = os.path.join(self.tmp, "detector.onnx")
+        with open(path, "wb") as f:
+            f.write(with_contract(onnx_bytes(copy.deepcopy(model), image), cfg, model))
+        modes = self._runtime_modes()
+        files = {"": path}
+        if self.args.int8:
+            calib = [torch.randint(0, 256, image.shape, generator=torch.Generator().manual_seed(s))
+                     .float().numpy() for s in range(3)]
+            files["-int8"] = quantize_int8(path, calib, os.path.join(self.tmp, "detector_int8.onnx"))
+            modes += [(f"{r}-int8", r, "fp32") for r in self.runtimes]
+        hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy().astype(np.uint8))
+        chw = np.ascontiguousarray(image.numpy())
+        fns = {}
+        for mode, runtime, precision in modes:
+            p = DeployedPredictor(files["-int8" if mode.endswith("-int8") else ""], runtime=runtime,
+                                  precision=precision)
+            fns[mode] = lambda p=p: [p(hwc)]
+            if mode in self.runtimes:  # the bare runtime call, for the wrapper's overhead
+                fns[f"{mode}-raw"] = lambda p=p: p.runner.run(chw)
+        return fns
+
+    def detector(self, preset, arch):
+        name = {"fpn": "faster_rcnn_X50_32x4d_FPN.yaml", "c4": "faster_rcnn_X50_32x4d.yaml"}[arch]
+        topk = self.args.c4_topk if arch == "c4" else None
+        cfg = _cfg(name, preset, self.device, topk)
+        torch.manual_seed(0)
+        default = _randomize(build_model(cfg)).eval()
+        stock = build_model(stock_equivalent_cfg(cfg)).eval()
+        stock.load_state_dict(default.state_dict())
+        models = {"stock": stock, "default": default}
+        models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
+        h, w = self.args.size
+        image = torch.randint(0, 256, (3, h, w), generator=torch.Generator().manual_seed(0)).float()
+        inputs = [{"image": image.to(self.device), "height": h, "width": w}]
+        gflop = _fvcore_gflop(stock, inputs) if self.args.count_detector_flops else None
+
+        def call(m):
+            def f():
+                with torch.no_grad():
+                    return m(inputs)
+            return f
+        fns = {k: call(m) for k, m in models.items()}
+        fns.update(self._detector_runtimes(cfg, default, image))
+        medians, times, outs = interleaved(fns, self.args.reps, self.args.warmup, self.device)
+        note = f"RPN.POST_NMS_TOPK_TEST={topk} (both sides)" if topk else ""
+        notes = {m: note for m in medians}
+        for m in medians:
+            if m.endswith("-raw"):
+                notes[m] = (note + "; " if note else "") + "bare runtime call (no resize / rescaling); " \
+                    f"wrapper overhead = {m[:-4]} / {m}"
+        self._report(arch, preset, medians, times, outs, gflop, _raw_or_det_err, notes)
+
+    def train(self, preset):
+        cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device)
+        torch.manual_seed(0)
+        default = _randomize(build_model(cfg))
+        stock = build_model(stock_equivalent_cfg(cfg))
+        stock.load_state_dict(default.state_dict())
+        fast = copy.deepcopy(default)
+        autocast = ""
+        if self.device.type == "cuda":
+            autocast = "bf16"
+        elif cpu_has_native_bf16() and self.args.bf16_train:
+            autocast = "bf16"
+        apply_training_switches(fast, channels_last=True, autocast=autocast)
+        fast_fold = copy.deepcopy(default)
+        apply_training_switches(fast_fold, channels_last=True, autocast=autocast, fold_frozen_bn=True)
+        models = {"stock": stock, "default": default, "fast": fast, "fast-fold": fast_fold}
+        h, w = self.args.size
+        g = torch.Generator().manual_seed(0)
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor([[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h],
+                                            [0.4 * w, 0.3 * h, 0.9 * w, 0.8 * h],
+                                            [0.2 * w, 0.5 * h, 0.35 * w, 0.7 * h]]))
+        inst.gt_classes = torch.tensor([1, 5, 17])
+        data = [{"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst}]
+        opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+                for k, m in models.items()}
+
+        def step(k):
+            m, opt = models[k], opts[k]
+            m.train()
+
+            def f():
+                torch.manual_seed(1)
+                with EventStorage(0):
+                    losses = m(data)
+                total = sum(losses.values())
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                return torch.tensor(total.item())
+            return f
+        # first-iteration losses (before any step): the equality check of the switches
+        first = {k: step(k)() for k in models}
+        medians, times, _ = interleaved({k: step(k) for k in models}, self.args.train_reps, 0, self.device)
+        note = f"fast = channels_last{' + ' + autocast + ' autocast' if autocast else ''}; err = first-iteration loss"
+        for mode, s in medians.items():
+            err = 0.0 if mode == "stock" else _rel_err(first["stock"], first[mode])
+            mode_note = {"fast": note, "fast-fold": note.replace("channels_last", "channels_last + FrozenBN "
+                                                                        "folded on the fly")}.get(mode, "")
+            self.add("train", preset, mode, s, medians["stock"], err, None,
+                     [round(t, 4) for t in times[mode]], mode_note)
+
+    def bf16_probe(self):
+        """On CPUs without native bf16: one grouped-conv layer, bf16 vs fp32 (why bf16 is skipped)."""
+        x = torch.randn(1, 256, 64, 96).contiguous(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(256, 256, 3, padding=1, groups=32).to(memory_format=torch.channels_last)
+
+        def run(dtype):
+            def f():
+                with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                    return conv(x)
+            return f
+        med, times, _ = interleaved({"fp32": run(torch.float32), "bf16": run(torch.bfloat16)}, 3, 1, self.device)
+        self.records.append({
+            "name": "bf16_probe", "preset": "conv3x3 256ch g32 64x96", "mode": "bf16",
+            "seconds": med["bf16"], "ratio_vs_stock": med["fp32"] / med["bf16"],
+            "max_rel_err_vs_stock": None, "gflops": None, "ceiling_gflops": dict(self.ceiling),
+            "note": "CPU without native bf16 (no AVX512-BF16/AMX): bf16 fast path not benchmarked; "
+                    "ratio_vs_stock here = fp32 time / bf16 time of one layer",
+            "loadavg": list(os.getloadavg()), "cpu_flags": self.flags,
+        })
+
+
+def _runtime_versions(runtimes):
+    out = {}
+    for r in runtimes:
+        mod = __import__(r)
+        out[r] = getattr(mod, "__version__", None) or getattr(mod, "get_version", lambda: None)()
+    return out
+
+
+def print_table(records, header):
+    lines = [header, "",
+             "| part | preset | mode | s (median) | x stock | max rel err | GFLOP/s | % ceiling | load |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        def f(v, fmt):
+            return "" if v is None else format(v, fmt)
+        lines.append(f"| {r['name']} | {r['preset']} | {r['mode']} | {f(r['seconds'], '.3f')} | "
+                     f"{f(r['ratio_vs_stock'], '.2f')} | {f(r['max_rel_err_vs_stock'], '.1e')} | "
+                     f"{f(r.get('gflops'), '.1f')} | {f(r.get('pct_of_ceiling'), '.0f')} | "
+                     f"{f((r.get('loadavg') or [None])[0], '.1f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="*", default=["X-101-32x4d"],
+                    help="presets for the full suite (backbone, fpn, c4, train)")
+    ap.add_argument("--backbone-presets", nargs="*", default=["X-50-32x4d", "X-101-32x8d"],
+                    help="extra presets for the backbone part only")
+    ap.add_argument("--parts", nargs="+", default=["backbone", "fpn", "c4", "train"])
+    ap.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
+    ap.add_argument("--reps", type=int, default=3, help="timed runs per mode (median kept)")
+    ap.add_argument("--train-reps", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--c4-topk", type=int, default=300,
+                    help="RPN.POST_NMS_TOPK_TEST for the C4 run on both sides (res5 runs per RoI; "
+                         "0 keeps the config's 1000)")
+    ap.add_argument("--count-detector-flops", action="store_true",
+                    help="fvcore-count the full detectors too (one slow traced forward each)")
+    ap.add_argument("--bf16-train", action="store_true", help="bf16 autocast in the fast training mode (CPU)")
+    ap.add_argument("--quick", action="store_true", help="320x512, X-50-32x4d only, 2 runs")
+    ap.add_argument("--runtimes", nargs="*", default=["onnxruntime", "openvino"],
+                    choices=["onnxruntime", "openvino"],
+                    help="inference runtimes to add as columns (CPU; those installed); none: --runtimes")
+    ap.add_argument("--int8", action="store_true",
+                    help="also int8 detectors in the runtimes (calibrated on random images: speed only)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="benchmarks/latest.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.size, args.reps, args.train_reps = [320, 512], 2, 1
+        args.presets, args.backbone_presets = ["X-50-32x4d"], []
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("detectron2").setLevel(logging.WARNING)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    load = os.getloadavg()
+    t0 = time.time()
+    b = Bench(args, device)
+    torch_fp32, _ = matmul_ceiling(torch.float32, device)
+    native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    # without native bf16 a 2048^2 bf16 matmul takes ~a minute: measure a smaller one
+    torch_bf16, _ = matmul_ceiling(torch.bfloat16, device, n=2048 if native_bf16 else 512,
+                                   reps=5 if native_bf16 else 2)
+    # the ceiling is the best GEMM of every library at hand, not torch's alone
+    b.ceiling.update({"torch_fp32": torch_fp32, "torch_bf16": torch_bf16})
+    for r in b.runtimes:
+        b.ceiling[f"{r}_fp32"] = runtime_gemm_ceiling(r, "fp32")
+    if "openvino" in b.runtimes and cpu_has_native_bf16():
+        b.ceiling["openvino_bf16"] = runtime_gemm_ceiling("openvino", "bf16")
+    b.ceiling["fp32"] = max(v for k, v in b.ceiling.items() if k.endswith("_fp32") and v)
+    b.ceiling["bf16"] = max(v for k, v in b.ceiling.items() if k.endswith("_bf16") and v)
+    logger.info("matmul ceiling GFLOP/s: %s", b.ceiling)
+    if not native_bf16:
+        b.bf16_probe()
+    for preset in args.presets:
+        for part in args.parts:
+            if part == "backbone":
+                b.backbone(preset)
+            elif part in ("fpn", "c4"):
+                b.detector(preset, part)
+            elif part == "train":
+                b.train(preset)
+    for preset in args.backbone_presets:
+        if "backbone" in args.parts:
+            b.backbone(preset)
+    meta = {
+        "command": "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(), "wall_s": time.time() - t0,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16,
+        "platform": platform.platform(), "device": str(device),
+        "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "image": list(args.size), "reps": args.reps, "train_reps": args.train_reps,
+        "cpu_flags": b.flags, "runtimes": _runtime_versions(b.runtimes), "ceiling_gflops": dict(b.ceiling),
+    }
+    out = {"meta": meta, "records": b.records}
+    if args.out:
+        atomic_write_json(args.out, out, indent=1)
+    header = (f"{meta['command']}  | {meta['date']} | {device} {meta['cpu_capability']} x{meta['threads']} threads"
+              f" | load avg at start {load[0]:.2f} | {args.size[0]}x{args.size[1]} | median of {args.reps}"
+              f" | GEMM ceiling GFLOP/s fp32 {b.ceiling['fp32']:.0f}, bf16 {b.ceiling['bf16']:.1f} "
+              f"({', '.join(f'{k} {v:.0f}' for k, v in b.ceiling.items() if v and k not in ('fp32', 'bf16'))})"
+              f" | CPU flags {','.join(k for k, v in b.flags.items() if v) or 'unknown'}")
+    print(print_table(b.records, header))
+    return out
+
+
