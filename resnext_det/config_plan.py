@@ -86,8 +86,9 @@ def add_plan_config(cfg: CN) -> CN:
     # A miniature "ImageNet" (resnext_det.engine.pretrain): before the plan runs, the
     # MODEL.RESNEXT network is trained as a classifier on crops of DATASETS.TRAIN's objects
     # (and background) and saved in torchvision's format; every stage then starts from it
-    # through MODEL.WEIGHTS (which must be left empty), as a COCO user starts from
-    # torchvision's resnext101_32x4d. Reused when an identical one exists.
+    # through MODEL.WEIGHTS, as a COCO user starts from torchvision's resnext101_32x4d.
+    # Reused when an identical one exists. Applies only while MODEL.WEIGHTS is empty (weights
+    # given explicitly, e.g. for --eval-only, win).
     t = p.PRETRAIN = CN()
     t.ENABLED = False
     t.OUTPUT = ""  # "" = <OUTPUT_DIR>/pretrain/tiny_resnext_torchvision.pth

@@ -80,13 +80,14 @@ class Stage:
 def resolve_datasets(cfg: CfgNode) -> CfgNode:
     """A copy of ``cfg`` with the plan's inputs filled in (nothing is read or written):
     DATASETS.TRAIN/TEST from RESNEXT_PLAN.COCO_SPLITS or RESNEXT_PLAN.SYNTHETIC, and with
-    RESNEXT_PLAN.PRETRAIN enabled, MODEL.WEIGHTS = the file the pretraining writes.
+    RESNEXT_PLAN.PRETRAIN enabled and MODEL.WEIGHTS empty, MODEL.WEIGHTS = the file the
+    pretraining writes.
 
     Args:
         cfg: a config with RESNEXT_PLAN (resnext_det.get_cfg()).
 
     Raises:
-        ValueError: an unknown MODE, or settings that contradict each other.
+        ValueError: an unknown MODE, or SYNTHETIC and COCO_SPLITS both set.
     """
     cfg = cfg.clone()
     cfg.defrost()
@@ -103,12 +104,8 @@ def resolve_datasets(cfg: CfgNode) -> CfgNode:
             p.SYNTHETIC.ROOT = os.path.join(cfg.OUTPUT_DIR, "data")
     elif p.COCO_SPLITS:
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = coco_split_names(p.COCO_SPLITS)
-    if p.PRETRAIN.ENABLED:
-        if cfg.MODEL.WEIGHTS:
-            raise ValueError(
-                f"RESNEXT_PLAN.PRETRAIN.ENABLED and MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} contradict "
-                "each other (the pretraining provides the weights); set MODEL.WEIGHTS '' or "
-                "RESNEXT_PLAN.PRETRAIN.ENABLED False")
+    if p.PRETRAIN.ENABLED and not cfg.MODEL.WEIGHTS:
+        # weights given explicitly (e.g. --eval-only MODEL.WEIGHTS model_final.pth) win
         cfg.MODEL.WEIGHTS = pretrained_weights_path(cfg)
     return cfg
 

@@ -37,7 +37,7 @@ from ..data.synthetic import register_synthetic_coco
 from ..io import atomic_open, atomic_write_json
 from .checks import TrainingConfigError, check_proposal_file
 from .plan import STATE_FILE, Stage, build_plan, resolve_datasets
-from .pretrain import pretrain_classifier
+from .pretrain import pretrain_classifier, pretrained_weights_path
 from .trainer import EVAL_RESULTS, ResNeXtTrainer, load_checkpoint
 
 __all__ = [
@@ -107,7 +107,8 @@ def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
                                 num_val=s.NUM_VAL, image_size=s.IMAGE_SIZE,
                                 max_objects=s.MAX_OBJECTS, object_size=tuple(s.OBJECT_SIZE))
     register_coco_splits(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-    if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED and comm.is_main_process():
+    if (cfg.RESNEXT_PLAN.PRETRAIN.ENABLED and cfg.MODEL.WEIGHTS == pretrained_weights_path(cfg)
+            and comm.is_main_process()):  # (explicit MODEL.WEIGHTS: nothing to pretrain)
         return pretrain_classifier(cfg)
     return {}
 

@@ -211,7 +211,7 @@ def pretrained_weights_path(cfg: CfgNode) -> str:
 def _manifest(cfg: CfgNode) -> Dict[str, Any]:
     spec = resolve_resnext_spec(cfg, out_features=["res5"])
     p = cfg.RESNEXT_PLAN.PRETRAIN
-    return {
+    manifest = {
         "format": _FORMAT_VERSION,
         "architecture": {"depth": spec.depth, "cardinality": spec.cardinality,
                          "bottleneck_width": spec.bottleneck_width,
@@ -220,10 +220,10 @@ def _manifest(cfg: CfgNode) -> Dict[str, Any]:
                          "stride_in_1x1": spec.stride_in_1x1},
         "train_datasets": list(cfg.DATASETS.TRAIN), "test_datasets": list(cfg.DATASETS.TEST),
         "synthetic": {k: v for k, v in cfg.RESNEXT_PLAN.SYNTHETIC.items() if k != "ROOT"},
-        "pretrain": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()
-                     if k not in ("ENABLED", "OUTPUT")},
+        "pretrain": {k: v for k, v in p.items() if k not in ("ENABLED", "OUTPUT")},
         "seed": int(cfg.SEED),
     }
+    return json.loads(json.dumps(manifest))  # as read back from the JSON file (tuples -> lists)
 
 
 def pretrain_classifier(cfg: CfgNode) -> Dict[str, Any]:

@@ -88,6 +88,7 @@ def _resolved(cfg):
     return resolve_datasets(cfg)
 
 
-def test_pretrain_and_explicit_weights_contradict(tmp_path):
-    with pytest.raises(ValueError, match="RESNEXT_PLAN.PRETRAIN.ENABLED and MODEL.WEIGHTS"):
-        build_plan(_tiny_cfg(tmp_path, "MODEL.WEIGHTS", "x.pth"))
+def test_explicit_weights_win_over_pretraining(tmp_path):
+    """--eval-only MODEL.WEIGHTS model_final.pth on the demo config evaluates that file."""
+    stages = build_plan(_tiny_cfg(tmp_path, "MODEL.WEIGHTS", "x.pth"))
+    assert [s.cfg.MODEL.WEIGHTS for s in stages if s.kind == "train"] == ["x.pth", "x.pth"]
