@@ -4,6 +4,10 @@
         --output out/deploy MODEL.WEIGHTS out/model_final.pth
     python tools/export.py --config-file ... --output out/deploy --int8 --calib-images 32 MODEL.WEIGHTS ...
 
+A two-stage plan config (RESNEXT_PLAN.MODE two_stage, the paper's setting) is exported as
+one graph: stage 1's RPN network feeding stage 2's Fast R-CNN (resnext_det.deploy.two_stage);
+MODEL.WEIGHTS is then stage 2's file (default: where the plan wrote it).
+
 Writes ``DIR/model.onnx`` (and with ``--int8`` ``DIR/model_int8.onnx``), each with a
 ``.export.json`` report. Bad input: one line ``export.py: error: ...``, exit status 2, and
 nothing written at the output path.
@@ -39,24 +43,29 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _export_cfg(args):
-    """The plan's final detector config, datasets registered (export image, calibration)."""
+    """The plan's final detector config (datasets registered: export image, calibration) and,
+    for a two-stage plan, the one-graph detector made of its two trained networks."""
     # the same config and dataset steps as tools/train_net.py (whatever module holds them)
     from ..cli import build_plan, final_stage, prepare_datasets, setup_cfg
-    from .contract import DeployError
 
     ns = argparse.Namespace(config_file=args.config_file, opts=args.opts, demo=None)
     cfg = setup_cfg(ns)
-    if cfg.RESNEXT_PLAN.MODE == "two_stage":
-        raise DeployError(
-            "RESNEXT_PLAN.MODE two_stage: the plan's detector is two separately trained networks "
-            "(an RPN, then Fast R-CNN on its saved proposals); export a jointly trained detector "
-            "(RESNEXT_PLAN.MODE joint, e.g. configs/*_FPN_e2e.yaml)")
     prepare_datasets(cfg)
-    scfg = final_stage(build_plan(cfg)).cfg.clone()
+    stages = build_plan(cfg)
+    scfg = final_stage(stages).cfg.clone()
     scfg.defrost()
+    model = None
+    if cfg.RESNEXT_PLAN.MODE == "two_stage":
+        from .two_stage import build_two_stage_detector
+
+        # MODEL.WEIGHTS: the Fast R-CNN stage's weights (default: where the plan wrote them)
+        model = build_two_stage_detector(stages, cfg.MODEL.WEIGHTS)
+        scfg.MODEL.LOAD_PROPOSALS = False
+        scfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"  # the graph makes its own (stage 1's)
+        scfg.MODEL.META_ARCHITECTURE = "TwoStageDetector"
     scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
     scfg.freeze()
-    return scfg
+    return scfg, model
 
 
 def run(args) -> dict:
@@ -67,9 +76,9 @@ def run(args) -> dict:
         from .contract import DeployError
 
         raise DeployError(f"--calib-images {args.calib_images} is not valid; use a positive number")
-    cfg = _export_cfg(args)
+    cfg, model = _export_cfg(args)
     start = time.perf_counter()
-    report = export_onnx(cfg, args.output, image_path=args.image or None, opset=args.opset)
+    report = export_onnx(cfg, args.output, model=model, image_path=args.image or None, opset=args.opset)
     par = report["parity_onnxruntime_vs_eager"]
     print(f"Exported {report['path']} ({report['bytes'] / 1e6:.1f} MB, opset {args.opset}) in "
           f"{time.perf_counter() - start:.0f} s; ONNX Runtime vs eager on the export image: "

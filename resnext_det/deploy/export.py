@@ -147,7 +147,7 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
     """Trace ``model`` (a GeneralizedRCNN in eval mode) on one image and export it.
 
     Args:
-        model: the detector.
+        model: the detector (a ``GeneralizedRCNN`` or a :class:`TwoStageDetector`).
         image_chw: one resized CHW float image in the model's format (fixes nothing but the
             batch: height and width stay dynamic).
         opset: ONNX opset (>= 16).
@@ -158,8 +158,11 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
     Raises:
         DeployError: the exporter refuses the model (unsupported operator, ...), named.
     """
-    if not isinstance(model, GeneralizedRCNN):
-        raise DeployError(f"only a detectron2 GeneralizedRCNN can be exported, got {type(model).__name__}")
+    from .two_stage import TwoStageDetector
+
+    if not isinstance(model, (GeneralizedRCNN, TwoStageDetector)):
+        raise DeployError(f"only a detectron2 GeneralizedRCNN (or a two-stage plan's TwoStageDetector) "
+                          f"can be exported, got {type(model).__name__}")
     if opset < 16:
         raise DeployError(f"opset {opset} has no aligned RoiAlign (coordinate_transformation_mode); "
                           "use opset >= 16")
@@ -174,9 +177,8 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
                               dynamo=False, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                               dynamic_axes=dyn, do_constant_folding=True)
     except Exception as e:
-        raise DeployError(f"torch.onnx.export cannot export this detector "
-                          f"({type(model.backbone).__name__} backbone, "
-                          f"{type(model.roi_heads).__name__}): {_short(e)}") from None
+        raise DeployError(f"torch.onnx.export cannot export this detector ({type(model).__name__}, "
+                          f"{type(model.backbone).__name__} backbone): {_short(e)}") from None
     finally:
         model.eval()
     return buf.getvalue()

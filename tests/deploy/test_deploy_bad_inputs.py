@@ -73,7 +73,6 @@ def test_unsupported_op_is_named_and_nothing_written(tmp_path, capfd):
 @pytest.mark.parametrize("opts, named", [
     (["MODEL.MASK_ON", "True"], "MODEL.MASK_ON"),
     (["MODEL.META_ARCHITECTURE", "ProposalNetwork"], "MODEL.META_ARCHITECTURE"),
-    (["RESNEXT_PLAN.MODE", "two_stage"], "RESNEXT_PLAN.MODE two_stage"),
     (["MODEL.WEIGHTS", "/nonexistent/model_final.pth"], "/nonexistent/model_final.pth"),
 ])
 def test_export_tool_refuses_with_one_line(tmp_path, capsys, opts, named):
