@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 __all__ = ["Contract", "DeployError", "CONTRACT_KEY", "read_contract", "load_onnx"]
 
@@ -181,6 +181,6 @@ def read_contract(path: str) -> Contract:
     return load_onnx(path)[1]
 
 
-def expected_image_message(contract: Optional[Contract]) -> str:
-    fmt = contract.input_format if contract else "the model's INPUT.FORMAT"
-    return f"an HxWx3 uint8 numpy array in {fmt} channel order (H, W >= 1)"
+def expected_image_message(input_format: str) -> str:
+    """What ``DeployedPredictor`` accepts, for error messages."""
+    return f"an HxWx3 uint8 numpy array in {input_format} channel order (H, W >= 1)"

@@ -103,8 +103,8 @@ class DeployedPredictor:
                 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
             got = (f"{type(img).__name__} shape {tuple(img.shape)} dtype {img.dtype}"
                    if hasattr(img, "shape") and hasattr(img, "dtype") else type(img).__name__)
-            raise DeployError(f"DeployedPredictor expects {expected_image_message(self.contract)}"
-                              .replace(self.contract.input_format, self.input_format) + f"; got {got}")
+            raise DeployError(f"DeployedPredictor expects {expected_image_message(self.input_format)}; "
+                              f"got {got}")
         if self.input_format != self.contract.input_format:
             img = img[:, :, ::-1]
         h, w = img.shape[:2]

@@ -120,8 +120,11 @@ def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precisi
         num_threads: threads (None: all cores).
         precision: "fp32", "bf16" (OpenVINO) or "default".
     """
-    if runtime == "onnxruntime":
-        return OnnxRuntimeRunner(model, num_threads, precision)
-    if runtime == "openvino":
-        return OpenVINORunner(model, num_threads, precision)
-    raise DeployError(f"runtime={runtime!r} is not valid; use one of {RUNTIMES}")
+    runners = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
+    if runtime not in runners:
+        raise DeployError(f"runtime={runtime!r} is not valid; use one of {RUNTIMES}")
+    try:
+        return runners[runtime](model, num_threads, precision)
+    except ImportError as e:
+        raise DeployError(f"runtime {runtime!r} is not installed ({e}); install the deploy extra: "
+                          "pip install -e .[deploy]") from None
