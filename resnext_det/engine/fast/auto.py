@@ -165,7 +165,7 @@ def choose_training_layout(channels_last: Optional[bool], fold_frozen_bn: Option
         reasons.append("channels_last " + (
             "on (AVX-512+bf16 CPU: training iteration measured 1.23x stock)" if fast_cpu else
             "off (AVX2-only CPU: measured 0.80x stock)" if device_type == "cpu" and not features.avx512f else
-            "off (not measured faster on this device)"))
+            "off (measured faster only on AVX-512+bf16 CPUs)"))
     if fold_frozen_bn is None:
         without, with_fold = probe_pair(channels_last)
         if probe is not None and without in probe and with_fold in probe:
