@@ -42,29 +42,15 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _export_cfg(args):
-    """The plan's final detector config (datasets registered: export image, calibration) and,
-    for a two-stage plan, the one-graph detector made of its two trained networks."""
+    """The deployed detector's config and model (see ``plan_export_target``), with the
+    datasets registered (export image, calibration)."""
     # the same config and dataset steps as tools/train_net.py (whatever module holds them)
-    from ..cli import build_plan, final_stage, prepare_datasets, setup_cfg
+    from ..cli import prepare_datasets, setup_cfg
+    from .two_stage import plan_export_target
 
-    ns = argparse.Namespace(config_file=args.config_file, opts=args.opts, demo=None)
-    cfg = setup_cfg(ns)
+    cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, demo=None))
     prepare_datasets(cfg)
-    stages = build_plan(cfg)
-    scfg = final_stage(stages).cfg.clone()
-    scfg.defrost()
-    model = None
-    if cfg.RESNEXT_PLAN.MODE == "two_stage":
-        from .two_stage import build_two_stage_detector
-
-        # MODEL.WEIGHTS: the Fast R-CNN stage's weights (default: where the plan wrote them)
-        model = build_two_stage_detector(stages, cfg.MODEL.WEIGHTS)
-        scfg.MODEL.LOAD_PROPOSALS = False
-        scfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"  # the graph makes its own (stage 1's)
-        scfg.MODEL.META_ARCHITECTURE = "TwoStageDetector"
-    scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
-    scfg.freeze()
-    return scfg, model
+    return plan_export_target(cfg)
 
 
 def run(args) -> dict:

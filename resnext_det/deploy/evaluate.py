@@ -11,7 +11,7 @@ from ..io import atomic_write_json
 from .contract import DeployError, load_onnx
 from .predictor import DeployedPredictor
 
-__all__ = ["evaluate_exported", "is_exported_model", "check_exported_model"]
+__all__ = ["evaluate_exported", "export_and_evaluate", "is_exported_model", "check_exported_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +86,34 @@ def evaluate_exported(cfg, path: Optional[str] = None, runtime: str = "onnxrunti
                       indent=2, default=float)
     logger.info("Evaluation results written to %s", out)
     return results
+
+
+def export_and_evaluate(cfg, output_dir: str, runtime: str = "onnxruntime") -> Dict:
+    """Export the plan's trained detector to ``output_dir/model.onnx`` and return its COCO
+    results through ``runtime`` (what the demo prints beside the eager AP). Results go to
+    ``output_dir/inference/``, never over the eager evaluation's files.
+
+    Args:
+        cfg: the train_net config (joint or two-stage plan; MODEL.WEIGHTS the final stage's
+            weights, or empty for where the plan wrote them), datasets registered.
+        output_dir: folder for the export and its evaluation.
+        runtime: "onnxruntime" or "openvino".
+
+    Returns:
+        ``{"path": model.onnx, "results": {...}}``.
+    """
+    from .export import export_onnx
+    from .two_stage import plan_export_target
+
+    cfg, model = plan_export_target(cfg)
+    if model is None and not cfg.MODEL.WEIGHTS:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    report = export_onnx(cfg, output_dir, model=model)
+    ecfg = cfg.clone()
+    ecfg.defrost()
+    ecfg.OUTPUT_DIR = output_dir
+    ecfg.MODEL.LOAD_PROPOSALS = False
+    ecfg.freeze()
+    return {"path": report["path"], "results": evaluate_exported(ecfg, report["path"], runtime=runtime)}

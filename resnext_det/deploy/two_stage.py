@@ -16,7 +16,7 @@ from torch import nn
 
 from .contract import DeployError
 
-__all__ = ["TwoStageDetector", "build_two_stage_detector"]
+__all__ = ["TwoStageDetector", "build_two_stage_detector", "plan_export_target"]
 
 
 class TwoStageDetector(nn.Module):
@@ -102,3 +102,29 @@ def build_two_stage_detector(stages, weights: str = "") -> nn.Module:
     load_checkpoint(rpn_net, rpn_cfg, files["rpn"])
     load_checkpoint(detector, det_cfg, files["fast_rcnn"])
     return TwoStageDetector(rpn_net, detector).eval()
+
+
+def plan_export_target(cfg):
+    """What to export for a plan config: ``(cfg of the deployed detector, model or None)``.
+
+    Joint plan: the final stage's config, the model built from it (None here). Two-stage
+    plan: stage 2's config (making its own proposals) and the :class:`TwoStageDetector` of
+    both trained stages (MODEL.WEIGHTS: stage 2's file; default where the plan wrote it).
+
+    Args:
+        cfg: a train_net config (RESNEXT_PLAN), datasets registered.
+    """
+    from ..engine.plan import build_plan, final_stage
+
+    stages = build_plan(cfg)
+    scfg = final_stage(stages).cfg.clone()
+    scfg.defrost()
+    model = None
+    if cfg.RESNEXT_PLAN.MODE == "two_stage":
+        model = build_two_stage_detector(stages, cfg.MODEL.WEIGHTS)
+        scfg.MODEL.LOAD_PROPOSALS = False
+        scfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"  # the graph makes its own (stage 1's)
+        scfg.MODEL.META_ARCHITECTURE = "TwoStageDetector"
+    scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
+    scfg.freeze()
+    return scfg, model

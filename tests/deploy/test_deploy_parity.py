@@ -184,3 +184,21 @@ def test_openvino_eval_and_int8(trained, tmp_path):
     for runtime in ("onnxruntime", "openvino"):
         inst = DeployedPredictor(int8, runtime=runtime)(img)["instances"]
         assert len(inst) > 0 and inst.image_size == (64, 96)
+
+
+def test_export_and_evaluate_for_the_demo(trained, tmp_path):
+    """The demo's one call: export the plan's trained detector and evaluate it through the
+    runtime; same AP as eager, and the eager results file is left as it was."""
+    from resnext_det import cli
+    from resnext_det.deploy.evaluate import export_and_evaluate
+
+    d, arch = trained["fpn"]
+    eager_file = d / "inference" / "eval_results.json"
+    before = eager_file.read_text()
+    args = cli.get_parser().parse_args(["--config", CONFIGS[arch]] + _opts(d, arch))
+    cfg = cli.setup_cfg(args)  # MODEL.WEIGHTS empty: the plan's model_final.pth
+    cli.prepare_datasets(cfg)
+    out = export_and_evaluate(cfg, str(tmp_path / "deploy"))
+    assert out["path"].endswith("model.onnx") and os.path.isfile(out["path"])
+    assert abs(out["results"]["bbox"]["AP"] - _ap(eager_file)) <= 0.1
+    assert eager_file.read_text() == before
