@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -30,7 +31,8 @@ from .prepare import apply_training_switches
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m resnext_det.engine.fast", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="X-101-32x4d")
     ap.add_argument("--config", default="faster_rcnn_X50_32x4d_FPN.yaml")
     ap.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
@@ -83,7 +85,7 @@ def main(argv=None):
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
-        "command": "python -m resnext_det.engine.fast " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "command": "python -m resnext_det.engine.fast " + " ".join(argv if argv is not None else sys.argv[1:]),
         "preset": args.preset, "size": [h, w], "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(),
         "cpu_flags": CpuFeatures.detect().describe(), "threads": torch.get_num_threads(),
         "auto": models["auto"]._resnext_fast["layout_reason"], "auto_decision_s": round(auto_s, 2),
