@@ -75,6 +75,12 @@ def test_pretraining_writes_torchvision_weights_both_stages_load(tmp_path):
     with pytest.raises(InputFormatMismatchError, match="INPUT.FORMAT"):
         ResNeXtCheckpointer(ResNeXtTrainer.build_model(bgr), cfg=bgr).load(path)
 
+    # a pure function of the settings: made again elsewhere, the same tensors
+    again = _tiny_cfg(tmp_path, "RESNEXT_PLAN.PRETRAIN.OUTPUT", str(tmp_path / "again.pth"))
+    assert not pretrain_classifier(_resolved(again))["reused"]
+    other = torch.load(tmp_path / "again.pth", weights_only=True)
+    assert all(torch.equal(sd[k], other[k]) for k in sd)
+
     # the same settings reuse the file; a changed schedule makes a new one
     stamp = os.stat(path).st_mtime_ns
     assert pretrain_classifier(_resolved(cfg))["reused"]
