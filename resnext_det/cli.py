@@ -286,7 +286,7 @@ def _cli(args):
         import yaml
 
         summary = plan_summary(cfg, world_size)
-        if not cfg.MODEL.WEIGHTS:
+        if not cfg.MODEL.WEIGHTS and not cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:
             summary["config"]["note"] = ("MODEL.WEIGHTS is empty: stages start from random "
                                          "init; the paper starts each from ImageNet weights")
         print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=None, width=100))
