@@ -5,9 +5,11 @@ filtered; a new warning still shows.
 Installed once by ``import resnext_det`` (before detectron2 is imported, since some fire
 at import time).
 """
+import logging
+import re
 import warnings
 
-__all__ = ["KNOWN_THIRD_PARTY_WARNINGS", "filter_known_third_party_warnings"]
+__all__ = ["KNOWN_THIRD_PARTY_WARNINGS", "KNOWN_THIRD_PARTY_LOG_WARNINGS", "filter_known_third_party_warnings"]
 
 # (category, module regex, message regex, why it is not ours to fix)
 KNOWN_THIRD_PARTY_WARNINGS = (
@@ -23,7 +25,31 @@ KNOWN_THIRD_PARTY_WARNINGS = (
 )
 
 
+# (logger name, message regex, why): warnings sent through ``logging`` rather than ``warnings``
+KNOWN_THIRD_PARTY_LOG_WARNINGS = (
+    # detectron2's ROIPooler asks torch.fx whether it is tracing; torch logs this once
+    ("torch.fx._symbolic_trace", r"is_fx_tracing will return true",
+     "detectron2's ROIPooler calls torch.fx's is_fx_tracing"),
+)
+
+
+class _DropKnownRecord(logging.Filter):
+    """A logger filter dropping only records whose message matches ``pattern``."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
 def filter_known_third_party_warnings() -> None:
-    """Install the filters of :data:`KNOWN_THIRD_PARTY_WARNINGS` (idempotent)."""
+    """Install the filters of :data:`KNOWN_THIRD_PARTY_WARNINGS` and
+    :data:`KNOWN_THIRD_PARTY_LOG_WARNINGS` (idempotent)."""
     for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, message, _why in KNOWN_THIRD_PARTY_LOG_WARNINGS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownRecord) and f.pattern.pattern == message for f in logger.filters):
+            logger.addFilter(_DropKnownRecord(message))

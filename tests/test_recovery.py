@@ -351,3 +351,38 @@ def test_two_stage_plan_resume_after_sigkill_ends_bit_identical(tmp_path):
     assert last.wait() == 0, last.text[-3000:]
     for stage in ("stage1_rpn", "stage2_fast_rcnn"):
         _assert_bit_identical(tmp_path / "ref" / stage / "model_final.pth", out / stage / "model_final.pth")
+
+
+def test_auto_training_layout_is_recorded_and_reused_on_resume(tmp_path, tiny_resnext_cfg):
+    """'auto' decides partly by a timing probe; a resumed run must compute what the run it
+    continues computed, so the first start records the choice and later starts reuse it
+    (explicit on/off values still win)."""
+    from resnext_det.data.synthetic import register_synthetic_coco
+    from resnext_det.engine.trainer import TRAINING_LAYOUT, ResNeXtTrainer
+
+    train, _ = register_synthetic_coco("layout_unit", str(tmp_path / "data"), num_train=4, num_val=2,
+                                       image_size=32)
+
+    def trainer(**fast):
+        cfg = tiny_resnext_cfg(**{f"MODEL.RESNEXT.FAST.{k}": v for k, v in fast.items()})
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), ()
+        cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER, cfg.SOLVER.REFERENCE_WORLD_SIZE = 2, 4, 0
+        cfg.SOLVER.STEPS = (3,)
+        cfg.DATALOADER.NUM_WORKERS = 0
+        cfg.OUTPUT_DIR = str(tmp_path / "out")
+        return ResNeXtTrainer(cfg)
+
+    first = trainer()
+    record = json.load(open(tmp_path / "out" / TRAINING_LAYOUT))
+    assert record["channels_last"] == first.model._resnext_fast["channels_last"]
+    assert record["fold_frozen_bn"] == bool(first.model._resnext_fast["folded_on_the_fly"])
+    # a later start in the same folder follows the record, even where the probe would differ
+    flipped = {"channels_last": not record["channels_last"], "fold_frozen_bn": not record["fold_frozen_bn"],
+               "reason": "test"}
+    json.dump(flipped, open(tmp_path / "out" / TRAINING_LAYOUT, "w"))
+    again = trainer()
+    assert again.model._resnext_fast["channels_last"] == flipped["channels_last"]
+    assert bool(again.model._resnext_fast["folded_on_the_fly"]) == flipped["fold_frozen_bn"]
+    explicit = trainer(CHANNELS_LAST_TRAIN="off", FOLD_FROZEN_BN_TRAIN="off")
+    assert not explicit.model._resnext_fast["channels_last"]
+    assert not explicit.model._resnext_fast["folded_on_the_fly"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import random
@@ -38,7 +39,8 @@ from ..io import atomic_write_json
 from ..weights import ResNeXtCheckpointer as Checkpointer
 from ..weights import WeightsError
 from .checks import TrainingConfigError, validate_solver
-from .fast import maybe_apply_fast_config, prepare_for_inference
+from .fast import apply_training_switches, prepare_for_inference
+from .fast.auto import parse_switch
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
            "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams"]
@@ -47,10 +49,38 @@ logger = logging.getLogger(__name__)
 # training progress lines go where detectron2's own go (console and log.txt via default_setup)
 _train_logger = logging.getLogger("detectron2.engine.train_loop")
 EVAL_RESULTS = "eval_results.json"  # in <OUTPUT_DIR>/inference/
+TRAINING_LAYOUT = "training_layout.json"  # in <OUTPUT_DIR>: what 'auto' chose for this run
 
 
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
+
+
+def apply_recorded_training_switches(model, cfg):
+    """``MODEL.RESNEXT.FAST.*_TRAIN`` applied to ``model``; what ``auto`` chose is recorded in
+    ``<OUTPUT_DIR>/training_layout.json`` when a run starts and reused by every later start in
+    that folder (``--resume``), so a resumed run computes exactly what the run it continues
+    computed (``auto`` decides partly by a timing probe, which may differ between starts).
+    Explicit ``on``/``off`` values always win over the record."""
+    fast = cfg.MODEL.RESNEXT.FAST
+    path = os.path.join(cfg.OUTPUT_DIR, TRAINING_LAYOUT)
+    recorded = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if parse_switch(fast.CHANNELS_LAST_TRAIN, "CHANNELS_LAST_TRAIN") is None:
+            recorded["channels_last"] = bool(saved["channels_last"])
+        if parse_switch(fast.FOLD_FROZEN_BN_TRAIN, "FOLD_FROZEN_BN_TRAIN") is None:
+            recorded["fold_frozen_bn"] = bool(saved["fold_frozen_bn"])
+        if recorded:
+            _train_logger.info("Training layout %s: recorded in %s when this run started", recorded, path)
+    model = apply_training_switches(model, cfg, **recorded)
+    chosen = getattr(model, "_resnext_fast", {})
+    if not os.path.isfile(path) and comm.is_main_process():
+        atomic_write_json(path, {"channels_last": bool(chosen.get("channels_last")),
+                                 "fold_frozen_bn": bool(chosen.get("folded_on_the_fly")),
+                                 "reason": chosen.get("layout_reason", "")}, indent=1)
+    return model
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -145,7 +175,7 @@ class ResNeXtTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         # MODEL.RESNEXT.FAST.{CHANNELS_LAST_TRAIN, AUTOCAST_TRAIN, FOLD_FROZEN_BN_TRAIN}; before
         # the optimizer is built, so its state follows the parameters' memory format
-        model = maybe_apply_fast_config(model, cfg, training=True)
+        model = apply_recorded_training_switches(model, cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         self.sampler = getattr(data_loader, "resnext_sampler", None)

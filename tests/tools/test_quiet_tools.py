@@ -2,6 +2,7 @@
 filtered narrowly by resnext_det._warnings; our own causes are fixed). The README's bash
 blocks (dry-run, convert_weights, complexity) are checked the same way in test_readme.py."""
 import os
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,9 @@ def _run_tool(args, tmp_path):
 
 
 def _warning_lines(text):
-    return [line for line in text.splitlines() if "Warning" in line or "warnings.warn" in line]
+    # warnings.warn output, and glog-style "W1125 12:00:00 ..." lines of torch's own logging
+    return [line for line in text.splitlines()
+            if "Warning" in line or "warnings.warn" in line or re.match(r"^W\d{4} ", line)]
 
 
 @pytest.mark.slow
@@ -36,20 +39,28 @@ def test_demo_prints_no_warnings(tmp_path):
 
 def test_known_third_party_filters_are_narrow():
     """Each filter names a category, a module and a message: nothing is silenced globally."""
+    import logging
     import warnings
 
-    import resnext_det  # noqa: F401  (installs the filters)
-    from resnext_det._warnings import KNOWN_THIRD_PARTY_WARNINGS
+    from resnext_det._warnings import (KNOWN_THIRD_PARTY_LOG_WARNINGS, KNOWN_THIRD_PARTY_WARNINGS,
+                                       filter_known_third_party_warnings)
 
-    ours = [f for f in warnings.filters if f[0] == "ignore" and f[3] is not None
-            and any(f[3].pattern == m for _, m, _, _ in KNOWN_THIRD_PARTY_WARNINGS)]
-    assert len(ours) >= len(KNOWN_THIRD_PARTY_WARNINGS)
-    for action, message, category, module, lineno in ours:
-        assert message is not None and message.pattern and category is not Warning
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        import resnext_det._warnings as w
-
-        w.filter_known_third_party_warnings()
+        warnings.resetwarnings()
+        filter_known_third_party_warnings()
+        ours = [f for f in warnings.filters if f[0] == "ignore"]
+        assert len(ours) == len(KNOWN_THIRD_PARTY_WARNINGS)
+        for action, message, category, module, lineno in ours:
+            assert message.pattern and module.pattern and category is not Warning
+        warnings.simplefilter("default", append=True)
         warnings.warn("a warning of our own still shows", UserWarning)
-    assert any("of our own" in str(c.message) for c in caught)
+        warnings.warn_explicit("`torch.jit.script` is deprecated", FutureWarning, "x.py", 1,
+                               module="torch.jit._script")
+    assert [str(c.message) for c in caught] == ["a warning of our own still shows"]
+    # the logging one: only its message is dropped, other records of that logger pass
+    name, message, _ = KNOWN_THIRD_PARTY_LOG_WARNINGS[0]
+    logger = logging.getLogger(name)
+    drop = [f for f in logger.filters if getattr(f, "pattern", None) is not None]
+    record = lambda msg: logging.LogRecord(name, logging.WARNING, "x", 1, msg, None, None)  # noqa: E731
+    assert drop and not drop[0].filter(record("is_fx_tracing will return true for both"))
+    assert drop[0].filter(record("something else"))
