@@ -56,7 +56,8 @@ USER_ERRORS = (ResNeXtConfigError, WeightsError, DatasetError, TrainingConfigErr
 
 
 def get_parser():
-    """detectron2's parser plus --config (alias of --config-file), --dry-run and --demo."""
+    """detectron2's parser plus --config (alias of --config-file), --dry-run, --demo, and
+    --runtime/--precision for evaluating an exported (.onnx) model."""
     parser = default_argument_parser()
     parser.add_argument("--config", dest="config_file", metavar="FILE",
                         help="same as --config-file")
@@ -66,6 +67,13 @@ def get_parser():
                         help="embedded CPU demo: synthetic data, tiny ResNeXt, AP and pictures "
                              "('fpn' = joint FPN, default; 'two_stage' = the paper's schedule "
                              "in miniature)")
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                        help="with --eval-only and MODEL.WEIGHTS *.onnx: the inference runtime "
+                             "(default onnxruntime)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "default"), default="fp32",
+                        help="with --eval-only and MODEL.WEIGHTS *.onnx: fp32 (default, parity "
+                             "with eager), bf16 (OpenVINO on CPUs with native bf16) or the "
+                             "runtime's own default (printed)")
     return parser
 
 
@@ -159,7 +167,7 @@ def _main(args, trainer_cls=None):
     logging.getLogger("resnext_det").propagate = True  # as before, for handlers set up elsewhere
     prepare_datasets(cfg)
     if args.eval_only:
-        return evaluate_only(cfg, resume=args.resume)
+        return evaluate_only(cfg, resume=args.resume, runtime=args.runtime, precision=args.precision)
     return run_plan(cfg, resume=args.resume, trainer_cls=trainer_cls)
 
 
