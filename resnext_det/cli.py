@@ -33,6 +33,8 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from resnext_det.config import ResNeXtConfigError, check_device
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
 from resnext_det.data.coco_json import DatasetError
+from resnext_det.deploy.contract import DeployError
+from resnext_det.deploy.evaluate import check_exported_model, evaluate_exported, export_and_evaluate
 from resnext_det.engine.checks import TrainingConfigError
 from resnext_det.engine.plan import build_plan, final_stage, plan_summary, resolve_datasets
 from resnext_det.engine.plan_runner import PlanState, prepare_datasets, run_plan, stage_figures
@@ -126,8 +128,6 @@ def evaluate_only(cfg, resume=False, runtime="onnxruntime", precision="fp32"):
     if str(cfg.MODEL.WEIGHTS).lower().endswith(".onnx"):
         # an exported whole detector (tools/export.py): COCO AP through the runtime; it makes
         # its own proposals, so the plan's proposal files are not read
-        from resnext_det.deploy.contract import DeployError
-        from resnext_det.deploy.evaluate import evaluate_exported
 
         scfg.MODEL.LOAD_PROPOSALS = False
         scfg.freeze()
@@ -183,8 +183,6 @@ def check_files(cfg, args):
             stage.MODEL.LOAD_PROPOSALS = False  # an exported detector makes its own proposals
         verify_dataset_files(stage, train=False)
         if exported:  # a truncated/foreign file, or one exported with other settings
-            from resnext_det.deploy.contract import DeployError
-            from resnext_det.deploy.evaluate import check_exported_model
 
             try:
                 check_exported_model(stage, stage.MODEL.WEIGHTS)
@@ -243,6 +241,10 @@ def print_demo_report(cfg, args, seconds):
     if "oracle_box_AP" in figures:
         print(f"  stage 2 with ground-truth boxes as proposals (oracle): box AP "
               f"{figures['oracle_box_AP']:.1f}")
+    if cfg.RESNEXT_PLAN.DEMO.EXPORT:
+        dep = export_and_evaluate(cfg, os.path.join(cfg.OUTPUT_DIR, "deploy"))
+        print(f"  exported to ONNX: {dep['path']}: box AP {dep['results']['bbox']['AP']:.1f} through "
+              f"ONNX Runtime (eager {ap:.1f})")
     print(f"  detections: {pics[0]}  (+{len(pics) - 1} single images)")
     print(f"  losses and AP plot: {plot}")
     print(f"  metrics: {os.path.join(final.output_dir, 'metrics.json')}, results JSON: "

@@ -104,4 +104,6 @@ def add_plan_config(cfg: CN) -> CN:
     p.DEMO = CN()
     p.DEMO.NUM_IMAGES = 6
     p.DEMO.SCORE_THRESH = 0.5
+    # Export the trained demo detector to ONNX and print its AP through ONNX Runtime too.
+    p.DEMO.EXPORT = True
     return cfg

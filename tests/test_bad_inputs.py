@@ -350,7 +350,7 @@ def test_proposal_file_not_matching_the_dataset(tmp_path):
     import resnext_det
     from resnext_det.data.coco_json import register_coco_checked
     from resnext_det.engine.checks import TrainingConfigError
-    from resnext_det.engine.plan import check_stage_proposals
+    from resnext_det.engine.plan_runner import check_stage_proposals
 
     (tmp_path / "ann.json").write_text(json.dumps(_coco(tmp_path, images=(1, 2, 3))))
     register_coco_checked("props_ds", str(tmp_path / "ann.json"), str(tmp_path))

@@ -33,6 +33,10 @@ def test_reduced_demo_trains_evaluates_and_draws(tmp_path):
               "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)", "SOLVER.WARMUP_ITERS", "2",
               "SOLVER.IMS_PER_BATCH", "4", "TEST.EVAL_PERIOD", "3"] + TINY_OPTS)
     assert "COCO box AP on synthetic_shapes_val =" in r.stdout
+    # the exported model's AP beside the eager one (issue 13: the demo deploys too)
+    assert "through ONNX Runtime (eager" in r.stdout and (out / "deploy" / "model.onnx").is_file()
+    dep = json.load(open(out / "deploy" / "inference" / "eval_results.json"))
+    assert dep["runtime"] == "onnxruntime" and math.isfinite(dep["results"]["bbox"]["AP"])
     results = json.load(open(out / "inference" / "eval_results.json"))["results"]
     assert math.isfinite(results["bbox"]["AP"]) and 0 <= results["bbox"]["AP"] <= 100
     assert (out / "inference" / "synthetic_shapes_val" / "coco_instances_results.json").is_file()

@@ -11,13 +11,13 @@ The logic lives in resnext_det/deploy/cli.py.
 """
 import os
 import sys
-import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:
+    import resnext_det  # noqa: F401
+except ImportError:  # a source checkout that is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-with warnings.catch_warnings():  # detectron2's torch.jit.script decorators: deprecated in torch
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-    from resnext_det.deploy.cli import main  # noqa: E402
+from resnext_det.deploy.cli import main
 
 if __name__ == "__main__":
     main()

@@ -248,13 +248,3 @@ def plan_summary(cfg: CfgNode, world_size: int = 1) -> Dict[str, Any]:
                              + ", ".join(st.recall_datasets))
         out["stages"].append(d)
     return out
-
-
-def __getattr__(name):
-    # check_stage_proposals moved to plan_runner (it reads files); tests/test_bad_inputs.py
-    # still imports it from here. Remove once that import names plan_runner.
-    if name == "check_stage_proposals":
-        from .plan_runner import check_stage_proposals
-
-        return check_stage_proposals
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
