@@ -2,7 +2,7 @@
 the CPU, and every ```bash block (each takes under a minute) runs with ``bash -e`` and exits 0.
 
 ```sh blocks are the long jobs (installing and running the suite, the demos, COCO training on
-GPUs); the suite covers them elsewhere (.ci/run is the first; tests/test_train_net.py runs
+GPUs); the suite covers them elsewhere (.ci/run is the first; tests/tools/test_train_net.py runs
 reduced demos).
 """
 import os

@@ -11,7 +11,7 @@ from resnext_det.data import check_dataset_files, coco_split_names, make_synthet
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
 from resnext_det.data.synthetic import CLASSES, register_synthetic_coco
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _digest(folder):

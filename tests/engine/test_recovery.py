@@ -3,7 +3,7 @@
 End-to-end tests start ``tools/train_net.py`` in a subprocess on the tiny synthetic set
 (64-pixel images, C=4 d=4 ResNeXt, 2 images per batch), SIGKILL it, and run ``--resume``.
 The atomic-write mechanism itself is tested in tests/test_io.py; the stage bookkeeping of
-the two-stage plan without a kill in tests/test_plan.py.
+the two-stage plan without a kill in tests/engine/test_plan.py.
 """
 import json
 import math
@@ -19,7 +19,7 @@ import torch
 
 from conftest import TINY_OPTS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 BASE_LR = 0.01
 

@@ -7,7 +7,7 @@ import pytest
 
 from resnext_det.engine.complexity import complexity_table, format_table
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_x50_32x4d_within_2_percent_of_paper():

@@ -10,7 +10,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from resnext_det.weights import ResNeXtCheckpointer, read_checkpoint, safe_load
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnext_det.weights import cli as convert_weights  # noqa: E402  (tools/convert_weights.py's main)
 
 

@@ -12,7 +12,7 @@ from resnext_det.engine import plan_runner
 from resnext_det.engine.plan import build_plan, plan_summary
 from resnext_det.engine.plan_runner import PlanState
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _cfg(name, *opts):
