@@ -267,9 +267,20 @@ def validate_plan_solvers(cfg, world_size):
             raise TrainingConfigError(f"{e}{where}") from None
 
 
+def _default_demo_name(argv):
+    """``--demo KEY VALUE ...`` means the default demo with overrides: argparse would take KEY
+    for the demo's name (``--demo`` takes an optional one), so the name is made explicit."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv):
+        if a == "--demo" and i + 1 < len(argv) and argv[i + 1] not in DEMO_CONFIGS \
+                and not argv[i + 1].startswith("-"):
+            return argv[: i + 1] + ["fpn"] + argv[i + 1:]
+    return argv
+
+
 def cli(argv=None):
     """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged)."""
-    args = get_parser().parse_args(argv)
+    args = get_parser().parse_args(_default_demo_name(argv))
     try:
         return _cli(args)
     except USER_ERRORS as e:
