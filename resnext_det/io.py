@@ -27,6 +27,10 @@ def atomic_open(path: str, mode: str = "wb", **kwargs) -> Iterator[IO[Any]]:
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    # mkstemp makes the file private (0600); the result gets the permissions open() would give
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, mode.replace("x", "w"), **kwargs) as f:
             yield f

@@ -69,3 +69,16 @@ def test_sigkill_during_checkpoint_save_leaves_a_loadable_checkpoint(tmp_path):
     w = data["model"]["weight"]
     assert torch.all(w == w.flatten()[0])  # a complete, self-consistent save
     assert float(w.flatten()[0]) == data["iteration"]
+
+
+def test_atomic_file_gets_the_permissions_open_would_give(tmp_path):
+    import os
+
+    from resnext_det.io import atomic_open
+
+    with open(tmp_path / "plain.txt", "w") as f:
+        f.write("x")
+    with atomic_open(str(tmp_path / "atomic.txt"), "w") as f:
+        f.write("x")
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "atomic.txt") == mode(tmp_path / "plain.txt")
