@@ -40,6 +40,8 @@ share of that ceiling, the load average when it was taken and the CPU's flags.
 """
 from __future__ import annotations
 
+import atexit
+import shutil
 import argparse
 import copy
 import datetime
@@ -283,6 +285,8 @@ class Bench:
         self.flags = cpu_flags()
         self.runtimes = runtimes_available(args.runtimes) if device.type == "cpu" else []
         self.tmp = tempfile.mkdtemp(prefix="resnext_bench_")
+        # exported models (hundreds of MB at full size) go when the process ends
+        atexit.register(shutil.rmtree, self.tmp, True)
         if device.type == "cuda":
             self.precisions = ["fp16", "bf16"]
         elif cpu_has_native_bf16():
