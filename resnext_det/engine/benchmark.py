@@ -68,6 +68,7 @@ from resnext_det.engine.fast import (
     cpu_has_native_bf16,
     prepare_for_inference,
 )
+from resnext_det.engine.fast.auto import read_cpu_flags
 from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg
 
 logger = logging.getLogger("benchmark")
@@ -99,14 +100,8 @@ def matmul_ceiling(dtype, device, n=2048, reps=5):
 
 def cpu_flags():
     """avx2 / avx512f / avx512_bf16 / avx512_vnni / amx (any amx_*) from /proc/cpuinfo."""
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:  # not Linux: unknown
+    flags = read_cpu_flags()
+    if not flags:  # not Linux: unknown
         return {}
     return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
             "avx512_bf16": "avx512_bf16" in flags, "avx512_vnni": "avx512_vnni" in flags,

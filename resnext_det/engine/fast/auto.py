@@ -87,6 +87,18 @@ def parse_switch(value, key: str) -> Optional[bool]:
                      f"'on'/'off', or True/False")
 
 
+def read_cpu_flags() -> set:
+    """This machine's CPU flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux
+        pass
+    return set()
+
+
 @dataclasses.dataclass(frozen=True)
 class CpuFeatures:
     """The CPU flags that decide the layout (Linux ``/proc/cpuinfo`` flag names)."""
@@ -99,15 +111,7 @@ class CpuFeatures:
     @classmethod
     def detect(cls) -> "CpuFeatures":
         """This machine's flags (from ``/proc/cpuinfo``; else from torch's CPU capability)."""
-        flags = set()
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("flags"):
-                        flags = set(line.split(":", 1)[1].split())
-                        break
-        except OSError:
-            pass
+        flags = read_cpu_flags()
         if not flags:  # not Linux: torch knows the vector ISA it dispatches to
             cap = torch.backends.cpu.get_cpu_capability()
             return cls(avx2=cap in ("AVX2", "AVX512") or "AMX" in cap, avx512f=cap.startswith("AVX512"),
