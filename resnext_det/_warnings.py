@@ -30,6 +30,8 @@ KNOWN_THIRD_PARTY_LOG_WARNINGS = (
     # detectron2's ROIPooler asks torch.fx whether it is tracing; torch logs this once
     ("torch.fx._symbolic_trace", r"is_fx_tracing will return true",
      "detectron2's ROIPooler calls torch.fx's is_fx_tracing"),
+    # torch logs this when something imports torch.utils.cpp_extension on a machine without CUDA
+    ("torch.utils.cpp_extension", r"No CUDA runtime is found", "torch's cpp_extension import"),
     # onnxruntime.quantization (root logger) on every conv/GEMM whose bias is computed in the
     # graph (FrozenBN folded by the exporter): it leaves that bias in float, which is right
     ("", r"^Expected bias '.*' to be an initializer$", "ONNX Runtime static quantization"),

@@ -62,6 +62,9 @@ def quiet_export():
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        # we use the TorchScript-based exporter on purpose: the dynamo one fails on these models
+        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
         # the anchor generator's meshgrid call inside detectron2, seen only while tracing
         warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
         fx = logging.getLogger("torch.fx._symbolic_trace")  # "is_fx_tracing will return true ..."

@@ -96,17 +96,26 @@ class RandomStreams:
     resumed run makes (RPN anchor and RoI sampling, any global-stream augmentation) are the
     ones the uninterrupted run made."""
 
+    # Held as tensors, ints and lists only, so the checkpoint stays loadable by a plain
+    # torch.load(weights_only=True) and by stock detectron2 (numpy objects would not be).
     def state_dict(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        state = {"torch": torch.get_rng_state(),
+                 "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                           "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+                 "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next}}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
-        np.random.set_state(tuple(state["numpy"]))
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
         py = state["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
+        random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
