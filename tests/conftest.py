@@ -60,3 +60,19 @@ TINY_OPTS = [
     "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
     "SOLVER.CHECKPOINT_PERIOD", "1000",
 ]
+
+
+def train_batch():
+    """Two small training images (96x128, 128x96) with two boxes each, the same on every call:
+    the first-iteration loss comparisons of the fast-path tests feed it to every mode."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for h, w in ((96, 128), (128, 96)):
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 5.0, 90.0, 50.0]]))
+        inst.gt_classes = torch.tensor([0, 2])
+        out.append({"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst})
+    return out

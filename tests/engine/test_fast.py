@@ -5,12 +5,12 @@ import warnings
 
 import pytest
 import torch
+from conftest import train_batch
 import torch.nn.functional as F
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
-from detectron2.structures import Boxes, Instances
 
 from resnext_det.engine.fast import (
     apply_training_switches,
@@ -131,24 +131,13 @@ def test_invalid_precision_is_an_error(tiny_resnext_cfg):
         prepare_for_inference(model, precision="int8")
 
 
-def _train_batch():
-    g = torch.Generator().manual_seed(3)
-    out = []
-    for h, w in ((96, 128), (128, 96)):
-        inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 5.0, 90.0, 50.0]]))
-        inst.gt_classes = torch.tensor([0, 2])
-        out.append({"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst})
-    return out
-
-
 def _first_losses(model):
     from detectron2.utils.events import EventStorage
 
     model.train()
     torch.manual_seed(123)  # proposal / RoI sampling
     with EventStorage(0):
-        losses = model(_train_batch())
+        losses = model(train_batch())
     total = sum(losses.values())
     total.backward()
     return {k: v.item() for k, v in losses.items()}

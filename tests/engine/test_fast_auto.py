@@ -5,9 +5,9 @@ import logging
 
 import pytest
 import torch
+from conftest import train_batch
 
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from resnext_det.engine.fast import (
@@ -134,22 +134,11 @@ def test_probe_times_every_candidate_and_leaves_the_model_alone(tiny_resnext_cfg
     assert all(p.grad is None for p in model.parameters())
 
 
-def _batch():
-    g = torch.Generator().manual_seed(3)
-    out = []
-    for h, w in ((96, 128), (128, 96)):
-        inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 5.0, 90.0, 50.0]]))
-        inst.gt_classes = torch.tensor([0, 2])
-        out.append({"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst})
-    return out
-
-
 def _first_losses(model):
     model.train()
     torch.manual_seed(123)  # proposal / RoI sampling
     with EventStorage(0):
-        losses = model(_batch())
+        losses = model(train_batch())
     sum(losses.values()).backward()
     return {k: v.item() for k, v in losses.items()}
 
