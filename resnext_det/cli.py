@@ -219,6 +219,8 @@ def print_demo_report(cfg, args, seconds):
         lines["stage 2 AP, GT boxes as proposals (oracle)"] = figures["oracle_box_AP"]
     plot = plot_metrics({s.name: os.path.join(s.output_dir, "metrics.json")
                          for s in stages if s.kind == "train"},
+    if "shuffled_box_AP" in figures:
+        lines["stage 2 AP, another image's proposals (control)"] = figures["shuffled_box_AP"]
                         os.path.join(cfg.OUTPUT_DIR, "pictures", "losses_and_ap.png"), figures=lines)
     test = scfg.DATASETS.TEST[0]
     print(f"\nDemo ({args.demo}) finished in {seconds:.0f} s: COCO box AP on {test} = {ap:.1f}")
@@ -241,6 +243,9 @@ def print_demo_report(cfg, args, seconds):
     if "oracle_box_AP" in figures:
         print(f"  stage 2 with ground-truth boxes as proposals (oracle): box AP "
               f"{figures['oracle_box_AP']:.1f}")
+    if "shuffled_box_AP" in figures:
+        print(f"  stage 2 with each image given another image's proposals (control): box AP "
+              f"{figures['shuffled_box_AP']:.1f}")
     if cfg.RESNEXT_PLAN.DEMO.EXPORT:
         dep = export_and_evaluate(cfg, os.path.join(cfg.OUTPUT_DIR, "deploy"))
         print(f"  exported to ONNX: {dep['path']}: box AP {dep['results']['bbox']['AP']:.1f} through "

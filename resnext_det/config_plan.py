@@ -100,6 +100,10 @@ def add_plan_config(cfg: CN) -> CN:
     # After the fast_rcnn stage: also its box AP with the ground-truth boxes as proposals
     # (the ceiling a perfect RPN would give); results under plan_state.json "fast_rcnn".
     p.ORACLE_EVAL = False
+    # After the fast_rcnn stage: also its box AP with each test image given the stage-1
+    # proposals of another image (the control: it shows stage 2 depends on its proposals);
+    # results under plan_state.json "fast_rcnn" -> "shuffled".
+    p.SHUFFLED_EVAL = False
     # Demo pictures: how many val images to draw detections on, score threshold.
     p.DEMO = CN()
     p.DEMO.NUM_IMAGES = 6

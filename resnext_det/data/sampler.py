@@ -72,11 +72,13 @@ class ResumableTrainingSampler(TrainingSampler):
     def state_dict(self) -> Dict[str, int]:
         return {"seed": self._seed, "size": self._size}
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
+    def load_state_dict(self, state: Dict[str, int]) -> bool:
+        """Take the stream's seed from ``state``; False (nothing taken) when it was saved for
+        a dataset of another size, whose stream is meaningless here."""
         if int(state.get("size", self._size)) != self._size:
-            # another dataset: the old stream is meaningless; keep our own seed
-            return
+            return False
         self._seed = int(state["seed"])
+        return True
 
 
 class PositionSeededDataset(Dataset):

@@ -56,7 +56,7 @@ class _ProposalUnpickler(RestrictedUnpickler):
         return super().find_class(module, name)
 
 
-def _load_proposals(path: str):
+def load_proposal_file(path: str):
     """A proposal pickle read with :class:`_ProposalUnpickler`."""
     with open(path, "rb") as f:
         try:
@@ -84,7 +84,7 @@ def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Option
         raise TrainingConfigError(f"proposal file {proposal_file!r}{where} does not exist; run the RPN "
                                   "stage (or its proposal computation) first")
     try:
-        data = _load_proposals(proposal_file)
+        data = load_proposal_file(proposal_file)
     except Exception as e:  # WeightsError and friends: re-label for the context
         raise TrainingConfigError(f"cannot read proposal file {proposal_file!r}{where}: {e}") from None
     if not isinstance(data, dict) or not {"ids", "boxes"} <= set(data):

@@ -62,6 +62,8 @@ class Stage:
         outputs: files the stage produces (proposal files: dataset name -> path).
         recall_datasets: (proposals) datasets on which proposal recall is measured.
         oracle_eval: (train) also box AP with ground-truth boxes as proposals.
+        shuffled_eval: (train) also box AP with each test image given another image's
+            proposals (the control: what stage 2 scores without its own proposals).
     """
 
     name: str
@@ -71,6 +73,7 @@ class Stage:
     outputs: Dict[str, str] = dataclasses.field(default_factory=dict)
     recall_datasets: Tuple[str, ...] = ()
     oracle_eval: bool = False
+    shuffled_eval: bool = False
 
     @property
     def output_dir(self) -> str:
@@ -168,7 +171,8 @@ def build_plan(cfg: CfgNode) -> List[Stage]:
         Stage("rpn", "train", rpn),
         Stage("proposals", "proposals", props, outputs=dict(outputs),
               recall_datasets=tuple(base.DATASETS.TEST)),
-        Stage("fast_rcnn", "train", fast, evaluate=True, oracle_eval=bool(p.ORACLE_EVAL)),
+        Stage("fast_rcnn", "train", fast, evaluate=True, oracle_eval=bool(p.ORACLE_EVAL),
+              shuffled_eval=bool(p.SHUFFLED_EVAL)),
     ]
 
 
@@ -240,6 +244,8 @@ def plan_summary(cfg: CfgNode, world_size: int = 1) -> Dict[str, Any]:
             d["evaluate"] = "COCO box AP on " + ", ".join(c.DATASETS.TEST) if st.evaluate else None
             if st.oracle_eval:
                 d["evaluate"] += " (and with ground-truth boxes as proposals: oracle)"
+            if st.shuffled_eval:
+                d["evaluate"] += " (and with another image's proposals: control)"
         else:
             d["datasets"] = list(c.DATASETS.TEST)
             d["proposals_per_image"] = m.RPN.POST_NMS_TOPK_TEST

@@ -14,7 +14,8 @@ Results recorded per stage (``plan_state.json`` ``results``):
   ``box_proposals`` dict (percent, incl. small/medium/large);
 * ``fast_rcnn`` / ``detector``: the COCO results (``bbox``: AP, AP50 ...); with
   ``RESNEXT_PLAN.ORACLE_EVAL`` also ``oracle``: the same model's results with the
-  ground-truth boxes as its proposals.
+  ground-truth boxes as its proposals; with ``RESNEXT_PLAN.SHUFFLED_EVAL`` also
+  ``shuffled``: its results with each test image given another image's stage-1 proposals.
 """
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ from detectron2.utils import comm
 from ..data.coco import register_coco_splits
 from ..data.synthetic import register_synthetic_coco
 from ..io import atomic_open, atomic_write_json
-from .checks import TrainingConfigError, check_proposal_file
+from .checks import TrainingConfigError, check_proposal_file, load_proposal_file
 from .plan import STATE_FILE, Stage, build_plan, resolve_datasets
 from .pretrain import pretrain_classifier, pretrained_weights_path
-from .trainer import EVAL_RESULTS, ResNeXtTrainer, load_checkpoint
+from .trainer import EVAL_RESULTS, ResNeXtTrainer, clear_training_errors, for_cpu_workers, load_checkpoint
 
 __all__ = [
     "PlanState",
@@ -288,6 +289,45 @@ def write_gt_proposals(dataset_name: str, path: str) -> str:
     return path
 
 
+def write_shuffled_proposals(proposal_file: str, path: str) -> str:
+    """``proposal_file`` with each image given the next image's proposals (the last image
+    the first's): proposals that say nothing about the image they are used on.
+
+    Args:
+        proposal_file: a detectron2 proposal file (stage 1's).
+        path: the ``.pkl`` to write (atomically).
+    """
+    data = load_proposal_file(proposal_file)
+    n = len(data["ids"])
+    if n < 2:
+        raise TrainingConfigError(f"{proposal_file}: {n} image(s); shuffling proposals needs two or more")
+    nxt = [(i + 1) % n for i in range(n)]
+    out = dict(data, boxes=[data["boxes"][j] for j in nxt],
+               objectness_logits=[data["objectness_logits"][j] for j in nxt])
+    with atomic_open(path, "wb") as f:
+        pickle.dump(out, f, pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _evaluate_with_proposals(cfg: CfgNode, model, trainer_cls, name: str, kind: str, write) -> Dict[str, Any]:
+    """``trainer_cls.test`` of ``model`` with each test set's proposals replaced by the file
+    ``write(dataset, its proposal file, new path)`` makes: ``<OUTPUT_DIR>/<name>/<dataset>_<kind>_proposals.pkl``
+    (results under ``<OUTPUT_DIR>/<name>/inference/``)."""
+    ocfg = cfg.clone()
+    ocfg.defrost()
+    ocfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, name)
+    files = []
+    for dataset, source in zip(cfg.DATASETS.TEST, cfg.DATASETS.PROPOSAL_FILES_TEST):
+        path = os.path.join(ocfg.OUTPUT_DIR, f"{dataset}_{kind}_proposals.pkl")
+        if comm.is_main_process():
+            write(dataset, source, path)
+        files.append(path)
+    comm.synchronize()
+    ocfg.DATASETS.PROPOSAL_FILES_TEST = tuple(files)
+    ocfg.freeze()
+    return trainer_cls.test(ocfg, model)
+
+
 def evaluate_with_gt_proposals(cfg: CfgNode, model, trainer_cls) -> Dict[str, Any]:
     """COCO results of a Fast R-CNN ``model`` (``PrecomputedProposals``) given the
     ground-truth boxes as proposals: the ceiling of the two-stage plan's stage 2.
@@ -299,19 +339,22 @@ def evaluate_with_gt_proposals(cfg: CfgNode, model, trainer_cls) -> Dict[str, An
         model: the trained model.
         trainer_cls: its ``test`` runs the evaluation.
     """
-    ocfg = cfg.clone()
-    ocfg.defrost()
-    ocfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "oracle")
-    files = []
-    for dataset in cfg.DATASETS.TEST:
-        path = os.path.join(ocfg.OUTPUT_DIR, f"{dataset}_gt_proposals.pkl")
-        if comm.is_main_process():
-            write_gt_proposals(dataset, path)
-        files.append(path)
-    comm.synchronize()
-    ocfg.DATASETS.PROPOSAL_FILES_TEST = tuple(files)
-    ocfg.freeze()
-    return trainer_cls.test(ocfg, model)
+    return _evaluate_with_proposals(cfg, model, trainer_cls, "oracle", "gt",
+                                    lambda dataset, _, path: write_gt_proposals(dataset, path))
+
+
+def evaluate_with_shuffled_proposals(cfg: CfgNode, model, trainer_cls) -> Dict[str, Any]:
+    """COCO results of a Fast R-CNN ``model`` given, for each test image, another image's
+    stage-1 proposals (:func:`write_shuffled_proposals`): the control that shows how much
+    stage 2 owes to its own proposals. Files go to ``<OUTPUT_DIR>/shuffled/``.
+
+    Args:
+        cfg: the stage's config (``MODEL.LOAD_PROPOSALS``, ``DATASETS.PROPOSAL_FILES_TEST``).
+        model: the trained model.
+        trainer_cls: its ``test`` runs the evaluation.
+    """
+    return _evaluate_with_proposals(cfg, model, trainer_cls, "shuffled", "shuffled",
+                                    lambda _, source, path: write_shuffled_proposals(source, path))
 
 
 def _eval_results(stage: Stage) -> Dict[str, Any]:
@@ -324,7 +367,7 @@ def _eval_results(stage: Stage) -> Dict[str, Any]:
 
 def stage_figures(results: Dict[str, Any]) -> Dict[str, float]:
     """The headline figure of each stage from ``plan_state.json`` results (flat, for printing
-    and plotting): ``rpn_AR@100`` ... (fractions), ``box_AP``, ``oracle_box_AP`` (percent).
+    and plotting): ``rpn_AR@100`` ... (fractions), ``box_AP``, ``oracle_box_AP``, ``shuffled_box_AP`` (percent).
 
     Args:
         results: ``PlanState.data["results"]``.
@@ -340,6 +383,8 @@ def stage_figures(results: Dict[str, Any]) -> Dict[str, float]:
         out["box_AP50"] = final["bbox"]["AP50"]
     if "bbox" in final.get("oracle", {}):
         out["oracle_box_AP"] = final["oracle"]["bbox"]["AP"]
+    if "bbox" in final.get("shuffled", {}):
+        out["shuffled_box_AP"] = final["shuffled"]["bbox"]["AP"]
     return out
 
 
@@ -352,9 +397,12 @@ def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[st
         cfg: the full config (datasets must already be registered: :func:`prepare_datasets`).
         resume: skip stages that ``plan_state.json`` marks finished and continue the
             unfinished training stage from its last checkpoint. Without it, everything reruns.
-        trainer_cls: the trainer (default :class:`resnext_det.engine.trainer.ResNeXtTrainer`).
+        trainer_cls: the trainer (default :class:`resnext_det.engine.trainer.ResNeXtTrainer`);
+            with several CPU worker processes, its :func:`for_cpu_workers` form.
     """
     trainer_cls = trainer_cls or ResNeXtTrainer
+    if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
+        trainer_cls = for_cpu_workers(trainer_cls)
     stages = build_plan(cfg)
     state = PlanState(cfg.OUTPUT_DIR)
     if resume:
@@ -399,7 +447,8 @@ def _train(stage: Stage, trainer_cls, resume: bool) -> Dict[str, Any]:
             os.unlink(stale)
     trainer = trainer_cls(stage.cfg)
     trainer.resume_or_load(resume=resume)
-    trainer.train()
+    with clear_training_errors(trainer):  # a diverged run: one clear error, not a traceback
+        trainer.train()
     res = _plain(_eval_results(stage)) if stage.evaluate else {}
     if stage.evaluate and "bbox" in res:
         logger.info("Stage '%s' box AP on %s: %.1f (AP50 %.1f)", stage.name,
@@ -410,6 +459,12 @@ def _train(stage: Stage, trainer_cls, resume: bool) -> Dict[str, Any]:
             res["oracle"] = oracle
             logger.info("Stage '%s' box AP with ground-truth boxes as proposals (oracle): %.1f",
                         stage.name, oracle["bbox"]["AP"])
+    if stage.shuffled_eval:
+        shuffled = _plain(evaluate_with_shuffled_proposals(stage.cfg, trainer.model, trainer_cls))
+        if "bbox" in shuffled:
+            res["shuffled"] = shuffled
+            logger.info("Stage '%s' box AP with each image given another image's proposals (control): "
+                        "%.1f", stage.name, shuffled["bbox"]["AP"])
     del trainer
     return res
 

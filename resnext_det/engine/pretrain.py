@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from typing import Any, Dict, List, Tuple
 
@@ -36,6 +35,7 @@ from torch.nn import functional as F
 from ..config import ResNeXtConfigError, resolve_resnext_spec
 from ..io import atomic_open, atomic_write_json
 from ..modeling.backbone import build_resnext
+from ..weights.names import to_torchvision_name
 
 __all__ = [
     "ResNeXtClassifier",
@@ -82,20 +82,6 @@ class ResNeXtClassifier(nn.Module):
 
 # detectron2 names (the project's ResNet) -> torchvision ResNet names. The inverse of
 # resnext_det.weights.sources' torchvision reader; tests load the result through it.
-_TO_TORCHVISION = [
-    (re.compile(r"^stem\.conv1\.weight$"), lambda m: "conv1.weight"),
-    (re.compile(r"^stem\.conv1\.norm\.(\w+)$"), lambda m: f"bn1.{m[1]}"),
-    (re.compile(r"^res(\d)\.(\d+)\.conv(\d)\.weight$"),
-     lambda m: f"layer{int(m[1]) - 1}.{m[2]}.conv{m[3]}.weight"),
-    (re.compile(r"^res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)$"),
-     lambda m: f"layer{int(m[1]) - 1}.{m[2]}.bn{m[3]}.{m[4]}"),
-    (re.compile(r"^res(\d)\.(\d+)\.shortcut\.weight$"),
-     lambda m: f"layer{int(m[1]) - 1}.{m[2]}.downsample.0.weight"),
-    (re.compile(r"^res(\d)\.(\d+)\.shortcut\.norm\.(\w+)$"),
-     lambda m: f"layer{int(m[1]) - 1}.{m[2]}.downsample.1.{m[3]}"),
-]
-
-
 def to_torchvision_state_dict(model: ResNeXtClassifier) -> Dict[str, torch.Tensor]:
     """``model``'s weights under torchvision's ResNet names (``conv1``, ``bn1``,
     ``layer1..4``, ``fc``), as ``torchvision.models.resnext50_32x4d().state_dict()`` has them.
@@ -105,13 +91,10 @@ def to_torchvision_state_dict(model: ResNeXtClassifier) -> Dict[str, torch.Tenso
     """
     out = {}
     for name, tensor in model.backbone.state_dict().items():
-        for pattern, rename in _TO_TORCHVISION:
-            m = pattern.match(name)
-            if m:
-                out[rename(m)] = tensor.detach().clone()
-                break
-        else:  # a new module in the backbone must get a torchvision name here
-            raise KeyError(f"no torchvision name for backbone tensor {name!r}")
+        tv_name = to_torchvision_name(name)
+        if tv_name is None:  # a new module in the backbone must get a torchvision name
+            raise KeyError(f"no torchvision name for backbone tensor {name!r} (weights/names.py)")
+        out[tv_name] = tensor.detach().clone()
     for name, tensor in model.fc.state_dict().items():
         out[f"fc.{name}"] = tensor.detach().clone()
     return out

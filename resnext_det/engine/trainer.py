@@ -1,16 +1,19 @@
 """ResNeXtTrainer: detectron2's DefaultTrainer with COCO evaluation, the project's
 checkpointer and (optionally) the fast inference path for evaluation.
 
-Overridden: ``build_train_loader`` (checked mapper, resumable sampler), ``build_hooks``
-(no checkpoint of non-finite weights), ``resume_or_load`` (sampler data position),
-``train`` (solver check first, clear errors), ``build_evaluator`` and ``test``; the
-training step, writers (ETA and losses on the console, ``metrics.json``, TensorBoard
-events) and the other hooks are detectron2's.
+It overrides only DefaultTrainer's documented hooks: ``build_model`` (seeded from SEED),
+``build_optimizer`` (solver check, training speed switches), ``build_train_loader``
+(checked mapper, resumable sampler), ``build_hooks`` (the project's checkpointer with the
+data position and random streams in every checkpoint; no checkpoint of non-finite weights),
+``build_evaluator`` and ``test``. The training step, ``resume_or_load``, ``train``, the
+writers (ETA and losses on the console, ``metrics.json``, TensorBoard events) and the other
+hooks are detectron2's. Several CPU processes (GLOO) need one more change, kept apart in
+:func:`for_cpu_workers`.
 
 Kill safety: checkpoints and ``last_checkpoint`` are written atomically (the project's
-checkpointer), the sampler's seed is part of every checkpoint and a resumed run skips the
-images the finished iterations consumed, so ``--resume`` continues with the same
-iteration, learning rate and data position.
+checkpointer); the sampler's seed and the number of images the finished iterations used are
+part of every checkpoint (:class:`DataPosition`), so ``--resume`` continues with the same
+iteration, learning rate, data position and random streams.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import logging
 import os
 import random
 import weakref
+from typing import Optional
 
 import numpy as np
 import torch
@@ -43,7 +47,8 @@ from .fast import apply_training_switches, prepare_for_inference
 from .fast.auto import parse_switch
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
-           "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams"]
+           "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams",
+           "DataPosition", "for_cpu_workers", "clear_training_errors"]
 
 logger = logging.getLogger(__name__)
 # training progress lines go where detectron2's own go (console and log.txt via default_setup)
@@ -165,44 +170,55 @@ class _QuietExpectedErrors(logging.Filter):
         return not (exc is not None and isinstance(exc, (FloatingPointError,) + _USER_ERRORS))
 
 
-class ResNeXtTrainer(DefaultTrainer):
-    """DefaultTrainer + COCO box AP (pycocotools, no C++ extension needed) + results JSON."""
+class DataPosition:
+    """The training data's place, as a checkpointable: the sampler's seed and the number of
+    images the finished iterations consumed (``(iteration + 1) * SOLVER.IMS_PER_BATCH`` when
+    a checkpoint is written after ``iteration``). Loading it (detectron2's ``resume_or_load``
+    loads every checkpointable) points the sampler past those images; the data loader's
+    iterator is created at the first step, after that."""
 
-    def __init__(self, cfg):
-        # DefaultTrainer's construction order, with two changes: DDP without device_ids on
-        # CPU (detectron2 passes [local_rank], which DDP refuses for CPU modules, so GLOO
-        # training on CPU processes would fail), and the project's checkpointer.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        validate_for_workers(cfg, comm.get_world_size())  # fail in seconds, not mid-run
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+    def __init__(self, sampler: ResumableTrainingSampler, trainer, ims_per_batch: int):
+        self._sampler, self._trainer, self._ims_per_batch = sampler, trainer, int(ims_per_batch)
+
+    def state_dict(self) -> dict:
+        return {**self._sampler.state_dict(), "images": (int(self._trainer.iter) + 1) * self._ims_per_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._sampler.load_state_dict(state) and "images" in state:
+            self._sampler.start = int(state["images"])
+            _train_logger.info("Resuming at iteration %d: data stream seed %s, skipping %d images",
+                               self._sampler.start // self._ims_per_batch, self._sampler.seed,
+                               self._sampler.start)
+
+
+class ResNeXtTrainer(DefaultTrainer):
+    """DefaultTrainer + COCO box AP (pycocotools, no C++ extension needed) + results JSON,
+    exactly resumable; only detectron2's documented hooks are overridden."""
+
+    @property
+    def sampler(self) -> Optional[ResumableTrainingSampler]:
+        """The training data's sampler (None with a sampler of detectron2's)."""
+        return getattr(self.data_loader, "resnext_sampler", None)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's, after seeding the random streams from ``SEED`` (when >= 0): each
+        trainer (each stage of a plan) starts from the same random state whatever ran before
+        it in this process (a resumed plan skips finished stages)."""
         if cfg.SEED >= 0:
-            # each trainer (each stage of a plan) starts from the same random state whatever
-            # ran before it in this process (a resumed plan skips finished stages)
             seed_all_rng(cfg.SEED + comm.get_rank())
-        model = self.build_model(cfg)
-        # MODEL.RESNEXT.FAST.{CHANNELS_LAST_TRAIN, AUTOCAST_TRAIN, FOLD_FROZEN_BN_TRAIN}; before
-        # the optimizer is built, so its state follows the parameters' memory format
-        model = apply_recorded_training_switches(model, cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        self.sampler = getattr(data_loader, "resnext_sampler", None)
-        ddp_kwargs = {"broadcast_buffers": False}
-        if cfg.MODEL.DEVICE == "cpu":
-            ddp_kwargs["device_ids"] = None
-        model = create_ddp_model(model, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = make_checkpointer(model, cfg, trainer=weakref.proxy(self))
-        if self.sampler is not None:  # its seed goes into every checkpoint
-            self.checkpointer.add_checkpointable("sampler", self.sampler)
-        self.checkpointer.add_checkpointable("rng", RandomStreams())  # so do the random streams
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        return super().build_model(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's, after two things that must precede it: the SOLVER values are
+        checked (:class:`TrainingConfigError` in seconds, not mid-run) and
+        ``MODEL.RESNEXT.FAST.{CHANNELS_LAST_TRAIN, AUTOCAST_TRAIN, FOLD_FROZEN_BN_TRAIN}`` are
+        applied to ``model`` in place (:func:`apply_recorded_training_switches`), so the
+        optimizer's state follows the parameters' memory format."""
+        validate_for_workers(cfg, comm.get_world_size())
+        apply_recorded_training_switches(model, cfg)
+        return super().build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -235,64 +251,17 @@ class ResNeXtTrainer(DefaultTrainer):
         return loader
 
     def build_hooks(self):
-        """detectron2's hooks; the periodic checkpointer refuses to save non-finite weights."""
-        ret = super().build_hooks()
-        return [_FiniteCheckpointer(h.checkpointer, h.period, max_to_keep=h.max_to_keep)
-                if isinstance(h, d2_hooks.PeriodicCheckpointer) else h for h in ret]
-
-    def resume_or_load(self, resume=True):
-        """detectron2's, then the sampler starts after the images the finished iterations used
-        (the data loader iterator is created lazily at the first step, after this)."""
-        super().resume_or_load(resume=resume)
+        """detectron2's hooks, saving with the project's checkpointer (atomic writes, every
+        weight format, the input-format check), which replaces detectron2's here, before the
+        hooks that use it are built, and saves the data position and the random streams in
+        every checkpoint; its periodic checkpointer refuses to save non-finite weights."""
+        self.checkpointer = make_checkpointer(self.model, self.cfg, trainer=weakref.proxy(self))
         if self.sampler is not None:
-            self.sampler.set_start_iter(self.start_iter, self.cfg.SOLVER.IMS_PER_BATCH)
-            if self.start_iter:
-                _train_logger.info("Resuming at iteration %d: data stream seed %s, skipping %d images",
-                            self.start_iter, self.sampler._seed, self.sampler.start)
-
-    def train(self):
-        """detectron2's ``DefaultTrainer.train`` with clear errors: a non-finite loss raises
-        :class:`NonFiniteLossError` naming the iteration, the loss terms and the last
-        checkpoint (nothing is saved on that path); the project's input errors are logged
-        as one line."""
-        quiet = _QuietExpectedErrors()  # these get one clear line below, not a traceback
-        _train_logger.addFilter(quiet)
-        try:
-            return super().train()
-        except NonFiniteLossError:
-            raise
-        except FloatingPointError as e:
-            msg = str(e)
-            if "iteration" not in msg:  # e.g. the box head's "Predicted boxes ... Inf/NaN"
-                msg = f"Non-finite values at iteration={self.iter}: {msg}"
-            if "loss_dict" not in msg:
-                msg += f"\n{self._last_losses()}"
-            raise NonFiniteLossError(f"{msg}\n{self._recovery_hint()}") from None
-        except _USER_ERRORS as e:
-            _train_logger.error("Training stopped at iteration %d: %s", self.iter, e)
-            raise
-        finally:
-            _train_logger.removeFilter(quiet)
-
-    def _last_losses(self) -> str:
-        try:
-            latest = self.storage.latest()
-        except Exception:  # no storage yet
-            return "No loss was recorded before."
-        losses = {k: v for k, v in latest.items() if k.startswith("loss") or k == "total_loss"}
-        if not losses:
-            return "No loss was recorded before."
-        it = max(i for _, i in losses.values())
-        terms = ", ".join(f"{k}={v:.4g}" for k, (v, _) in sorted(losses.items()))
-        return f"Loss terms at the last finite iteration {it}: {terms}"
-
-    def _recovery_hint(self) -> str:
-        last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
-        where = (f"The last good checkpoint {last} is unchanged (no checkpoint is written after a "
-                 "non-finite loss)" if last else "No checkpoint was written yet")
-        return (f"{where}. Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR}) or "
-                f"lengthen SOLVER.WARMUP_ITERS (now {self.cfg.SOLVER.WARMUP_ITERS}), or enable "
-                "SOLVER.CLIP_GRADIENTS, then rerun (with --resume to continue from that checkpoint).")
+            self.checkpointer.add_checkpointable(
+                "sampler", DataPosition(self.sampler, weakref.proxy(self), self.cfg.SOLVER.IMS_PER_BATCH))
+        self.checkpointer.add_checkpointable("rng", RandomStreams())
+        return [_FiniteCheckpointer(h.checkpointer, h.period, max_to_keep=h.max_to_keep)
+                if isinstance(h, d2_hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -323,6 +292,90 @@ class ResNeXtTrainer(DefaultTrainer):
         return results
 
 
+class _CpuWorkers:
+    """DefaultTrainer's construction for several CPU processes (GLOO): detectron2's
+    ``DefaultTrainer.__init__`` gives ``DistributedDataParallel`` ``device_ids=[local_rank]``,
+    which DDP refuses for CPU modules ("device_ids ... only work with ... GPU modules"), so
+    this one constructor builds the same parts with the same hooks, in the same order, and
+    DDP without device_ids. Use through :func:`for_cpu_workers`."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
+        self.register_hooks(self.build_hooks())  # ResNeXtTrainer's: it sets the checkpointer
+
+
+def for_cpu_workers(trainer_cls):
+    """``trainer_cls`` (ResNeXtTrainer or a subclass) as it must be built when several CPU
+    processes train together (see :class:`_CpuWorkers`); ``trainer_cls`` itself otherwise
+    unchanged. The plan runner applies it when ``MODEL.DEVICE`` is cpu and there are several
+    workers."""
+    if issubclass(trainer_cls, _CpuWorkers):
+        return trainer_cls
+    return type(f"{trainer_cls.__name__}OnCpuWorkers", (_CpuWorkers, trainer_cls),
+                {"__doc__": trainer_cls.__doc__, "__module__": trainer_cls.__module__})
+
+
+def last_losses(trainer) -> str:
+    """The loss terms of the last iteration ``trainer`` recorded, as one line."""
+    try:
+        latest = trainer.storage.latest()
+    except Exception:  # no storage yet
+        return "No loss was recorded before."
+    losses = {k: v for k, v in latest.items() if k.startswith("loss") or k == "total_loss"}
+    if not losses:
+        return "No loss was recorded before."
+    it = max(i for _, i in losses.values())
+    terms = ", ".join(f"{k}={v:.4g}" for k, (v, _) in sorted(losses.items()))
+    return f"Loss terms at the last finite iteration {it}: {terms}"
+
+
+def recovery_hint(trainer) -> str:
+    """What to do after ``trainer`` diverged: the last good checkpoint and what to change."""
+    ckpt = trainer.checkpointer
+    last = ckpt.get_checkpoint_file() if ckpt.has_checkpoint() else None
+    where = (f"The last good checkpoint {last} is unchanged (no checkpoint is written after a "
+             "non-finite loss)" if last else "No checkpoint was written yet")
+    return (f"{where}. Lower SOLVER.BASE_LR (now {trainer.cfg.SOLVER.BASE_LR}) or "
+            f"lengthen SOLVER.WARMUP_ITERS (now {trainer.cfg.SOLVER.WARMUP_ITERS}), or enable "
+            "SOLVER.CLIP_GRADIENTS, then rerun (with --resume to continue from that checkpoint).")
+
+
+@contextlib.contextmanager
+def clear_training_errors(trainer):
+    """Around ``trainer.train()``: a non-finite loss raises :class:`NonFiniteLossError`
+    naming the iteration, the loss terms and the last checkpoint (nothing is saved on that
+    path); the project's input errors are logged as one line; neither gets detectron2's
+    "Exception during training" traceback."""
+    quiet = _QuietExpectedErrors()
+    _train_logger.addFilter(quiet)
+    try:
+        yield
+    except NonFiniteLossError:
+        raise
+    except FloatingPointError as e:
+        msg = str(e)
+        if "iteration" not in msg:  # e.g. the box head's "Predicted boxes ... Inf/NaN"
+            msg = f"Non-finite values at iteration={trainer.iter}: {msg}"
+        if "loss_dict" not in msg:
+            msg += f"\n{last_losses(trainer)}"
+        raise NonFiniteLossError(f"{msg}\n{recovery_hint(trainer)}") from None
+    except _USER_ERRORS as e:
+        _train_logger.error("Training stopped at iteration %d: %s", trainer.iter, e)
+        raise
+    finally:
+        _train_logger.removeFilter(quiet)
+
+
 class _FiniteCheckpointer(d2_hooks.PeriodicCheckpointer):
     """detectron2's periodic checkpointer hook that never saves NaN/inf weights: a diverged
     step must not replace the last good checkpoint."""
@@ -337,5 +390,5 @@ class _FiniteCheckpointer(d2_hooks.PeriodicCheckpointer):
                 more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
                 raise NonFiniteLossError(
                     f"Weights became infinite or NaN at iteration={it}: {', '.join(bad[:5])}{more}; "
-                    f"checkpoint not saved.\n{self.trainer._recovery_hint()}")
+                    f"checkpoint not saved.\n{recovery_hint(self.trainer)}")
         super().after_step()

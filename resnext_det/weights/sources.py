@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..config import BLOCKS_PER_STAGE, PRESETS
 from ..io import atomic_open
-from .names import D2_BN_EPS
+from .names import D2_BN_EPS, from_torchvision_name
 from .safe_io import SUPPORTED, WeightsError, safe_load, sniff_format
 from .torch7 import torch7_to_detectron2
 
@@ -85,18 +85,6 @@ def _progress(items, enabled: bool, desc: str):
 
 
 # ----------------------------------------------------------------------------- torchvision / timm
-_TV_PATTERNS = [
-    (re.compile(r"^conv1\.weight$"), lambda m: "stem.conv1.weight"),
-    (re.compile(r"^bn1\.(weight|bias|running_mean|running_var)$"), lambda m: f"stem.conv1.norm.{m[1]}"),
-    (re.compile(r"^layer(\d)\.(\d+)\.conv(\d)\.weight$"),
-     lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"),
-    (re.compile(r"^layer(\d)\.(\d+)\.bn(\d)\.(weight|bias|running_mean|running_var)$"),
-     lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
-    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.0\.weight$"),
-     lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.weight"),
-    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(weight|bias|running_mean|running_var)$"),
-     lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
-]
 _CLASSIFIER = re.compile(r"^(fc|linear|pred|head\.fc|classifier)[._]")
 
 
@@ -108,13 +96,11 @@ def _convert_torchvision(sd: Dict[str, Any], path: str, progress: bool):
         if _CLASSIFIER.match(k):
             dropped.append(k)
             continue
-        for pat, fn in _TV_PATTERNS:
-            m = pat.match(k)
-            if m:
-                out[fn(m)] = _to_tensor(sd[k])
-                break
-        else:
+        name = from_torchvision_name(k)
+        if name is None:
             unknown.append(k)
+        else:
+            out[name] = _to_tensor(sd[k])
     if unknown:
         raise WeightsError(
             f"{path}: {len(unknown)} tensors have names outside the torchvision/timm ResNet layout "

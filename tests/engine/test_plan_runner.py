@@ -19,6 +19,7 @@ from resnext_det.engine.plan_runner import (
     prepare_datasets,
     stage_figures,
     write_gt_proposals,
+    write_shuffled_proposals,
 )
 
 
@@ -86,6 +87,20 @@ def test_gt_proposal_file_is_a_valid_proposal_file(shapes, tmp_path):
     assert [len(b) for b in data["boxes"]] == [len(d["annotations"]) for d in dicts]
     x, y, w, h = dicts[0]["annotations"][0]["bbox"]
     np.testing.assert_allclose(data["boxes"][0][0], [x, y, x + w, y + h], rtol=1e-6)
+
+
+def test_shuffled_proposal_file_gives_each_image_another_images_proposals(shapes, tmp_path):
+    gt = write_gt_proposals("runner_shapes_val", str(tmp_path / "gt.pkl"))
+    path = write_shuffled_proposals(gt, str(tmp_path / "shuffled.pkl"))
+    dicts = DatasetCatalog.get("runner_shapes_val")
+    check_proposal_file(path, [d["image_id"] for d in dicts], "runner_shapes_val")
+    src, out = pickle.load(open(gt, "rb")), pickle.load(open(path, "rb"))
+    n = len(src["ids"])
+    assert n >= 2 and list(out["ids"]) == list(src["ids"])
+    for i in range(n):  # image i now holds image i+1's boxes and scores, not its own
+        np.testing.assert_array_equal(out["boxes"][i], src["boxes"][(i + 1) % n])
+        np.testing.assert_array_equal(out["objectness_logits"][i], src["objectness_logits"][(i + 1) % n])
+    assert not all(np.array_equal(out["boxes"][i], src["boxes"][i]) for i in range(n))
 
 
 def test_stage_2_trains_on_stage_1_proposals(shapes):

@@ -95,9 +95,14 @@ def test_two_stage_miniature_runs_end_to_end(tmp_path):
     oracle = state["results"]["fast_rcnn"]["oracle"]["bbox"]["AP"]
     assert math.isfinite(oracle) and 0 <= oracle <= 100
     assert (out / "stage2_fast_rcnn" / "oracle" / "synthetic_shapes_val_gt_proposals.pkl").is_file()
+    # the control: the same model given another image's proposals (far lower on the full demo)
+    shuffled = state["results"]["fast_rcnn"]["shuffled"]["bbox"]["AP"]
+    assert math.isfinite(shuffled) and 0 <= shuffled <= 100
+    assert (out / "stage2_fast_rcnn" / "shuffled" / "synthetic_shapes_val_shuffled_proposals.pkl").is_file()
     for text in ("pretraining (miniature ImageNet): top-1", "stage 1 (RPN) proposals on "
                  "synthetic_shapes_val: AR@100", "stage 2 (Fast R-CNN): box AP",
-                 "with ground-truth boxes as proposals (oracle): box AP"):
+                 "with ground-truth boxes as proposals (oracle): box AP",
+                 "with each image given another image's proposals (control): box AP"):
         assert text in r.stdout, text
 
     # --eval-only on the stage-2 checkpoint gives the same AP (and rewrites the results JSON)
