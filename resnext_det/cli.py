@@ -16,6 +16,7 @@ override the config. Several processes are started with ``detectron2.engine.laun
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -26,9 +27,13 @@ import time
 # with several CPU processes on the same cores, spinning threads slow each other down up to
 # ~10x, so cli() makes the CPU worker processes it launches sleep instead (see below).
 
-import resnext_det
-
+import torch.multiprocessing as mp
+import yaml
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import resnext_det
 
 from resnext_det.config import ResNeXtConfigError, check_device
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
@@ -38,6 +43,7 @@ from resnext_det.deploy.evaluate import check_exported_model, evaluate_exported,
 from resnext_det.engine.checks import TrainingConfigError
 from resnext_det.engine.plan import build_plan, final_stage, plan_summary, resolve_datasets
 from resnext_det.engine.plan_runner import PlanState, prepare_datasets, run_plan, stage_figures
+from resnext_det.engine.pretrain import pretrained_weights_path
 from resnext_det.engine.trainer import (
     NonFiniteLossError,
     ResNeXtTrainer,
@@ -144,8 +150,6 @@ def evaluate_only(cfg, resume=False, runtime="onnxruntime", precision="fp32"):
 def main(args, trainer_cls=None):
     """Per-process entry (what launch() runs in each worker). In a spawned worker, the
     project's errors print one line and exit with 2; in-process, ``cli`` reports them."""
-    from detectron2.utils import comm
-
     if comm.get_world_size() <= 1:
         return _main(args, trainer_cls)
     try:
@@ -159,9 +163,6 @@ def _main(args, trainer_cls=None):
     cfg = setup_cfg(args)
     default_setup(cfg, args)
     # the project's own progress lines (plan stages, resume) on the console and in log.txt
-    from detectron2.utils import comm
-    from detectron2.utils.logger import setup_logger
-
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnext_det",
                  abbrev_name="resnext")
     logging.getLogger("resnext_det").propagate = True  # as before, for handlers set up elsewhere
@@ -198,8 +199,9 @@ def check_files(cfg, args):
 def print_demo_report(cfg, args, seconds):
     """Pictures (detections, losses and each stage's quality) of a finished demo run; prints
     each stage's figures and the paths. Returns ``(AP, picture paths, plot path)``."""
+    # lazy: importing the demo's drawing (detectron2's Visualizer, matplotlib) costs 0.22 s
+    # (measured, python -X importtime), and only a finished --demo run draws
     from resnext_det.engine.demo import draw_detections, plot_metrics
-    from resnext_det.engine.pretrain import pretrained_weights_path
 
     stages = build_plan(cfg)
     final = final_stage(stages)
@@ -217,18 +219,16 @@ def print_demo_report(cfg, args, seconds):
         lines["stage 1 (RPN) AR@100 x100"] = 100 * figures["rpn_AR@100"]
     if "oracle_box_AP" in figures:
         lines["stage 2 AP, GT boxes as proposals (oracle)"] = figures["oracle_box_AP"]
-    plot = plot_metrics({s.name: os.path.join(s.output_dir, "metrics.json")
-                         for s in stages if s.kind == "train"},
     if "shuffled_box_AP" in figures:
         lines["stage 2 AP, another image's proposals (control)"] = figures["shuffled_box_AP"]
+    plot = plot_metrics({s.name: os.path.join(s.output_dir, "metrics.json")
+                         for s in stages if s.kind == "train"},
                         os.path.join(cfg.OUTPUT_DIR, "pictures", "losses_and_ap.png"), figures=lines)
     test = scfg.DATASETS.TEST[0]
     print(f"\nDemo ({args.demo}) finished in {seconds:.0f} s: COCO box AP on {test} = {ap:.1f}")
     if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:
         info_path = pretrained_weights_path(resolve_datasets(cfg)) + ".json"
         if os.path.isfile(info_path):
-            import json
-
             with open(info_path) as f:
                 info = json.load(f)["results"]
             print(f"  pretraining (miniature ImageNet): top-1 {info['top1']:.1f}% on val crops, "
@@ -296,8 +296,6 @@ def cli(argv=None):
         print(f"train_net.py: error: training diverged: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # workers exited (their message is already on stderr)
-        import torch.multiprocessing as mp
-
         if isinstance(e, mp.ProcessExitedException) and e.exit_code in (1, 2):
             return e.exit_code
         raise
@@ -309,8 +307,6 @@ def _cli(args):
     if not args.eval_only:  # bad solver values fail before any process starts
         validate_plan_solvers(cfg, world_size)
     if args.dry_run:
-        import yaml
-
         summary = plan_summary(cfg, world_size)
         if not cfg.MODEL.WEIGHTS and not cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:
             summary["config"]["note"] = ("MODEL.WEIGHTS is empty: stages start from random "
@@ -320,8 +316,6 @@ def _cli(args):
     start = time.perf_counter()
     if args.machine_rank == 0:
         if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:  # its progress on the console, before workers start
-            from detectron2.utils.logger import setup_logger
-
             setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
         # makes the synthetic set (and the PRETRAIN weights) once, before workers start
         prepare_datasets(cfg)

@@ -14,6 +14,14 @@ import dataclasses
 import os
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+# Importing detectron2.data registers its builtin splits under the root of that moment; that
+# has happened already (``import resnext_det`` imports detectron2.data), so importing here
+# changes nothing: register_coco_splits re-points the splits at the root of call time.
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets.builtin import _PREDEFINED_SPLITS_COCO
+from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+
 from ..config_plan import COCO_SPLITS
 
 __all__ = [
@@ -49,8 +57,6 @@ def coco_split_names(version: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
 def _builtin_coco_splits():
     # detectron2's own table of builtin COCO instance splits: name -> (image dir, json), relative
     # to the dataset root. Read, not copied, so it stays in step with detectron2.
-    from detectron2.data.datasets.builtin import _PREDEFINED_SPLITS_COCO
-
     return _PREDEFINED_SPLITS_COCO["coco"]
 
 
@@ -59,10 +65,6 @@ def register_coco_splits(names: Iterable[str], root: Optional[str] = None) -> No
 
     Names that are not builtin COCO splits are left alone.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
-    from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
-
     root = root or datasets_root()
     table = _builtin_coco_splits()
     for name in names:
@@ -132,8 +134,6 @@ def check_dataset_files(cfg, *, train: bool = True, test: bool = True) -> List[M
         cfg: a detectron2 config (datasets in DATASETS.TRAIN / DATASETS.TEST).
         train, test: check the training / test datasets.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     names = (list(cfg.DATASETS.TRAIN) if train else []) + (list(cfg.DATASETS.TEST) if test else [])
     register_coco_splits(names)
     missing: List[MissingFile] = []

@@ -5,7 +5,9 @@ shapes (square, circle, triangle) of random colour, size and position; the boxes
 the shapes' exact extents. :func:`make_synthetic_coco` writes ``<split>/*.png`` and
 ``annotations/instances_<split>.json`` under a root folder; the same arguments give
 byte-identical files. :func:`register_synthetic_coco` makes (if needed) and registers
-``<name>_train`` / ``<name>_val`` in detectron2's catalogs.
+``<name>_train`` / ``<name>_val`` in detectron2's catalogs. :func:`synthetic_train_batch` is
+an in-memory training batch (random pixels, fixed boxes) for timing and comparing training
+iterations.
 """
 from __future__ import annotations
 
@@ -14,10 +16,15 @@ import os
 from typing import Dict, List, Sequence
 
 import numpy as np
+import torch
+from detectron2.structures import Boxes, Instances
+from PIL import Image, ImageDraw
 
 from ..io import atomic_write_json
+from .coco_json import register_coco_checked
 
-__all__ = ["CLASSES", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names"]
+__all__ = ["CLASSES", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names",
+           "synthetic_train_batch"]
 
 CLASSES = ("square", "circle", "triangle")
 _SPLITS = ("train", "val")
@@ -35,8 +42,6 @@ def _iou(a, b) -> float:
 def _draw_image(rng: np.random.Generator, size: int, max_objects: int,
                 object_size: Sequence[float] = (0.18, 0.42)):
     """One image (H, W, 3 uint8) and its objects [(class index, [x0, y0, x1, y1], polygon)]."""
-    from PIL import Image, ImageDraw
-
     # background: a dark, slightly noisy field; shapes are bright, so the task is to tell
     # shapes apart (square / circle / triangle) and box them, not to find them in clutter
     base = rng.uniform(0, 60, size=3)
@@ -146,11 +151,40 @@ def register_synthetic_coco(name: str, root: str, **kwargs) -> Sequence[str]:
     Returns:
         the two registered dataset names.
     """
-    from .coco_json import register_coco_checked
-
     paths = make_synthetic_coco(root, **kwargs)
     names = synthetic_dataset_names(name)
     for split, dataset_name in zip(_SPLITS, names):
         register_coco_checked(dataset_name, paths[split]["json_file"], paths[split]["image_root"],
                               metadata={"thing_classes": list(CLASSES)})
     return names
+
+
+# Boxes of synthetic_train_batch as fractions (x0, y0, x1, y1) of the image's width/height:
+# spread over the image and overlapping a little, so the RPN and box head both see positives.
+_BATCH_BOXES = ((0.1, 0.1, 0.5, 0.6), (0.4, 0.3, 0.9, 0.8), (0.2, 0.5, 0.35, 0.7))
+
+
+def synthetic_train_batch(sizes: Sequence[Sequence[int]], classes: Sequence[int] = (1, 5, 17),
+                          seed: int = 0) -> List[Dict]:
+    """A training batch in detectron2's input format, the same on every call with ``seed``.
+
+    Args:
+        sizes: ``(height, width)`` of each image.
+        classes: the ground-truth class of each box (at most 3; the defaults suit COCO's 80
+            classes). The boxes are fixed fractions of the image (``_BATCH_BOXES``).
+        seed: seed of the images' pixels (uniform random in [0, 255], float).
+
+    Returns:
+        ``[{"image": 3xHxW float tensor, "instances": Instances(gt_boxes, gt_classes)}, ...]``.
+    """
+    if not 1 <= len(classes) <= len(_BATCH_BOXES):
+        raise ValueError(f"classes={tuple(classes)!r}: give 1 to {len(_BATCH_BOXES)} class indices")
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for h, w in sizes:
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor([[x0 * w, y0 * h, x1 * w, y1 * h]
+                                            for x0, y0, x1, y1 in _BATCH_BOXES[:len(classes)]]))
+        inst.gt_classes = torch.tensor(list(classes))
+        batch.append({"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst})
+    return batch

@@ -11,22 +11,10 @@ Needs the ``deploy`` extra (``pip install -e .[deploy]``: onnx, onnxruntime, ope
 runtimes are imported only when used.
 """
 from .contract import Contract, DeployError, read_contract
+from .evaluate import evaluate_exported
 from .export import export_onnx
 from .predictor import DeployedPredictor
+from .quantize import quantize_int8
 
 __all__ = ["Contract", "DeployError", "DeployedPredictor", "export_onnx", "read_contract",
            "quantize_int8", "evaluate_exported"]
-
-
-def quantize_int8(*args, **kwargs):
-    """See :func:`resnext_det.deploy.quantize.quantize_int8`."""
-    from .quantize import quantize_int8 as q
-
-    return q(*args, **kwargs)
-
-
-def evaluate_exported(*args, **kwargs):
-    """See :func:`resnext_det.deploy.evaluate.evaluate_exported`."""
-    from .evaluate import evaluate_exported as ev
-
-    return ev(*args, **kwargs)

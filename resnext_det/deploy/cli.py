@@ -20,6 +20,15 @@ import sys
 import time
 import warnings
 
+from ..cli import setup_cfg
+from ..config import ResNeXtConfigError
+from ..engine.plan_runner import prepare_datasets
+from ..weights import WeightsError
+from .contract import DeployError
+from .export import export_onnx
+from .quantize import calibration_images, quantize_int8
+from .two_stage import plan_export_target
+
 __all__ = ["get_parser", "cli"]
 
 
@@ -44,10 +53,7 @@ def get_parser() -> argparse.ArgumentParser:
 def _export_cfg(args):
     """The deployed detector's config and model (see ``plan_export_target``), with the
     datasets registered (export image, calibration)."""
-    # the same config and dataset steps as tools/train_net.py (whatever module holds them)
-    from ..cli import prepare_datasets, setup_cfg
-    from .two_stage import plan_export_target
-
+    # the same config and dataset steps as tools/train_net.py
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, demo=None))
     prepare_datasets(cfg)
     return plan_export_target(cfg)
@@ -55,11 +61,7 @@ def _export_cfg(args):
 
 def run(args) -> dict:
     """Export (and optionally quantize) as ``args`` say; returns the export report."""
-    from .export import export_onnx
-
     if args.calib_images < 1:
-        from .contract import DeployError
-
         raise DeployError(f"--calib-images {args.calib_images} is not valid; use a positive number")
     cfg, model = _export_cfg(args)
     start = time.perf_counter()
@@ -70,8 +72,6 @@ def run(args) -> dict:
           f"{par['detections']} detections, max box diff {par['max_box_diff']:.2g} px, "
           f"max score diff {par['max_score_diff']:.2g}")
     if args.int8:
-        from .quantize import calibration_images, quantize_int8
-
         path = quantize_int8(report["path"], calibration_images(cfg, args.calib_images))
         report["int8_path"] = path
         print(f"int8 model {path} (calibrated on {args.calib_images} training images); measure its AP: "
@@ -82,10 +82,6 @@ def run(args) -> dict:
 def cli(argv=None) -> int:
     """The command line: returns 0, or 2 after a one-line error."""
     args = get_parser().parse_args(argv)
-    from ..config import ResNeXtConfigError
-    from ..weights import WeightsError
-    from .contract import DeployError
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(args)

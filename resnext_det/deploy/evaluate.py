@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from typing import Dict, Optional
 
+from detectron2.data import build_detection_test_loader
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+
+from ..engine.trainer import EVAL_RESULTS, ResNeXtTrainer
 from ..io import atomic_write_json
 from .contract import DeployError, load_onnx
+from .export import export_onnx
 from .predictor import DeployedPredictor
+from .two_stage import plan_export_target
 
 __all__ = ["evaluate_exported", "export_and_evaluate", "is_exported_model", "check_exported_model"]
 
@@ -57,13 +64,6 @@ def evaluate_exported(cfg, path: Optional[str] = None, runtime: str = "onnxrunti
         ``{dataset: {"bbox": {...}}}`` as detectron2's test loop returns; also written to
         ``<OUTPUT_DIR>/inference/eval_results.json`` with the runtime and precision.
     """
-    from collections import OrderedDict
-
-    from detectron2.data import build_detection_test_loader
-    from detectron2.evaluation import inference_on_dataset, print_csv_format
-
-    from ..engine.trainer import EVAL_RESULTS, ResNeXtTrainer
-
     path = path or cfg.MODEL.WEIGHTS
     check_exported_model(cfg, path)
     predictor = DeployedPredictor(path, runtime=runtime, num_threads=num_threads, precision=precision)
@@ -102,9 +102,6 @@ def export_and_evaluate(cfg, output_dir: str, runtime: str = "onnxruntime") -> D
     Returns:
         ``{"path": model.onnx, "results": {...}}``.
     """
-    from .export import export_onnx
-    from .two_stage import plan_export_target
-
     cfg, model = plan_export_target(cfg)
     if model is None and not cfg.MODEL.WEIGHTS:
         cfg = cfg.clone()

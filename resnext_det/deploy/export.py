@@ -18,22 +18,29 @@ import contextlib
 import io
 import logging
 import os
+import sys
+import tempfile
 import warnings
 from typing import Dict, Optional
 
 import numpy as np
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.export import TracingAdapter
+from detectron2.modeling import GeneralizedRCNN, build_model
 from torch import nn
 
-from detectron2.export import TracingAdapter
-from detectron2.modeling import GeneralizedRCNN
-
+from ..engine.trainer import load_checkpoint
 from ..io import atomic_open, atomic_write_json
 from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError, read_contract_bytes
 from .parity import compare_detections
+from .runtimes import make_runtime
+from .two_stage import TwoStageDetector
 
 __all__ = ["export_onnx", "build_export_model", "onnx_bytes", "with_contract", "quiet_export",
-           "DEFAULT_OPSET", "MODEL_FILE"]
+           "resize_for_graph", "DEFAULT_OPSET", "MODEL_FILE"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 17  # >= 16 for RoiAlign's coordinate_transformation_mode="half_pixel" (aligned)
@@ -82,9 +89,6 @@ def _stderr_held():
     C++ side dumps the whole TorchScript graph there ("Torch IR graph at exception"), which
     would drown the one-line error. Replayed when the export succeeds, dropped when it fails
     (the DeployError says what and why)."""
-    import sys
-    import tempfile
-
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -125,10 +129,6 @@ def check_exportable(cfg) -> None:
 def build_export_model(cfg) -> nn.Module:
     """The detector of ``cfg`` with ``cfg.MODEL.WEIGHTS`` loaded (project checkpointer: any
     supported format, clear errors), in eval mode. Random weights when WEIGHTS is empty."""
-    from detectron2.modeling import build_model
-
-    from ..engine.trainer import load_checkpoint
-
     check_exportable(cfg)
     w = cfg.MODEL.WEIGHTS
     if w and "://" not in w and not os.path.isfile(w):
@@ -161,8 +161,6 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
     Raises:
         DeployError: the exporter refuses the model (unsupported operator, ...), named.
     """
-    from .two_stage import TwoStageDetector
-
     if not isinstance(model, (GeneralizedRCNN, TwoStageDetector)):
         raise DeployError(f"only a detectron2 GeneralizedRCNN (or a two-stage plan's TwoStageDetector) "
                           f"can be exported, got {type(model).__name__}")
@@ -188,8 +186,6 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
 
 
 def _class_names(cfg):
-    from detectron2.data import MetadataCatalog
-
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         try:
             names = MetadataCatalog.get(name).get("thing_classes", None)
@@ -204,9 +200,6 @@ def export_image(cfg, image_path: Optional[str] = None) -> np.ndarray:
     """The image the export is traced and checked on: ``image_path``, else the first image of
     the test set when it is registered and on disk, else a fixed synthetic image (HxWx3 uint8,
     the config's format, original size)."""
-    from detectron2.data import DatasetCatalog
-    from detectron2.data.detection_utils import read_image
-
     if image_path:
         if not os.path.isfile(image_path):
             raise FileNotFoundError(f"--image {image_path!r} not found")
@@ -225,18 +218,18 @@ def export_image(cfg, image_path: Optional[str] = None) -> np.ndarray:
     return img
 
 
-def _resize(cfg, img: np.ndarray) -> torch.Tensor:
-    from detectron2.data import transforms as T
-
+def resize_for_graph(cfg, img: np.ndarray) -> np.ndarray:
+    """An HxWx3 image resized by the test-time rule (INPUT.MIN/MAX_SIZE_TEST), as the graph's
+    3xHxW float32 input."""
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     out = aug.get_transform(img).apply_image(img)
-    return torch.as_tensor(np.ascontiguousarray(out.astype(np.float32).transpose(2, 0, 1)))
+    return np.ascontiguousarray(out.astype(np.float32).transpose(2, 0, 1))
 
 
 def with_contract(data: bytes, cfg, model: nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
     """The exported bytes with ``cfg``'s contract in ``metadata_props``, checked by
     ``onnx.checker`` (DeployError naming the check otherwise)."""
-    import onnx
+    import onnx  # lazy: the optional deploy extra (see resnext_det.deploy.contract's note)
 
     proto = onnx.load_from_string(data)
     size_div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
@@ -256,8 +249,6 @@ def verify_against_eager(model, data: bytes, images, runtime: str = "onnxruntime
                          box_tol: float = 0.01, score_tol: float = 1e-4) -> Dict:
     """Run the exported bytes and the eager model on each CHW image; raise DeployError naming
     the image size and the difference when they disagree. Returns the worst differences."""
-    from .runtimes import make_runtime
-
     runner = make_runtime(runtime, data, precision="fp32")
     worst = {"max_box_diff": 0.0, "max_score_diff": 0.0, "detections": []}
     for image in images:
@@ -297,7 +288,7 @@ def export_onnx(cfg, output_dir: str, *, model: Optional[nn.Module] = None, imag
     """
     model = build_export_model(cfg) if model is None else model.eval()
     img = export_image(cfg, image_path)
-    image = _resize(cfg, img)
+    image = torch.as_tensor(resize_for_graph(cfg, img))
     data = with_contract(onnx_bytes(model, image, opset), cfg, model, opset)
     # parity before success: the export image and an odd size (dynamic shapes, padding)
     h, w = image.shape[1:]

@@ -15,9 +15,12 @@ import tempfile
 from typing import Iterable, List
 
 import numpy as np
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
 
 from ..io import atomic_open
 from .contract import INPUT_NAME, DeployError, load_onnx
+from .export import resize_for_graph
 
 __all__ = ["quantize_int8", "calibration_images"]
 
@@ -28,10 +31,6 @@ INT8_FILE = "model_int8.onnx"
 def calibration_images(cfg, num_images: int) -> List[np.ndarray]:
     """``num_images`` images of ``cfg.DATASETS.TRAIN`` (evenly spread over the set), resized
     per the test-time rule, as 3xHxW float32 arrays in the config's format."""
-    from detectron2.data import DatasetCatalog
-    from detectron2.data import transforms as T
-    from detectron2.data.detection_utils import read_image
-
     if num_images < 1:
         raise DeployError(f"--calib-images {num_images} is not valid; use a positive number (e.g. 32)")
     dicts = []
@@ -44,15 +43,12 @@ def calibration_images(cfg, num_images: int) -> List[np.ndarray]:
     if not dicts:
         raise DeployError(f"calibration needs training images; DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} is empty")
     idx = np.linspace(0, len(dicts) - 1, min(num_images, len(dicts))).round().astype(int)
-    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     out = []
     for i in idx:
         path = dicts[i]["file_name"]
         if not os.path.isfile(path):
             raise DeployError(f"calibration image {path!r} (DATASETS.TRAIN) not found")
-        img = read_image(path, format=cfg.INPUT.FORMAT)
-        img = aug.get_transform(img).apply_image(img)
-        out.append(np.ascontiguousarray(img.astype(np.float32).transpose(2, 0, 1)))
+        out.append(resize_for_graph(cfg, read_image(path, format=cfg.INPUT.FORMAT)))
     return out
 
 
@@ -89,6 +85,7 @@ def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "
     Returns:
         the path written. The contract metadata is carried over with ``precision: int8``.
     """
+    # lazy: the optional deploy extra (see resnext_det.deploy.contract's note)
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 

@@ -48,6 +48,8 @@ class OnnxRuntimeRunner:
     name = "onnxruntime"
 
     def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32"):
+        # lazy: the optional deploy extra, and a user may install one runtime only
+        # (resnext_det.deploy.contract's note has the measured import times)
         import onnxruntime as ort
 
         if precision not in ("fp32", "default"):
@@ -84,6 +86,8 @@ class OpenVINORunner:
     name = "openvino"
 
     def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32"):
+        # lazy: the optional deploy extra, and a user may install one runtime only
+        # (resnext_det.deploy.contract's note has the measured import times)
         import openvino as ov
 
         if precision not in PRECISIONS:

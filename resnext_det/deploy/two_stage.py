@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 
 import torch
+from detectron2.modeling import build_model
+from detectron2.structures import ImageList
 from torch import nn
 
+from ..engine.plan import build_plan, final_stage
+from ..engine.trainer import load_checkpoint
 from .contract import DeployError
 
 __all__ = ["TwoStageDetector", "build_two_stage_detector", "plan_export_target"]
@@ -60,8 +64,6 @@ def _same_input(a, b) -> bool:
 
 
 def _preprocess(rpn, batched_inputs):
-    from detectron2.structures import ImageList
-
     images = [(x["image"].to(rpn.pixel_mean.device) - rpn.pixel_mean) / rpn.pixel_std for x in batched_inputs]
     return ImageList.from_tensors(images, rpn.backbone.size_divisibility)
 
@@ -77,10 +79,6 @@ def build_two_stage_detector(stages, weights: str = "") -> nn.Module:
     Raises:
         FileNotFoundError: a stage's weights are missing (named, with the stage).
     """
-    from detectron2.modeling import build_model
-
-    from ..engine.trainer import load_checkpoint
-
     by = {s.name: s for s in stages}
     rpn_cfg = by["rpn"].cfg.clone()
     rpn_cfg.defrost()
@@ -114,8 +112,6 @@ def plan_export_target(cfg):
     Args:
         cfg: a train_net config (RESNEXT_PLAN), datasets registered.
     """
-    from ..engine.plan import build_plan, final_stage
-
     stages = build_plan(cfg)
     scfg = final_stage(stages).cfg.clone()
     scfg.defrost()

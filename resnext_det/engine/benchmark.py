@@ -40,36 +40,45 @@ share of that ceiling, the load average when it was taken and the CPU's flags.
 """
 from __future__ import annotations
 
-import atexit
-import shutil
 import argparse
+import atexit
 import copy
 import datetime
+import importlib.util
+import io
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 
+import numpy as np
 import torch
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
+from detectron2.utils.analysis import FlopCountAnalysis as DetectorFlopCountAnalysis
+from fvcore.nn import FlopCountAnalysis
 
 import resnext_det
-from resnext_det.io import atomic_write_json
+from resnext_det.data.synthetic import synthetic_train_batch
+from resnext_det.deploy import DeployedPredictor
+from resnext_det.deploy.contract import DeployError
+from resnext_det.deploy.export import onnx_bytes, quiet_export, with_contract
+from resnext_det.deploy.quantize import quantize_int8
+from resnext_det.deploy.runtimes import make_runtime
 from resnext_det.engine.fast import (
     apply_training_switches,
     cpu_has_native_bf16,
     prepare_for_inference,
 )
 from resnext_det.engine.fast.auto import read_cpu_flags
-from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg
+from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
+from resnext_det.io import atomic_write_json
 
 logger = logging.getLogger("benchmark")
 
@@ -110,7 +119,8 @@ def cpu_flags():
 
 def _gemm_onnx(n):
     """An ONNX graph computing A @ B with B an n x n constant (the runtimes' GEMM rate)."""
-    import numpy as np
+    # lazy: onnx is the optional deploy extra (resnext_det.deploy.contract's note); without it
+    # the benchmark runs the torch modes only
     from onnx import TensorProto, helper, numpy_helper
 
     b = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype("float32"), "B")
@@ -122,14 +132,9 @@ def _gemm_onnx(n):
 
 def runtime_gemm_ceiling(runtime, precision="fp32", n=2048, reps=5):
     """Median GFLOP/s of an n x n MatMul in ``runtime`` (None when it is not installed)."""
-    import numpy as np
-
     try:
-        from resnext_det.deploy.contract import DeployError
-        from resnext_det.deploy.runtimes import make_runtime
-
         runner = make_runtime(runtime, _gemm_onnx(n), precision=precision)
-    except (ImportError, DeployError):  # not installed
+    except (ImportError, DeployError):  # onnx (ImportError) or the runtime (DeployError) not installed
         return None
     a = np.random.default_rng(1).standard_normal((n, n)).astype("float32")
     for _ in range(2):
@@ -144,8 +149,6 @@ def runtime_gemm_ceiling(runtime, precision="fp32", n=2048, reps=5):
 
 def runtimes_available(names):
     """The runtimes of ``names`` whose packages import (the deploy extra)."""
-    import importlib.util
-
     mods = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
     return [r for r in names if importlib.util.find_spec(mods[r]) is not None
             and importlib.util.find_spec("onnx") is not None]
@@ -165,10 +168,6 @@ class _OutputsAsTuple(torch.nn.Module):
 
 
 def _backbone_onnx(model, x):
-    import io
-
-    from resnext_det.deploy.export import quiet_export
-
     names = sorted(model.output_shape())
     wrapper = _OutputsAsTuple(model, names).eval()
     buf = io.BytesIO()
@@ -241,19 +240,25 @@ def _fvcore_gflop(model, inputs):
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if isinstance(inputs, torch.Tensor):
-                from fvcore.nn import FlopCountAnalysis
-
                 fca = FlopCountAnalysis(model, inputs)
-            else:
-                from detectron2.utils.analysis import FlopCountAnalysis
-
-                fca = FlopCountAnalysis(model, inputs)
+            else:  # detectron2's variant takes a detector's list-of-dicts input
+                fca = DetectorFlopCountAnalysis(model, inputs)
             fca.unsupported_ops_warnings(False)
             fca.uncalled_modules_warnings(False)
             return 2 * fca.total() / 1e9
     except Exception as e:  # pragma: no cover - report, don't die
         logger.warning("fvcore count failed: %s", e)
         return None
+
+
+def _inference_calls(models, inputs):
+    """{name: a call of that model on ``inputs`` without autograd}, for :func:`interleaved`."""
+    def call(m):
+        def f():
+            with torch.no_grad():
+                return m(inputs)
+        return f
+    return {k: call(m) for k, m in models.items()}
 
 
 def interleaved(fns, reps, warmup, device):
@@ -334,13 +339,7 @@ class Bench:
         h, w = self.args.size
         x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
         gflop = _fvcore_gflop(stock, x)
-
-        def call(m):
-            def f():
-                with torch.no_grad():
-                    return m(x)
-            return f
-        fns = {k: call(m) for k, m in models.items()}
+        fns = _inference_calls(models, x)
         fns.update(self._backbone_runtimes(default, x))
         medians, times, outs = interleaved(fns, self.args.reps, self.args.warmup, self.device)
         self._report("backbone", preset, medians, times, outs, gflop, _rel_err)
@@ -355,8 +354,6 @@ class Bench:
     def _backbone_runtimes(self, model, x):
         if not self.runtimes:
             return {}
-        from resnext_det.deploy.runtimes import make_runtime
-
         data, names = _backbone_onnx(model, x)
         xn = x.cpu().numpy()
         fns = {}
@@ -373,12 +370,6 @@ class Bench:
         ``model``; int8 modes with ``--int8``."""
         if not self.runtimes:
             return {}
-        import numpy as np
-
-        from resnext_det.deploy import DeployedPredictor
-        from resnext_det.deploy.export import onnx_bytes, with_contract
-        from resnext_det.deploy.quantize import quantize_int8
-
         cfg = cfg.clone()
         cfg.defrost()
         h, w = image.shape[1:]
@@ -419,13 +410,7 @@ class Bench:
         image = torch.randint(0, 256, (3, h, w), generator=torch.Generator().manual_seed(0)).float()
         inputs = [{"image": image.to(self.device), "height": h, "width": w}]
         gflop = _fvcore_gflop(stock, inputs) if self.args.count_detector_flops else None
-
-        def call(m):
-            def f():
-                with torch.no_grad():
-                    return m(inputs)
-            return f
-        fns = {k: call(m) for k, m in models.items()}
+        fns = _inference_calls(models, inputs)
         fns.update(self._detector_runtimes(cfg, default, image))
         medians, times, outs = interleaved(fns, self.args.reps, self.args.warmup, self.device)
         note = f"RPN.POST_NMS_TOPK_TEST={topk} (both sides)" if topk else ""
@@ -461,31 +446,12 @@ class Bench:
         fast_fold = copy.deepcopy(default)
         apply_training_switches(fast_fold, channels_last=True, autocast=autocast, fold_frozen_bn=True)
         models = {"stock": stock, "default": default, "fast": fast, "fast-fold": fast_fold}
-        h, w = self.args.size
-        g = torch.Generator().manual_seed(0)
-        inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.tensor([[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h],
-                                            [0.4 * w, 0.3 * h, 0.9 * w, 0.8 * h],
-                                            [0.2 * w, 0.5 * h, 0.35 * w, 0.7 * h]]))
-        inst.gt_classes = torch.tensor([1, 5, 17])
-        data = [{"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst}]
+        data = synthetic_train_batch([self.args.size])
         opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
                 for k, m in models.items()}
 
         def step(k):
-            m, opt = models[k], opts[k]
-            m.train()
-
-            def f():
-                torch.manual_seed(1)
-                with EventStorage(0):
-                    losses = m(data)
-                total = sum(losses.values())
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
-                return torch.tensor(total.item())
-            return f
+            return lambda: torch.tensor(training_iteration(models[k], opts[k], data))
         # first-iteration losses (before any step): the equality check of the switches
         first = {k: step(k)() for k in models}
         medians, times, _ = interleaved({k: step(k) for k in models}, self.args.train_reps, 0, self.device)

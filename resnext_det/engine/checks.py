@@ -9,9 +9,9 @@ from typing import Iterable, Optional
 
 from detectron2.structures import BoxMode
 
-from ..weights.safe_io import RestrictedUnpickler, WeightsError
+from ..weights.safe_io import RestrictedUnpickler, load_restricted_pickle
 
-__all__ = ["TrainingConfigError", "validate_solver", "check_proposal_file"]
+__all__ = ["TrainingConfigError", "validate_solver", "check_proposal_file", "load_proposal_file"]
 
 
 class TrainingConfigError(ValueError):
@@ -57,14 +57,10 @@ class _ProposalUnpickler(RestrictedUnpickler):
 
 
 def load_proposal_file(path: str):
-    """A proposal pickle read with :class:`_ProposalUnpickler`."""
-    with open(path, "rb") as f:
-        try:
-            return _ProposalUnpickler(f, path).load()
-        except WeightsError:
-            raise
-        except Exception as e:  # truncated / not a pickle
-            raise WeightsError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+    """A proposal pickle read with :class:`_ProposalUnpickler` (:class:`WeightsError` when it
+    is refused or damaged)."""
+    return load_restricted_pickle(path, _ProposalUnpickler,
+                                  remedy="run the RPN stage's proposal computation again")
 
 
 def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Optional[str] = None) -> None:

@@ -9,7 +9,18 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
+import cv2
 import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.structures import BoxMode
+from detectron2.utils.visualizer import Visualizer
+# matplotlib's object-oriented API, not pyplot: no global backend to select (pyplot would
+# want a display, or matplotlib.use("Agg") as a process-wide side effect) and no figure
+# registry to close; Figure.savefig renders with Agg by itself
+from matplotlib.figure import Figure
+
+from .trainer import ResNeXtTrainer, load_checkpoint
 
 __all__ = ["draw_detections", "plot_metrics", "read_metrics"]
 
@@ -29,14 +40,6 @@ def draw_detections(cfg, dataset_name: str, out_dir: str, *, num_images: int = 6
     Returns:
         the PNG paths, the grid first.
     """
-    import cv2
-    import torch
-    from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-    from detectron2.structures import BoxMode
-    from detectron2.utils.visualizer import Visualizer
-
-    from .trainer import ResNeXtTrainer, load_checkpoint
-
     if model is None:
         model = ResNeXtTrainer.build_model(cfg)
         load_checkpoint(model, cfg, cfg.MODEL.WEIGHTS)
@@ -105,13 +108,9 @@ def plot_metrics(metrics_files: Dict[str, str], out_png: str,
         figures: further figures drawn as labelled horizontal lines in the last panel,
             in percent (e.g. ``{"stage 1 RPN AR@100 x100": 78.0, "oracle AP": 90.1}``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     stages = {name: read_metrics(p) for name, p in metrics_files.items() if os.path.isfile(p)}
-    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(5.5 * (len(stages) + 1), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * (len(stages) + 1), 4))
+    axes = fig.subplots(1, len(stages) + 1, squeeze=False)
     axes = axes[0]
     ap_ax = axes[-1]
     for ax, (name, recs) in zip(axes, stages.items()):
@@ -141,5 +140,4 @@ def plot_metrics(metrics_files: Dict[str, str], out_png: str,
     fig.tight_layout()
     os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d
+from detectron2.utils.events import EventStorage
 
 from ..config import resolve_resnext_spec
 
-__all__ = ["stock_equivalent_cfg", "randomize_frozen_bn"]
+__all__ = ["stock_equivalent_cfg", "randomize_frozen_bn", "training_iteration"]
 
 _STOCK_BACKBONES = {
     "build_resnext_backbone": "build_resnet_backbone",
@@ -76,3 +77,19 @@ def randomize_frozen_bn(model, generator: torch.Generator):
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
     return model
+
+
+def training_iteration(model, optimizer, data) -> float:
+    """One training iteration of ``model`` on ``data`` (forward with losses, backward,
+    ``optimizer`` step), as the stock-vs-ours timings run it; returns the total loss (before the
+    step). torch's global RNG is seeded first: the RPN and RoI samplers draw from it, so every
+    model compared samples the same anchors and proposals."""
+    model.train()
+    torch.manual_seed(1)
+    with EventStorage(0):  # detectron2's models log to the current storage while training
+        losses = model(data)
+    total = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return total.item()

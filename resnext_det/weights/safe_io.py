@@ -14,6 +14,9 @@ The format is sniffed from the first bytes, not trusted from the extension.
 """
 from __future__ import annotations
 
+import builtins
+import collections
+import importlib
 import logging
 import os
 import pickle
@@ -23,8 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchfile
+from safetensors.torch import load_file as load_safetensors
 
-__all__ = ["WeightsError", "ForbiddenGlobalError", "RestrictedUnpickler", "sniff_format", "safe_load"]
+__all__ = ["WeightsError", "ForbiddenGlobalError", "RestrictedUnpickler", "sniff_format", "safe_load",
+           "load_restricted_pickle"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +63,6 @@ class ForbiddenGlobalError(WeightsError):
 
 def _np_core(sub: str):
     # numpy >= 2 moved numpy.core to numpy._core; pickles from numpy 1.x name the old path.
-    import importlib
-
     try:
         return importlib.import_module(f"numpy._core.{sub}")
     except ImportError:  # numpy 1.x
@@ -74,9 +78,6 @@ def _latin1_encode(obj, encoding="latin1", errors="strict"):
 
 
 def _allowed_globals():
-    import builtins
-    import collections
-
     allowed = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -163,11 +164,8 @@ def sniff_format(path: str) -> str:
     )
 
 
-def _truncated(path: str, err: Exception) -> WeightsError:
-    return WeightsError(
-        f"{path}: the file is truncated or corrupted ({type(err).__name__}: {err}); "
-        "download or convert it again"
-    )
+def _truncated(path: str, err: Exception, remedy: str = "download or convert it again") -> WeightsError:
+    return WeightsError(f"{path}: the file is truncated or corrupted ({type(err).__name__}: {err}); {remedy}")
 
 
 def _torch_safe_globals():
@@ -198,14 +196,22 @@ def _torch_load(path: str):
         raise _truncated(path, e) from None
 
 
-def _pickle_load(path: str):
+def load_restricted_pickle(path: str, unpickler: type = RestrictedUnpickler,
+                           remedy: str = "download or convert it again"):
+    """A pickle file read by ``unpickler`` (:class:`RestrictedUnpickler` or a subclass that
+    admits a few more globals), so nothing in the file runs.
+
+    Raises:
+        WeightsError: a refused global (:class:`ForbiddenGlobalError`), or a damaged file (the
+            message ends with ``remedy``).
+    """
     with open(path, "rb") as f:
         try:
-            return RestrictedUnpickler(f, path).load()
+            return unpickler(f, path).load()
         except WeightsError:
             raise
         except Exception as e:  # EOFError, UnpicklingError, bad opcodes/arguments ...: damaged file
-            raise _truncated(path, e) from None
+            raise _truncated(path, e, remedy) from None
 
 
 def safe_load(path: str) -> Any:
@@ -226,20 +232,16 @@ def safe_load(path: str) -> Any:
     if fmt == "torch-zip":
         return _torch_load(path)
     if fmt == "safetensors":
-        from safetensors.torch import load_file
-
         try:
-            return dict(load_file(path, device="cpu"))
+            return dict(load_safetensors(path, device="cpu"))
         except Exception as e:  # safetensors raises its own SafetensorError
             raise _truncated(path, e) from None
     if fmt == "torch7":
-        import torchfile
-
         try:
             return torchfile.load(path)
         except Exception as e:  # struct.error, EOFError, T7ReaderException ...: damaged file
             raise _truncated(path, e) from None
-    obj = _pickle_load(path)
+    obj = load_restricted_pickle(path)
     if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:  # legacy torch.save (non-zip)
         return _torch_load(path)
     return obj

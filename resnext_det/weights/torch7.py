@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torchfile
 
 from .names import D2_BN_EPS
 from .safe_io import WeightsError
@@ -31,8 +32,6 @@ __all__ = ["torch7_to_detectron2"]
 
 
 def _is_obj(m) -> bool:
-    import torchfile
-
     return isinstance(m, torchfile.TorchObject)
 
 

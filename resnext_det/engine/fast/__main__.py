@@ -21,11 +21,10 @@ import time
 import torch
 
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
 
 from ... import get_cfg, get_config_file
-from ..stock import randomize_frozen_bn, stock_equivalent_cfg
+from ...data.synthetic import synthetic_train_batch
+from ..stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
 from .auto import CANDIDATES, CpuFeatures
 from .prepare import apply_training_switches
 
@@ -56,25 +55,12 @@ def main(argv=None):
     t = time.perf_counter()
     models["auto"] = apply_training_switches(copy.deepcopy(base), cfg)  # the config default: auto
     auto_s = time.perf_counter() - t
-    g = torch.Generator().manual_seed(0)
-    inst = Instances((h, w))
-    inst.gt_boxes = Boxes(torch.tensor([[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h], [0.4 * w, 0.3 * h, 0.9 * w, 0.8 * h]]))
-    inst.gt_classes = torch.tensor([1, 5])
-    data = [{"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst}]
+    data = synthetic_train_batch([(h, w)], classes=(1, 5))
     opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
             for k, m in models.items()}
 
     def step(k):
-        m, opt = models[k], opts[k]
-        m.train()
-        torch.manual_seed(1)
-        with EventStorage(0):
-            losses = m(data)
-        total = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        return total.item()
+        return training_iteration(models[k], opts[k], data)
 
     first = {k: step(k) for k in models}  # also the warm-up
     times = {k: [] for k in models}

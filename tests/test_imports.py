@@ -1,0 +1,55 @@
+"""What the package's imports pull in. The deploy extra (onnx, onnxruntime, openvino) is
+optional, so tools/train_net.py, tools/export.py --help and tools/benchmark.py must import
+without it; and train_net.py does not import the demo's drawing libraries, which only a
+finished --demo run uses (the lazy imports that keep both true say why, with measured times)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code):
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r.stdout
+
+
+def test_command_lines_import_and_fail_clearly_without_the_deploy_extra():
+    out = _python("""
+        import sys
+        for name in ("onnx", "onnxruntime", "openvino"):
+            sys.modules[name] = None  # importing it now raises ImportError, as when not installed
+        import resnext_det.cli
+        import resnext_det.deploy
+        import resnext_det.deploy.cli
+        import resnext_det.engine.benchmark as bench
+        from resnext_det.deploy import DeployError
+        from resnext_det.deploy.runtimes import make_runtime
+
+        resnext_det.cli.get_parser().parse_args(["--config", "x.yaml"])
+        resnext_det.deploy.cli.get_parser().parse_args(["--config", "x.yaml", "--output", "d"])
+        try:
+            make_runtime("onnxruntime", b"")
+        except DeployError as e:
+            assert "not installed" in str(e) and "pip install -e .[deploy]" in str(e), e
+        else:
+            raise AssertionError("make_runtime without onnxruntime did not raise")
+        assert bench.runtimes_available(["onnxruntime", "openvino"]) == []
+        assert bench.runtime_gemm_ceiling("openvino", n=8) is None
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
+def test_train_net_does_not_import_runtimes_or_demo_drawing():
+    out = _python("""
+        import sys
+        import resnext_det.cli
+        lazy = ("onnx", "onnxruntime", "openvino", "resnext_det.engine.demo",
+                "detectron2.utils.visualizer", "matplotlib.figure")
+        print(sorted(m for m in lazy if m in sys.modules))
+    """)
+    assert out.strip() == "[]"
