@@ -24,6 +24,7 @@ import os
 import time
 from typing import Any, Dict, List, Tuple
 
+import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
@@ -108,8 +109,6 @@ def _square(cx: float, cy: float, side: float) -> Tuple[int, int, int, int]:
 def _cut(image: np.ndarray, box: Tuple[int, int, int, int], size: int) -> np.ndarray:
     """The square ``box`` of ``image`` (padded with the image's mean colour where it leaves
     the image), resized to ``size`` x ``size``."""
-    import cv2
-
     x0, y0, x1, y1 = box
     h, w = image.shape[:2]
     pad = max(0, -x0, -y0, x1 - w, y1 - h)
