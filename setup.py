@@ -38,7 +38,8 @@ INSTALL_REQUIRES = [
     "torchfile",
 ]
 EXTRAS = {
-    "test": ["pytest", "pytest-timeout", "hypothesis"],
+    # pytest-xdist: the suite runs on every core (tools/install.sh --test passes -n auto)
+    "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis"],
     # ONNX export and the CPU inference runtimes (resnext_det.deploy, tools/export.py)
     "deploy": ["onnx", "onnxruntime", "openvino"],
 }

@@ -2,7 +2,10 @@ import os
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Under pytest-xdist (-n auto) each worker gets its share of the cores, so that N workers
+# with N threads each do not oversubscribe the machine; alone, the suite uses up to 2 threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
 
 
 def pytest_configure(config):

@@ -59,5 +59,7 @@ log "done"
 
 if [ "${1:-}" = "--test" ]; then
   shift
-  exec "$PY" -m pytest tests "$@"
+  # every core (pytest-xdist); a module's tests stay on one worker, so its module-scoped
+  # fixtures (trained tiny detectors, exports) are built once
+  exec "$PY" -m pytest -n auto --dist loadscope tests "$@"
 fi

@@ -38,7 +38,7 @@ class Run:
     SIGKILL the process the moment a line matches ``kill_on``."""
 
     def __init__(self, out, args, kill_on=None):
-        env = dict(os.environ, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-W", "ignore", TRAIN_NET] + args + ["OUTPUT_DIR", str(out)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _run_tool(args, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="default")  # as in a user's shell
+    env = dict(os.environ, PYTHONWARNINGS="default")  # as in a user's shell
     r = subprocess.run([sys.executable] + args, cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -26,7 +26,7 @@ def readme_blocks(lang):
 
 def _env():
     # the README speaks of a CPU-only machine; a user's shell has no pytest warning filters
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2", PYTHONWARNINGS="default")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="default")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
