@@ -3,7 +3,7 @@
 - :func:`export_onnx` (``tools/export.py``): FPN or C4 Faster R-CNN -> ``model.onnx`` with
   its preprocessing contract in the metadata, checked against eager before it is written.
 - :class:`DeployedPredictor`: the exported file in a runtime, called like detectron2's
-  ``DefaultPredictor``.
+  ``DefaultPredictor`` (on the same images: BGR by default).
 - :func:`quantize_int8` (``tools/export.py --int8``): post-training static int8.
 - :func:`evaluate_exported` (``tools/train_net.py --eval-only MODEL.WEIGHTS model.onnx``).
 

@@ -29,6 +29,8 @@ CONTRACT_KEY = "resnext_det.contract"
 CONTRACT_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "scores", "classes")
+# channel orders DeployedPredictor takes and converts between (DefaultPredictor's two)
+INPUT_FORMATS = ("BGR", "RGB")
 
 
 class DeployError(RuntimeError):
@@ -189,5 +191,11 @@ def read_contract(path: str) -> Contract:
 
 
 def expected_image_message(input_format: str) -> str:
-    """What ``DeployedPredictor`` accepts, for error messages."""
-    return f"an HxWx3 uint8 numpy array in {input_format} channel order (H, W >= 1)"
+    """What ``DeployedPredictor`` accepts, for error messages.
+
+    Args:
+        input_format: the predictor's ``input_format`` (what its caller gives, not the model's).
+    """
+    how = ("cv2.imread's order; input_format='RGB' for RGB arrays" if input_format == "BGR"
+           else "as set by input_format='RGB'; the default is BGR, cv2.imread's order")
+    return f"an HxWx3 uint8 numpy array in {input_format} channel order ({how}; H, W >= 1)"

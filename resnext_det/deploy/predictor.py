@@ -1,9 +1,14 @@
 """``DeployedPredictor``: an exported detector in ONNX Runtime or OpenVINO, called like
 detectron2's ``DefaultPredictor``.
 
+    import cv2
     from resnext_det.deploy import DeployedPredictor
     predictor = DeployedPredictor("out/model.onnx", runtime="openvino")   # fp32 by default
-    instances = predictor(image)["instances"]     # image: HxWx3 uint8, the model's INPUT.FORMAT
+    instances = predictor(cv2.imread("input.jpg"))["instances"]   # HxWx3 uint8, BGR
+
+Images are taken as ``DefaultPredictor`` takes them: BGR (``cv2.imread``'s order) by default,
+flipped here when the model's INPUT.FORMAT is RGB, so one predictor can replace the other on
+the same images; ``input_format="RGB"`` for RGB arrays (PIL, ``read_image(..., "RGB")``).
 
 Pre-processing is the export's contract (read from the file): resize the shortest edge to
 INPUT.MIN_SIZE_TEST with the longest at most INPUT.MAX_SIZE_TEST (detectron2's
@@ -23,7 +28,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from .contract import DeployError, expected_image_message, load_onnx
+from .contract import INPUT_FORMATS, DeployError, expected_image_message, load_onnx
 from .runtimes import make_runtime
 
 __all__ = ["DeployedPredictor"]
@@ -41,22 +46,26 @@ class DeployedPredictor:
         precision: "fp32" (default, exact parity with eager), "bf16" (OpenVINO, CPUs with
             native bf16) or "default" (the runtime's own choice). The precision in effect is
             logged and kept on ``self.precision_used``.
-        input_format: channel order of the images given to ``__call__``; None = the model's
-            INPUT.FORMAT. "BGR" for ``cv2.imread`` images with an RGB model (flipped here).
+        input_format: channel order of the images given to ``__call__``: "BGR" (default,
+            ``cv2.imread``'s order, what detectron2's ``DefaultPredictor`` takes) or "RGB". They
+            are flipped to the model's INPUT.FORMAT (``self.contract.input_format``) when it
+            differs. ``run_resized`` and ``inference`` take images already in the model's format.
 
     Raises:
-        FileNotFoundError / DeployError: a missing, empty, truncated or foreign file (named).
+        FileNotFoundError / DeployError: a missing, empty, truncated or foreign file (named);
+            an ``input_format`` other than "BGR"/"RGB" (named).
     """
 
     def __init__(self, path: str, runtime: str = "onnxruntime", num_threads: Optional[int] = None,
-                 precision: str = "fp32", input_format: Optional[str] = None):
+                 precision: str = "fp32", input_format: str = "BGR"):
         self.path = path
         _, self.contract = load_onnx(path)
         c = self.contract
-        if input_format not in (None, "RGB", "BGR"):
-            raise DeployError(f"input_format={input_format!r} is not valid; use 'RGB', 'BGR' or None "
-                              f"(the model's {c.input_format})")
-        self.input_format = input_format or c.input_format
+        if input_format not in INPUT_FORMATS:
+            raise DeployError(f"input_format={input_format!r} is not valid; use 'BGR' (the default: "
+                              "cv2.imread's order, as detectron2's DefaultPredictor) or 'RGB' "
+                              f"(this model's INPUT.FORMAT is {c.input_format})")
+        self.input_format = input_format
         self.resize = T.ResizeShortestEdge([c.min_size_test, c.min_size_test], c.max_size_test)
         try:
             self.runner = make_runtime(runtime, path, num_threads, precision)
@@ -75,7 +84,8 @@ class DeployedPredictor:
         """Detections in the resized image's coordinates.
 
         Args:
-            image_chw: 3xHxW float tensor/array, resized per the contract, model format.
+            image_chw: 3xHxW float tensor/array, resized per the contract, in the model's
+                INPUT.FORMAT (``input_format`` does not apply here).
         """
         x = image_chw.numpy() if isinstance(image_chw, torch.Tensor) else np.asarray(image_chw)
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -92,7 +102,12 @@ class DeployedPredictor:
         """Detect objects in one image.
 
         Args:
-            original_image: HxWx3 uint8 numpy array in ``self.input_format`` channel order.
+            original_image: HxWx3 uint8 numpy array in ``self.input_format`` channel order
+                (BGR unless set otherwise).
+
+        Raises:
+            DeployError: another kind of image, or a model whose INPUT.FORMAT is neither RGB
+                nor BGR (named).
 
         Returns:
             ``{"instances": Instances}`` in the original image's coordinates (pred_boxes,
@@ -105,7 +120,13 @@ class DeployedPredictor:
                    if hasattr(img, "shape") and hasattr(img, "dtype") else type(img).__name__)
             raise DeployError(f"DeployedPredictor expects {expected_image_message(self.input_format)}; "
                               f"got {got}")
-        if self.input_format != self.contract.input_format:
+        model_format = self.contract.input_format
+        if model_format not in INPUT_FORMATS:
+            # a flip is the only conversion here, as in DefaultPredictor (which asserts the same)
+            raise DeployError(f"{self.path}: INPUT.FORMAT {model_format!r}: DeployedPredictor's "
+                              "__call__ takes RGB or BGR models only; give images already in that "
+                              "format, resized, to run_resized()")
+        if self.input_format != model_format:
             img = img[:, :, ::-1]
         h, w = img.shape[:2]
         resized = self.resize.get_transform(img).apply_image(img)
@@ -115,7 +136,9 @@ class DeployedPredictor:
     # -- detectron2's model calling convention, for inference_on_dataset ---------------------
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
         """Like ``GeneralizedRCNN.forward`` in eval mode on detectron2's test-loader dicts
-        (``image`` resized CHW tensor, optional ``height``/``width`` of the original)."""
+        (``image`` resized CHW tensor, optional ``height``/``width`` of the original). The
+        loader reads images in the config's INPUT.FORMAT, which ``evaluate_exported``
+        (--eval-only) checks equals the model's: no flip here, whatever ``input_format`` says."""
         out = []
         for d in batched_inputs:
             inst = self.run_resized(d["image"].float())

@@ -23,7 +23,8 @@ Runtime modes (the ``deploy`` extra, ``--runtimes``): the same weights exported 
 ``onnxruntime`` and ``openvino`` (fp32: INFERENCE_PRECISION_HINT f32); on CPUs with native bf16
 also ``openvino-bf16``; with ``--int8`` also ``onnxruntime-int8`` / ``openvino-int8`` (static
 int8 calibrated on random images: speed only). Detector runtime modes go through
-:class:`~resnext_det.deploy.DeployedPredictor` on an HxWx3 uint8 image (resize, graph,
+:class:`~resnext_det.deploy.DeployedPredictor` on the stock model's image as HxWx3 uint8
+(``input_format`` = INPUT.FORMAT, so no channel flip: the same pixels as stock; resize, graph,
 rescaling); ``*-raw`` modes time the bare runtime call on the same graph, so
 ``raw / wrapped`` is the wrapper's overhead.
 
@@ -389,8 +390,10 @@ class Bench:
         chw = np.ascontiguousarray(image.numpy())
         fns = {}
         for mode, runtime, precision in modes:
+            # hwc is the stock model's input (INPUT.FORMAT order), not a BGR cv2 image: say so,
+            # or the predictor's default BGR would flip it for an RGB model
             p = DeployedPredictor(files["-int8" if mode.endswith("-int8") else ""], runtime=runtime,
-                                  precision=precision)
+                                  precision=precision, input_format=cfg.INPUT.FORMAT)
             fns[mode] = lambda p=p: [p(hwc)]
             if mode in self.runtimes:  # the bare runtime call, for the wrapper's overhead
                 fns[f"{mode}-raw"] = lambda p=p: p.runner.run(chw)

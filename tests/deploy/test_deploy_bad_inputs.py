@@ -181,9 +181,13 @@ def test_eval_only_refuses_other_contract(exported, tmp_path):
 ])
 def test_predictor_names_expected_image(exported, image, shown):
     predictor = DeployedPredictor(exported, runtime="onnxruntime", num_threads=1)
-    with pytest.raises(DeployError, match=r"expects an HxWx3 uint8 numpy array in RGB") as err:
+    # the caller's order (BGR by default, as DefaultPredictor), not the RGB model's
+    with pytest.raises(DeployError, match=r"expects an HxWx3 uint8 numpy array in BGR channel order "
+                                          r"\(cv2.imread's order; input_format='RGB'") as err:
         predictor(image)
     assert shown in str(err.value)
+    with pytest.raises(DeployError, match=r"array in RGB channel order \(as set by input_format='RGB'"):
+        DeployedPredictor(exported, runtime="onnxruntime", num_threads=1, input_format="RGB")(image)
 
 
 @pytest.mark.parametrize("kwargs, named", [
@@ -191,17 +195,19 @@ def test_predictor_names_expected_image(exported, image, shown):
     ({"runtime": "onnxruntime", "precision": "bf16"}, "precision='bf16'"),
     ({"runtime": "openvino", "precision": "int4"}, "precision='int4'"),
     ({"runtime": "onnxruntime", "num_threads": 0}, "num_threads=0"),
-    ({"input_format": "YUV"}, "input_format='YUV'"),
+    ({"input_format": "YUV"}, "input_format='YUV' is not valid; use 'BGR'.*or 'RGB'"),
+    ({"input_format": None}, "input_format=None is not valid"),
 ])
 def test_predictor_names_bad_setting(exported, kwargs, named):
     with pytest.raises(DeployError, match=named.replace("(", r"\(").replace("[", r"\[")):
         DeployedPredictor(exported, **kwargs)
 
 
-def test_bgr_input_format_flips_channels(exported):
-    """input_format='BGR' on an RGB model = the RGB image reversed (cv2.imread convention)."""
+def test_bgr_default_flips_channels(exported):
+    """On an RGB model, the default (BGR, cv2.imread's order) = the RGB image reversed given
+    with input_format='RGB'."""
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
-    rgb = DeployedPredictor(exported, num_threads=1)(img)["instances"]
-    bgr = DeployedPredictor(exported, num_threads=1, input_format="BGR")(img[:, :, ::-1].copy())["instances"]
+    rgb = DeployedPredictor(exported, num_threads=1, input_format="RGB")(img)["instances"]
+    bgr = DeployedPredictor(exported, num_threads=1)(img[:, :, ::-1].copy())["instances"]
     torch.testing.assert_close(bgr.pred_boxes.tensor, rgb.pred_boxes.tensor)

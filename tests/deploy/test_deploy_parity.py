@@ -109,7 +109,7 @@ def test_runtime_detections_equal_eager(trained, arch, runtime):
         with torch.no_grad():
             ref = model([{"image": torch.as_tensor(resized.transpose(2, 0, 1).astype("float32")),
                           "height": h, "width": w}])[0]["instances"]
-        got = predictor(img)["instances"]
+        got = predictor(img[:, :, ::-1])["instances"]  # eager got img (RGB model); this is its BGR
         assert got.image_size == (h, w)
         assert len(ref) > 0
         cmp = compare_detections(ref, got, box_tol=0.01, score_tol=1e-4)
