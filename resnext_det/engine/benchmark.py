@@ -77,7 +77,7 @@ from resnext_det.engine.fast import (
     cpu_has_native_bf16,
     prepare_for_inference,
 )
-from resnext_det.engine.fast.auto import read_cpu_flags
+from resnext_det.hardware import read_cpu_flags
 from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
 from resnext_det.io import atomic_write_json
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
+from ...hardware import CpuFeatures, read_cpu_flags  # noqa: F401  (re-exported: the one definition)
 from .folding import fold_frozen_bn_on_the_fly
 
 __all__ = ["AUTO", "CpuFeatures", "LayoutChoice", "parse_switch", "choose_training_layout",
@@ -85,43 +86,6 @@ def parse_switch(value, key: str) -> Optional[bool]:
             return False
     raise ValueError(f"MODEL.RESNEXT.FAST.{key}={value!r} is not valid; use 'auto' (default), "
                      f"'on'/'off', or True/False")
-
-
-def read_cpu_flags() -> set:
-    """This machine's CPU flags from ``/proc/cpuinfo`` (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:  # not Linux
-        pass
-    return set()
-
-
-@dataclasses.dataclass(frozen=True)
-class CpuFeatures:
-    """The CPU flags that decide the layout (Linux ``/proc/cpuinfo`` flag names)."""
-
-    avx2: bool = False
-    avx512f: bool = False
-    avx512_bf16: bool = False
-    amx: bool = False
-
-    @classmethod
-    def detect(cls) -> "CpuFeatures":
-        """This machine's flags (from ``/proc/cpuinfo``; else from torch's CPU capability)."""
-        flags = read_cpu_flags()
-        if not flags:  # not Linux: torch knows the vector ISA it dispatches to
-            cap = torch.backends.cpu.get_cpu_capability()
-            return cls(avx2=cap in ("AVX2", "AVX512") or "AMX" in cap, avx512f=cap.startswith("AVX512"),
-                       avx512_bf16="BF16" in cap or "AMX" in cap, amx="AMX" in cap)
-        return cls(avx2="avx2" in flags, avx512f="avx512f" in flags, avx512_bf16="avx512_bf16" in flags,
-                   amx=any(f.startswith("amx") for f in flags))
-
-    def describe(self) -> str:
-        names = [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
-        return " ".join(names) or "no AVX2"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,108 @@
+"""What CPU this is, in the terms every speed figure of the project is filed under.
+
+A speed figure belongs to the CPU kind it was measured on (kernels differ: AVX2-only CPUs have
+no native bf16, AVX-512 ones pick other oneDNN kernels), so records live in
+``benchmarks/<kind>/`` and every rule that chooses by measurement (training layout ``auto``,
+the default deploy runtime) looks its kind up. This module is the one place that names kinds;
+it sits on the ground floor (no torch import) so that every layer may use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from typing import FrozenSet, Optional
+
+__all__ = ["CPU_KINDS", "CpuFeatures", "read_cpu_flags", "cpu_kind"]
+
+#: the kinds, most capable first: AVX-512 with native bf16 (avx512_bf16 or AMX), AVX-512
+#: without it, AVX2 only, anything else (other vector ISAs, non-x86)
+CPU_KINDS = ("avx512_bf16", "avx512", "avx2", "other")
+
+
+def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
+    """This machine's CPU flags from ``/proc/cpuinfo`` (empty where there is none).
+
+    Args:
+        cpuinfo: the file to read (a test may point at a saved copy).
+    """
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:  # not Linux
+        pass
+    return frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU flags that decide kernels and layouts (Linux ``/proc/cpuinfo`` flag names)."""
+
+    avx2: bool = False
+    avx512f: bool = False
+    avx512_bf16: bool = False
+    avx512_vnni: bool = False
+    amx: bool = False
+
+    @classmethod
+    def from_flags(cls, flags) -> "CpuFeatures":
+        """From a set of ``/proc/cpuinfo`` flag names."""
+        flags = set(flags)
+        return cls(avx2="avx2" in flags, avx512f="avx512f" in flags, avx512_bf16="avx512_bf16" in flags,
+                   avx512_vnni="avx512_vnni" in flags, amx=any(f.startswith("amx") for f in flags))
+
+    @classmethod
+    def detect(cls) -> "CpuFeatures":
+        """This machine's features: ``/proc/cpuinfo``, else torch's dispatch capability."""
+        flags = read_cpu_flags()
+        if flags:
+            return cls.from_flags(flags)
+        try:  # not Linux: torch knows the vector ISA it dispatches to
+            import torch
+
+            cap = torch.backends.cpu.get_cpu_capability()
+        except Exception:  # no torch, or no such API
+            return cls()
+        return cls(avx2=cap in ("AVX2", "AVX512") or "AMX" in cap, avx512f=cap.startswith("AVX512"),
+                   avx512_bf16="BF16" in cap or "AMX" in cap, amx="AMX" in cap)
+
+    @property
+    def native_bf16(self) -> bool:
+        return self.avx512_bf16 or self.amx
+
+    @property
+    def kind(self) -> str:
+        """One of :data:`CPU_KINDS`."""
+        if self.avx512f and self.native_bf16:
+            return "avx512_bf16"
+        if self.avx512f:
+            return "avx512"
+        if self.avx2:
+            return "avx2"
+        return "other"
+
+    def describe(self) -> str:
+        """The flags that are set, space separated (what records and log lines print)."""
+        names = [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
+        return " ".join(names) or "no AVX2"
+
+
+def cpu_kind(features: Optional[CpuFeatures] = None) -> str:
+    """The kind of this machine's CPU (or of ``features``), one of :data:`CPU_KINDS`.
+
+    ``RESNEXT_DET_CPU_KIND`` overrides the detection: for a CPU whose kernels are capped
+    (e.g. ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX-512 machine) or to test another kind's branch.
+    """
+    forced = os.environ.get("RESNEXT_DET_CPU_KIND", "").strip()
+    if forced:
+        if forced not in CPU_KINDS:
+            raise ValueError(f"RESNEXT_DET_CPU_KIND={forced!r} is not a CPU kind; use one of "
+                             f"{', '.join(CPU_KINDS)}")
+        return forced
+    if features is None:
+        if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+            return "other"
+        features = CpuFeatures.detect()
+    return features.kind
