@@ -27,6 +27,7 @@ import time
 # with several CPU processes on the same cores, spinning threads slow each other down up to
 # ~10x, so cli() makes the CPU worker processes it launches sleep instead (see below).
 
+import torch
 import torch.multiprocessing as mp
 import yaml
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -161,7 +162,11 @@ def main(args, trainer_cls=None):
 
 def _main(args, trainer_cls=None):
     cfg = setup_cfg(args)
-    default_setup(cfg, args)
+    default_setup(cfg, args)  # sets cudnn.benchmark from CUDNN_BENCHMARK, for training only
+    if args.eval_only:
+        # the library leaves process-wide settings alone; evaluation honours the key too
+        # (fixed-size inputs, e.g. the fast path's, gain from it; detectron2 skips it there)
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
     # the project's own progress lines (plan stages, resume) on the console and in log.txt
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnext_det",
                  abbrev_name="resnext")

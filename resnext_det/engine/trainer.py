@@ -43,7 +43,7 @@ from ..io import atomic_write_json
 from ..weights import ResNeXtCheckpointer as Checkpointer
 from ..weights import WeightsError
 from .checks import TrainingConfigError, validate_solver
-from .fast import apply_training_switches, prepare_for_inference
+from .fast import apply_training_switches_with_report, prepare_for_inference
 from .fast.auto import parse_switch
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
@@ -79,12 +79,11 @@ def apply_recorded_training_switches(model, cfg):
             recorded["fold_frozen_bn"] = bool(saved["fold_frozen_bn"])
         if recorded:
             _train_logger.info("Training layout %s: recorded in %s when this run started", recorded, path)
-    model = apply_training_switches(model, cfg, **recorded)
-    chosen = getattr(model, "_resnext_fast", {})
+    model, chosen = apply_training_switches_with_report(model, cfg, **recorded)
     if not os.path.isfile(path) and comm.is_main_process():
-        atomic_write_json(path, {"channels_last": bool(chosen.get("channels_last")),
-                                 "fold_frozen_bn": bool(chosen.get("folded_on_the_fly")),
-                                 "reason": chosen.get("layout_reason", "")}, indent=1)
+        atomic_write_json(path, {"channels_last": chosen.channels_last,
+                                 "fold_frozen_bn": bool(chosen.folded_on_the_fly),
+                                 "reason": chosen.layout_reason}, indent=1)
     return model
 
 
