@@ -77,7 +77,7 @@ from resnext_det.engine.fast import (
     prepare_for_inference,
 )
 from resnext_det.engine.fast.auto import read_cpu_flags
-from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
+from resnext_det.engine.stock import randomize_frozen_bn, seeded_global_rng, stock_equivalent_cfg, training_iteration
 from resnext_det.io import atomic_write_json
 
 logger = logging.getLogger("benchmark")
@@ -400,9 +400,9 @@ class Bench:
         name = {"fpn": "faster_rcnn_X50_32x4d_FPN.yaml", "c4": "faster_rcnn_X50_32x4d.yaml"}[arch]
         topk = self.args.c4_topk if arch == "c4" else None
         cfg = _cfg(name, preset, self.device, topk)
-        torch.manual_seed(0)
-        default = _randomize(build_model(cfg)).eval()
-        stock = build_model(stock_equivalent_cfg(cfg)).eval()
+        with seeded_global_rng(0):  # the same random weights every run; the caller's stream untouched
+            default = _randomize(build_model(cfg)).eval()
+            stock = build_model(stock_equivalent_cfg(cfg)).eval()
         stock.load_state_dict(default.state_dict())
         models = {"stock": stock, "default": default}
         models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
@@ -432,9 +432,9 @@ class Bench:
 
     def train(self, preset):
         cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device)
-        torch.manual_seed(0)
-        default = _randomize(build_model(cfg))
-        stock = build_model(stock_equivalent_cfg(cfg))
+        with seeded_global_rng(0):  # the same random weights every run; the caller's stream untouched
+            default = _randomize(build_model(cfg))
+            stock = build_model(stock_equivalent_cfg(cfg))
         stock.load_state_dict(default.state_dict())
         fast = copy.deepcopy(default)
         autocast = ""
