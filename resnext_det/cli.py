@@ -35,6 +35,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import resnext_det
+from resnext_det._warnings import filter_known_third_party_warnings
 
 from resnext_det.config import ResNeXtConfigError, check_device
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
@@ -151,6 +152,7 @@ def evaluate_only(cfg, resume=False, runtime="onnxruntime", precision="fp32"):
 def main(args, trainer_cls=None):
     """Per-process entry (what launch() runs in each worker). In a spawned worker, the
     project's errors print one line and exit with 2; in-process, ``cli`` reports them."""
+    filter_known_third_party_warnings()  # a spawned worker is a new process
     if comm.get_world_size() <= 1:
         return _main(args, trainer_cls)
     try:
@@ -290,6 +292,7 @@ def _default_demo_name(argv):
 
 def cli(argv=None):
     """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged)."""
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     args = get_parser().parse_args(_default_demo_name(argv))
     try:
         return _cli(args)

@@ -65,6 +65,7 @@ from detectron2.utils.analysis import FlopCountAnalysis as DetectorFlopCountAnal
 from fvcore.nn import FlopCountAnalysis
 
 import resnext_det
+from resnext_det._warnings import filter_known_third_party_warnings
 from resnext_det.data.synthetic import synthetic_train_batch
 from resnext_det.deploy import DeployedPredictor
 from resnext_det.deploy.contract import DeployError
@@ -507,6 +508,7 @@ def print_table(records, header):
 
 
 def main(argv=None):
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="*", default=["X-101-32x4d"],
                     help="presets for the full suite (backbone, fpn, c4, train)")
