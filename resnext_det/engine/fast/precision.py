@@ -103,12 +103,13 @@ def training_autocast(cfg=None, device_type: str = "cpu", precision: Optional[st
     autocast to fp32).
 
     Args:
-        cfg: a config with ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN``.
+        cfg: a config with ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` (see :func:`check_autocast_train`).
         device_type: "cpu" or "cuda".
         precision: overrides the config: "", "fp32", "bf16", "fp16".
     """
-    if precision is None:
-        precision = str(cfg.MODEL.RESNEXT.FAST.AUTOCAST_TRAIN) if cfg is not None else ""
+    if precision is None:  # from the config: checked as the trainer checks it
+        value = str(cfg.MODEL.RESNEXT.FAST.AUTOCAST_TRAIN) if cfg is not None else ""
+        precision = check_autocast_train(value, device_type)
     dtype = autocast_dtype(precision or "fp32", device_type)
     if dtype is None:
         yield
