@@ -2,14 +2,20 @@
 narrowly: each by category, the module it is attributed to and its message. Nothing else is
 filtered; a new warning still shows.
 
-Installed once by ``import resnext_det`` (before detectron2 is imported, since some fire
-at import time).
+The library changes no process-wide setting: ``import resnext_det`` silences them only while
+its own imports run (:func:`known_third_party_warnings_silenced`, some fire at import), and
+only the command lines (the tools, ``resnext_det.cli``, ``resnext_det.deploy.cli`` and the
+other ``main`` functions) install them for their whole process
+(:func:`filter_known_third_party_warnings`, which an application may call too).
 """
+import contextlib
 import logging
 import re
 import warnings
+from typing import Iterator
 
-__all__ = ["KNOWN_THIRD_PARTY_WARNINGS", "KNOWN_THIRD_PARTY_LOG_WARNINGS", "filter_known_third_party_warnings"]
+__all__ = ["KNOWN_THIRD_PARTY_WARNINGS", "KNOWN_THIRD_PARTY_LOG_WARNINGS", "filter_known_third_party_warnings",
+           "known_third_party_warnings_silenced"]
 
 # (category, module regex, message regex, why it is not ours to fix)
 KNOWN_THIRD_PARTY_WARNINGS = (
@@ -32,11 +38,9 @@ KNOWN_THIRD_PARTY_LOG_WARNINGS = (
      "detectron2's ROIPooler calls torch.fx's is_fx_tracing"),
     # torch logs this when something imports torch.utils.cpp_extension on a machine without CUDA
     ("torch.utils.cpp_extension", r"No CUDA runtime is found", "torch's cpp_extension import"),
-    # onnxruntime.quantization (root logger) on every conv/GEMM whose bias is computed in the
-    # graph (FrozenBN folded by the exporter): it leaves that bias in float, which is right
-    ("", r"^Expected bias '.*' to be an initializer$", "ONNX Runtime static quantization"),
-    ("", r"^Bias of Gemm node '.*' is not constant\. Please exclude this node", "ONNX Runtime static quantization"),
 )
+# (ONNX Runtime's quantizer logs on the root logger; resnext_det.deploy.quantize filters it
+# around its one call)
 
 
 class _DropKnownRecord(logging.Filter):
@@ -50,12 +54,38 @@ class _DropKnownRecord(logging.Filter):
         return not self.pattern.search(record.getMessage())
 
 
-def filter_known_third_party_warnings() -> None:
-    """Install the filters of :data:`KNOWN_THIRD_PARTY_WARNINGS` and
-    :data:`KNOWN_THIRD_PARTY_LOG_WARNINGS` (idempotent)."""
-    for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+def _add_log_filters() -> list:
+    added = []
     for name, message, _why in KNOWN_THIRD_PARTY_LOG_WARNINGS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnownRecord) and f.pattern.pattern == message for f in logger.filters):
-            logger.addFilter(_DropKnownRecord(message))
+            f = _DropKnownRecord(message)
+            logger.addFilter(f)
+            added.append((logger, f))
+    return added
+
+
+def filter_known_third_party_warnings() -> None:
+    """Install the filters of :data:`KNOWN_THIRD_PARTY_WARNINGS` and
+    :data:`KNOWN_THIRD_PARTY_LOG_WARNINGS` for the rest of the process (idempotent). Called by
+    the command lines, and by an application that opts in (``resnext_det.filter_known_third_party_warnings()``);
+    never by a library call."""
+    for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    _add_log_filters()
+
+
+@contextlib.contextmanager
+def known_third_party_warnings_silenced() -> Iterator[None]:
+    """The same filters inside the block only; the process's warning filters and the loggers'
+    filters are as they were afterwards (``warnings.catch_warnings``: not thread-safe, so for
+    import time and single-threaded calls)."""
+    with warnings.catch_warnings():
+        for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        added = _add_log_filters()
+        try:
+            yield
+        finally:
+            for logger, f in added:
+                logger.removeFilter(f)

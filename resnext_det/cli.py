@@ -27,6 +27,7 @@ import time
 # with several CPU processes on the same cores, spinning threads slow each other down up to
 # ~10x, so cli() makes the CPU worker processes it launches sleep instead (see below).
 
+import torch
 import torch.multiprocessing as mp
 import yaml
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -34,6 +35,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import resnext_det
+from resnext_det._warnings import filter_known_third_party_warnings
 
 from resnext_det.config import ResNeXtConfigError, check_device
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
@@ -150,6 +152,7 @@ def evaluate_only(cfg, resume=False, runtime="onnxruntime", precision="fp32"):
 def main(args, trainer_cls=None):
     """Per-process entry (what launch() runs in each worker). In a spawned worker, the
     project's errors print one line and exit with 2; in-process, ``cli`` reports them."""
+    filter_known_third_party_warnings()  # a spawned worker is a new process
     if comm.get_world_size() <= 1:
         return _main(args, trainer_cls)
     try:
@@ -161,7 +164,11 @@ def main(args, trainer_cls=None):
 
 def _main(args, trainer_cls=None):
     cfg = setup_cfg(args)
-    default_setup(cfg, args)
+    default_setup(cfg, args)  # sets cudnn.benchmark from CUDNN_BENCHMARK, for training only
+    if args.eval_only:
+        # the library leaves process-wide settings alone; evaluation honours the key too
+        # (fixed-size inputs, e.g. the fast path's, gain from it; detectron2 skips it there)
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
     # the project's own progress lines (plan stages, resume) on the console and in log.txt
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnext_det",
                  abbrev_name="resnext")
@@ -285,6 +292,7 @@ def _default_demo_name(argv):
 
 def cli(argv=None):
     """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged)."""
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     args = get_parser().parse_args(_default_demo_name(argv))
     try:
         return _cli(args)

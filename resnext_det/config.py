@@ -131,7 +131,8 @@ def add_resnext_config(cfg: CN) -> CN:
     r.FAST.CHANNELS_LAST_TRAIN = "auto"  # conv weights and activations NHWC
     r.FAST.FOLD_FROZEN_BN_TRAIN = "auto"  # each conv+FrozenBN run as one conv, folded on the fly
     # Off by default: reduced precision changes the first-iteration loss beyond rounding.
-    r.FAST.AUTOCAST_TRAIN = ""  # "" (off), "bf16", "fp16"
+    # CPU only: on CUDA mixed precision is detectron2's SOLVER.AMP.ENABLED (AMPTrainer, CUDA-only)
+    r.FAST.AUTOCAST_TRAIN = ""  # "" (off) or "bf16"
     return cfg
 
 

@@ -53,3 +53,21 @@ def test_train_net_does_not_import_runtimes_or_demo_drawing():
         print(sorted(m for m in lazy if m in sys.modules))
     """)
     assert out.strip() == "[]"
+
+
+def test_importing_the_package_changes_no_process_wide_filters():
+    """Library import leaves the warning filters and the loggers' filters as they were; only
+    the command lines install the known third-party filters, for their own process."""
+    out = _python("""
+        import logging, warnings
+        from resnext_det._warnings import KNOWN_THIRD_PARTY_LOG_WARNINGS, KNOWN_THIRD_PARTY_WARNINGS
+        import resnext_det, resnext_det.cli, resnext_det.deploy.cli, resnext_det.engine.benchmark
+        ours = {m for _, _, m, _ in KNOWN_THIRD_PARTY_WARNINGS}
+        assert not [f for f in warnings.filters if f[1] is not None and f[1].pattern in ours], warnings.filters
+        names = {""} | {n for n, _, _ in KNOWN_THIRD_PARTY_LOG_WARNINGS}
+        assert not any(logging.getLogger(n).filters for n in names)
+        resnext_det.cli.filter_known_third_party_warnings()  # what cli()/main() do first
+        assert [f for f in warnings.filters if f[1] is not None and f[1].pattern in ours]
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")

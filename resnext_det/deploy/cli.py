@@ -18,8 +18,8 @@ import argparse
 import logging
 import sys
 import time
-import warnings
 
+from .._warnings import filter_known_third_party_warnings
 from ..cli import setup_cfg
 from ..config import ResNeXtConfigError
 from ..engine.plan_runner import prepare_datasets
@@ -81,6 +81,7 @@ def run(args) -> dict:
 
 def cli(argv=None) -> int:
     """The command line: returns 0, or 2 after a one-line error."""
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -92,7 +93,4 @@ def cli(argv=None) -> int:
 
 
 def main():  # pragma: no cover - console entry
-    with warnings.catch_warnings():
-        # detectron2 imports torch.jit.script-decorated functions: torch deprecates that API
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        sys.exit(cli())
+    sys.exit(cli())

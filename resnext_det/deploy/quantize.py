@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from typing import Iterable, List
 
@@ -53,11 +54,20 @@ def calibration_images(cfg, num_images: int) -> List[np.ndarray]:
 
 
 class _NoPreprocessAdvice(logging.Filter):
-    """ONNX Runtime's quantizer advises (on the root logger) to run its shape pre-processing;
-    the exported graph has dynamic shapes that step cannot fix, so the advice is dropped."""
+    """Installed on the root logger around the one ``quantize_static`` call only. Drops ONNX
+    Runtime's quantizer messages that do not apply here: its advice to run its shape
+    pre-processing (the exported graph has dynamic shapes that step cannot fix), and its note
+    on each conv/GEMM whose bias is computed in the graph (FrozenBN folded by the exporter): it
+    leaves that bias in float, which is right."""
+
+    _KNOWN = (re.compile(r"^Expected bias '.*' to be an initializer$"),
+              re.compile(r"^Bias of Gemm node '.*' is not constant\. Please exclude this node"))
 
     def filter(self, record):
-        return not ("onnxruntime" in record.pathname and "pre-process" in record.getMessage())
+        msg = record.getMessage()
+        if "onnxruntime" in record.pathname and "pre-process" in msg:
+            return False
+        return not any(p.search(msg) for p in self._KNOWN)
 
 
 class _Reader:

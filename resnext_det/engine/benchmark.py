@@ -66,6 +66,7 @@ from detectron2.utils.analysis import FlopCountAnalysis as DetectorFlopCountAnal
 from fvcore.nn import FlopCountAnalysis
 
 import resnext_det
+from resnext_det._warnings import filter_known_third_party_warnings
 from resnext_det.data.synthetic import synthetic_train_batch
 from resnext_det.deploy import DeployedPredictor
 from resnext_det.deploy.contract import DeployError
@@ -78,7 +79,7 @@ from resnext_det.engine.fast import (
     prepare_for_inference,
 )
 from resnext_det.hardware import read_cpu_flags
-from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
+from resnext_det.engine.stock import randomize_frozen_bn, seeded_global_rng, stock_equivalent_cfg, training_iteration
 from resnext_det.io import atomic_write_json
 
 logger = logging.getLogger("benchmark")
@@ -403,9 +404,9 @@ class Bench:
         name = {"fpn": "faster_rcnn_X50_32x4d_FPN.yaml", "c4": "faster_rcnn_X50_32x4d.yaml"}[arch]
         topk = self.args.c4_topk if arch == "c4" else None
         cfg = _cfg(name, preset, self.device, topk)
-        torch.manual_seed(0)
-        default = _randomize(build_model(cfg)).eval()
-        stock = build_model(stock_equivalent_cfg(cfg)).eval()
+        with seeded_global_rng(0):  # the same random weights every run; the caller's stream untouched
+            default = _randomize(build_model(cfg)).eval()
+            stock = build_model(stock_equivalent_cfg(cfg)).eval()
         stock.load_state_dict(default.state_dict())
         models = {"stock": stock, "default": default}
         models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
@@ -435,9 +436,9 @@ class Bench:
 
     def train(self, preset):
         cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device)
-        torch.manual_seed(0)
-        default = _randomize(build_model(cfg))
-        stock = build_model(stock_equivalent_cfg(cfg))
+        with seeded_global_rng(0):  # the same random weights every run; the caller's stream untouched
+            default = _randomize(build_model(cfg))
+            stock = build_model(stock_equivalent_cfg(cfg))
         stock.load_state_dict(default.state_dict())
         fast = copy.deepcopy(default)
         autocast = ""
@@ -510,6 +511,7 @@ def print_table(records, header):
 
 
 def main(argv=None):
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="*", default=["X-101-32x4d"],
                     help="presets for the full suite (backbone, fpn, c4, train)")

@@ -18,6 +18,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
+from .._warnings import filter_known_third_party_warnings
 from ..config import PRESETS
 from ..io import atomic_write_json
 from ..modeling import build_backbone_from_preset
@@ -124,6 +125,7 @@ def format_table(rows: Sequence[ComplexityRow]) -> str:
 
 def main(argv=None):
     """The command line of ``tools/complexity.py`` (params and FLOPs next to the paper's)."""
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     ap = argparse.ArgumentParser(description="Params and FLOPs of the presets next to the paper's figures.", formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="preset names")
     ap.add_argument("--size", type=int, default=224, help="input side (default 224)")

@@ -39,7 +39,7 @@ from ..io import atomic_open, atomic_write_json
 from .checks import TrainingConfigError, check_proposal_file, load_proposal_file
 from .plan import STATE_FILE, Stage, build_plan, resolve_datasets
 from .pretrain import pretrain_classifier, pretrained_weights_path
-from .trainer import EVAL_RESULTS, ResNeXtTrainer, clear_training_errors, for_cpu_workers, load_checkpoint
+from .trainer import EVAL_RESULTS, ResNeXtTrainer, build_trainer, clear_training_errors, load_checkpoint
 
 __all__ = [
     "PlanState",
@@ -397,12 +397,11 @@ def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[st
         cfg: the full config (datasets must already be registered: :func:`prepare_datasets`).
         resume: skip stages that ``plan_state.json`` marks finished and continue the
             unfinished training stage from its last checkpoint. Without it, everything reruns.
-        trainer_cls: the trainer (default :class:`resnext_det.engine.trainer.ResNeXtTrainer`);
-            with several CPU worker processes, its :func:`for_cpu_workers` form.
+        trainer_cls: the trainer (default :class:`resnext_det.engine.trainer.ResNeXtTrainer`),
+            built by :func:`~resnext_det.engine.trainer.build_trainer` (several CPU worker
+            processes need another construction).
     """
     trainer_cls = trainer_cls or ResNeXtTrainer
-    if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
-        trainer_cls = for_cpu_workers(trainer_cls)
     stages = build_plan(cfg)
     state = PlanState(cfg.OUTPUT_DIR)
     if resume:
@@ -445,7 +444,7 @@ def _train(stage: Stage, trainer_cls, resume: bool) -> Dict[str, Any]:
         stale = os.path.join(stage.output_dir, "inference", EVAL_RESULTS)
         if os.path.isfile(stale):
             os.unlink(stale)
-    trainer = trainer_cls(stage.cfg)
+    trainer = build_trainer(trainer_cls, stage.cfg)
     trainer.resume_or_load(resume=resume)
     with clear_training_errors(trainer):  # a diverged run: one clear error, not a traceback
         trainer.train()

@@ -8,13 +8,16 @@ names and shapes and ``load_state_dict`` works across them.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.utils.events import EventStorage
 
 from ..config import resolve_resnext_spec
 
-__all__ = ["stock_equivalent_cfg", "randomize_frozen_bn", "training_iteration"]
+__all__ = ["stock_equivalent_cfg", "randomize_frozen_bn", "training_iteration", "seeded_global_rng"]
 
 _STOCK_BACKBONES = {
     "build_resnext_backbone": "build_resnet_backbone",
@@ -79,14 +82,44 @@ def randomize_frozen_bn(model, generator: torch.Generator):
     return model
 
 
+@contextlib.contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Inside the block torch's global RNG (CPU, and CUDA when initialized) starts from
+    ``seed``; after it the caller's RNG state is back as it was. For code that draws from the
+    global stream and cannot take a generator (detectron2's RPN/RoI samplers, module init).
+
+    Args:
+        seed: the seed inside the block.
+    """
+    # CUDA only when already initialized: forking would initialize it, and seeding it
+    # uninitialized would queue a seed that outlives the block
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
+        yield
+
+
 def training_iteration(model, optimizer, data) -> float:
     """One training iteration of ``model`` on ``data`` (forward with losses, backward,
-    ``optimizer`` step), as the stock-vs-ours timings run it; returns the total loss (before the
-    step). torch's global RNG is seeded first: the RPN and RoI samplers draw from it, so every
-    model compared samples the same anchors and proposals."""
+    ``optimizer`` step), as the stock-vs-ours timings run it.
+
+    The forward draws from torch's global RNG seeded with 1 (the RPN and RoI samplers draw
+    from it, so every model compared samples the same anchors and proposals); the caller's
+    RNG state is restored afterwards (:func:`seeded_global_rng`).
+
+    Args:
+        model: a detectron2 model (put in training mode).
+        optimizer: the optimizer stepping ``model``'s parameters.
+        data: a list of detectron2 input dicts with instances.
+
+    Returns:
+        the total loss before the step.
+    """
     model.train()
-    torch.manual_seed(1)
-    with EventStorage(0):  # detectron2's models log to the current storage while training
+    # detectron2's models log to the current storage while training
+    with seeded_global_rng(1), EventStorage(0):
         losses = model(data)
     total = sum(losses.values())
     optimizer.zero_grad(set_to_none=True)

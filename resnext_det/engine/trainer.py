@@ -8,7 +8,7 @@ data position and random streams in every checkpoint; no checkpoint of non-finit
 ``build_evaluator`` and ``test``. The training step, ``resume_or_load``, ``train``, the
 writers (ETA and losses on the console, ``metrics.json``, TensorBoard events) and the other
 hooks are detectron2's. Several CPU processes (GLOO) need one more change, kept apart in
-:func:`for_cpu_workers`.
+:func:`construct_on_cpu_workers` (through :func:`build_trainer`).
 
 Kill safety: checkpoints and ``last_checkpoint`` are written atomically (the project's
 checkpointer); the sampler's seed and the number of images the finished iterations used are
@@ -43,12 +43,12 @@ from ..io import atomic_write_json
 from ..weights import ResNeXtCheckpointer as Checkpointer
 from ..weights import WeightsError
 from .checks import TrainingConfigError, validate_solver
-from .fast import apply_training_switches, prepare_for_inference
+from .fast import apply_training_switches_with_report, prepare_for_inference
 from .fast.auto import parse_switch
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
            "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams",
-           "DataPosition", "for_cpu_workers", "clear_training_errors"]
+           "DataPosition", "build_trainer", "construct_on_cpu_workers", "clear_training_errors"]
 
 logger = logging.getLogger(__name__)
 # training progress lines go where detectron2's own go (console and log.txt via default_setup)
@@ -79,12 +79,11 @@ def apply_recorded_training_switches(model, cfg):
             recorded["fold_frozen_bn"] = bool(saved["fold_frozen_bn"])
         if recorded:
             _train_logger.info("Training layout %s: recorded in %s when this run started", recorded, path)
-    model = apply_training_switches(model, cfg, **recorded)
-    chosen = getattr(model, "_resnext_fast", {})
+    model, chosen = apply_training_switches_with_report(model, cfg, **recorded)
     if not os.path.isfile(path) and comm.is_main_process():
-        atomic_write_json(path, {"channels_last": bool(chosen.get("channels_last")),
-                                 "fold_frozen_bn": bool(chosen.get("folded_on_the_fly")),
-                                 "reason": chosen.get("layout_reason", "")}, indent=1)
+        atomic_write_json(path, {"channels_last": chosen.channels_last,
+                                 "fold_frozen_bn": bool(chosen.folded_on_the_fly),
+                                 "reason": chosen.layout_reason}, indent=1)
     return model
 
 
@@ -292,37 +291,57 @@ class ResNeXtTrainer(DefaultTrainer):
         return results
 
 
-class _CpuWorkers:
-    """DefaultTrainer's construction for several CPU processes (GLOO): detectron2's
-    ``DefaultTrainer.__init__`` gives ``DistributedDataParallel`` ``device_ids=[local_rank]``,
-    which DDP refuses for CPU modules ("device_ids ... only work with ... GPU modules"), so
-    this one constructor builds the same parts with the same hooks, in the same order, and
-    DDP without device_ids. Use through :func:`for_cpu_workers`."""
+def build_trainer(trainer_cls, cfg):
+    """``trainer_cls(cfg)``, or, when several CPU processes train together (``MODEL.DEVICE``
+    cpu and a world size above 1), :func:`construct_on_cpu_workers` of it.
 
-    def __init__(self, cfg):
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
-        self.register_hooks(self.build_hooks())  # ResNeXtTrainer's: it sets the checkpointer
+    Args:
+        trainer_cls: ResNeXtTrainer or a subclass.
+        cfg: the training config.
+
+    Returns:
+        an instance of ``trainer_cls``.
+    """
+    if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
+        return construct_on_cpu_workers(trainer_cls, cfg)
+    return trainer_cls(cfg)
 
 
-def for_cpu_workers(trainer_cls):
-    """``trainer_cls`` (ResNeXtTrainer or a subclass) as it must be built when several CPU
-    processes train together (see :class:`_CpuWorkers`); ``trainer_cls`` itself otherwise
-    unchanged. The plan runner applies it when ``MODEL.DEVICE`` is cpu and there are several
-    workers."""
-    if issubclass(trainer_cls, _CpuWorkers):
-        return trainer_cls
-    return type(f"{trainer_cls.__name__}OnCpuWorkers", (_CpuWorkers, trainer_cls),
-                {"__doc__": trainer_cls.__doc__, "__module__": trainer_cls.__module__})
+def construct_on_cpu_workers(trainer_cls, cfg):
+    """An instance of ``trainer_cls`` built as ``DefaultTrainer.__init__`` builds it, except that
+    ``DistributedDataParallel`` gets no ``device_ids``.
+
+    Why a copy: ``DefaultTrainer.__init__`` calls ``create_ddp_model(model,
+    broadcast_buffers=False)``, which adds ``device_ids=[local_rank]``, and DDP raises for any
+    ``device_ids`` on a CPU module ("device_ids ... only work with ... GPU modules"); no hook
+    of detectron2's runs between building the model and that call, so several CPU (GLOO)
+    processes cannot use ``DefaultTrainer.__init__``. The lines below mirror it in order, with
+    the same hooks (``trainer_cls``'s overrides all apply); ``_trainer`` is the attribute
+    ``DefaultTrainer.run_step``, ``state_dict`` and its ``model``/``optimizer`` properties read.
+    tests/engine/test_trainer.py fails when detectron2's constructor or ``create_ddp_model``
+    changes shape.
+
+    Args:
+        trainer_cls: ResNeXtTrainer or a subclass (its ``__init__``, if any, is not run).
+        cfg: the training config.
+
+    Returns:
+        the trainer, ready for ``resume_or_load`` and ``train``.
+    """
+    trainer = trainer_cls.__new__(trainer_cls)
+    TrainerBase.__init__(trainer)
+    if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+        setup_logger()
+    cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+    model = trainer.build_model(cfg)
+    optimizer = trainer.build_optimizer(cfg, model)
+    data_loader = trainer.build_train_loader(cfg)
+    model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)  # the one difference
+    trainer._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+    trainer.scheduler = trainer.build_lr_scheduler(cfg, optimizer)
+    trainer.start_iter, trainer.max_iter, trainer.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
+    trainer.register_hooks(trainer.build_hooks())  # ResNeXtTrainer's build_hooks sets the checkpointer
+    return trainer
 
 
 def last_losses(trainer) -> str:

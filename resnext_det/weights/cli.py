@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+from .._warnings import filter_known_third_party_warnings
 from .safe_io import WeightsError
 from .sources import read_checkpoint, save_converted
 
@@ -27,6 +28,7 @@ __all__ = ["main"]
 
 
 def main(argv=None) -> int:
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="weights file to convert")
     parser.add_argument("output", help="detectron2 checkpoint to write (.pkl or .pth)")

@@ -1,6 +1,7 @@
 """engine.fast: the fast inference path equals the default path (fp32), training switches
 give the stock path's first-iteration losses, and the config switch does what it says."""
 import copy
+import json
 import warnings
 
 import pytest
@@ -13,13 +14,17 @@ from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
 from resnext_det.engine.fast import (
+    FrozenBNFoldedConv2d,
     apply_training_switches,
+    apply_training_switches_with_report,
     fold_frozen_bn,
     maybe_apply_fast_config,
     prepare_for_inference,
+    prepare_for_inference_with_report,
+    check_autocast_train,
     training_autocast,
 )
-from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg
+from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
 
 
 def _randomize_frozen_bn(model, seed=0):
@@ -67,8 +72,8 @@ def test_fold_frozen_bn_matches_conv_then_norm():
 def test_backbone_fast_equals_default(tiny_resnext_cfg):
     cfg = tiny_resnext_cfg()
     default = _model(cfg).backbone
-    fast = prepare_for_inference(copy.deepcopy(default))
-    assert fast._resnext_fast["folded"] > 0 and fast._resnext_fast["fused_blocks"] > 0
+    fast, report = prepare_for_inference_with_report(copy.deepcopy(default))
+    assert report.folded > 0 and report.fused_blocks > 0
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
@@ -180,6 +185,54 @@ def test_autocast_training_loss_close_to_fp32(tiny_resnext_cfg):
         assert got[k] == pytest.approx(ref[k], rel=0.05, abs=0.01), k
 
 
+def test_autocast_train_is_not_a_second_solver_amp(tiny_resnext_cfg):
+    """Mixed precision where detectron2 has it (CUDA, fp16 with a grad scaler) is
+    SOLVER.AMP.ENABLED; AUTOCAST_TRAIN is bf16 on CPU only."""
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
+        apply_training_switches(_model(tiny_resnext_cfg()),
+                                tiny_resnext_cfg(**{"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN": "fp16"}))
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
+        check_autocast_train("bf16", "cuda")
+    assert check_autocast_train("bf16", "cpu") == "bf16" and check_autocast_train("", "cuda") == ""
+
+
+def test_bf16_training_checkpoints_load_both_ways(tiny_resnext_cfg):
+    """The autocast wrapper adds a module level but no state_dict key: checkpoints of a model
+    trained with AUTOCAST_TRAIN load into a plain model and back."""
+    cfg = tiny_resnext_cfg(**{"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN": "bf16"})
+    plain = _model(cfg, seed=1)
+    wrapped = _model(cfg, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        apply_training_switches(wrapped, cfg, channels_last=False, fold_frozen_bn=False)
+    assert list(wrapped.state_dict()) == list(plain.state_dict())
+    wrapped.load_state_dict(plain.state_dict())  # strict
+    for (k, a), b in zip(plain.state_dict().items(), wrapped.state_dict().values()):
+        assert torch.equal(a, b), k
+    fresh = _model(cfg, seed=3)
+    fresh.load_state_dict(wrapped.state_dict())
+    assert torch.equal(fresh.backbone.bottom_up.stem.conv1.weight, plain.backbone.bottom_up.stem.conv1.weight)
+
+
+def test_training_iteration_leaves_the_global_rng_alone(tiny_resnext_cfg):
+    model = _model(tiny_resnext_cfg(), spread_scores=False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    data = train_batch()
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first = training_iteration(model, opt, data)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(99)  # another caller state: the iteration still draws the same samples
+    assert training_iteration(model, opt, data) == pytest.approx(first, rel=1e-6)
+
+
+def test_prepare_leaves_process_settings_alone(tiny_resnext_cfg):
+    before = torch.backends.cudnn.benchmark
+    model = prepare_for_inference(_model(tiny_resnext_cfg()))
+    assert torch.backends.cudnn.benchmark == before
+    assert not [k for k in vars(model) if k.startswith("_resnext")]  # the report is returned, not attached
+
+
 def test_training_autocast_context(tiny_resnext_cfg):
     cfg = tiny_resnext_cfg()
     with training_autocast(cfg):
@@ -194,10 +247,10 @@ def test_maybe_apply_fast_config(tiny_resnext_cfg):
     cfg = tiny_resnext_cfg()
     model = _model(cfg)
     assert maybe_apply_fast_config(model, cfg, training=False) is model
-    assert not hasattr(model, "_resnext_fast")  # switch off: untouched
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # switch off: untouched
     cfg.MODEL.RESNEXT.FAST.INFERENCE = True
     maybe_apply_fast_config(model, cfg, training=False)
-    assert model._resnext_fast["mode"] == "inference" and model._resnext_fast["folded"] > 0
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # folded
     # prepared models can still be copied (the demo / evaluator may deepcopy)
     clone = copy.deepcopy(model)
     with torch.no_grad():
@@ -211,8 +264,8 @@ def test_training_fold_frozen_bn_matches_stock(tiny_resnext_cfg):
     stock = build_model(stock_equivalent_cfg(cfg))
     stock.load_state_dict(ours.state_dict())
     keys_before = {k: v.shape for k, v in ours.state_dict().items()}
-    apply_training_switches(ours, channels_last=True, fold_frozen_bn=True)
-    assert ours._resnext_fast["folded_on_the_fly"] > 0
+    _, report = apply_training_switches_with_report(ours, channels_last=True, fold_frozen_bn=True)
+    assert report.folded_on_the_fly > 0
     assert {k: v.shape for k, v in ours.state_dict().items()} == keys_before
     assert any(isinstance(m, FrozenBatchNorm2d) for m in ours.modules())  # kept, inside the folded convs
     ref, got = _first_losses(stock), _first_losses(ours)
@@ -255,8 +308,11 @@ def test_trainer_applies_training_switches_from_config(tmp_path, tiny_resnext_cf
     cfg.MODEL.RESNEXT.FAST.CHANNELS_LAST_TRAIN = True
     cfg.MODEL.RESNEXT.FAST.FOLD_FROZEN_BN_TRAIN = True
     trainer = ResNeXtTrainer(cfg)
-    info = trainer.model._resnext_fast
-    assert info["mode"] == "training" and info["channels_last"] and info["folded_on_the_fly"] > 0
+    record = json.load(open(tmp_path / "out" / "training_layout.json"))
+    assert record["channels_last"] and record["fold_frozen_bn"]
+    conv = trainer.model.backbone.bottom_up.res3[0].conv2
+    assert isinstance(conv, FrozenBNFoldedConv2d)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     plain_keys = set(build_model(tiny_resnext_cfg()).state_dict())
     assert set(trainer.model.state_dict()) == plain_keys
     trainer.resume_or_load(resume=False)

@@ -14,8 +14,8 @@ from resnext_det.engine.fast import (
     CpuFeatures,
     FrozenBNFoldedConv2d,
     apply_training_switches,
+    apply_training_switches_with_report,
     choose_training_layout,
-    maybe_apply_fast_config,
     probe_training_layouts,
 )
 from resnext_det.engine.fast.auto import CANDIDATES, parse_switch
@@ -114,9 +114,9 @@ def test_apply_auto_with_injected_features(tiny_resnext_cfg, caplog, features, e
 def test_apply_auto_with_injected_probe(tiny_resnext_cfg):
     cfg = tiny_resnext_cfg()
     model = _model(cfg)
-    apply_training_switches(model, cfg, cpu_features=AVX2, probe=FOLD_SLOWER)
+    _, report = apply_training_switches_with_report(model, cfg, cpu_features=AVX2, probe=FOLD_SLOWER)
     assert (_is_channels_last(model), _folded(model)) == (False, False)  # stock, as the probe says
-    assert "fold off (probe" in model._resnext_fast["layout_reason"]
+    assert "fold off (probe" in report.layout_reason
 
 
 def test_probe_times_every_candidate_and_leaves_the_model_alone(tiny_resnext_cfg):
@@ -152,12 +152,11 @@ def test_first_iteration_loss_equals_stock(tiny_resnext_cfg, layout):
     stock = build_model(stock_equivalent_cfg(cfg))
     stock.load_state_dict(ours.state_dict())
     if layout == "auto":
-        maybe_apply_fast_config(ours, cfg, training=True)
+        _, report = apply_training_switches_with_report(ours, cfg)  # what maybe_apply_fast_config runs
     else:
         cl, fold = CANDIDATES[layout]
-        apply_training_switches(ours, cfg, channels_last=cl, fold_frozen_bn=fold)
-    assert (_is_channels_last(ours), _folded(ours)) == (
-        ours._resnext_fast["channels_last"], ours._resnext_fast["folded_on_the_fly"] > 0)
+        _, report = apply_training_switches_with_report(ours, cfg, channels_last=cl, fold_frozen_bn=fold)
+    assert (_is_channels_last(ours), _folded(ours)) == (report.channels_last, report.folded_on_the_fly > 0)
     ref, got = _first_losses(stock), _first_losses(ours)
     assert set(ref) == set(got)
     for k in ref:

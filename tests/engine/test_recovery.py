@@ -372,17 +372,21 @@ def test_auto_training_layout_is_recorded_and_reused_on_resume(tmp_path, tiny_re
         cfg.OUTPUT_DIR = str(tmp_path / "out")
         return ResNeXtTrainer(cfg)
 
+    from resnext_det.engine.fast import FrozenBNFoldedConv2d
+
+    def layout(t):  # what the trainer's model computes with: (channels_last, folded)
+        conv = t.model.backbone.bottom_up.res3[0].conv2
+        return (conv.weight.is_contiguous(memory_format=torch.channels_last),
+                any(isinstance(m, FrozenBNFoldedConv2d) for m in t.model.modules()))
+
     first = trainer()
     record = json.load(open(tmp_path / "out" / TRAINING_LAYOUT))
-    assert record["channels_last"] == first.model._resnext_fast["channels_last"]
-    assert record["fold_frozen_bn"] == bool(first.model._resnext_fast["folded_on_the_fly"])
+    assert (record["channels_last"], record["fold_frozen_bn"]) == layout(first)
     # a later start in the same folder follows the record, even where the probe would differ
     flipped = {"channels_last": not record["channels_last"], "fold_frozen_bn": not record["fold_frozen_bn"],
                "reason": "test"}
     json.dump(flipped, open(tmp_path / "out" / TRAINING_LAYOUT, "w"))
     again = trainer()
-    assert again.model._resnext_fast["channels_last"] == flipped["channels_last"]
-    assert bool(again.model._resnext_fast["folded_on_the_fly"]) == flipped["fold_frozen_bn"]
+    assert layout(again) == (flipped["channels_last"], flipped["fold_frozen_bn"])
     explicit = trainer(CHANNELS_LAST_TRAIN="off", FOLD_FROZEN_BN_TRAIN="off")
-    assert not explicit.model._resnext_fast["channels_last"]
-    assert not explicit.model._resnext_fast["folded_on_the_fly"]
+    assert layout(explicit) == (False, False)

@@ -3,7 +3,7 @@ composition: a prepared model is made of modules whose class says what they comp
 
 - :mod:`.folding`: FrozenBN folded into the conv, once (inference: a ``Conv2d`` with bias) or
   on the fly (training: :class:`FrozenBNFoldedConv2d`, same parameters).
-- :mod:`.layout`: channels_last, and ``Autocast<Trunk>`` classes for reduced precision.
+- :mod:`.layout`: channels_last, and :class:`AutocastTrunk` (a wrapper) for reduced precision.
 - :mod:`.fused`: :class:`FusedBottleneckBlock`, :class:`FusedStem`, :class:`FusedRPNHead`
   (oneDNN fused conv+ReLU / conv+add+ReLU, CPU fp32 inference).
 - :mod:`.precision`: precision names, native bf16 detection, :func:`training_autocast`.
@@ -16,12 +16,14 @@ from .auto import AUTO, CpuFeatures, LayoutChoice, choose_training_layout, probe
 from .folding import FrozenBNFoldedConv2d, fold_frozen_bn, fold_frozen_bn_on_the_fly
 from .fused import FusedBottleneckBlock, FusedRPNHead, FusedStem, fuse_blocks
 from .layout import AutocastTrunk, autocast_trunk
-from .precision import PRECISIONS, autocast_dtype, cpu_has_native_bf16, training_autocast
-from .prepare import apply_training_switches, maybe_apply_fast_config, prepare_for_inference
+from .precision import PRECISIONS, autocast_dtype, check_autocast_train, cpu_has_native_bf16, training_autocast
+from .prepare import (FastReport, apply_training_switches, apply_training_switches_with_report,
+                      maybe_apply_fast_config, prepare_for_inference, prepare_for_inference_with_report)
 
 __all__ = [
     "PRECISIONS", "AUTO",
     "prepare_for_inference", "apply_training_switches", "maybe_apply_fast_config", "training_autocast",
+    "FastReport", "prepare_for_inference_with_report", "apply_training_switches_with_report", "check_autocast_train",
     "fold_frozen_bn", "fold_frozen_bn_on_the_fly", "FrozenBNFoldedConv2d",
     "FusedBottleneckBlock", "FusedStem", "FusedRPNHead", "fuse_blocks",
     "AutocastTrunk", "autocast_trunk",

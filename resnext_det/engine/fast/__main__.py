@@ -23,13 +23,15 @@ import torch
 from detectron2.modeling import build_model
 
 from ... import get_cfg, get_config_file
+from ..._warnings import filter_known_third_party_warnings
 from ...data.synthetic import synthetic_train_batch
 from ..stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
 from .auto import CANDIDATES, CpuFeatures
-from .prepare import apply_training_switches
+from .prepare import apply_training_switches, apply_training_switches_with_report
 
 
 def main(argv=None):
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     ap = argparse.ArgumentParser(prog="python -m resnext_det.engine.fast", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="X-101-32x4d")
@@ -53,7 +55,7 @@ def main(argv=None):
         if name != "stock":
             models[name] = apply_training_switches(copy.deepcopy(base), channels_last=cl, fold_frozen_bn=fold)
     t = time.perf_counter()
-    models["auto"] = apply_training_switches(copy.deepcopy(base), cfg)  # the config default: auto
+    models["auto"], auto = apply_training_switches_with_report(copy.deepcopy(base), cfg)  # the config default
     auto_s = time.perf_counter() - t
     data = synthetic_train_batch([(h, w)], classes=(1, 5))
     opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
@@ -74,9 +76,8 @@ def main(argv=None):
         "command": "python -m resnext_det.engine.fast " + " ".join(argv if argv is not None else sys.argv[1:]),
         "preset": args.preset, "size": [h, w], "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(),
         "cpu_flags": CpuFeatures.detect().describe(), "threads": torch.get_num_threads(),
-        "auto": models["auto"]._resnext_fast["layout_reason"], "auto_decision_s": round(auto_s, 2),
-        "auto_channels_last": models["auto"]._resnext_fast["channels_last"],
-        "auto_folded": models["auto"]._resnext_fast["folded_on_the_fly"] > 0,
+        "auto": auto.layout_reason, "auto_decision_s": round(auto_s, 2),
+        "auto_channels_last": auto.channels_last, "auto_folded": auto.folded_on_the_fly > 0,
         "modes": {k: {"s": round(med[k], 3), "x_stock": round(med["stock"] / med[k], 3),
                       "times": [round(t, 3) for t in times[k]],
                       "first_loss_rel_diff": abs(first[k] - first["stock"]) / abs(first["stock"])}

@@ -2,24 +2,31 @@
 
 channels_last needs no wrapper: once a conv's weight is stored NHWC, oneDNN (and cuDNN) pick
 their NHWC kernels and return NHWC activations, so the layout flows from the first conv on.
-Reduced precision needs a scope: :func:`autocast_trunk` gives a trunk (the backbone, the C4
-head's res5) the class ``Autocast<TrunkClass>``, which runs the trunk's own forward under
-``torch.autocast`` and returns fp32 outputs, so box decoding, NMS, RoIAlign, the box head and
-the losses stay fp32.
+Reduced precision needs a scope: :func:`autocast_trunk` wraps a trunk (the backbone, the C4
+head's res5) in an :class:`AutocastTrunk`, which runs the trunk under ``torch.autocast`` and
+returns fp32 outputs, so box decoding, NMS, RoIAlign, the box head and the losses stay fp32.
 """
 from __future__ import annotations
 
-import functools
 from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["AutocastTrunk", "autocast_trunk", "trunks_of", "to_fp32"]
+__all__ = ["AutocastTrunk", "autocast_trunk", "autocast_trunks", "trunks_of", "to_fp32"]
+
+_CHILD = "trunk"  # the wrapped module's attribute name (absent from state_dict keys, see below)
 
 
 def to_fp32(out):
-    """Floating tensors in ``out`` (a tensor, or dicts/lists/tuples of them) cast to fp32."""
+    """Floating tensors in ``out`` cast to fp32.
+
+    Args:
+        out: a tensor, or dicts/lists/tuples of them (other values pass through).
+
+    Returns:
+        ``out`` with the same structure, floating tensors in fp32.
+    """
     if isinstance(out, torch.Tensor):
         return out.float() if out.is_floating_point() else out
     if isinstance(out, dict):
@@ -29,57 +36,79 @@ def to_fp32(out):
     return out
 
 
-class AutocastTrunk(nn.Module):
-    """Mixin in front of a trunk's class (``Autocast<Name>(AutocastTrunk, Name)``): the trunk's
-    own forward under ``torch.autocast(autocast_device_type, autocast_dtype)``, the input made
-    channels_last first when ``channels_last`` is set, floating outputs cast back to fp32.
+def _drop_child_level(module, state_dict, prefix, local_metadata) -> None:
+    # state_dict post-hook: "<prefix>trunk.x" -> "<prefix>x". This module's entries are the
+    # last ones written, so popping and re-inserting them keeps the order.
+    inner = prefix + _CHILD + "."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
 
-    Made by :func:`autocast_trunk`, which gives the new object the original's parameters,
-    buffers and children under the same names (so checkpoints and optimizer parameter names
-    are those of the stock model) and keeps ``isinstance`` true for the original class.
+
+def _add_child_level(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                     error_msgs) -> None:
+    # load_state_dict pre-hook, the inverse of _drop_child_level (keys already carrying the
+    # level, e.g. from torch.save(model.state_dict()) of an older wrapper, pass unchanged)
+    inner = prefix + _CHILD + "."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+
+
+class AutocastTrunk(nn.Module):
+    """A trunk run under ``torch.autocast(device_type, dtype)``, its input made channels_last
+    first when ``channels_last`` is set, its floating outputs cast back to fp32.
+
+    The trunk is the child ``trunk``; ``state_dict()`` and ``load_state_dict()`` leave that
+    level out (two state-dict hooks), so checkpoints keep the stock model's keys and load into
+    either form; ``named_parameters()`` does show it. Attributes the wrapper lacks are read
+    from the trunk: detectron2 reads ``size_divisibility``, ``padding_constraints`` and
+    ``output_shape()`` of the backbone it calls.
+
+    Args:
+        trunk: the module to run (an ``AutocastTrunk`` is unwrapped first: re-set, not nested).
+        device_type: "cpu" or "cuda".
+        dtype: torch.bfloat16 / torch.float16, or None (no autocast; only the layout).
+        channels_last: convert a 4-D input to channels_last before the trunk runs.
     """
 
-    autocast_device_type: str = "cpu"
-    autocast_dtype: Optional[torch.dtype] = None
-    channels_last: bool = False
+    def __init__(self, trunk: nn.Module, device_type: str, dtype: Optional[torch.dtype],
+                 channels_last: bool = False):
+        super().__init__()
+        if isinstance(trunk, AutocastTrunk):
+            trunk = trunk.trunk
+        self.trunk = trunk
+        self.autocast_device_type = device_type
+        self.autocast_dtype = dtype
+        self.channels_last = bool(channels_last)
+        self.register_state_dict_post_hook(_drop_child_level)
+        self.register_load_state_dict_pre_hook(_add_child_level)
 
-    @property
-    def trunk_class(self) -> type:
-        """The original class of the trunk (what the autocast scope wraps)."""
-        return type(self).__mro__[2]
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers, children (the trunk itself)
+        except AttributeError:
+            modules = self.__dict__.get("_modules")
+            if not modules or _CHILD not in modules or name.startswith("__"):
+                raise  # half-built (unpickling, deepcopy) or a dunder: no delegation
+            return getattr(modules[_CHILD], name)
 
     def forward(self, x, *args, **kwargs):
         if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is None:
-            return super().forward(x, *args, **kwargs)
+            return self.trunk(x, *args, **kwargs)
         with torch.autocast(device_type=self.autocast_device_type, dtype=self.autocast_dtype):
-            out = super().forward(x, *args, **kwargs)
+            out = self.trunk(x, *args, **kwargs)
         return to_fp32(out)
 
-    def __reduce_ex__(self, protocol):
-        # The class is made at run time: pickle (torch.save of a whole model, deepcopy) rebuilds
-        # it from the importable trunk class.
-        return (_new_autocast_trunk, (self.trunk_class,), self.__dict__)
-
-
-@functools.lru_cache(maxsize=None)
-def _autocast_class(trunk_class: type) -> type:
-    return type(f"Autocast{trunk_class.__name__}", (AutocastTrunk, trunk_class),
-                {"__module__": __name__, "__doc__": f"{trunk_class.__name__} under autocast, fp32 outputs "
-                                                    f"(see AutocastTrunk)."})
-
-
-def _new_autocast_trunk(trunk_class: type) -> nn.Module:
-    cls = _autocast_class(trunk_class)
-    return cls.__new__(cls)
+    def extra_repr(self) -> str:
+        return f"device_type={self.autocast_device_type}, dtype={self.autocast_dtype}, " \
+               f"channels_last={self.channels_last}"
 
 
 def autocast_trunk(module: nn.Module, device_type: str, dtype: Optional[torch.dtype],
-                   channels_last: bool = False) -> nn.Module:
-    """``module`` as an ``Autocast<Class>`` (see :class:`AutocastTrunk`): a new module object
-    holding the same parameters, buffers and children (no copy, same names). Swap it in where
-    ``module`` was; the old object is no longer needed.
+                   channels_last: bool = False) -> AutocastTrunk:
+    """``module`` wrapped in an :class:`AutocastTrunk` (same parameter objects, no copy).
+    Swap the result in where ``module`` was.
 
     Args:
         module: a trunk (backbone, C4 res5) or an ``AutocastTrunk`` made earlier (re-set).
@@ -88,21 +117,24 @@ def autocast_trunk(module: nn.Module, device_type: str, dtype: Optional[torch.dt
         channels_last: convert a 4-D input to channels_last before the trunk runs.
 
     Returns:
-        the new module.
+        the wrapper.
     """
-    trunk_class = module.trunk_class if isinstance(module, AutocastTrunk) else type(module)
-    new = _new_autocast_trunk(trunk_class)
-    new.__dict__.update(module.__dict__)
-    new.autocast_device_type, new.autocast_dtype, new.channels_last = device_type, dtype, channels_last
-    return new
+    return AutocastTrunk(module, device_type, dtype, channels_last)
 
 
 def trunks_of(model: nn.Module) -> List[Tuple[Optional[nn.Module], str, nn.Module]]:
-    """The conv trunks that run under reduced precision: ``(parent, attribute, trunk)`` for the
-    backbone (parent None when ``model`` is itself a bare backbone) and the C4 head's res5."""
+    """The conv trunks that run under reduced precision.
+
+    Args:
+        model: a detectron2 model or a bare backbone.
+
+    Returns:
+        ``(parent, attribute, trunk)`` for the backbone (parent None when ``model`` is itself
+        a bare backbone) and the C4 head's res5.
+    """
     parts: List[Tuple[Optional[nn.Module], str, nn.Module]] = []
     backbone = getattr(model, "backbone", None)
-    if isinstance(backbone, nn.Module):
+    if isinstance(backbone, nn.Module) and not isinstance(model, AutocastTrunk):
         parts.append((model, "backbone", backbone))
     else:
         parts.append((None, "", model))
@@ -119,10 +151,12 @@ def autocast_trunks(model: nn.Module, device_type: str, dtype: Optional[torch.dt
 
     Args:
         model: a detectron2 model or a bare backbone.
-        device_type, dtype, channels_last: as :func:`autocast_trunk`.
+        device_type: "cpu" or "cuda".
+        dtype: torch.bfloat16 / torch.float16, or None (no autocast; only the layout).
+        channels_last: convert a 4-D input to channels_last before each trunk runs.
 
     Returns:
-        ``model``, or for a bare backbone its ``Autocast<Class>`` replacement.
+        ``model``, or for a bare backbone its :class:`AutocastTrunk`.
     """
     root = model
     for parent, name, trunk in trunks_of(model):

@@ -7,7 +7,8 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["PRECISIONS", "cpu_has_native_bf16", "autocast_dtype", "training_autocast", "warn_if_bf16_is_slow"]
+__all__ = ["PRECISIONS", "cpu_has_native_bf16", "autocast_dtype", "check_autocast_train", "training_autocast",
+           "warn_if_bf16_is_slow"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -62,6 +63,36 @@ def warn_if_bf16_is_slow(dtype: Optional[torch.dtype], device_type: str, what: s
         )
 
 
+def check_autocast_train(value: str, device_type: str) -> str:
+    """``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` checked: it is for what detectron2's own
+    ``SOLVER.AMP`` cannot do, bf16 on CPU (detectron2's ``AMPTrainer`` is CUDA-only). On CUDA
+    mixed precision is ``SOLVER.AMP.ENABLED`` (fp16 autocast around the whole step, with a grad
+    scaler), and fp16 without that grad scaler is not offered.
+
+    Args:
+        value: the key's value: "" (off), "fp32" (off) or "bf16".
+        device_type: where the model trains: "cpu" or "cuda".
+
+    Returns:
+        "" (off) or "bf16".
+
+    Raises:
+        ValueError: naming ``SOLVER.AMP.ENABLED`` for "fp16" or any value on CUDA; otherwise
+            listing the valid values.
+    """
+    if value in ("", "fp32"):
+        return ""
+    if value == "fp16" or (value in PRECISIONS and device_type != "cpu"):
+        raise ValueError(
+            f"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN={value!r} on {device_type}: mixed-precision training "
+            "there is detectron2's SOLVER.AMP.ENABLED True (AMPTrainer: fp16 autocast with a grad "
+            "scaler, CUDA); set that and leave AUTOCAST_TRAIN '' (AUTOCAST_TRAIN 'bf16' is for CPU "
+            "training only)")
+    if value != "bf16":
+        raise ValueError(f"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN={value!r} is not valid; use '' (off) or 'bf16' (CPU)")
+    return value
+
+
 @contextlib.contextmanager
 def training_autocast(cfg=None, device_type: str = "cpu", precision: Optional[str] = None) -> Iterator[None]:
     """Context manager for a trainer that prefers to autocast the whole ``model(data)`` call.
@@ -72,12 +103,13 @@ def training_autocast(cfg=None, device_type: str = "cpu", precision: Optional[st
     autocast to fp32).
 
     Args:
-        cfg: a config with ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN``.
+        cfg: a config with ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` (see :func:`check_autocast_train`).
         device_type: "cpu" or "cuda".
         precision: overrides the config: "", "fp32", "bf16", "fp16".
     """
-    if precision is None:
-        precision = str(cfg.MODEL.RESNEXT.FAST.AUTOCAST_TRAIN) if cfg is not None else ""
+    if precision is None:  # from the config: checked as the trainer checks it
+        value = str(cfg.MODEL.RESNEXT.FAST.AUTOCAST_TRAIN) if cfg is not None else ""
+        precision = check_autocast_train(value, device_type)
     dtype = autocast_dtype(precision or "fp32", device_type)
     if dtype is None:
         yield
