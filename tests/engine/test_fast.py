@@ -18,7 +18,6 @@ from resnext_det.engine.fast import (
     apply_training_switches,
     apply_training_switches_with_report,
     fold_frozen_bn,
-    maybe_apply_fast_config,
     prepare_for_inference,
     prepare_for_inference_with_report,
     check_autocast_train,
@@ -156,7 +155,7 @@ def test_training_switches_match_stock_first_iteration(tiny_resnext_cfg, config_
     assert type(stock.backbone).__name__ in ("ResNet", "FPN")
     stock.load_state_dict(ours.state_dict())  # same names, same shapes
     keys_before = set(ours.state_dict())
-    maybe_apply_fast_config(ours, cfg, training=True)
+    apply_training_switches(ours, cfg)  # what the trainer applies to the model it trains
     assert set(ours.state_dict()) == keys_before  # checkpoints stay interchangeable
     assert ours.backbone.bottom_up.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last) \
         if hasattr(ours.backbone, "bottom_up") else ours.backbone.stem.conv1.weight.is_contiguous(
@@ -243,13 +242,11 @@ def test_training_autocast_context(tiny_resnext_cfg):
         apply_training_switches(_model(cfg), autocast="int4")
 
 
-def test_maybe_apply_fast_config(tiny_resnext_cfg):
+def test_prepared_model_is_folded_and_can_be_copied(tiny_resnext_cfg):
     cfg = tiny_resnext_cfg()
     model = _model(cfg)
-    assert maybe_apply_fast_config(model, cfg, training=False) is model
-    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # switch off: untouched
-    cfg.MODEL.RESNEXT.FAST.INFERENCE = True
-    maybe_apply_fast_config(model, cfg, training=False)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert prepare_for_inference(model) is model
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # folded
     # prepared models can still be copied (the demo / evaluator may deepcopy)
     clone = copy.deepcopy(model)

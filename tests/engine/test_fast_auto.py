@@ -152,7 +152,7 @@ def test_first_iteration_loss_equals_stock(tiny_resnext_cfg, layout):
     stock = build_model(stock_equivalent_cfg(cfg))
     stock.load_state_dict(ours.state_dict())
     if layout == "auto":
-        _, report = apply_training_switches_with_report(ours, cfg)  # what maybe_apply_fast_config runs
+        _, report = apply_training_switches_with_report(ours, cfg)  # what the trainer runs
     else:
         cl, fold = CANDIDATES[layout]
         _, report = apply_training_switches_with_report(ours, cfg, channels_last=cl, fold_frozen_bn=fold)

@@ -10,7 +10,8 @@ composition: a prepared model is made of modules whose class says what they comp
 - :mod:`.auto`: ``auto`` for the training layout switches (probe / CPU features).
 - :mod:`.prepare`: the entry points.
 
-Integration is one line: ``model = maybe_apply_fast_config(model, cfg, training=...)``.
+The trainer applies the training switches (``MODEL.RESNEXT.FAST.*_TRAIN``) when it builds the
+model and :func:`prepare_for_inference` to a copy for evaluation (``FAST.INFERENCE``).
 """
 from .auto import AUTO, CpuFeatures, LayoutChoice, choose_training_layout, probe_training_layouts
 from .folding import FrozenBNFoldedConv2d, fold_frozen_bn, fold_frozen_bn_on_the_fly
@@ -18,11 +19,11 @@ from .fused import FusedBottleneckBlock, FusedRPNHead, FusedStem, fuse_blocks
 from .layout import AutocastTrunk, autocast_trunk
 from .precision import PRECISIONS, autocast_dtype, check_autocast_train, cpu_has_native_bf16, training_autocast
 from .prepare import (FastReport, apply_training_switches, apply_training_switches_with_report,
-                      maybe_apply_fast_config, prepare_for_inference, prepare_for_inference_with_report)
+                      prepare_for_inference, prepare_for_inference_with_report)
 
 __all__ = [
     "PRECISIONS", "AUTO",
-    "prepare_for_inference", "apply_training_switches", "maybe_apply_fast_config", "training_autocast",
+    "prepare_for_inference", "apply_training_switches", "training_autocast",
     "FastReport", "prepare_for_inference_with_report", "apply_training_switches_with_report", "check_autocast_train",
     "fold_frozen_bn", "fold_frozen_bn_on_the_fly", "FrozenBNFoldedConv2d",
     "FusedBottleneckBlock", "FusedStem", "FusedRPNHead", "fuse_blocks",

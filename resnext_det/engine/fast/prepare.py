@@ -1,5 +1,5 @@
-"""The fast path's entry points: :func:`prepare_for_inference`, :func:`apply_training_switches`
-and :func:`maybe_apply_fast_config` (the one-line integration used by the trainer)."""
+"""The fast path's entry points: :func:`prepare_for_inference` and :func:`apply_training_switches`
+(each also ``*_with_report``, returning what it chose)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,7 @@ from .layout import autocast_trunks
 from .precision import PRECISIONS, autocast_dtype, check_autocast_train, warn_if_bf16_is_slow
 
 __all__ = ["FastReport", "prepare_for_inference", "prepare_for_inference_with_report", "apply_training_switches",
-           "apply_training_switches_with_report", "maybe_apply_fast_config"]
+           "apply_training_switches_with_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,36 +203,3 @@ def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_
     report = FastReport(mode="training", precision=autocast or "fp32", channels_last=bool(choice.channels_last),
                         folded_on_the_fly=n_folded, layout_reason=choice.reason)
     return model, report
-
-
-def maybe_apply_fast_config(model: nn.Module, cfg, training: bool) -> nn.Module:
-    """Apply what ``cfg.MODEL.RESNEXT.FAST`` asks for; the one-line integration point.
-
-    - ``training=False`` and ``FAST.INFERENCE``: :func:`prepare_for_inference` with
-      ``FAST.PRECISION`` (on ``cfg.MODEL.DEVICE``).
-    - ``training=True``: :func:`apply_training_switches` (CHANNELS_LAST_TRAIN,
-      FOLD_FROZEN_BN_TRAIN, AUTOCAST_TRAIN; the first two default to ``auto``; AUTOCAST_TRAIN is
-      bf16 on CPU only, see :func:`~.precision.check_autocast_train`).
-    - otherwise the model is returned unchanged.
-
-    Args:
-        model: a built detectron2 model.
-        cfg: its config (went through ``add_resnext_config``).
-        training: whether the model is about to be trained (else: evaluated).
-
-    Returns:
-        the model to use: the same object (see :func:`prepare_for_inference` for the one
-        exception, a bare backbone in reduced precision).
-    """
-    if "RESNEXT" not in cfg.MODEL:
-        return model
-    fast = cfg.MODEL.RESNEXT.FAST
-    if training:
-        return apply_training_switches(model, cfg)
-    if bool(fast.INFERENCE):
-        return prepare_for_inference(model, precision=str(fast.PRECISION))
-    return model
-
-
-
-
