@@ -21,7 +21,7 @@ from torch import nn
 from .._warnings import filter_known_third_party_warnings
 from ..config import PRESETS
 from ..io import atomic_write_json
-from ..modeling import build_backbone_from_preset
+from ..modeling import ResNeXtClassifier, build_backbone_from_preset
 
 __all__ = ["PAPER", "ComplexityRow", "classifier_from_preset", "count", "complexity_table", "format_table", "TABLE2_FAMILY"]
 
@@ -44,22 +44,10 @@ DEFAULT_MODELS = ("R-50", "R-101", "X-50-32x4d", "X-101-32x4d", "X-101-32x8d", "
                   "X-50-2x40d", "X-50-4x24d", "X-50-8x14d")
 
 
-class _Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int = 1000):
-        super().__init__()
-        self.backbone = backbone
-        channels = backbone.output_shape()["res5"].channels
-        self.fc = nn.Linear(channels, num_classes)
-
-    def forward(self, x):
-        x = self.backbone(x)["res5"]
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
 def classifier_from_preset(preset: str, num_classes: int = 1000) -> nn.Module:
     """The preset's ImageNet classifier (BN with affine params, avgpool, fc), eval mode."""
     backbone = build_backbone_from_preset(preset, out_features=["res5"], norm="BN")
-    return _Classifier(backbone, num_classes).eval()
+    return ResNeXtClassifier(backbone, num_classes).eval()
 
 
 @dataclasses.dataclass

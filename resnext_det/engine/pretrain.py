@@ -30,16 +30,16 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
-from torch import nn
 from torch.nn import functional as F
 
 from ..config import ResNeXtConfigError, resolve_resnext_spec
 from ..io import atomic_open, atomic_write_json
 from ..modeling.backbone import build_resnext
+from ..modeling.classifier import ResNeXtClassifier
 from ..weights.names import to_torchvision_name
 
 __all__ = [
-    "ResNeXtClassifier",
+    "build_classifier",
     "pretrain_classifier",
     "pretrained_weights_path",
     "to_torchvision_state_dict",
@@ -56,29 +56,20 @@ _FORMAT_VERSION = 1  # bump when the crops or the training change, so cached fil
 _FILE_NAME = "tiny_resnext_torchvision.pth"
 
 
-class ResNeXtClassifier(nn.Module):
-    """A torchvision-style image classifier around the project's bottom-up ResNeXt.
+def build_classifier(cfg: CfgNode, num_classes: int) -> ResNeXtClassifier:
+    """The classifier the miniature ImageNet trains: ``cfg``'s ResNeXt with res5 always built
+    and BatchNorm (as an ImageNet model is trained), pooled, and an ``fc``.
 
     Args:
-        cfg: a config with ``MODEL.RESNEXT`` (the architecture; res5 is always built here
-            and the norm is BatchNorm, as an ImageNet model is trained).
+        cfg: a config with ``MODEL.RESNEXT`` (the architecture).
         num_classes: outputs of ``fc``.
     """
-
-    def __init__(self, cfg: CfgNode, num_classes: int):
-        super().__init__()
-        spec = resolve_resnext_spec(cfg, out_features=["res5"])
-        if spec.block_form != "grouped":
-            raise ResNeXtConfigError(
-                f"MODEL.RESNEXT.BLOCK_FORM={spec.block_form!r}: pretraining writes torchvision's "
-                "layout, which has the grouped-convolution form only; use BLOCK_FORM 'grouped'")
-        self.backbone = build_resnext(dataclasses.replace(spec, norm="BN", freeze_at=0))
-        self.fc = nn.Linear(spec.stage_channels(5)[1], num_classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits of ``images`` (N, 3, H, W), already normalised."""
-        features = self.backbone(images)["res5"]
-        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
+    spec = resolve_resnext_spec(cfg, out_features=["res5"])
+    if spec.block_form != "grouped":
+        raise ResNeXtConfigError(
+            f"MODEL.RESNEXT.BLOCK_FORM={spec.block_form!r}: pretraining writes torchvision's "
+            "layout, which has the grouped-convolution form only; use BLOCK_FORM 'grouped'")
+    return ResNeXtClassifier(build_resnext(dataclasses.replace(spec, norm="BN", freeze_at=0)), num_classes)
 
 
 # detectron2 names (the project's ResNet) -> torchvision ResNet names. The inverse of
@@ -248,7 +239,7 @@ def pretrain_classifier(cfg: CfgNode) -> Dict[str, Any]:
                 ", ".join(cfg.DATASETS.TRAIN), p.EPOCHS)
 
     torch.manual_seed(seed)
-    model = ResNeXtClassifier(cfg, num_classes)
+    model = build_classifier(cfg, num_classes)
     batch = min(int(p.IMS_PER_BATCH), len(x_train))
     steps_per_epoch = max(1, len(x_train) // batch)
     total = steps_per_epoch * int(p.EPOCHS)

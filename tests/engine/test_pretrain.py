@@ -8,7 +8,7 @@ import torch
 import resnext_det
 from resnext_det.engine.plan import build_plan
 from resnext_det.engine.plan_runner import prepare_datasets
-from resnext_det.engine.pretrain import ResNeXtClassifier, pretrain_classifier, to_torchvision_state_dict
+from resnext_det.engine.pretrain import build_classifier, pretrain_classifier, to_torchvision_state_dict
 from resnext_det.weights import InputFormatMismatchError, ResNeXtCheckpointer
 from resnext_det.weights.sources import read_checkpoint
 
@@ -33,7 +33,7 @@ def test_classifier_names_are_torchvisions():
     cfg = resnext_det.get_cfg()
     cfg.merge_from_file(resnext_det.get_config_file("faster_rcnn_X50_32x4d.yaml"))
     cfg.MODEL.DEVICE = "cpu"
-    ours = to_torchvision_state_dict(ResNeXtClassifier(cfg, num_classes=1000))
+    ours = to_torchvision_state_dict(build_classifier(cfg, num_classes=1000))
     theirs = torchvision.models.resnext50_32x4d().state_dict()
     assert sorted(ours) == sorted(theirs)
     assert all(ours[k].shape == theirs[k].shape for k in theirs)  # same architecture, too
