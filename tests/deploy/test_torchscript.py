@@ -1,4 +1,4 @@
-"""engine.export: the TorchScript-traced detector (default and fast path) returns what the eager
+"""deploy.torchscript: the TorchScript-traced detector (default and fast path) returns what the eager
 model returns: the same post-processed Instances, in the requested image coordinates."""
 import copy
 
@@ -8,7 +8,7 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
-from resnext_det.engine.export import export_torchscript, run_traced, trace_detector
+from resnext_det.deploy.torchscript import export_torchscript, run_traced, trace_detector
 from resnext_det.engine.fast import prepare_for_inference
 
 
