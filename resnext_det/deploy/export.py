@@ -32,7 +32,7 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN, build_model
 from torch import nn
 
-from ..engine.trainer import load_checkpoint
+from ..weights import load_checkpoint
 from ..io import atomic_open, atomic_write_json
 from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError, read_contract_bytes
 from .parity import compare_detections

@@ -17,7 +17,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..engine.plan import build_plan, final_stage
-from ..engine.trainer import load_checkpoint
+from ..weights import load_checkpoint
 from .contract import DeployError
 
 __all__ = ["TwoStageDetector", "build_two_stage_detector", "plan_export_target"]

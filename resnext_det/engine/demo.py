@@ -20,7 +20,8 @@ from detectron2.utils.visualizer import Visualizer
 # registry to close; Figure.savefig renders with Agg by itself
 from matplotlib.figure import Figure
 
-from .trainer import ResNeXtTrainer, load_checkpoint
+from ..weights import load_checkpoint
+from .trainer import ResNeXtTrainer
 
 __all__ = ["draw_detections", "plot_metrics", "read_metrics"]
 

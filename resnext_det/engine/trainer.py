@@ -41,6 +41,7 @@ from ..data.coco_json import DatasetError, checked_mapper
 from ..data.sampler import PositionSeededDataset, ResumableTrainingSampler
 from ..io import atomic_write_json
 from ..weights import ResNeXtCheckpointer as Checkpointer
+from ..weights import load_checkpoint, make_checkpointer
 from ..weights import WeightsError
 from .checks import TrainingConfigError, validate_solver
 from .fast import apply_training_switches_with_report, prepare_for_inference
@@ -147,17 +148,6 @@ def validate_for_workers(cfg, world_size: int) -> None:
     validate_solver(cfg, ref if ref > 0 else world_size)
     if ref > 0 and ref != world_size:
         validate_solver(DefaultTrainer.auto_scale_workers(cfg, world_size), world_size)
-
-
-def make_checkpointer(model, cfg, save_dir=None, **checkpointables):
-    """The project's checkpointer for ``model`` saving under ``save_dir`` (default OUTPUT_DIR)."""
-    save_dir = cfg.OUTPUT_DIR if save_dir is None else save_dir
-    return Checkpointer(model, save_dir, cfg=cfg, **checkpointables)
-
-
-def load_checkpoint(model, cfg, path, *, resume=False):
-    """Load ``path`` (or the last checkpoint in OUTPUT_DIR when ``resume``) into ``model``."""
-    return make_checkpointer(model, cfg).resume_or_load(path, resume=resume)
 
 
 class _QuietExpectedErrors(logging.Filter):

@@ -13,6 +13,8 @@ from .checkpointer import (
     LoadReport,
     ResNeXtCheckpointer,
     check_input_format,
+    load_checkpoint,
+    make_checkpointer,
     meta_from_cfg,
 )
 from .safe_io import ForbiddenGlobalError, RestrictedUnpickler, WeightsError, safe_load, sniff_format
@@ -29,6 +31,8 @@ __all__ = [
     "LoadReport",
     "InputFormatMismatchError",
     "check_input_format",
+    "load_checkpoint",
+    "make_checkpointer",
     "meta_from_cfg",
     "WeightsError",
     "ForbiddenGlobalError",

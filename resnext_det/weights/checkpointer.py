@@ -22,6 +22,8 @@ __all__ = [
     "InputFormatMismatchError",
     "LoadReport",
     "check_input_format",
+    "load_checkpoint",
+    "make_checkpointer",
     "meta_from_cfg",
 ]
 
@@ -231,3 +233,32 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
             elif self._loaded_meta is not None:
                 kwargs["meta"] = self._loaded_meta
         super().save(name, **kwargs)
+
+
+def make_checkpointer(model, cfg, save_dir=None, **checkpointables) -> "ResNeXtCheckpointer":
+    """The project's checkpointer for ``model``, saving under ``save_dir`` (default OUTPUT_DIR).
+
+    Args:
+        model: the model to load into / save.
+        cfg: its config (the input-format check reads INPUT.FORMAT, PIXEL_MEAN/STD).
+        save_dir: where checkpoints are written and ``last_checkpoint`` is looked for.
+        checkpointables: more objects to save and load (optimizer, scheduler, ...).
+    """
+    save_dir = cfg.OUTPUT_DIR if save_dir is None else save_dir
+    return ResNeXtCheckpointer(model, save_dir, cfg=cfg, **checkpointables)
+
+
+def load_checkpoint(model, cfg, path: str, *, resume: bool = False):
+    """Load ``path`` (or, with ``resume``, the last checkpoint in OUTPUT_DIR) into ``model``.
+
+    Args:
+        model: the model to load into.
+        cfg: its config (OUTPUT_DIR, the input-format check).
+        path: a weights file of any supported source ("" = none).
+        resume: prefer OUTPUT_DIR's last checkpoint when there is one.
+
+    Returns:
+        the checkpoint's extra entries (e.g. ``iteration``), as detectron2's ``resume_or_load``.
+    """
+    return make_checkpointer(model, cfg).resume_or_load(path, resume=resume)
+

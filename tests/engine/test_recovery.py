@@ -228,7 +228,8 @@ def test_non_finite_loss_stops_naming_iteration_and_losses_last_checkpoint_intac
     assert names == ["model_0000002.pth", "model_0000005.pth"]
     # and the last good checkpoint loads into the model through the project's checkpointer
     cfg = train_net.setup_cfg(train_net.get_parser().parse_args(_args("OUTPUT_DIR", str(out))))
-    from resnext_det.engine.trainer import ResNeXtTrainer, load_checkpoint
+    from resnext_det.engine.trainer import ResNeXtTrainer
+    from resnext_det.weights import load_checkpoint
 
     model = ResNeXtTrainer.build_model(cfg)
     ckpt = load_checkpoint(model, cfg, "", resume=True)
