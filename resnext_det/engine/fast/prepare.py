@@ -95,8 +95,9 @@ def apply_training_switches(model: nn.Module, cfg=None, *, channels_last=None,
       with fp32 outputs, so the heads and losses stay fp32. With fp16 the trainer should also
       use a grad scaler (detectron2's ``AMPTrainer``).
 
-    ``auto`` (the config default of the two layout switches) picks what is faster on this
-    machine (:mod:`.auto`: a short probe, else the CPU's features), logged in one line.
+    ``auto`` (the config default of the two layout switches) picks what was measured faster on
+    this CPU kind (:mod:`.auto`: the shipped measured table, the fold guarded by a short probe),
+    logged in one line naming the record it followed.
 
     Args:
         model: the detectron2 model about to be trained.
@@ -106,7 +107,8 @@ def apply_training_switches(model: nn.Module, cfg=None, *, channels_last=None,
         autocast: override ``AUTOCAST_TRAIN``: "" (off), "bf16" or "fp16".
         fold_frozen_bn: override ``FOLD_FROZEN_BN_TRAIN``: True, False or "auto".
         cpu_features: for ``auto``: the CPU features to decide by (default: this machine's).
-        probe: for ``auto``: None runs the probe, False skips it, a mapping gives its times.
+        probe: for ``auto``: None runs the fold probe (when the table chose the fold), False
+            skips it, a mapping gives its times.
 
     Returns:
         the same model object.
