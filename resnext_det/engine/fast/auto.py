@@ -43,7 +43,7 @@ from .folding import fold_frozen_bn_on_the_fly
 
 __all__ = ["AUTO", "CpuFeatures", "LayoutChoice", "parse_switch", "choose_training_layout",
            "probe_training_layouts", "probe_pair", "resolve_training_layout", "CANDIDATES",
-           "MEASURED_LAYOUTS", "load_measured_layouts"]
+           "MEASURED_LAYOUTS", "load_measured_layouts", "table_choice"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +124,18 @@ def _name(channels_last: bool, fold: bool) -> str:
     return next(k for k, v in CANDIDATES.items() if v == (channels_last, fold))
 
 
-def _table_choice(cl: Optional[bool], fold: Optional[bool], entry: Optional[Mapping], kind: str
+def table_choice(cl: Optional[bool], fold: Optional[bool], entry: Optional[Mapping], kind: str
                   ) -> Tuple[str, str]:
-    """(candidate name, reason) from one kind's table entry; the auto switches default off."""
+    """The candidate the table's ``entry`` for ``kind`` picks, and why.
+
+    Args:
+        cl, fold: the explicit switches (None: ``auto``; an auto switch defaults to off).
+        entry: the table's entry for the kind, or None when the kind was not measured.
+        kind: the CPU kind (named in the reason).
+
+    Returns:
+        (candidate name of :data:`CANDIDATES`, one-line reason naming the record).
+    """
     allowed = [k for k, (c, f) in CANDIDATES.items() if (cl is None or c == cl) and (fold is None or f == fold)]
     baseline = _name(bool(cl), bool(fold))  # the explicit switches as given, the auto ones off
     if entry is None:
@@ -176,7 +185,7 @@ def choose_training_layout(channels_last: Optional[bool], fold_frozen_bn: Option
     features = features if features is not None else CpuFeatures.detect()
     kind = kind or cpu_kind(features)
     table = table if table is not None else load_measured_layouts()
-    name, reason = _table_choice(channels_last, fold_frozen_bn, (table.get("kinds") or {}).get(kind), kind)
+    name, reason = table_choice(channels_last, fold_frozen_bn, (table.get("kinds") or {}).get(kind), kind)
     cl, fold = CANDIDATES[name]
     if fold_frozen_bn is None and fold:  # the guard: this CPU's own per-core cost of the fold
         without, with_fold = probe_pair(cl)
