@@ -54,7 +54,8 @@ setup(
     # resnext_det.get_config_file() and relative _BASE_ paths work when installed too.
     packages=find_packages(include=["resnext_det", "resnext_det.*"]) + ["resnext_det.model_configs"],
     package_dir={"resnext_det.model_configs": "configs"},
-    package_data={"resnext_det.model_configs": ["*.yaml"]},
+    # the training `auto` table (rendered from benchmarks/<kind>/train-layouts.json) ships with the code
+    package_data={"resnext_det.model_configs": ["*.yaml"], "resnext_det.engine.fast": ["measured_layouts.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Side-by-side speed of stock detectron2, this project's default and fast paths, and the
-exported detector in ONNX Runtime / OpenVINO: same weights, one interleaved run, one JSON
-record per measurement (ratio vs stock, max relative difference, GFLOP/s, share of the same
-run's GEMM ceiling, load average, CPU flags). See resnext_det/engine/benchmark.py.
+"""Side-by-side speed of stock detectron2, this project's default and fast paths, the training
+layouts and the exported detector in ONNX Runtime / OpenVINO, under one protocol: paths
+interleaved in rotating rounds, an A/A control (stock as two instances) in every part, median
+and spread, load average, CPU kind and flags; ratios published only when the control settles.
+Records go to benchmarks/<kind>/; --render-readme renders README.md's and docs/SPEED.md's tables
+and the training auto table from them. See resnext_det/engine/benchmark/ and docs/SPEED.md.
 
-    python tools/benchmark.py                      # X-101-32x4d all parts + 2 backbones, 800x1333
-    python tools/benchmark.py --quick              # 320x512, X-50-32x4d, fewer runs
-    python tools/benchmark.py --parts backbone fpn c4 --backbone-presets --int8
+    python tools/benchmark.py --parts train --presets X-101-32x4d    # benchmarks/<kind>/train-layouts.json
+    python tools/benchmark.py --parts backbone fpn c4                # benchmarks/<kind>/inference.json
+    python tools/benchmark.py --render-readme                        # README.md, docs/SPEED.md, auto's table
 """
 import os
 import sys

@@ -1,6 +1,8 @@
-"""``auto`` for MODEL.RESNEXT.FAST.CHANNELS_LAST_TRAIN / FOLD_FROZEN_BN_TRAIN: both machine
-kinds' branches (injected CPU features and probe times), the one-line log, the probe itself,
-and first-iteration losses equal to stock's whatever ``auto`` picks."""
+"""``auto`` for MODEL.RESNEXT.FAST.CHANNELS_LAST_TRAIN / FOLD_FROZEN_BN_TRAIN: the rule's logic on
+hand-made measured tables (per kind, noisy and uncontrolled records, unmeasured kinds), the probe
+guard, the one-line log naming the record, the probe itself, and first-iteration losses equal to
+stock's whatever ``auto`` picks."""
+import json
 import logging
 
 import pytest
@@ -18,11 +20,12 @@ from resnext_det.engine.fast import (
     choose_training_layout,
     probe_training_layouts,
 )
+from resnext_det.engine.fast import auto
 from resnext_det.engine.fast.auto import CANDIDATES, parse_switch
+from resnext_det.hardware import CPU_KINDS
 from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg
 
 AVX2 = CpuFeatures(avx2=True)
-AVX512_BF16 = CpuFeatures(avx2=True, avx512f=True, avx512_bf16=True, amx=True)
 
 
 def _model(cfg, seed=0):
@@ -59,20 +62,65 @@ def test_bad_switch_value_is_one_clear_error(tiny_resnext_cfg, value):
         apply_training_switches(_model(cfg), cfg, probe=False)
 
 
-def test_features_decide_without_probe():
-    avx2 = choose_training_layout(None, None, device_type="cpu", features=AVX2)
-    assert (avx2.channels_last, avx2.fold_frozen_bn) == (False, True)
-    assert "avx2" in avx2.reason and "0.80x" in avx2.reason
-    fast = choose_training_layout(None, None, device_type="cpu", features=AVX512_BF16)
+def _entry(ratios, *, control="aa", noise=0.05, noisy=False, kind="avx2"):
+    return {"record": f"benchmarks/{kind}/train-layouts.json", "preset": "X-101-32x4d", "image": [800, 1333],
+            "control": control, "aa_ratio": 1.0 if control == "aa" else None, "noisy": noisy, "noise": noise,
+            "ratios": ratios}
+
+
+# hand-made tables: the rule's logic, whatever the shipped figures are
+DISAGREE = {"kinds": {
+    "avx2": _entry({"channels_last": 0.71, "fold": 1.02, "channels_last+fold": 0.74}),
+    "avx512_bf16": _entry({"channels_last": 1.2, "fold": 1.1, "channels_last+fold": 1.3}, kind="avx512_bf16"),
+}}
+
+
+def _choose(cl=None, fold=None, *, kind, table=DISAGREE, device_type="cpu", probe=None):
+    return choose_training_layout(cl, fold, device_type=device_type, features=AVX2, kind=kind, table=table,
+                                  probe=probe)
+
+
+def test_the_rule_picks_per_kind_from_the_table():
+    avx2 = _choose(kind="avx2")  # nothing beats stock by more than the 5 % noise (fold: 1.02x)
+    assert (avx2.channels_last, avx2.fold_frozen_bn) == (False, False)
+    assert "benchmarks/avx2/train-layouts.json" in avx2.reason
+    fast = _choose(kind="avx512_bf16")  # the fastest candidate
     assert (fast.channels_last, fast.fold_frozen_bn) == (True, True)
-    assert "avx512_bf16" in fast.reason
-    cuda = choose_training_layout(None, None, device_type="cuda", features=AVX512_BF16)
-    assert (cuda.channels_last, cuda.fold_frozen_bn) == (False, False)  # not measured there
-    # explicit values are kept whatever the machine
-    kept = choose_training_layout(True, False, device_type="cpu", features=AVX2)
-    assert (kept.channels_last, kept.fold_frozen_bn) == (True, False)
-    one = choose_training_layout(None, False, device_type="cpu", features=AVX512_BF16)
-    assert (one.channels_last, one.fold_frozen_bn) == (True, False)
+    assert "benchmarks/avx512_bf16/train-layouts.json" in fast.reason
+    # the fastest by more than the noise, not merely the fastest
+    only_fold = {"kinds": {"avx2": _entry({"channels_last": 0.71, "fold": 1.08, "channels_last+fold": 0.74})}}
+    assert (_choose(kind="avx2", table=only_fold).fold_frozen_bn, _choose(kind="avx2", table=only_fold).channels_last) \
+        == (True, False)
+
+
+def test_unmeasured_kind_noisy_record_and_cuda_fall_back_to_stock():
+    for choice in (_choose(kind="avx512"), _choose(kind="other"), _choose(kind="avx2", table={"kinds": {}})):
+        assert (choice.channels_last, choice.fold_frozen_bn) == (False, False)
+        assert "not measured" in choice.reason
+    noisy = {"kinds": {"avx512_bf16": _entry({"channels_last+fold": 1.5}, noisy=True, kind="avx512_bf16")}}
+    n = _choose(kind="avx512_bf16", table=noisy)
+    assert (n.channels_last, n.fold_frozen_bn) == (False, False) and "noisy" in n.reason
+    cuda = _choose(kind="avx512_bf16", device_type="cuda")
+    assert (cuda.channels_last, cuda.fold_frozen_bn) == (False, False)
+
+
+def test_a_record_without_control_needs_more_than_stocks_own_spread():
+    within = {"kinds": {"avx2": _entry({"channels_last+fold": 1.10}, control="none", noise=0.14)}}
+    beyond = {"kinds": {"avx2": _entry({"channels_last+fold": 1.31}, control="none", noise=0.14)}}
+    assert not _choose(kind="avx2", table=within).channels_last
+    chosen = _choose(kind="avx2", table=beyond)
+    assert (chosen.channels_last, chosen.fold_frozen_bn) == (True, True)
+    assert "no A/A control" in chosen.reason
+
+
+def test_explicit_switches_are_kept_and_restrict_the_candidates():
+    kept = _choose(True, False, kind="avx2")
+    assert (kept.channels_last, kept.fold_frozen_bn) == (True, False) and kept.reason == "set in the config"
+    # channels_last forced on where it is slow: the fold is judged against channels_last alone
+    forced = _choose(True, None, kind="avx512_bf16")
+    assert (forced.channels_last, forced.fold_frozen_bn) == (True, True)  # 1.3 > 1.2 x 1.05
+    no_fold = _choose(None, False, kind="avx512_bf16")
+    assert (no_fold.channels_last, no_fold.fold_frozen_bn) == (True, False)
 
 
 # probe times (s) per candidate; the probe compares the fold under the layout chosen
@@ -81,42 +129,57 @@ FOLD_SLOWER = {"stock": 1.0, "channels_last": 1.0, "fold": 1.1, "channels_last+f
 FOLD_EVEN = {"stock": 1.0, "channels_last": 1.0, "fold": 1.02, "channels_last+fold": 1.02}  # within noise
 
 
-@pytest.mark.parametrize("features, channels_last", [(AVX2, False), (AVX512_BF16, True)])
-def test_probe_guards_the_fold_on_either_machine_kind(features, channels_last):
-    on = choose_training_layout(None, None, device_type="cpu", features=features, probe=FOLD_FASTER)
-    assert (on.channels_last, on.fold_frozen_bn) == (channels_last, True)
-    expected = "16700.0 ms folded vs 17600.0 ms" if channels_last else "13300.0 ms folded vs 14000.0 ms"
-    assert "fold on (probe" in on.reason and expected in on.reason
-    off = choose_training_layout(None, None, device_type="cpu", features=features, probe=FOLD_SLOWER)
-    assert (off.channels_last, off.fold_frozen_bn) == (channels_last, False)
-    even = choose_training_layout(None, None, device_type="cpu", features=features, probe=FOLD_EVEN)
-    assert even.fold_frozen_bn  # does strictly less work; off only when measured slower
-    # channels_last set explicitly against the CPU's preference: the probe pair follows it
-    forced = choose_training_layout(not channels_last, None, device_type="cpu", features=features,
-                                    probe={**FOLD_SLOWER, "stock": 2.0, "channels_last": 2.0})
-    assert (forced.channels_last, forced.fold_frozen_bn) == (not channels_last, True)
+def test_probe_only_guards_a_fold_the_table_chose():
+    on = _choose(kind="avx512_bf16", probe=FOLD_FASTER)
+    assert (on.channels_last, on.fold_frozen_bn) == (True, True)
+    assert "16700.0 ms folded vs 17600.0 ms" in on.reason
+    off = _choose(kind="avx512_bf16", probe=FOLD_SLOWER)
+    assert (off.channels_last, off.fold_frozen_bn) == (True, False)
+    assert _choose(kind="avx512_bf16", probe=FOLD_EVEN).fold_frozen_bn  # within the probe's noise
+    # where the table chose no fold, a probe showing it faster does not turn it on
+    assert not _choose(kind="avx2", probe=FOLD_FASTER).fold_frozen_bn
 
 
-@pytest.mark.parametrize("features, expected", [(AVX2, (False, True)), (AVX512_BF16, (True, True))])
-def test_apply_auto_with_injected_features(tiny_resnext_cfg, caplog, features, expected):
+def _write_table(tmp_path, monkeypatch, table):
+    path = tmp_path / "measured_layouts.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(auto, "MEASURED_LAYOUTS", str(path))
+
+
+@pytest.mark.parametrize("kind, expected", [("avx2", (False, False)), ("avx512_bf16", (True, True))])
+def test_apply_auto_follows_the_table_and_logs_one_line(tiny_resnext_cfg, caplog, monkeypatch, tmp_path,
+                                                       kind, expected):
+    _write_table(tmp_path, monkeypatch, DISAGREE)
+    monkeypatch.setenv("RESNEXT_DET_CPU_KIND", kind)
     cfg = tiny_resnext_cfg()
     model = _model(cfg)
     keys = set(model.state_dict())
     with caplog.at_level(logging.INFO, logger="resnext_det.engine.fast"):
-        apply_training_switches(model, cfg, cpu_features=features, probe=False)
+        apply_training_switches(model, cfg, probe=False)
     assert (_is_channels_last(model), _folded(model)) == expected
     assert set(model.state_dict()) == keys
     lines = [r.getMessage() for r in caplog.records if "auto" in r.getMessage()]
     assert len(lines) == 1
     assert f"CHANNELS_LAST_TRAIN={expected[0]}" in lines[0] and f"FOLD_FROZEN_BN_TRAIN={expected[1]}" in lines[0]
+    assert f"benchmarks/{kind}/train-layouts.json" in lines[0]
 
 
-def test_apply_auto_with_injected_probe(tiny_resnext_cfg):
+def test_apply_auto_with_injected_probe(tiny_resnext_cfg, monkeypatch, tmp_path):
+    _write_table(tmp_path, monkeypatch, DISAGREE)
+    monkeypatch.setenv("RESNEXT_DET_CPU_KIND", "avx512_bf16")
     cfg = tiny_resnext_cfg()
     model = _model(cfg)
-    _, report = apply_training_switches_with_report(model, cfg, cpu_features=AVX2, probe=FOLD_SLOWER)
-    assert (_is_channels_last(model), _folded(model)) == (False, False)  # stock, as the probe says
-    assert "fold off (probe" in report.layout_reason
+    _, report = apply_training_switches_with_report(model, cfg, probe=FOLD_SLOWER)
+    assert (_is_channels_last(model), _folded(model)) == (True, False)  # the probe vetoes the fold
+    assert "fold off" in report.layout_reason
+
+
+def test_the_shipped_table_is_well_formed():
+    table = auto.load_measured_layouts()
+    assert set(table["kinds"]) <= set(CPU_KINDS)
+    for kind, entry in table["kinds"].items():
+        assert entry["record"].startswith(f"benchmarks/{kind}/") and entry["control"] in ("aa", "none")
+        assert set(entry["ratios"]) <= set(CANDIDATES) - {"stock"}
 
 
 def test_probe_times_every_candidate_and_leaves_the_model_alone(tiny_resnext_cfg):

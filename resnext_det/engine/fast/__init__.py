@@ -7,7 +7,7 @@ composition: a prepared model is made of modules whose class says what they comp
 - :mod:`.fused`: :class:`FusedBottleneckBlock`, :class:`FusedStem`, :class:`FusedRPNHead`
   (oneDNN fused conv+ReLU / conv+add+ReLU, CPU fp32 inference).
 - :mod:`.precision`: precision names, native bf16 detection, :func:`training_autocast`.
-- :mod:`.auto`: ``auto`` for the training layout switches (probe / CPU features).
+- :mod:`.auto`: ``auto`` for the training layout switches (the shipped measured table, a probe guard).
 - :mod:`.prepare`: the entry points.
 
 The trainer applies the training switches (``MODEL.RESNEXT.FAST.*_TRAIN``) when it builds the

@@ -160,8 +160,9 @@ def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_
       From a config (``AUTOCAST_TRAIN``) only bf16 on CPU: mixed precision on CUDA is
       detectron2's ``SOLVER.AMP.ENABLED`` (its ``AMPTrainer``, with a grad scaler).
 
-    ``auto`` (the config default of the two layout switches) picks what is faster on this
-    machine (:mod:`.auto`: a short probe, else the CPU's features), logged in one line.
+    ``auto`` (the config default of the two layout switches) picks what was measured faster on
+    this CPU kind (:mod:`.auto`: the shipped measured table, the fold guarded by a short probe),
+    logged in one line naming the record it followed.
 
     Args:
         model: the detectron2 model about to be trained.
@@ -171,7 +172,8 @@ def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_
         autocast: override ``AUTOCAST_TRAIN``: "" (off), "bf16" or "fp16" (any device).
         fold_frozen_bn: override ``FOLD_FROZEN_BN_TRAIN``: True, False or "auto".
         cpu_features: for ``auto``: the CPU features to decide by (default: this machine's).
-        probe: for ``auto``: None runs the probe, False skips it, a mapping gives its times.
+        probe: for ``auto``: None runs the fold probe (when the table chose the fold), False
+            skips it, a mapping gives its times.
 
     Returns:
         ``(model, report)``: the model to train (the same object, unless it is a bare backbone

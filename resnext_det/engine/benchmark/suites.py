@@ -7,14 +7,15 @@ In one process, on the same random weights (our parameter names are detectron2's
   (b) ``fpn`` / ``c4``: full Faster R-CNN inference on one image;
   (c) ``train``: one training iteration (forward, backward, SGD step), batch 1.
 
-Modes: ``stock`` = detectron2's ``build_resnet_backbone`` (NUM_GROUPS/WIDTH_PER_GROUP,
+Modes: ``stock_a`` / ``stock_b`` = detectron2's ``build_resnet_backbone`` (NUM_GROUPS/WIDTH_PER_GROUP,
 STRIDE_IN_1X1 False) and its stock ``GeneralizedRCNN``/``Res5ROIHeads`` with every other
 setting equal (``resnext_det.engine.stock.stock_equivalent_cfg``); ``default`` = this
 project's model with default settings; ``fast`` = ``prepare_for_inference`` (fp32);
 ``fast-bf16`` / ``fast-fp16`` = with reduced precision (bf16 only where the CPU has native
-bf16 -- elsewhere a probe records how much slower it is -- and on CUDA); for ``train``,
-``fast`` = the training switches (channels_last; + autocast on CUDA / native-bf16 CPUs),
-``fast-fold`` = the same + FrozenBN folded into the convs on the fly (``fold_frozen_bn=True``).
+bf16 -- elsewhere a probe records how much slower it is -- and on CUDA); for ``train``, one path
+per candidate layout of the training ``auto`` rule (``channels_last``, ``fold``: FrozenBN folded
+into the convs on the fly, ``channels_last+fold``; with ``--bf16-train`` each also under bf16
+autocast): the record ``benchmarks/<kind>/train-layouts.json`` the rule's table is made from.
 For ``fpn``/``c4``, ``fast`` also includes the fast post-processing (sorted batched NMS, same
 detections) and, on CPU fp32, the fused RPN conv+ReLU.
 
@@ -28,12 +29,13 @@ int8 calibrated on random images: speed only). Detector runtime modes go through
 rescaling); ``*-raw`` modes time the bare runtime call on the same graph, so
 ``raw / wrapped`` is the wrapper's overhead.
 
-Runs are interleaved (stock, default, fast, stock, ...) and the median is kept, so the
-ratios are fair on a shared, noisy machine; the load average at start is recorded.
-GFLOP counts are fvcore's multiply-adds x 2. The ceiling is the best large-GEMM rate
-(2*n^3 / t, n=2048) of every library at hand, measured in the same run: torch, ONNX Runtime
-and OpenVINO (fp32; bf16 for torch and OpenVINO on native-bf16 CPUs); each record has its
-share of that ceiling, the load average when it was taken and the CPU's flags.
+Every part is one run of :mod:`.protocol`: its paths interleaved in rotating rounds, stock
+detectron2 measured as two instances (``stock_a``, ``stock_b``: the A/A control), rounds added
+until the control settles or ``--max-seconds`` is reached, median and spread of every path;
+ratios are published only for settled runs. GFLOP counts are fvcore's multiply-adds x 2. The
+ceiling is the best large-GEMM rate (2*n^3 / t, ``--gemm-n``) of every library at hand,
+measured in the same run: torch, ONNX Runtime and OpenVINO (fp32; bf16 for torch and OpenVINO
+on native-bf16 CPUs); each record has its share of that ceiling.
 
     python tools/benchmark.py                      # X-101-32x4d all parts + 2 backbones, 800x1333, + runtimes
     python tools/benchmark.py --quick              # 320x512, X-50-32x4d, fewer runs
@@ -41,9 +43,9 @@ share of that ceiling, the load average when it was taken and the CPU's flags.
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import copy
+import dataclasses
 import datetime
 import importlib.util
 import io
@@ -52,7 +54,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -66,7 +67,6 @@ from detectron2.utils.analysis import FlopCountAnalysis as DetectorFlopCountAnal
 from fvcore.nn import FlopCountAnalysis
 
 import resnext_det
-from resnext_det._warnings import filter_known_third_party_warnings
 from resnext_det.data.synthetic import synthetic_train_batch
 from resnext_det.deploy import DeployedPredictor
 from resnext_det.deploy.contract import DeployError
@@ -75,12 +75,23 @@ from resnext_det.deploy.quantize import quantize_int8
 from resnext_det.deploy.runtimes import make_runtime
 from resnext_det.engine.fast import (
     apply_training_switches,
+    choose_training_layout,
     cpu_has_native_bf16,
     prepare_for_inference,
 )
-from resnext_det.hardware import read_cpu_flags
+from resnext_det.engine.fast.auto import CANDIDATES
 from resnext_det.engine.stock import randomize_frozen_bn, seeded_global_rng, stock_equivalent_cfg, training_iteration
-from resnext_det.io import atomic_write_json
+
+from .protocol import (
+    RATIO_BASIS,
+    STOCK_A,
+    STOCK_B,
+    Protocol,
+    _loadavg as protocol_loadavg,
+    environment,
+    run_rounds,
+    spread,
+)
 
 logger = logging.getLogger("benchmark")
 
@@ -107,16 +118,6 @@ def matmul_ceiling(dtype, device, n=2048, reps=5):
         a @ b
     ts = [_timed(lambda: a @ b, device)[0] for _ in range(reps)]
     return 2 * n ** 3 / statistics.median(ts) / 1e9, n
-
-
-def cpu_flags():
-    """avx2 / avx512f / avx512_bf16 / avx512_vnni / amx (any amx_*) from /proc/cpuinfo."""
-    flags = read_cpu_flags()
-    if not flags:  # not Linux: unknown
-        return {}
-    return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "avx512_bf16": "avx512_bf16" in flags, "avx512_vnni": "avx512_vnni" in flags,
-            "amx": any(f.startswith("amx") for f in flags)}
 
 
 def _gemm_onnx(n):
@@ -180,10 +181,11 @@ def _backbone_onnx(model, x):
     return buf.getvalue(), names
 
 
-def _cfg(config_name, preset, device, c4_topk=None):
+def _cfg(config_name, preset, device, c4_topk=None, opts=()):
     cfg = resnext_det.get_cfg()
     cfg.merge_from_file(resnext_det.get_config_file(config_name))
     cfg.MODEL.RESNEXT.PRESET = preset
+    cfg.merge_from_list(list(opts))  # --opts: e.g. a tiny network for a quick check of the tool
     cfg.MODEL.DEVICE = device.type
     if c4_topk:
         cfg.MODEL.RPN.POST_NMS_TOPK_TEST = c4_topk
@@ -263,28 +265,34 @@ def _inference_calls(models, inputs):
     return {k: call(m) for k, m in models.items()}
 
 
-def interleaved(fns, reps, warmup, device):
-    """Run each fn warmup times, then reps rounds ABAB...; returns (median seconds, last output)."""
-    outs = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            outs[name] = fn()
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t, outs[name] = _timed(fn, device)
-            times[name].append(t)
-    return {n: statistics.median(ts) for n, ts in times.items()}, times, outs
-
-
 # --------------------------------------------------------------------------- suites
+def _two_stocks(build, state_dict):
+    """stock_a and stock_b: two separate instances with the same weights (the A/A control)."""
+    out = {}
+    for name in (STOCK_A, STOCK_B):
+        m = build()
+        m.load_state_dict(state_dict)
+        out[name] = m
+    return out
+
+
 class Bench:
+    """One benchmark session: the ceiling, then each part as a :mod:`.protocol` run, its records
+    appended to :attr:`records` and its control to :attr:`controls`.
+
+    Args:
+        args: the parsed command line (size, presets, protocol settings, runtimes, ...).
+        device: where the torch paths run.
+    """
+
     def __init__(self, args, device):
         self.args, self.device = args, device
-        self.records = []
+        self.protocol = Protocol(min_rounds=args.min_rounds, max_seconds=args.max_seconds,
+                                 max_rounds=args.max_rounds, warmup=args.warmup)
+        self.env = environment(device)
+        self.records, self.controls = [], []
         self.ceiling = {}
         self.precisions = []
-        self.flags = cpu_flags()
         self.runtimes = runtimes_available(args.runtimes) if device.type == "cpu" else []
         self.tmp = tempfile.mkdtemp(prefix="resnext_bench_")
         # exported models (hundreds of MB at full size) go when the process ends
@@ -294,32 +302,41 @@ class Bench:
         elif cpu_has_native_bf16():
             self.precisions = ["bf16"]
 
-    def add(self, name, preset, mode, seconds, stock_s, err, gflop, runs, note=""):
-        rec = {
-            "name": name, "preset": preset, "mode": mode, "seconds": seconds,
-            "ratio_vs_stock": (stock_s / seconds) if (stock_s and seconds) else None,
-            "max_rel_err_vs_stock": err, "gflop": gflop,
-            "gflops": (gflop / seconds) if (gflop and seconds) else None,
-            "ceiling_gflops": dict(self.ceiling), "runs": runs,
-            "image": list(self.args.size), "device": self.device.type, "note": note,
-        }
-        rec["loadavg"] = list(os.getloadavg())
-        rec["cpu_flags"] = self.flags
-        if rec["gflops"] and self.ceiling.get("fp32"):
-            rec["pct_of_fp32_matmul"] = 100 * rec["gflops"] / self.ceiling["fp32"]
-            # reduced-precision modes against the best bf16 GEMM, fp32/int8 against fp32's
-            key = "bf16" if "bf16" in mode and self.ceiling.get("bf16") else "fp32"
-            rec["pct_of_ceiling"] = 100 * rec["gflops"] / self.ceiling[key]
-        self.records.append(rec)
-        logger.info("%-9s %-12s %-10s %7.3fs x%s err=%s", name, preset, mode, seconds,
-                    f"{rec['ratio_vs_stock']:.2f}" if rec["ratio_vs_stock"] else "-", err)
+    def _run(self, fns, protocol=None):
+        return run_rounds(fns, protocol or self.protocol, sync=lambda: _sync(self.device))
 
-    def _report(self, name, preset, medians, times, outs, gflop, errf, notes=None):
-        stock_s = medians["stock"]
-        for mode, s in medians.items():
-            err = 0.0 if mode == "stock" else errf(outs["stock"], outs[mode])
-            self.add(name, preset, mode, s, stock_s, err, gflop, [round(t, 4) for t in times[mode]],
-                     (notes or {}).get(mode, ""))
+    def _report(self, name, preset, res, gflop, errf, notes=None, extra=None):
+        """One record per path of the run ``res`` (ratios only when its control settled)."""
+        control = {"name": name, "preset": preset, **res.control(), **(extra or {})}
+        self.controls.append(control)
+        for mode, ts in res.times.items():
+            sp = spread(ts)
+            seconds = sp["median"]
+            err = 0.0 if mode == STOCK_A else errf(res.outputs[STOCK_A], res.outputs[mode])
+            rec = {
+                "name": name, "preset": preset, "mode": mode, "seconds": seconds,
+                "spread": {k: sp[k] for k in ("min", "q1", "q3", "max")}, "times": sp["times"],
+                "rounds": res.rounds, "ratio_vs_stock": res.ratio(mode), "aa_ratio": res.aa_ratio,
+                "noisy": not res.settled, "max_rel_err_vs_stock": err, "gflop": gflop,
+                "gflops": (gflop / seconds) if (gflop and seconds) else None,
+                "ceiling_gflops": dict(self.ceiling), "image": list(self.args.size),
+                "device": self.device.type, "note": (notes or {}).get(mode, ""),
+                "loadavg_before": res.loadavg_before, "loadavg_after": res.loadavg_after,
+                "cpu_kind": self.env["cpu_kind"], "cpu_flags": self.env["cpu_flags"],
+            }
+            if rec["gflops"] and self.ceiling.get("fp32"):
+                rec["pct_of_fp32_matmul"] = 100 * rec["gflops"] / self.ceiling["fp32"]
+                # reduced-precision modes against the best bf16 GEMM, fp32/int8 against fp32's
+                key = "bf16" if "bf16" in mode and self.ceiling.get("bf16") else "fp32"
+                rec["pct_of_ceiling"] = 100 * rec["gflops"] / self.ceiling[key]
+            self.records.append(rec)
+            logger.info("%-9s %-12s %-20s %7.3fs [%.3f-%.3f] x%s err=%s", name, preset, mode, seconds,
+                        sp["min"], sp["max"], f"{rec['ratio_vs_stock']:.2f}" if rec["ratio_vs_stock"] else "-", err)
+        aa = res.aa_ratio
+        if not res.settled:
+            logger.warning("NOISY: %s %s: A/A control stock_b/stock_a = %s after %d rounds, outside %.2f-%.2f: "
+                           "its ratios are not published; re-run on an idle machine (nothing else running)",
+                           name, preset, f"{aa:.3f}" if aa else "-", res.rounds, *res.band)
 
     def _fast_variants(self, default, prep):
         models = {"fast": prep(copy.deepcopy(default), "fp32")}
@@ -330,22 +347,19 @@ class Bench:
         return models
 
     def backbone(self, preset):
-        cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device)
+        cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device, opts=self.args.opts)
         shape = ShapeSpec(channels=3)
-        default = _randomize(build_backbone(cfg, shape)).to(self.device).eval()
-        stock = build_backbone(stock_equivalent_cfg(cfg), shape).bottom_up.to(self.device).eval()
-        default = default.bottom_up
-        stock.load_state_dict(default.state_dict())
-        models = {"stock": stock, "default": default}
+        default = _randomize(build_backbone(cfg, shape)).to(self.device).eval().bottom_up
+        models = _two_stocks(lambda: build_backbone(stock_equivalent_cfg(cfg), shape).bottom_up.to(self.device)
+                             .eval(), default.state_dict())
+        models["default"] = default
         models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
         h, w = self.args.size
         x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
-        gflop = _fvcore_gflop(stock, x)
+        gflop = _fvcore_gflop(models[STOCK_A], x)
         fns = _inference_calls(models, x)
         fns.update(self._backbone_runtimes(default, x))
-        medians, times, outs = interleaved(fns, self.args.reps, self.args.warmup, self.device)
-        self._report("backbone", preset, medians, times, outs, gflop, _rel_err)
-
+        self._report("backbone", preset, self._run(fns), gflop, _rel_err)
     def _runtime_modes(self):
         """(mode, runtime, precision) of the runtime columns on this machine."""
         modes = [(r, r, "fp32") for r in self.runtimes]
@@ -403,69 +417,66 @@ class Bench:
     def detector(self, preset, arch):
         name = {"fpn": "faster_rcnn_X50_32x4d_FPN.yaml", "c4": "faster_rcnn_X50_32x4d.yaml"}[arch]
         topk = self.args.c4_topk if arch == "c4" else None
-        cfg = _cfg(name, preset, self.device, topk)
+        cfg = _cfg(name, preset, self.device, topk, self.args.opts)
         with seeded_global_rng(0):  # the same random weights every run; the caller's stream untouched
             default = _randomize(build_model(cfg)).eval()
-            stock = build_model(stock_equivalent_cfg(cfg)).eval()
-        stock.load_state_dict(default.state_dict())
-        models = {"stock": stock, "default": default}
+        models = _two_stocks(lambda: build_model(stock_equivalent_cfg(cfg)).eval(), default.state_dict())
+        models["default"] = default
         models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
         h, w = self.args.size
         image = torch.randint(0, 256, (3, h, w), generator=torch.Generator().manual_seed(0)).float()
         inputs = [{"image": image.to(self.device), "height": h, "width": w}]
-        gflop = _fvcore_gflop(stock, inputs) if self.args.count_detector_flops else None
+        gflop = _fvcore_gflop(models[STOCK_A], inputs) if self.args.count_detector_flops else None
         fns = _inference_calls(models, inputs)
         fns.update(self._detector_runtimes(cfg, default, image))
-        medians, times, outs = interleaved(fns, self.args.reps, self.args.warmup, self.device)
-        note = f"RPN.POST_NMS_TOPK_TEST={topk} (both sides)" if topk else ""
-        notes = {m: note for m in medians}
-        scores = outs["stock"][0]["instances"].scores
+        res = self._run(fns)
+        # the C4 head runs res5 once per proposal: a smaller POST_NMS_TOPK_TEST is a different workload
+        note = f"RPN.POST_NMS_TOPK_TEST={topk} (all paths; the config says {_config_topk(name)})" if topk else ""
+        notes = {m: note for m in res.times}
+        scores = res.outputs[STOCK_A][0]["instances"].scores
         saturated = float((scores >= 0.9999).float().mean()) if len(scores) else 0.0
         if saturated > 0.5:  # random heads on large images: many scores are exactly 1.0
             tie = (f"{100 * saturated:.0f}% of stock's scores are 1.0 (random head): which of the tied "
                    "boxes are kept depends on sort order, so err is not a parity figure for modes "
                    "outside torch (parity: tests/deploy, trained models)")
-            for m in medians:
-                if m not in ("stock", "default") and not m.startswith("fast"):
+            for m in res.times:
+                if m not in (STOCK_A, STOCK_B, "default") and not m.startswith("fast"):
                     notes[m] = (notes[m] + "; " if notes[m] else "") + tie
-        for m in medians:
+        for m in res.times:
             if m.endswith("-raw"):
                 notes[m] = (note + "; " if note else "") + "bare runtime call (no resize / rescaling); " \
                     f"wrapper overhead = {m[:-4]} / {m}"
-        self._report(arch, preset, medians, times, outs, gflop, _raw_or_det_err, notes)
+        self._report(arch, preset, res, gflop, _raw_or_det_err, notes,
+                     {"post_nms_topk_test": topk or _config_topk(name)} if arch == "c4" else None)
 
     def train(self, preset):
-        cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device)
+        """One training iteration per candidate layout of the training ``auto`` rule (and
+        ``default``: this project's model with every switch off), against the two stocks."""
+        cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device, opts=self.args.opts)
         with seeded_global_rng(0):  # the same random weights every run; the caller's stream untouched
             default = _randomize(build_model(cfg))
-            stock = build_model(stock_equivalent_cfg(cfg))
-        stock.load_state_dict(default.state_dict())
-        fast = copy.deepcopy(default)
-        autocast = ""
-        if self.device.type == "cuda":
-            autocast = "bf16"
-        elif cpu_has_native_bf16() and self.args.bf16_train:
-            autocast = "bf16"
-        apply_training_switches(fast, channels_last=True, autocast=autocast)
-        fast_fold = copy.deepcopy(default)
-        apply_training_switches(fast_fold, channels_last=True, autocast=autocast, fold_frozen_bn=True)
-        models = {"stock": stock, "default": default, "fast": fast, "fast-fold": fast_fold}
+        models = _two_stocks(lambda: build_model(stock_equivalent_cfg(cfg)), default.state_dict())
+        models["default"] = default
+        autocast = "bf16" if self.device.type == "cuda" or (cpu_has_native_bf16() and self.args.bf16_train) else ""
+        for cand, (cl, fold) in CANDIDATES.items():
+            if cand != "stock":
+                models[cand] = apply_training_switches(copy.deepcopy(default), channels_last=cl,
+                                                       fold_frozen_bn=fold, autocast=autocast)
         data = synthetic_train_batch([self.args.size])
         opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
                 for k, m in models.items()}
 
         def step(k):
             return lambda: torch.tensor(training_iteration(models[k], opts[k], data))
-        # first-iteration losses (before any step): the equality check of the switches
+        # first-iteration losses (before any step): the equality check of the switches; also the warm-up
         first = {k: step(k)() for k in models}
-        medians, times, _ = interleaved({k: step(k) for k in models}, self.args.train_reps, 0, self.device)
-        note = f"fast = channels_last{' + ' + autocast + ' autocast' if autocast else ''}; err = first-iteration loss"
-        for mode, s in medians.items():
-            err = 0.0 if mode == "stock" else _rel_err(first["stock"], first[mode])
-            mode_note = {"fast": note, "fast-fold": note.replace("channels_last", "channels_last + FrozenBN "
-                                                                        "folded on the fly")}.get(mode, "")
-            self.add("train", preset, mode, s, medians["stock"], err, None,
-                     [round(t, 4) for t in times[mode]], mode_note)
+        res = self._run({k: step(k) for k in models}, dataclasses.replace(self.protocol, warmup=0))
+        res.outputs = first
+        note = "err = first-iteration loss vs stock_a" + (f"; {autocast} autocast on every candidate" if autocast else "")
+        # what auto decides on this machine with the table shipped now (the record may change it)
+        choice = choose_training_layout(None, None, device_type=self.device.type)
+        self._report("train", preset, res, None, _rel_err, {m: note for m in res.times},
+                     {"autocast": autocast, "auto_with_shipped_table": choice.reason})
 
     def bf16_probe(self):
         """On CPUs without native bf16: one grouped-conv layer, bf16 vs fp32 (why bf16 is skipped)."""
@@ -477,15 +488,24 @@ class Bench:
                 with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
                     return conv(x)
             return f
-        med, times, _ = interleaved({"fp32": run(torch.float32), "bf16": run(torch.bfloat16)}, 3, 1, self.device)
+        res = self._run({"fp32": run(torch.float32), "bf16": run(torch.bfloat16)},
+                        Protocol(min_rounds=3, max_rounds=3, warmup=1))
+        med = {k: statistics.median(v) for k, v in res.times.items()}
         self.records.append({
             "name": "bf16_probe", "preset": "conv3x3 256ch g32 64x96", "mode": "bf16",
-            "seconds": med["bf16"], "ratio_vs_stock": med["fp32"] / med["bf16"],
+            "seconds": med["bf16"], "fp32_s": med["fp32"], "ratio_vs_stock": None,
             "max_rel_err_vs_stock": None, "gflops": None, "ceiling_gflops": dict(self.ceiling),
             "note": "CPU without native bf16 (no AVX512-BF16/AMX): bf16 fast path not benchmarked; "
-                    "ratio_vs_stock here = fp32 time / bf16 time of one layer",
-            "loadavg": list(os.getloadavg()), "cpu_flags": self.flags,
+                    "fp32_s / seconds = how much slower one bf16 layer is (a probe, not a figure vs stock)",
+            "loadavg_before": res.loadavg_before, "loadavg_after": res.loadavg_after,
+            "cpu_kind": self.env["cpu_kind"], "cpu_flags": self.env["cpu_flags"],
         })
+
+
+def _config_topk(config_name):
+    cfg = resnext_det.get_cfg()
+    cfg.merge_from_file(resnext_det.get_config_file(config_name))
+    return cfg.MODEL.RPN.POST_NMS_TOPK_TEST
 
 
 def _runtime_versions(runtimes):
@@ -498,70 +518,47 @@ def _runtime_versions(runtimes):
 
 def print_table(records, header):
     lines = [header, "",
-             "| part | preset | mode | s (median) | x stock | max rel err | GFLOP/s | % ceiling | load |",
+             "| part | preset | mode | s (median) | min-max | x stock | max rel err | GFLOP/s | % ceiling |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         def f(v, fmt):
             return "" if v is None else format(v, fmt)
+        sp = r.get("spread") or {}
         lines.append(f"| {r['name']} | {r['preset']} | {r['mode']} | {f(r['seconds'], '.3f')} | "
-                     f"{f(r['ratio_vs_stock'], '.2f')} | {f(r['max_rel_err_vs_stock'], '.1e')} | "
-                     f"{f(r.get('gflops'), '.1f')} | {f(r.get('pct_of_ceiling'), '.0f')} | "
-                     f"{f((r.get('loadavg') or [None])[0], '.1f')} |")
+                     f"{f(sp.get('min'), '.3f')}-{f(sp.get('max'), '.3f')} | "
+                     f"{f(r['ratio_vs_stock'], '.2f') or ('noisy' if r.get('noisy') else '')} | "
+                     f"{f(r['max_rel_err_vs_stock'], '.1e')} | "
+                     f"{f(r.get('gflops'), '.1f')} | {f(r.get('pct_of_ceiling'), '.0f')} |")
     return "\n".join(lines)
 
 
-def main(argv=None):
-    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="*", default=["X-101-32x4d"],
-                    help="presets for the full suite (backbone, fpn, c4, train)")
-    ap.add_argument("--backbone-presets", nargs="*", default=["X-50-32x4d", "X-101-32x8d"],
-                    help="extra presets for the backbone part only")
-    ap.add_argument("--parts", nargs="+", default=["backbone", "fpn", "c4", "train"])
-    ap.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
-    ap.add_argument("--reps", type=int, default=3, help="timed runs per mode (median kept)")
-    ap.add_argument("--train-reps", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--c4-topk", type=int, default=300,
-                    help="RPN.POST_NMS_TOPK_TEST for the C4 run on both sides (res5 runs per RoI; "
-                         "0 keeps the config's 1000)")
-    ap.add_argument("--count-detector-flops", action="store_true",
-                    help="fvcore-count the full detectors too (one slow traced forward each)")
-    ap.add_argument("--bf16-train", action="store_true", help="bf16 autocast in the fast training mode (CPU)")
-    ap.add_argument("--quick", action="store_true", help="320x512, X-50-32x4d only, 2 runs")
-    ap.add_argument("--runtimes", nargs="*", default=["onnxruntime", "openvino"],
-                    choices=["onnxruntime", "openvino"],
-                    help="inference runtimes to add as columns (CPU; those installed); none: --runtimes")
-    ap.add_argument("--int8", action="store_true",
-                    help="also int8 detectors in the runtimes (calibrated on random images: speed only)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="benchmarks/latest.json")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.size, args.reps, args.train_reps = [320, 512], 2, 1
-        args.presets, args.backbone_presets = ["X-50-32x4d"], []
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("detectron2").setLevel(logging.WARNING)
+def measure(args, argv):
+    """Run the parts of ``args`` and return the record (meta, controls, records).
+
+    Args:
+        args: the parsed command line (see :mod:`.cli`).
+        argv: the arguments as given (written into the record's command).
+    """
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    load = os.getloadavg()
     t0 = time.time()
     b = Bench(args, device)
-    torch_fp32, _ = matmul_ceiling(torch.float32, device)
+    n = args.gemm_n
+    torch_fp32, _ = matmul_ceiling(torch.float32, device, n=n)
     native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
     # without native bf16 a 2048^2 bf16 matmul takes ~a minute: measure a smaller one
-    torch_bf16, _ = matmul_ceiling(torch.bfloat16, device, n=2048 if native_bf16 else 512,
+    torch_bf16, _ = matmul_ceiling(torch.bfloat16, device, n=n if native_bf16 else min(n, 512),
                                    reps=5 if native_bf16 else 2)
     # the ceiling is the best GEMM of every library at hand, not torch's alone
     b.ceiling.update({"torch_fp32": torch_fp32, "torch_bf16": torch_bf16})
     for r in b.runtimes:
-        b.ceiling[f"{r}_fp32"] = runtime_gemm_ceiling(r, "fp32")
+        b.ceiling[f"{r}_fp32"] = runtime_gemm_ceiling(r, "fp32", n=n)
     if "openvino" in b.runtimes and cpu_has_native_bf16():
-        b.ceiling["openvino_bf16"] = runtime_gemm_ceiling("openvino", "bf16")
+        b.ceiling["openvino_bf16"] = runtime_gemm_ceiling("openvino", "bf16", n=n)
     b.ceiling["fp32"] = max(v for k, v in b.ceiling.items() if k.endswith("_fp32") and v)
     b.ceiling["bf16"] = max(v for k, v in b.ceiling.items() if k.endswith("_bf16") and v)
-    logger.info("matmul ceiling GFLOP/s: %s", b.ceiling)
+    logger.info("matmul ceiling GFLOP/s (n=%d): %s", n, b.ceiling)
     if not native_bf16:
         b.bf16_probe()
     for preset in args.presets:
@@ -575,26 +572,37 @@ def main(argv=None):
     for preset in args.backbone_presets:
         if "backbone" in args.parts:
             b.backbone(preset)
+    env = b.env
     meta = {
-        "command": "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python tools/benchmark.py " + " ".join(argv),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(), "wall_s": time.time() - t0,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16,
+        "cpu_kind": env["cpu_kind"], "cpu_flags": env["cpu_flags"], "threads": env["threads"],
+        "loadavg_at_start": env["loadavg"], "loadavg_at_end": protocol_loadavg(), "wall_s": time.time() - t0,
+        "torch": torch.__version__, "cpu_capability": env["cpu_capability"], "native_bf16": native_bf16,
         "platform": platform.platform(), "device": str(device),
         "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "image": list(args.size), "reps": args.reps, "train_reps": args.train_reps,
-        "cpu_flags": b.flags, "runtimes": _runtime_versions(b.runtimes), "ceiling_gflops": dict(b.ceiling),
+        "image": list(args.size), "presets": list(args.presets), "parts": list(args.parts), "opts": list(args.opts),
+        "protocol": b.protocol.as_dict(), "gemm_n": n,
+        "published": all(c["settled"] for c in b.controls),
+        "noisy_parts": [f"{c['name']} {c['preset']}" for c in b.controls if not c["settled"]],
+        "runtimes": _runtime_versions(b.runtimes), "ceiling_gflops": dict(b.ceiling),
     }
-    out = {"meta": meta, "records": b.records}
-    if args.out:
-        atomic_write_json(args.out, out, indent=1)
-    header = (f"{meta['command']}  | {meta['date']} | {device} {meta['cpu_capability']} x{meta['threads']} threads"
-              f" | load avg at start {load[0]:.2f} | {args.size[0]}x{args.size[1]} | median of {args.reps}"
-              f" | GEMM ceiling GFLOP/s fp32 {b.ceiling['fp32']:.0f}, bf16 {b.ceiling['bf16']:.1f} "
-              f"({', '.join(f'{k} {v:.0f}' for k, v in b.ceiling.items() if v and k not in ('fp32', 'bf16'))})"
-              f" | CPU flags {','.join(k for k, v in b.flags.items() if v) or 'unknown'}")
-    print(print_table(b.records, header))
-    return out
+    return {"format": "resnext-det-benchmark/2", "aa_control": True, "meta": meta, "controls": b.controls,
+            "records": b.records}
 
 
+def summary(out):
+    """The printed table, with the conditions and, for noisy runs, what to do."""
+    meta = out["meta"]
+    ceil = meta["ceiling_gflops"]
+    header = (f"{meta['command']} | {meta['date']} | {meta['device']} {meta['cpu_kind']} ({meta['cpu_flags']}) "
+              f"x{meta['threads']['torch_intra_op']} threads | load avg {meta['loadavg_at_start']} -> "
+              f"{meta['loadavg_at_end']} | {meta['image'][0]}x{meta['image'][1]} | GEMM ceiling GFLOP/s fp32 "
+              f"{ceil['fp32']:.0f}, bf16 {ceil['bf16']:.1f} | ratios vs {RATIO_BASIS}")
+    lines = [print_table(out["records"], header), ""]
+    for c in out["controls"]:
+        aa = c["aa_ratio"]
+        lines.append(f"A/A {c['name']} {c['preset']}: stock_b/stock_a = {aa:.3f} after {c['rounds']} rounds: "
+                     + ("settled" if c["settled"] else
+                        "NOISY -- ratios not published; re-run on an idle machine (nothing else running)"))
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""The one protocol every speed figure of the project is measured by.
+
+- **Paths interleaved in rounds.** Every path (a callable: one model call, one training
+  iteration) runs once per round; the order rotates by one each round, so no path always runs
+  first (warm caches) or right after the same neighbour.
+- **An A/A control in every run.** Stock detectron2 is measured as two separate instances with
+  the same weights, :data:`STOCK_A` and :data:`STOCK_B`, each a path of its own. Their ratio
+  (median B / median A) says how far two identical things drift apart on this machine right
+  now; outside :data:`AA_BAND` the run is *noisy* and none of its ratios are published.
+- **Rounds until the control settles.** At least ``min_rounds``; then more rounds while the
+  control is outside its band, until ``max_seconds`` would be passed.
+- **Median and spread of every path** (min, quartiles, max, every time), the load average before
+  and after, the CPU kind and flags and the thread counts, in every record.
+- **Ratios** are stock's reference time over a path's median; the reference is the median of
+  both stock instances' times pooled (:data:`RATIO_BASIS`, written into every record).
+
+Records live in ``benchmarks/<kind>/<name>.json`` (:func:`record_path`); a record of another
+CPU kind is never overwritten (:func:`check_record_path`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from ...hardware import CPU_KINDS, CpuFeatures, cpu_kind
+
+__all__ = ["AA_BAND", "STOCK_A", "STOCK_B", "RATIO_BASIS", "Protocol", "Rounds", "run_rounds", "spread",
+           "environment", "record_path", "check_record_path", "default_record_name"]
+
+#: the A/A ratio (median stock_b / median stock_a) a run must fall in for its ratios to be published
+AA_BAND = (0.95, 1.05)
+STOCK_A, STOCK_B = "stock_a", "stock_b"
+RATIO_BASIS = "median of stock_a's and stock_b's times pooled"
+
+
+@dataclasses.dataclass
+class Protocol:
+    """How long a run goes on.
+
+    Args:
+        min_rounds: rounds always run (the median of fewer means little).
+        max_seconds: wall-time limit of one run's timed rounds; no round starts that would pass it
+            (estimated from the rounds so far), except the first ``min_rounds``.
+        max_rounds: a hard cap on the rounds.
+        warmup: untimed calls of each path before the rounds (first-call allocations, JIT, caches).
+        band: the A/A band.
+    """
+
+    min_rounds: int = 3
+    max_seconds: float = 900.0
+    max_rounds: int = 50
+    warmup: int = 1
+    band: Tuple[float, float] = AA_BAND
+
+    def as_dict(self) -> dict:
+        return {"min_rounds": self.min_rounds, "max_seconds": self.max_seconds, "max_rounds": self.max_rounds,
+                "warmup": self.warmup, "aa_band": list(self.band), "aa_control": True,
+                "interleaved": "rounds, order rotated by one each round", "ratio_basis": RATIO_BASIS}
+
+
+def spread(times: Sequence[float]) -> dict:
+    """Median, min, quartiles and max of ``times`` (seconds), and the times themselves."""
+    ts = sorted(times)
+    q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else (ts[0],) * 3
+    return {"median": statistics.median(ts), "min": ts[0], "q1": q1, "q3": q3, "max": ts[-1],
+            "n": len(ts), "times": [round(t, 4) for t in times]}
+
+
+@dataclasses.dataclass
+class Rounds:
+    """What :func:`run_rounds` measured."""
+
+    times: Dict[str, List[float]]
+    outputs: Dict[str, object]
+    rounds: int
+    wall_s: float
+    loadavg_before: List[float]
+    loadavg_after: List[float]
+    band: Tuple[float, float] = AA_BAND
+
+    @property
+    def has_control(self) -> bool:
+        return STOCK_A in self.times and STOCK_B in self.times
+
+    @property
+    def aa_ratio(self) -> Optional[float]:
+        """median stock_b / median stock_a (None without a control)."""
+        if not self.has_control:
+            return None
+        return statistics.median(self.times[STOCK_B]) / statistics.median(self.times[STOCK_A])
+
+    @property
+    def settled(self) -> bool:
+        """The control is inside its band (False without a control: nothing to publish)."""
+        r = self.aa_ratio
+        return r is not None and self.band[0] <= r <= self.band[1]
+
+    @property
+    def stock_s(self) -> Optional[float]:
+        """The reference time: :data:`RATIO_BASIS`."""
+        if not self.has_control:
+            return None
+        return statistics.median(self.times[STOCK_A] + self.times[STOCK_B])
+
+    def ratio(self, name: str) -> Optional[float]:
+        """Reference / median of ``name``; None when the run is not settled (not published)."""
+        if not self.settled:
+            return None
+        return self.stock_s / statistics.median(self.times[name])
+
+    def control(self) -> dict:
+        """The run's control, as written into records."""
+        r = self.aa_ratio
+        return {"aa_ratio": r, "settled": self.settled, "noisy": not self.settled, "rounds": self.rounds,
+                "aa_band": list(self.band), "stock_s": self.stock_s, "wall_s": round(self.wall_s, 2),
+                "loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after}
+
+
+def _loadavg() -> List[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on this OS
+        return []
+
+
+def run_rounds(fns: Mapping[str, Callable[[], object]], protocol: Protocol,
+               sync: Callable[[], None] = lambda: None,
+               clock: Callable[[], float] = time.perf_counter) -> Rounds:
+    """Time ``fns`` under the protocol (module docstring).
+
+    Args:
+        fns: name -> a call to time (its last output is kept, for accuracy checks); include
+            :data:`STOCK_A` and :data:`STOCK_B` for the control (without them the run stops at
+            ``min_rounds`` and publishes no ratio).
+        protocol: rounds, time limit, warm-up, band.
+        sync: called before and after each timed call (CUDA: ``torch.cuda.synchronize``).
+        clock: the timer (a test may inject one).
+
+    Returns:
+        the times, last outputs, number of rounds, wall time and load averages.
+    """
+    names = list(fns)
+    outs: Dict[str, object] = {}
+    before = _loadavg()
+    for name in names:
+        for _ in range(protocol.warmup):
+            outs[name] = fns[name]()
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    start = clock()
+    done = 0
+    while True:
+        k = done % len(names)
+        for name in names[k:] + names[:k]:  # rotated: each path takes every position in turn
+            sync()
+            t = clock()
+            outs[name] = fns[name]()
+            sync()
+            times[name].append(clock() - t)
+        done += 1
+        elapsed = clock() - start
+        res = Rounds(times, outs, done, elapsed, before, [], protocol.band)
+        if done < protocol.min_rounds:
+            continue
+        if not res.has_control or res.settled or done >= protocol.max_rounds:
+            break
+        if elapsed + elapsed / done > protocol.max_seconds:  # the next round would pass the limit
+            break
+    res.loadavg_after = _loadavg()
+    return res
+
+
+def environment(device: Optional[torch.device] = None) -> dict:
+    """The conditions a record is filed under: CPU kind and flags, thread counts, load average."""
+    return {
+        "cpu_kind": cpu_kind(), "cpu_flags": CpuFeatures.detect().describe(),
+        "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
+                    "cpu_count": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+        "loadavg": _loadavg(), "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": str(device) if device is not None else "cpu",
+    }
+
+
+def default_record_name(parts: Sequence[str], presets: Sequence[str], size: Sequence[int]) -> str:
+    """``train-layouts`` for ``--parts train`` (what the training ``auto`` table is generated
+    from), ``inference`` for backbone/fpn/c4, else the parts joined; a size other than 800x1333
+    and presets other than X-101-32x4d are appended, so that a small test run never replaces
+    the full-size record."""
+    parts = list(parts)
+    name = ("train-layouts" if parts == ["train"] else
+            "inference" if set(parts) <= {"backbone", "fpn", "c4"} else "-".join(parts))
+    if list(presets) != ["X-101-32x4d"]:
+        name += "-" + "-".join(presets)
+    if list(size) != [800, 1333]:
+        name += f"-{size[0]}x{size[1]}"
+    return name
+
+
+def record_path(root: str, kind: str, name: str) -> str:
+    """``<root>/benchmarks/<kind>/<name>.json``."""
+    return os.path.join(root, "benchmarks", kind, f"{name}.json")
+
+
+def check_record_path(path: str, kind: str) -> None:
+    """Refuse to write a ``kind`` record where another kind's belongs or already is.
+
+    Raises:
+        ValueError: the path is under ``benchmarks/<other kind>/`` or the file there holds a
+            record of another kind.
+    """
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    if parent in CPU_KINDS and parent != kind:
+        raise ValueError(f"{path} is under benchmarks/{parent}/ but this CPU is {kind}: "
+                         f"records of one kind never replace another's")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = (json.load(f).get("meta") or {}).get("cpu_kind")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old and old != kind:
+            raise ValueError(f"{path} holds a {old} record; this CPU is {kind}: write elsewhere")
