@@ -208,7 +208,7 @@ def print_demo_report(cfg, args, seconds):
     each stage's figures and the paths. Returns ``(AP, picture paths, plot path)``."""
     # lazy: importing the demo's drawing (detectron2's Visualizer, matplotlib) costs 0.22 s
     # (measured, python -X importtime), and only a finished --demo run draws
-    from resnext_det.engine.demo import draw_detections, plot_metrics
+    from resnext_det.apps.demo import draw_detections, plot_metrics
 
     stages = build_plan(cfg)
     final = final_stage(stages)

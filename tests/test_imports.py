@@ -25,7 +25,7 @@ def test_command_lines_import_and_fail_clearly_without_the_deploy_extra():
         import resnext_det.cli
         import resnext_det.deploy
         import resnext_det.deploy.cli
-        import resnext_det.engine.benchmark as bench
+        import resnext_det.apps.benchmark as bench
         from resnext_det.deploy import DeployError
         from resnext_det.deploy.runtimes import make_runtime
 
@@ -48,7 +48,7 @@ def test_train_net_does_not_import_runtimes_or_demo_drawing():
     out = _python("""
         import sys
         import resnext_det.cli
-        lazy = ("onnx", "onnxruntime", "openvino", "resnext_det.engine.demo",
+        lazy = ("onnx", "onnxruntime", "openvino", "resnext_det.apps.demo",
                 "detectron2.utils.visualizer", "matplotlib.figure")
         print(sorted(m for m in lazy if m in sys.modules))
     """)
@@ -61,7 +61,7 @@ def test_importing_the_package_changes_no_process_wide_filters():
     out = _python("""
         import logging, warnings
         from resnext_det._warnings import KNOWN_THIRD_PARTY_LOG_WARNINGS, KNOWN_THIRD_PARTY_WARNINGS
-        import resnext_det, resnext_det.cli, resnext_det.deploy.cli, resnext_det.engine.benchmark
+        import resnext_det, resnext_det.cli, resnext_det.deploy.cli, resnext_det.apps.benchmark
         ours = {m for _, _, m, _ in KNOWN_THIRD_PARTY_WARNINGS}
         assert not [f for f in warnings.filters if f[1] is not None and f[1].pattern in ours], warnings.filters
         names = {""} | {n for n, _, _ in KNOWN_THIRD_PARTY_LOG_WARNINGS}

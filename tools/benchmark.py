@@ -4,7 +4,7 @@ layouts and the exported detector in ONNX Runtime / OpenVINO, under one protocol
 interleaved in rotating rounds, an A/A control (stock as two instances) in every part, median
 and spread, load average, CPU kind and flags; ratios published only when the control settles.
 Records go to benchmarks/<kind>/; --render-readme renders README.md's and docs/SPEED.md's tables
-and the training auto table from them. See resnext_det/engine/benchmark/ and docs/SPEED.md.
+and the training auto table from them. See resnext_det/apps/benchmark/ and docs/SPEED.md.
 
     python tools/benchmark.py --parts train --presets X-101-32x4d    # benchmarks/<kind>/train-layouts.json
     python tools/benchmark.py --parts backbone fpn c4                # benchmarks/<kind>/inference.json
@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnext_det.engine.benchmark import main  # noqa: E402
+from resnext_det.apps.benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

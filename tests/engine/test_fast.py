@@ -23,7 +23,7 @@ from resnext_det.engine.fast import (
     check_autocast_train,
     training_autocast,
 )
-from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
+from resnext_det.apps.stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
 
 
 def _randomize_frozen_bn(model, seed=0):

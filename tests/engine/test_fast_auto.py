@@ -23,7 +23,7 @@ from resnext_det.engine.fast import (
 from resnext_det.engine.fast import auto
 from resnext_det.engine.fast.auto import CANDIDATES, parse_switch
 from resnext_det.hardware import CPU_KINDS
-from resnext_det.engine.stock import randomize_frozen_bn, stock_equivalent_cfg
+from resnext_det.apps.stock import randomize_frozen_bn, stock_equivalent_cfg
 
 AVX2 = CpuFeatures(avx2=True)
 

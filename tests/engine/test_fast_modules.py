@@ -25,7 +25,7 @@ from resnext_det.engine.fast import (
     fold_frozen_bn,
     prepare_for_inference,
 )
-from resnext_det.engine.stock import randomize_frozen_bn
+from resnext_det.apps.stock import randomize_frozen_bn
 
 
 def _model(cfg, seed=0):

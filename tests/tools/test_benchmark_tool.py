@@ -1,4 +1,4 @@
-"""tools/benchmark.py (resnext_det.engine.benchmark): runtime columns in the same interleaved
+"""tools/benchmark.py (resnext_det.apps.benchmark): runtime columns in the same interleaved
 run, with the same outputs as stock, an A/A control (two stock instances) in every part, and
 every record carrying its spread, load average, CPU kind and flags and share of a ceiling that
 covers every library's GEMM. A tiny network, a tiny image and a small GEMM keep it short."""
@@ -19,7 +19,7 @@ TINY = ["MODEL.RESNEXT.PRESET", "", "MODEL.RESNEXT.CARDINALITY", "4", "MODEL.RES
 
 @pytest.mark.slow
 def test_benchmark_runtime_columns_and_control(tmp_path):
-    from resnext_det.engine.benchmark import main
+    from resnext_det.apps.benchmark import main
 
     out = tmp_path / "bench.json"
     res = main(["--size", "64", "96", "--presets", "X-50-32x4d", "--backbone-presets", "--parts", "backbone", "fpn",
@@ -60,9 +60,9 @@ def test_benchmark_runtime_columns_and_control(tmp_path):
 
 
 def test_benchmark_tool_is_thin():
-    """The tool only calls the module (its logic lives in resnext_det.engine.benchmark)."""
+    """The tool only calls the module (its logic lives in resnext_det.apps.benchmark)."""
     text = (ROOT / "tools" / "benchmark.py").read_text()
-    assert len(text.splitlines()) <= 40 and "from resnext_det.engine.benchmark import main" in text
+    assert len(text.splitlines()) <= 40 and "from resnext_det.apps.benchmark import main" in text
     help_text = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--help"],
                                capture_output=True, text=True, check=True).stdout
     for flag in ("--runtimes", "--int8", "--max-seconds", "--min-rounds", "--render-readme"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext_det.engine.benchmark.render import (
+from resnext_det.apps.benchmark.render import (
     TABLE,
     layouts_table,
     load_records,

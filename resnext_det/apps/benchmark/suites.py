@@ -9,7 +9,7 @@ In one process, on the same random weights (our parameter names are detectron2's
 
 Modes: ``stock_a`` / ``stock_b`` = detectron2's ``build_resnet_backbone`` (NUM_GROUPS/WIDTH_PER_GROUP,
 STRIDE_IN_1X1 False) and its stock ``GeneralizedRCNN``/``Res5ROIHeads`` with every other
-setting equal (``resnext_det.engine.stock.stock_equivalent_cfg``); ``default`` = this
+setting equal (``resnext_det.apps.stock.stock_equivalent_cfg``); ``default`` = this
 project's model with default settings; ``fast`` = ``prepare_for_inference`` (fp32);
 ``fast-bf16`` / ``fast-fp16`` = with reduced precision (bf16 only where the CPU has native
 bf16 -- elsewhere a probe records how much slower it is -- and on CUDA); for ``train``, one path
@@ -80,7 +80,7 @@ from resnext_det.engine.fast import (
     prepare_for_inference,
 )
 from resnext_det.engine.fast.auto import CANDIDATES
-from resnext_det.engine.stock import randomize_frozen_bn, seeded_global_rng, stock_equivalent_cfg, training_iteration
+from resnext_det.apps.stock import randomize_frozen_bn, seeded_global_rng, stock_equivalent_cfg, training_iteration
 
 from .protocol import (
     RATIO_BASIS,

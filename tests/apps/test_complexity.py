@@ -1,11 +1,11 @@
-"""engine.complexity / tools/complexity.py: figures against the paper and torchvision."""
+"""apps.complexity / tools/complexity.py: figures against the paper and torchvision."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from resnext_det.engine.complexity import complexity_table, format_table
+from resnext_det.apps.complexity import complexity_table, format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

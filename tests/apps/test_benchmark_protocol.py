@@ -1,11 +1,11 @@
-"""The benchmark protocol (resnext_det.engine.benchmark.protocol) with a scripted clock: rotation
+"""The benchmark protocol (resnext_det.apps.benchmark.protocol) with a scripted clock: rotation
 of the order, the A/A control deciding how many rounds run and whether ratios are published,
 the pooled reference, and records that never land in another CPU kind's folder."""
 import json
 
 import pytest
 
-from resnext_det.engine.benchmark.protocol import (
+from resnext_det.apps.benchmark.protocol import (
     STOCK_A,
     STOCK_B,
     Protocol,

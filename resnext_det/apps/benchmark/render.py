@@ -22,11 +22,11 @@ import glob
 import json
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from ...hardware import CPU_KINDS, CpuFeatures
 from ...io import atomic_open
-from ..fast.auto import CANDIDATES, table_choice
+from ...engine.fast.auto import CANDIDATES, table_choice
 from .protocol import AA_BAND
 
 __all__ = ["SHOWN_KINDS", "load_records", "layouts_table", "render_blocks", "render_all", "write_rendered",

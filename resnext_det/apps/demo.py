@@ -21,7 +21,7 @@ from detectron2.utils.visualizer import Visualizer
 from matplotlib.figure import Figure
 
 from ..weights import load_checkpoint
-from .trainer import ResNeXtTrainer
+from ..engine.trainer import ResNeXtTrainer
 
 __all__ = ["draw_detections", "plot_metrics", "read_metrics"]
 
