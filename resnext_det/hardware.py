@@ -13,7 +13,7 @@ import os
 import platform
 from typing import FrozenSet, Optional
 
-__all__ = ["CPU_KINDS", "CpuFeatures", "read_cpu_flags", "cpu_kind"]
+__all__ = ["CPU_KINDS", "CpuFeatures", "read_cpu_flags", "cpu_kind", "synchronize"]
 
 #: the kinds, most capable first: AVX-512 with native bf16 (avx512_bf16 or AMX), AVX-512
 #: without it, AVX2 only, anything else (other vector ISAs, non-x86)
@@ -106,3 +106,17 @@ def cpu_kind(features: Optional[CpuFeatures] = None) -> str:
             return "other"
         features = CpuFeatures.detect()
     return features.kind
+
+
+def synchronize(device) -> None:
+    """Wait until ``device`` has finished its queued work (CUDA), so a timer reads the work
+    itself; on the CPU, where every call is synchronous, nothing to do.
+
+    Args:
+        device: a ``torch.device`` or a device name ("cpu", "cuda", "cuda:1").
+    """
+    if str(getattr(device, "type", device)).split(":")[0] == "cuda":
+        import torch  # only here: this module stays importable without torch
+
+        torch.cuda.synchronize(device)
+

@@ -80,6 +80,7 @@ from resnext_det.engine.fast import (
     prepare_for_inference,
 )
 from resnext_det.engine.fast.auto import CANDIDATES
+from resnext_det.hardware import synchronize
 from resnext_det.apps.stock import randomize_frozen_bn, seeded_global_rng, stock_equivalent_cfg, training_iteration
 
 from .protocol import (
@@ -97,16 +98,11 @@ logger = logging.getLogger("benchmark")
 
 
 # --------------------------------------------------------------------------- helpers
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed(fn, device):
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     out = fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t, out
 
 
@@ -303,7 +299,7 @@ class Bench:
             self.precisions = ["bf16"]
 
     def _run(self, fns, protocol=None):
-        return run_rounds(fns, protocol or self.protocol, sync=lambda: _sync(self.device))
+        return run_rounds(fns, protocol or self.protocol, sync=lambda: synchronize(self.device))
 
     def _report(self, name, preset, res, gflop, errf, notes=None, extra=None):
         """One record per path of the run ``res`` (ratios only when its control settled)."""

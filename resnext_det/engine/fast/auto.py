@@ -38,7 +38,7 @@ from torch import nn
 
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-from ...hardware import CpuFeatures, cpu_kind, read_cpu_flags  # noqa: F401  (re-exported: the one definition)
+from ...hardware import CpuFeatures, cpu_kind, read_cpu_flags, synchronize  # noqa: F401  (re-exported: the one definition)
 from .folding import fold_frozen_bn_on_the_fly
 
 __all__ = ["AUTO", "CpuFeatures", "LayoutChoice", "parse_switch", "choose_training_layout",
@@ -224,11 +224,6 @@ def _feature_size(name: str, cfg) -> Tuple[int, int]:
     return h, w
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def probe_training_layouts(model: nn.Module, cfg=None, *, rounds: int = 3,
                            candidates: Optional[Mapping[str, Tuple[bool, bool]]] = None
                            ) -> Optional[Dict[str, float]]:
@@ -283,10 +278,10 @@ def probe_training_layouts(model: nn.Module, cfg=None, *, rounds: int = 3,
             torch.set_num_threads(1)
         for r in range(rounds + 1):
             for k, run in runs.items():
-                _sync(device)
+                synchronize(device)
                 t = clock()
                 run()
-                _sync(device)
+                synchronize(device)
                 if r:  # round 0 warms up
                     times[k] = min(times[k], clock() - t)
     finally:
