@@ -70,6 +70,10 @@ def add_plan_config(cfg: CN) -> CN:
     # and used per image by stage 2 (DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN/TEST).
     p.PROPOSALS.TOPK_TRAIN = 2000
     p.PROPOSALS.TOPK_TEST = 1000
+    # Stage 1 writes proposals as shards read by offset (resnext_det.data.proposals:
+    # <dataset>/manifest.json); True also writes detectron2's classic <dataset>.pkl beside them
+    # (it holds every proposal in memory: ~4.7 GB for COCO trainval35k at 2000 an image).
+    p.PROPOSALS.EXPORT_PKL = False
     # A synthetic COCO-format dataset made (from SEED) and registered before training,
     # as "<NAME>_train" / "<NAME>_val" (resnext_det.data.synthetic). Used by the demo.
     s = p.SYNTHETIC = CN()

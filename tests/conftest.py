@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 
@@ -6,6 +7,9 @@ import pytest
 # with N threads each do not oversubscribe the machine; alone, the suite uses up to 2 threads.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
+# passed data checks are remembered per machine (resnext_det.data.coco_json.check_cache_dir):
+# the suite keeps its records to itself, not in the user's ~/.cache
+os.environ.setdefault("RESNEXT_DET_CACHE_DIR", tempfile.mkdtemp(prefix="resnext_det_test_cache_"))
 
 
 def pytest_configure(config):

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.visualizer import Visualizer
 # matplotlib's object-oriented API, not pyplot: no global backend to select (pyplot would
@@ -47,8 +47,9 @@ def draw_detections(cfg, dataset_name: str, out_dir: str, *, num_images: int = 6
     model.eval()
     meta = MetadataCatalog.get(dataset_name)
     dicts = DatasetCatalog.get(dataset_name)[:num_images]
-    # the test loader applies the config's test-time resize (and precomputed proposals)
-    loader = build_detection_test_loader(cfg, dataset_name)
+    # the test loader applies the config's test-time resize (and precomputed proposals,
+    # from shards or a pickle: the trainer's loader reads both)
+    loader = ResNeXtTrainer.build_test_loader(cfg, dataset_name)
     os.makedirs(out_dir, exist_ok=True)
     paths, tiles = [], []
     with torch.no_grad():

@@ -9,6 +9,7 @@ from typing import Iterable, Optional
 
 from detectron2.structures import BoxMode
 
+from ..data.proposals import ProposalStore, is_proposal_manifest
 from ..weights.safe_io import RestrictedUnpickler, load_restricted_pickle
 
 __all__ = ["TrainingConfigError", "validate_solver", "check_proposal_file", "load_proposal_file"]
@@ -57,8 +58,11 @@ class _ProposalUnpickler(RestrictedUnpickler):
 
 
 def load_proposal_file(path: str):
-    """A proposal pickle read with :class:`_ProposalUnpickler` (:class:`WeightsError` when it
-    is refused or damaged)."""
+    """A proposal file as detectron2's proposal dict (``ids``, ``boxes``, ``objectness_logits``,
+    ``bbox_mode``): a shard manifest's shards read whole, or a pickle read with
+    :class:`_ProposalUnpickler` (:class:`WeightsError` when it is refused or damaged)."""
+    if is_proposal_manifest(path):
+        return ProposalStore(path).to_detectron2_dict()
     return load_restricted_pickle(path, _ProposalUnpickler,
                                   remedy="run the RPN stage's proposal computation again")
 
@@ -67,7 +71,8 @@ def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Option
     """Verify that a precomputed-proposals file covers every image of a dataset.
 
     Args:
-        proposal_file: a detectron2 proposal pickle (dict with ``ids``, ``boxes``,
+        proposal_file: a shard manifest (:mod:`resnext_det.data.proposals`: only its indexes
+            are read) or a detectron2 proposal pickle (dict with ``ids``, ``boxes``,
             ``objectness_logits``), read with the project's restricted unpickler.
         image_ids: the dataset's image ids.
         dataset: the dataset name, for the message.
@@ -80,7 +85,12 @@ def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Option
         raise TrainingConfigError(f"proposal file {proposal_file!r}{where} does not exist; run the RPN "
                                   "stage (or its proposal computation) first")
     try:
-        data = load_proposal_file(proposal_file)
+        if is_proposal_manifest(proposal_file):
+            store = ProposalStore(proposal_file)
+            store.verify()  # every shard there, of the manifest's shape (headers only)
+            data = {"ids": store.ids, "boxes": None}
+        else:
+            data = load_proposal_file(proposal_file)
     except Exception as e:  # WeightsError and friends: re-label for the context
         raise TrainingConfigError(f"cannot read proposal file {proposal_file!r}{where}: {e}") from None
     if not isinstance(data, dict) or not {"ids", "boxes"} <= set(data):

@@ -6,7 +6,9 @@
 1. ``rpn``       train an RPN-only network (``ProposalNetwork``) from ``MODEL.WEIGHTS``
                  -> ``OUTPUT_DIR/stage1_rpn``
 2. ``proposals`` compute its proposals on the training and test sets
-                 -> ``OUTPUT_DIR/stage1_rpn/proposals/<dataset>.pkl`` (detectron2's format),
+                 -> ``OUTPUT_DIR/stage1_rpn/proposals/<dataset>/manifest.json`` and one
+                 shard per worker (:mod:`resnext_det.data.proposals`; detectron2's ``.pkl``
+                 beside it with ``RESNEXT_PLAN.PROPOSALS.EXPORT_PKL``),
                  and measure stage 1: proposal recall on the test set (AR@100, AR@1000,
                  recall at IoU 0.5 and 0.7)
 3. ``fast_rcnn`` train Fast R-CNN on those proposals (``PrecomputedProposals``), again from
@@ -40,6 +42,7 @@ __all__ = [
     "Stage",
     "resolve_datasets",
     "build_plan",
+    "exported_proposal_pickle",
     "plan_summary",
     "final_stage",
     "STATE_FILE",
@@ -125,6 +128,12 @@ def _apply_solver(cfg: CfgNode, node: CfgNode) -> None:
 
 
 def _proposal_file(proposals_dir: str, dataset: str) -> str:
+    # a shard manifest (resnext_det.data.proposals); the shards lie beside it
+    return os.path.join(proposals_dir, dataset, "manifest.json")
+
+
+def exported_proposal_pickle(proposals_dir: str, dataset: str) -> str:
+    """Where ``RESNEXT_PLAN.PROPOSALS.EXPORT_PKL`` puts detectron2's proposal pickle of ``dataset``."""
     return os.path.join(proposals_dir, f"{dataset}.pkl")
 
 

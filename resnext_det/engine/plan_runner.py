@@ -34,10 +34,11 @@ from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
 from ..data.coco import register_coco_splits
+from ..data.proposals import ShardWriter, export_detectron2_pickle, write_manifest
 from ..data.synthetic import register_synthetic_coco
 from ..io import atomic_open, atomic_write_json
 from .checks import TrainingConfigError, check_proposal_file, load_proposal_file
-from .plan import STATE_FILE, Stage, build_plan, resolve_datasets
+from .plan import STATE_FILE, Stage, build_plan, exported_proposal_pickle, resolve_datasets
 from .pretrain import pretrain_classifier, pretrained_weights_path
 from .trainer import EVAL_RESULTS, ResNeXtTrainer, build_trainer, clear_training_errors, load_checkpoint
 
@@ -115,37 +116,52 @@ def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
 
 
 class _ProposalCollector(DatasetEvaluator):
-    """Gathers ProposalNetwork outputs into detectron2's proposal file."""
+    """Writes ProposalNetwork outputs as proposal shards: each worker streams its images'
+    proposals into its own shard (memory constant in the dataset size; no process gathers
+    all proposals), rank 0 writes the manifest (``path``) once every shard is there.
 
-    def __init__(self, dataset_name: str, path: str):
-        self.dataset_name, self.path = dataset_name, path
+    Args:
+        dataset_name: the dataset (for messages and the manifest).
+        path: the manifest's path (``<dir>/manifest.json``); shards go to its folder.
+        export_pkl: also write detectron2's classic proposal pickle there (rank 0; it holds
+            all proposals in memory, as detectron2's own loader does).
+    """
+
+    def __init__(self, dataset_name: str, path: str, export_pkl: str = ""):
+        self.dataset_name, self.path, self.export_pkl = dataset_name, path, export_pkl
+        self._writer = None
         self.reset()
 
     def reset(self):
-        self._ids, self._boxes, self._logits = [], [], []
+        if self._writer is not None:  # an unfinished pass: its temporary file goes
+            self._writer.abort()
+        self._writer = None
+
+    def _open(self) -> ShardWriter:
+        if self._writer is None:
+            self._writer = ShardWriter(os.path.dirname(self.path), comm.get_rank(), comm.get_world_size())
+        return self._writer
 
     def process(self, inputs, outputs):
+        writer = self._open()
         for inp, out in zip(inputs, outputs):
             p = out["proposals"].to("cpu")
-            self._ids.append(inp["image_id"])
-            self._boxes.append(p.proposal_boxes.tensor.numpy())
-            self._logits.append(p.objectness_logits.numpy())
+            writer.add(inp["image_id"], p.proposal_boxes.tensor.numpy(), p.objectness_logits.numpy())
 
     def evaluate(self):
-        parts = comm.gather((self._ids, self._boxes, self._logits), dst=0)
+        entry = self._open().close()  # this worker's shard, complete or absent
+        self._writer = None
+        entries = comm.gather(entry, dst=0)  # names and counts only
         if not comm.is_main_process():
             return {}
-        data = {"ids": [], "boxes": [], "objectness_logits": [], "bbox_mode": int(BoxMode.XYXY_ABS)}
-        for ids, boxes, logits in parts:
-            data["ids"] += ids
-            data["boxes"] += boxes
-            data["objectness_logits"] += logits
-        with atomic_open(self.path, "wb") as f:  # a kill leaves no half-written proposal file
-            pickle.dump(data, f, pickle.HIGHEST_PROTOCOL)
-        n = sum(len(b) for b in data["boxes"])
-        logger.info("Wrote %d proposals for %d images of %s to %s", n, len(data["ids"]),
-                    self.dataset_name, self.path)
-        return {"images": len(data["ids"]), "proposals_per_image": n / max(len(data["ids"]), 1)}
+        write_manifest(os.path.dirname(self.path), entries, dataset=self.dataset_name)
+        images, n = sum(e["images"] for e in entries), sum(e["rows"] for e in entries)
+        logger.info("Wrote %d proposals for %d images of %s: %d shard(s), %.1f MB, manifest %s", n,
+                    images, self.dataset_name, len(entries), sum(e["bytes"] for e in entries) / 1e6, self.path)
+        if self.export_pkl:
+            export_detectron2_pickle(self.path, self.export_pkl)
+            logger.info("Exported them as detectron2's proposal pickle %s", self.export_pkl)
+        return {"images": images, "proposals_per_image": n / max(images, 1)}
 
 
 def _gt_boxes(dataset_dict: dict) -> np.ndarray:
@@ -203,7 +219,9 @@ class ProposalRecall(DatasetEvaluator):
 
 
 def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
-    """Run the stage-1 RPN on each dataset of ``stage``, write detectron2 proposal files, and
+    """Run the stage-1 RPN on each dataset of ``stage``, write its proposal shards and manifest
+    (:mod:`resnext_det.data.proposals`; also detectron2's pickle with
+    ``RESNEXT_PLAN.PROPOSALS.EXPORT_PKL``), and
     on ``stage.recall_datasets`` measure the proposals' recall (one pass per dataset).
 
     Progress (images done, ETA) is logged by detectron2's ``inference_on_dataset``.
@@ -223,7 +241,9 @@ def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
     results = {}
     for dataset, path in stage.outputs.items():
         logger.info("Computing proposals for %s ...", dataset)
-        evaluators = [_ProposalCollector(dataset, path)]
+        export = (exported_proposal_pickle(cfg.OUTPUT_DIR, dataset)
+                  if cfg.RESNEXT_PLAN.PROPOSALS.EXPORT_PKL else "")
+        evaluators = [_ProposalCollector(dataset, path, export)]
         if dataset in stage.recall_datasets:
             # detectron2's COCO average recall of a ProposalNetwork (AR@100, AR@1000, by size)
             evaluators += [COCOEvaluator(dataset, tasks=("bbox",), distributed=True,

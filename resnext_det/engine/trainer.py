@@ -31,13 +31,15 @@ import torch
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (DatasetMapper, build_detection_test_loader, build_detection_train_loader,
+                             get_detection_dataset_dicts)
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..config import ResNeXtConfigError
 from ..data.coco_json import DatasetError, checked_mapper
+from ..data.proposals import ProposalMapper, stores_for
 from ..data.sampler import PositionSeededDataset, ResumableTrainingSampler
 from ..io import atomic_write_json
 from ..weights import ResNeXtCheckpointer as Checkpointer
@@ -49,7 +51,8 @@ from .fast.auto import parse_switch
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
            "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams",
-           "DataPosition", "build_trainer", "construct_on_cpu_workers", "clear_training_errors"]
+           "DataPosition", "build_trainer", "construct_on_cpu_workers", "clear_training_errors",
+           "proposal_stores"]
 
 logger = logging.getLogger(__name__)
 # training progress lines go where detectron2's own go (console and log.txt via default_setup)
@@ -218,14 +221,18 @@ class ResNeXtTrainer(DefaultTrainer):
         draws exactly the images and augmentations the uninterrupted run drew. The sampler
         is attached as ``loader.resnext_sampler``."""
         mapper = checked_mapper(cfg, True)
+        stores = proposal_stores(cfg, cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN)
+        if stores is not None:  # shards: each image's proposals read when it is mapped
+            mapper = ProposalMapper(mapper, stores)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":  # other samplers: detectron2's own
-            return build_detection_train_loader(cfg, mapper=mapper)
+            return build_detection_train_loader(_without_proposal_loading(cfg, stores), mapper=mapper)
         dicts = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
             if cfg.MODEL.KEYPOINT_ON else 0,
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN
+            if cfg.MODEL.LOAD_PROPOSALS and stores is None else None,
         )
         sampler = ResumableTrainingSampler(len(dicts), seed=cfg.SEED if cfg.SEED >= 0 else None, keyed=True)
         loader = build_detection_train_loader(
@@ -238,6 +245,21 @@ class ResNeXtTrainer(DefaultTrainer):
             seed=sampler.seed)
         loader.resnext_sampler = sampler
         return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's; with ``MODEL.LOAD_PROPOSALS`` and shard manifests, the dataset is built
+        without proposals and a :class:`~resnext_det.data.proposals.ProposalMapper` around
+        detectron2's test ``DatasetMapper`` reads each image's when it is mapped."""
+        files = cfg.DATASETS.PROPOSAL_FILES_TEST
+        stores = None
+        if cfg.MODEL.LOAD_PROPOSALS and dataset_name in cfg.DATASETS.TEST:
+            file = files[list(cfg.DATASETS.TEST).index(dataset_name)]
+            stores = proposal_stores(cfg, [dataset_name], [file])
+        if stores is None:
+            return super().build_test_loader(cfg, dataset_name)
+        return build_detection_test_loader(_without_proposal_loading(cfg, stores), dataset_name,
+                                           mapper=ProposalMapper(DatasetMapper(cfg, False), stores))
 
     def build_hooks(self):
         """detectron2's hooks, saving with the project's checkpointer (atomic writes, every
@@ -279,6 +301,35 @@ class ResNeXtTrainer(DefaultTrainer):
                                      "results": results}, indent=2, default=float)
             logger.info("Evaluation results written to %s", path)
         return results
+
+
+def proposal_stores(cfg, datasets, files):
+    """The proposal stores of ``datasets`` when ``cfg`` loads precomputed proposals from shard
+    manifests (:mod:`resnext_det.data.proposals`); None with detectron2 pickles (detectron2
+    loads those into the dataset itself) or without ``MODEL.LOAD_PROPOSALS``.
+
+    Args:
+        cfg: the stage's config.
+        datasets: dataset names.
+        files: their proposal files (``DATASETS.PROPOSAL_FILES_TRAIN`` / ``_TEST``).
+    """
+    if not cfg.MODEL.LOAD_PROPOSALS:
+        return None
+    if len(files) != len(datasets):
+        raise TrainingConfigError(f"{len(files)} proposal file(s) {list(files)} for {len(datasets)} "
+                                  f"dataset(s) {list(datasets)}; give one proposal file per dataset")
+    return stores_for(list(files), list(datasets))
+
+
+def _without_proposal_loading(cfg, stores):
+    """``cfg`` as detectron2's loader builders must see it when a mapper attaches the proposals:
+    the dataset list is built without reading any proposal file."""
+    if stores is None:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.LOAD_PROPOSALS = False
+    return cfg
 
 
 def build_trainer(trainer_cls, cfg):

@@ -1,11 +1,13 @@
 """The checked COCO reader: every bad input gets a clear error naming file and entry."""
 import json
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from resnext_det.data import coco_json
 from resnext_det.data.coco_json import (
     DatasetError,
     checked_mapper,
@@ -196,3 +198,23 @@ def test_registered_dataset_is_read_once_per_process_and_handed_out_as_copies(tm
         json.dump(data, f)
     os.utime(json_file, ns=(1, 1))  # a new mtime even within the file system's resolution
     assert len(DatasetCatalog.get("cached_once")) == 1 and len(reads) == 2
+
+
+def test_a_passed_check_is_remembered_per_file_version(tmp_path, monkeypatch):
+    """The data check runs once per machine for a given file (size + mtime): workers and later
+    runs load with detectron2 alone; a changed file is checked again."""
+    monkeypatch.setenv("RESNEXT_DET_CACHE_DIR", str(tmp_path / "cache"))
+    path = _write(tmp_path, _good())
+    calls = []
+    real = coco_json.validate_coco_dict
+    monkeypatch.setattr(coco_json, "validate_coco_dict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = load_coco_json_checked(path, str(tmp_path))
+    again = load_coco_json_checked(path, str(tmp_path))
+    assert len(calls) == 1 and first == again
+    assert len(os.listdir(tmp_path / "cache" / "dataset_checks")) == 1
+    bad = _good()
+    bad["annotations"][0]["image_id"] = 999
+    with open(path, "w") as f:
+        json.dump(bad, f)
+    with pytest.raises(DatasetError, match="999"):
+        load_coco_json_checked(path, str(tmp_path))

@@ -99,7 +99,7 @@ def test_coco_2017_switch():
     stages = build_plan(_cfg("faster_rcnn_X101_32x4d.yaml", "RESNEXT_PLAN.COCO_SPLITS", "coco_2017"))
     assert list(stages[0].cfg.DATASETS.TRAIN) == ["coco_2017_train"]
     assert list(stages[2].cfg.DATASETS.TEST) == ["coco_2017_val"]
-    assert stages[2].cfg.DATASETS.PROPOSAL_FILES_TEST[0].endswith("coco_2017_val.pkl")
+    assert stages[2].cfg.DATASETS.PROPOSAL_FILES_TEST[0].endswith("coco_2017_val/manifest.json")
 
 
 def test_bad_mode_is_an_error_naming_the_key():

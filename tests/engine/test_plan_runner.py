@@ -11,6 +11,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import resnext_det
+from resnext_det.data.proposals import write_proposal_shards
 from resnext_det.engine.checks import check_proposal_file
 from resnext_det.engine.plan import build_plan
 from resnext_det.engine.plan_runner import (
@@ -103,11 +104,13 @@ def test_shuffled_proposal_file_gives_each_image_another_images_proposals(shapes
     assert not all(np.array_equal(out["boxes"][i], src["boxes"][i]) for i in range(n))
 
 
-def test_stage_2_trains_on_stage_1_proposals(shapes):
+@pytest.mark.parametrize("kind", ["shards", "pickle"])
+def test_stage_2_trains_on_stage_1_proposals(shapes, kind):
     """The Fast R-CNN stage's training batches carry, for each image, the stage-1 proposal
     file's boxes of that very image (top TOPK_TRAIN by objectness), moved by the image's
     augmentation (here a horizontal flip or none), and the stage's model takes them as its
-    proposals (PrecomputedProposals)."""
+    proposals (PrecomputedProposals). Both the shards stage 1 writes (read when each image is
+    mapped) and a detectron2 pickle at the same path (read by detectron2) work."""
     from resnext_det.engine.trainer import ResNeXtTrainer
 
     stage = build_plan(shapes)[2]
@@ -124,8 +127,11 @@ def test_stage_2_trains_on_stage_1_proposals(shapes):
         logits = [rng.normal(size=8).astype(np.float32) for _ in ids]
         files[dataset] = dict(zip(ids, zip(boxes, logits)))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            pickle.dump({"ids": ids, "boxes": boxes, "objectness_logits": logits, "bbox_mode": 0}, f)
+        if kind == "shards":
+            assert write_proposal_shards(os.path.dirname(path), ids, boxes, logits, num_shards=2) == path
+        else:
+            with open(path, "wb") as f:
+                pickle.dump({"ids": ids, "boxes": boxes, "objectness_logits": logits, "bbox_mode": 0}, f)
     check_stage_proposals(stage.cfg)
     cfg = stage.cfg.clone()
     cfg.defrost()

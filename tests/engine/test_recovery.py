@@ -187,7 +187,8 @@ def test_two_stage_kill_in_stage_2_does_not_rerun_stage_1(tmp_path):
     state = json.load(open(out / "plan_state.json"))
     assert state["finished"] == ["rpn", "proposals"]
     stage1_final = out / "stage1_rpn" / "model_final.pth"
-    proposals = sorted((out / "stage1_rpn" / "proposals").glob("*.pkl"))
+    proposals = sorted(p for p in (out / "stage1_rpn" / "proposals").rglob("*") if p.is_file())
+    assert any(p.name == "manifest.json" for p in proposals) and any(p.suffix == ".npy" for p in proposals)
     before = {p: p.stat().st_mtime_ns for p in [stage1_final] + proposals}
 
     r = Run(out, ["--resume"] + conf + opts)

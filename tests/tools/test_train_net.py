@@ -5,7 +5,6 @@ The real demos (AP >= 60) are not run here: see the README for their numbers.
 import json
 import math
 import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_OPTS
+from resnext_det.data.proposals import ProposalStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.slow
@@ -87,10 +87,11 @@ def test_two_stage_miniature_runs_end_to_end(tmp_path):
               "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"] + stage_opts + TINY_OPTS)
     state = json.load(open(out / "plan_state.json"))
     assert state["finished"] == ["rpn", "proposals", "fast_rcnn"]
-    # stage 1: proposals written for the training and the test sets, in detectron2's format
+    # stage 1: proposals written for the training and the test sets, as shards (detectron2's
+    # proposal dict when read whole)
     for split, n in (("train", 16), ("val", 4)):
-        with open(out / "stage1_rpn" / "proposals" / f"synthetic_shapes_{split}.pkl", "rb") as f:
-            props = pickle.load(f)
+        manifest = out / "stage1_rpn" / "proposals" / f"synthetic_shapes_{split}" / "manifest.json"
+        props = ProposalStore(str(manifest)).to_detectron2_dict()
         assert sorted(props["ids"]) == list(range(1, n + 1))
         assert all(b.shape[1] == 4 and len(b) == len(s) > 0
                    for b, s in zip(props["boxes"], props["objectness_logits"]))

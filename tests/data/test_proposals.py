@@ -1,0 +1,224 @@
+"""resnext_det.data.proposals: shards written atomically, read by image id, exported as
+detectron2's pickle, attached by the mapper as detectron2's loader would; and stage 1b's
+collector writing them."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data.build import load_proposals_into_dataset
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from resnext_det.data.proposals import (
+    ProposalFormatError,
+    ProposalMapper,
+    ProposalStore,
+    ShardWriter,
+    export_detectron2_pickle,
+    is_proposal_manifest,
+    stores_for,
+    write_manifest,
+    write_proposal_shards,
+)
+from resnext_det.engine.checks import TrainingConfigError, check_proposal_file, load_proposal_file
+
+
+def _data(n=7, seed=0, ids=None):
+    rng = np.random.default_rng(seed)
+    ids = list(ids if ids is not None else range(100, 100 + n))
+    counts = rng.integers(0, 30, len(ids))
+    counts[1] = 0  # an image without proposals
+    boxes, logits = [], []
+    for c in counts:
+        xy = rng.uniform(0, 600, (c, 2)).astype(np.float32)
+        boxes.append(np.concatenate([xy, xy + rng.uniform(1, 80, (c, 2))], 1).astype(np.float32))
+        logits.append(rng.normal(size=c).astype(np.float32))
+    return ids, boxes, logits
+
+
+def _files(d):
+    return sorted(f for f in os.listdir(d))
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+@pytest.mark.parametrize("id_kind", ["int", "str"])
+def test_reading_by_image_id_returns_exactly_what_was_written(tmp_path, num_shards, id_kind):
+    ids, boxes, logits = _data(ids=None if id_kind == "int" else [f"img_{i}" for i in range(7)])
+    manifest = write_proposal_shards(str(tmp_path), ids, boxes, logits, num_shards=num_shards, dataset="x")
+    assert is_proposal_manifest(manifest)
+    store = ProposalStore(manifest)
+    assert len(store) == len(ids) and store.ids == ids
+    for i, image_id in reversed(list(enumerate(ids))):  # any order
+        b, s = store.get(image_id)
+        assert b.dtype == s.dtype == np.float32
+        np.testing.assert_array_equal(b, boxes[i])
+        np.testing.assert_array_equal(s, logits[i])
+    assert "nope" not in store and 99 not in store
+    with pytest.raises(KeyError, match="has no proposals in"):
+        store.get(12345)
+    assert len([f for f in _files(tmp_path) if f.endswith(".npy")]) == num_shards
+    # the index is what a process holds: far less than the rows
+    assert store.index_nbytes < 100 * len(ids)
+    # a shard is a plain .npy: numpy reads it without this module
+    first = np.load(tmp_path / store.shards[0])
+    assert first.shape[1] == 5 and first.dtype == np.float32
+
+
+def test_string_and_int_ids_match_as_detectron2_matches_them(tmp_path):
+    ids, boxes, logits = _data(3)
+    store = ProposalStore(write_proposal_shards(str(tmp_path), ids, boxes, logits))
+    assert "101" in store and 101 in store and np.int64(101) in store  # str(id) compared
+    assert "0101" not in store
+
+
+def test_a_failure_mid_write_leaves_no_shard(tmp_path):
+    ids, boxes, logits = _data()
+    with pytest.raises(RuntimeError, match="worker died"):
+        with ShardWriter(str(tmp_path), 0, 2) as w:
+            w.add(ids[0], boxes[0], logits[0])
+            raise RuntimeError("worker died")
+    assert _files(tmp_path) == []  # not even the temporary file
+
+
+def test_an_unfinished_run_keeps_the_previous_proposals_readable(tmp_path):
+    """The manifest names shards by a per-run token: a new run killed after some shards were
+    renamed (before its manifest) leaves the old manifest pointing at the old, complete files."""
+    ids, boxes, logits = _data()
+    manifest = write_proposal_shards(str(tmp_path), ids, boxes, logits, num_shards=2)
+    w = ShardWriter(str(tmp_path), 0, 2)  # the new run's rank 0 finished its shard ...
+    w.add(ids[0], boxes[0] + 1, logits[0])
+    w.close()  # ... and the run died before rank 1's shard and the manifest
+    store = ProposalStore(manifest)
+    np.testing.assert_array_equal(store.get(ids[0])[0], boxes[0])
+    # the next complete run removes shards no manifest names
+    write_proposal_shards(str(tmp_path), ids, boxes, logits, num_shards=2)
+    assert len([f for f in _files(tmp_path) if f.endswith(".npy")]) == 2
+
+
+def test_missing_or_foreign_shards_are_named(tmp_path):
+    ids, boxes, logits = _data()
+    manifest = write_proposal_shards(str(tmp_path), ids, boxes, logits, num_shards=2)
+    store = ProposalStore(manifest)
+    os.unlink(tmp_path / store.shards[1])
+    with pytest.raises(ProposalFormatError, match=store.shards[1]):
+        ProposalStore(manifest).verify()
+    with pytest.raises(TrainingConfigError, match="cannot read proposal file"):
+        check_proposal_file(manifest, ids, "x")
+    (tmp_path / "other.json").write_text('{"format": "something/else"}')
+    with pytest.raises(ProposalFormatError, match="is not a proposal manifest"):
+        ProposalStore(str(tmp_path / "other.json"))
+
+
+def test_check_proposal_file_reads_manifests(tmp_path):
+    ids, boxes, logits = _data()
+    manifest = write_proposal_shards(str(tmp_path), ids, boxes, logits, num_shards=2)
+    check_proposal_file(manifest, ids, "x")
+    with pytest.raises(TrainingConfigError, match="1 of 8 images have no proposals"):
+        check_proposal_file(manifest, ids + [5], "x")
+
+
+def _old_collector_dict(ids, boxes, logits, parts=2):
+    """What _ProposalCollector wrote before shards: the ranks' lists concatenated in rank order."""
+    bounds = np.linspace(0, len(ids), parts + 1).astype(int)
+    data = {"ids": [], "boxes": [], "objectness_logits": [], "bbox_mode": int(BoxMode.XYXY_ABS)}
+    for k in range(parts):
+        data["ids"] += ids[bounds[k]:bounds[k + 1]]
+        data["boxes"] += boxes[bounds[k]:bounds[k + 1]]
+        data["objectness_logits"] += logits[bounds[k]:bounds[k + 1]]
+    return data
+
+
+def test_pickle_export_equals_the_old_format(tmp_path):
+    ids, boxes, logits = _data()
+    manifest = write_proposal_shards(str(tmp_path / "s"), ids, boxes, logits, num_shards=2)
+    path = export_detectron2_pickle(manifest, str(tmp_path / "x.pkl"))
+    with open(path, "rb") as f:
+        got = pickle.load(f)
+    want = _old_collector_dict(ids, boxes, logits)
+    assert got.keys() == want.keys() and got["ids"] == want["ids"] and got["bbox_mode"] == want["bbox_mode"]
+    assert all(type(a) is type(b) for a, b in zip(got["ids"], want["ids"]))
+    for key in ("boxes", "objectness_logits"):
+        for a, b in zip(got[key], want[key]):
+            assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    # and the project's proposal reader gives the same for both kinds of file
+    assert load_proposal_file(manifest)["ids"] == load_proposal_file(path)["ids"]
+
+
+def test_the_mapper_attaches_what_detectron2s_loader_would(tmp_path):
+    ids, boxes, logits = _data()
+    logits[3][:4] = 0.5  # ties: the order must still equal detectron2's
+    manifest = write_proposal_shards(str(tmp_path / "s"), ids, boxes, logits, num_shards=3)
+    pkl = export_detectron2_pickle(manifest, str(tmp_path / "x.pkl"))
+    dicts = [{"image_id": i, "file_name": f"{i}.jpg", "height": 640, "width": 640} for i in ids]
+    classic = load_proposals_into_dataset([dict(d) for d in dicts], pkl)
+    seen = []
+    mapper = ProposalMapper(lambda d: seen.append(d) or "mapped", [ProposalStore(manifest)])
+    for d, want in zip(dicts, classic):
+        assert mapper(d) == "mapped"
+        got = seen[-1]
+        assert got.keys() == want.keys()
+        assert got["proposal_bbox_mode"] == want["proposal_bbox_mode"]
+        for key in ("proposal_boxes", "proposal_objectness_logits"):
+            assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key])
+        assert "proposal_boxes" not in d  # the dataset's own dict stays as it was
+
+
+def test_two_datasets_sharing_an_image_id_are_refused(tmp_path):
+    ids, boxes, logits = _data(3)
+    a = write_proposal_shards(str(tmp_path / "a"), ids, boxes, logits)
+    b = write_proposal_shards(str(tmp_path / "b"), ids[1:], boxes[1:], logits[1:])
+    with pytest.raises(ProposalFormatError, match="is in the proposals of both 'A' and 'B'"):
+        stores_for([a, b], ["A", "B"])
+    pkl = export_detectron2_pickle(a, str(tmp_path / "a.pkl"))
+    assert stores_for([pkl], ["A"]) is None  # detectron2 pickles: detectron2 loads them
+    with pytest.raises(ProposalFormatError, match="mix shard manifests and detectron2 pickles"):
+        stores_for([a, pkl], ["A", "B"])
+
+
+def test_the_store_pickles_without_its_mappings(tmp_path):
+    ids, boxes, logits = _data()
+    store = ProposalStore(write_proposal_shards(str(tmp_path), ids, boxes, logits))
+    store.get(ids[0])
+    again = pickle.loads(pickle.dumps(store))  # what a spawned data-loader worker gets
+    np.testing.assert_array_equal(again.get(ids[2])[0], boxes[2])
+
+
+def _outputs(boxes, logits):
+    outs = []
+    for b, s in zip(boxes, logits):
+        inst = Instances((640, 640))
+        inst.proposal_boxes = Boxes(torch.as_tensor(b).reshape(-1, 4))
+        inst.objectness_logits = torch.as_tensor(s)
+        outs.append({"proposals": inst})
+    return outs
+
+
+def test_stage_1b_collector_writes_shards_and_a_manifest(tmp_path):
+    from resnext_det.engine.plan_runner import _ProposalCollector
+
+    ids, boxes, logits = _data()
+    path = str(tmp_path / "x" / "manifest.json")
+    ev = _ProposalCollector("x", path, export_pkl=str(tmp_path / "x.pkl"))
+    ev.reset()
+    ev.process([{"image_id": i} for i in ids[:2]], _outputs(boxes[:2], logits[:2]))
+    ev.reset()  # a pass that did not finish: its temporary file goes, nothing is written
+    assert not os.path.exists(path) and _files(tmp_path / "x") == []
+    for j in range(len(ids)):
+        ev.process([{"image_id": ids[j]}], _outputs(boxes[j:j + 1], logits[j:j + 1]))
+    res = ev.evaluate()
+    assert res["images"] == len(ids)
+    store = ProposalStore(path)
+    for i, image_id in enumerate(ids):
+        np.testing.assert_array_equal(store.get(image_id)[0], boxes[i])
+    with open(tmp_path / "x.pkl", "rb") as f:  # RESNEXT_PLAN.PROPOSALS.EXPORT_PKL's file
+        assert pickle.load(f)["ids"] == ids
+
+
+def test_write_manifest_of_an_empty_worker(tmp_path):
+    with ShardWriter(str(tmp_path), 1, 2) as w:
+        entry = w.close()
+    assert entry["images"] == 0 and entry["rows"] == 0
+    store = ProposalStore(write_manifest(str(tmp_path), [entry]))
+    assert len(store) == 0
+    store.verify()
