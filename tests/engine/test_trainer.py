@@ -9,7 +9,7 @@ from detectron2.engine import DefaultTrainer, create_ddp_model
 from resnext_det.engine.trainer import ResNeXtTrainer, build_trainer, construct_on_cpu_workers
 
 DOCUMENTED_HOOKS = {"build_model", "build_optimizer", "build_train_loader", "build_evaluator",
-                    "build_hooks", "test"}
+                    "build_hooks", "build_test_loader", "test"}
 
 
 def test_trainer_overrides_only_documented_hooks():
