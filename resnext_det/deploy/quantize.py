@@ -161,11 +161,11 @@ def postprocessing_nodes(model) -> List[str]:
     while stack:
         node = stack.pop()
         name = node.get_friendly_name()
-        if node.get_type_name() in _NETWORK_OPS or name in seen:
+        # ShapeOf reads a shape, not values: neither it nor what feeds it is post-processing
+        if node.get_type_name() in _NETWORK_OPS or node.get_type_name() == "ShapeOf" or name in seen:
             continue
         seen.add(name)
-        if node.get_type_name() != "ShapeOf":
-            stack.extend(node.input_value(i).get_node() for i in range(node.get_input_size()))
+        stack.extend(node.input_value(i).get_node() for i in range(node.get_input_size()))
     return sorted(seen)
 
 
