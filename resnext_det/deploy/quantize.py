@@ -204,6 +204,10 @@ def quantize_int8_nncf(fp32_path: str, images: List[np.ndarray], output_path: st
     output_path = output_path or os.path.join(os.path.dirname(fp32_path), INT8_IR_FILE)
     model = ov.convert_model(fp32_path)
     ignored = postprocessing_nodes(model)
+    from nncf.common.logging import nncf_logger
+
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)  # its INFO lines name every node left out; restored after
     try:
         q = nncf.quantize(model, nncf.Dataset(list(images), lambda x: {INPUT_NAME: x}),
                           preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
@@ -213,6 +217,8 @@ def quantize_int8_nncf(fp32_path: str, images: List[np.ndarray], output_path: st
     except Exception as e:
         raise DeployError(f"NNCF int8 quantization of {fp32_path} failed: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    finally:
+        nncf_logger.setLevel(level)
     contract.precision = "int8"
     save_openvino_ir(q, contract, output_path)
     logger.info("int8 model (NNCF, preset %s) written to %s (calibrated on %d images, %d post-processing "

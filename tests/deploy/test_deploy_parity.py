@@ -228,8 +228,8 @@ def test_export_and_evaluate_for_the_demo(trained, tmp_path):
 def test_nncf_int8_ir_runs_near_fp32(trained, tmp_path):
     """--int8 (default route) writes an NNCF OpenVINO IR carrying the contract; no quantizer
     sits on the post-processing; DeployedPredictor picks OpenVINO for it by itself; its
-    detections keep fp32's strongest boxes (same class, each at IoU >= 0.5 and on average >= 0.8:
-    this briefly trained model's scores are close, so int8 may reorder near-ties), and
+    detections keep fp32's strongest boxes (same class, each at IoU >= 0.5 and the median at
+    >= 0.9: this briefly trained model's scores are close, so int8 may swap near-ties), and
     --eval-only runs it. The tiny model's AP (below 1) says nothing of int8's AP cost: that
     is measured on the demo model (tools/measure_deploy.py ap)."""
     import openvino as ov
@@ -251,6 +251,7 @@ def test_nncf_int8_ir_runs_near_fp32(trained, tmp_path):
     fp32 = DeployedPredictor(str(d / "deploy" / "model.onnx"), runtime="openvino")
     int8 = DeployedPredictor(xml)
     assert int8.runtime == "openvino" and int8.contract.precision == "int8"
+    matched = []
     for i, (h, w) in enumerate(SIZES):
         img = _image(h, w, i)
         ref, got = fp32(img)["instances"], int8(img)["instances"]
@@ -261,7 +262,9 @@ def test_nncf_int8_ir_runs_near_fp32(trained, tmp_path):
         same = top.pred_classes[:, None] == got.pred_classes[None, :]
         best = (iou * same).max(dim=1).values
         print(f"{h}x{w}: fp32 top scores {top.scores.tolist()}, best IoU in int8 {best.tolist()}")
-        assert (best >= 0.5).all() and best.mean() >= 0.8, f"{h}x{w}: fp32's top boxes matched at IoU {best.tolist()}"
+        assert (best >= 0.5).all(), f"{h}x{w}: fp32's top boxes matched at IoU {best.tolist()}"
+        matched += best.tolist()
+    assert float(np.median(matched)) >= 0.9, matched
 
     out = tmp_path / "int8"
     rc = cli.cli(["--config", CONFIGS["fpn"], "--eval-only"] + _opts(out, "fpn") +
