@@ -209,11 +209,14 @@ def quantize_int8_nncf(fp32_path: str, images: List[np.ndarray], output_path: st
     level = nncf_logger.level
     nncf_logger.setLevel(logging.WARNING)  # its INFO lines name every node left out; restored after
     try:
-        q = nncf.quantize(model, nncf.Dataset(list(images), lambda x: {INPUT_NAME: x}),
-                          preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
-                          subset_size=int(subset_size or len(images)),
-                          # validate=False: the names come from this graph, some may not be quantizable
-                          ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+        # np.errstate: NNCF's statistics sum activations in float32, which overflow on untrained
+        # (random) detectors; the min/max ranges it keeps are unaffected (scoped, restored after)
+        with np.errstate(over="ignore"):
+            q = nncf.quantize(model, nncf.Dataset(list(images), lambda x: {INPUT_NAME: x}),
+                              preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
+                              subset_size=int(subset_size or len(images)),
+                              # validate=False: names from this graph, some of them not quantizable
+                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
     except Exception as e:
         raise DeployError(f"NNCF int8 quantization of {fp32_path} failed: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
