@@ -40,8 +40,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # pytest-xdist: the suite runs on every core (tools/install.sh --test passes -n auto)
     "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis"],
-    # ONNX export and the CPU inference runtimes (resnext_det.deploy, tools/export.py)
-    "deploy": ["onnx", "onnxruntime", "openvino"],
+    # ONNX export and the CPU inference runtimes (resnext_det.deploy, tools/export.py);
+    # nncf: int8 the way OpenVINO recommends (tools/export.py --int8)
+    "deploy": ["onnx", "onnxruntime", "openvino", "nncf"],
 }
 
 setup(
@@ -54,8 +55,10 @@ setup(
     # resnext_det.get_config_file() and relative _BASE_ paths work when installed too.
     packages=find_packages(include=["resnext_det", "resnext_det.*"]) + ["resnext_det.model_configs"],
     package_dir={"resnext_det.model_configs": "configs"},
-    # the training `auto` table (rendered from benchmarks/<kind>/train-layouts.json) ships with the code
-    package_data={"resnext_det.model_configs": ["*.yaml"], "resnext_det.engine.fast": ["measured_layouts.json"]},
+    # measured tables ship with the code: the training `auto` table (rendered from
+    # benchmarks/<kind>/train-layouts.json) and the deploy defaults per CPU kind
+    package_data={"resnext_det.model_configs": ["*.yaml"], "resnext_det.engine.fast": ["measured_layouts.json"],
+                  "resnext_det.deploy": ["*.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -41,7 +41,8 @@ from resnext_det.config import ResNeXtConfigError, check_device
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
 from resnext_det.data.coco_json import DatasetError
 from resnext_det.deploy.contract import DeployError
-from resnext_det.deploy.evaluate import check_exported_model, evaluate_exported, export_and_evaluate
+from resnext_det.deploy.evaluate import (check_exported_model, evaluate_exported, export_and_evaluate,
+                                        is_exported_model)
 from resnext_det.engine.checks import TrainingConfigError
 from resnext_det.engine.plan import build_plan, final_stage, plan_summary, resolve_datasets
 from resnext_det.engine.plan_runner import PlanState, prepare_datasets, run_plan, stage_figures
@@ -77,9 +78,10 @@ def get_parser():
                         help="embedded CPU demo: synthetic data, tiny ResNeXt, AP and pictures "
                              "('fpn' = joint FPN, default; 'two_stage' = the paper's schedule "
                              "in miniature)")
-    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
-                        help="with --eval-only and MODEL.WEIGHTS *.onnx: the inference runtime "
-                             "(default onnxruntime)")
+    parser.add_argument("--runtime", choices=("auto", "onnxruntime", "openvino"), default="auto",
+                        help="with --eval-only and MODEL.WEIGHTS *.onnx / *.xml (int8 IR): the "
+                             "inference runtime (default auto: the one measured fastest on this "
+                             "CPU kind, printed with its reason; an .xml runs in openvino)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "default"), default="fp32",
                         help="with --eval-only and MODEL.WEIGHTS *.onnx: fp32 (default, parity "
                              "with eager), bf16 (OpenVINO on CPUs with native bf16) or the "
@@ -124,16 +126,17 @@ def setup_cfg(args):
     return cfg
 
 
-def evaluate_only(cfg, resume=False, runtime="onnxruntime", precision="fp32"):
+def evaluate_only(cfg, resume=False, runtime="auto", precision="fp32"):
     """COCO AP of MODEL.WEIGHTS (or, with ``resume``, the last checkpoint) with the plan's
     final detector config; results JSON in ``<stage output>/inference/``. A MODEL.WEIGHTS
-    ending in ``.onnx`` is an exported detector, evaluated through ``runtime``
-    ("onnxruntime" or "openvino") at ``precision`` (see resnext_det.deploy)."""
+    ending in ``.onnx`` (or ``.xml``, the int8 OpenVINO IR) is an exported detector, evaluated
+    through ``runtime`` ("auto": measured fastest here, "onnxruntime" or "openvino") at
+    ``precision`` (see resnext_det.deploy)."""
     stage = final_stage(build_plan(cfg))
     scfg = stage.cfg.clone()
     scfg.defrost()
     scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
-    if str(cfg.MODEL.WEIGHTS).lower().endswith(".onnx"):
+    if is_exported_model(cfg.MODEL.WEIGHTS):
         # an exported whole detector (tools/export.py): COCO AP through the runtime; it makes
         # its own proposals, so the plan's proposal files are not read
 
@@ -186,7 +189,7 @@ def check_files(cfg, args):
         stage = final_stage(build_plan(cfg)).cfg.clone()
         stage.defrost()
         stage.MODEL.WEIGHTS = "" if args.resume else cfg.MODEL.WEIGHTS
-        exported = str(stage.MODEL.WEIGHTS).lower().endswith(".onnx")  # tools/export.py's file
+        exported = is_exported_model(stage.MODEL.WEIGHTS)  # tools/export.py's file
         if exported:
             stage.MODEL.LOAD_PROPOSALS = False  # an exported detector makes its own proposals
         verify_dataset_files(stage, train=False)

@@ -13,7 +13,7 @@ import os
 import platform
 from typing import FrozenSet, Optional
 
-__all__ = ["CPU_KINDS", "CpuFeatures", "read_cpu_flags", "cpu_kind", "synchronize"]
+__all__ = ["CPU_KINDS", "CpuFeatures", "read_cpu_flags", "cpu_kind", "available_cores", "synchronize"]
 
 #: the kinds, most capable first: AVX-512 with native bf16 (avx512_bf16 or AMX), AVX-512
 #: without it, AVX2 only, anything else (other vector ISAs, non-x86)
@@ -120,3 +120,52 @@ def synchronize(device) -> None:
 
         torch.cuda.synchronize(device)
 
+
+def _cgroup_cpu_limit(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> Optional[int]:
+    """The cgroup v2 CPU quota in whole CPUs (rounded up), None when unlimited or unknown."""
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, -(-int(quota) // int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cores(cpus=None, sysfs: str = "/sys/devices/system/cpu",
+                    cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """Physical cores this process may run on: its affinity set (``os.sched_getaffinity``),
+    hyper-threads of one core counted once, capped by a cgroup CPU quota.
+
+    Inference runtimes use it as their thread count: more threads than cores, or two threads
+    on one core's hyper-threads, make them wait on each other (slow and unstable runs).
+
+    Args:
+        cpus: the logical CPU ids to count (default: this process's affinity set).
+        sysfs: the CPU topology folder (a test may point at a fake one).
+        cpu_max: the cgroup v2 ``cpu.max`` file.
+    """
+    if cpus is None:
+        try:
+            cpus = os.sched_getaffinity(0)
+        except AttributeError:  # not Linux
+            cpus = range(os.cpu_count() or 1)
+    cpus = sorted(cpus)
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(os.path.join(sysfs, f"cpu{cpu}", "topology", "core_id")) as f:
+                core = f.read().strip()
+            with open(os.path.join(sysfs, f"cpu{cpu}", "topology", "physical_package_id")) as f:
+                package = f.read().strip()
+        except OSError:  # no topology: every logical CPU is a core
+            cores.add(("cpu", cpu))
+            continue
+        cores.add((package, core))
+    n = max(1, len(cores))
+    limit = _cgroup_cpu_limit(cpu_max)
+    return min(n, limit) if limit else n

@@ -3,18 +3,23 @@
 - :func:`export_onnx` (``tools/export.py``): FPN or C4 Faster R-CNN -> ``model.onnx`` with
   its preprocessing contract in the metadata, checked against eager before it is written.
 - :class:`DeployedPredictor`: the exported file in a runtime, called like detectron2's
-  ``DefaultPredictor`` (on the same images: BGR by default).
-- :func:`quantize_int8` (``tools/export.py --int8``): post-training static int8.
+  ``DefaultPredictor`` (on the same images: BGR by default); with no runtime named, the one
+  measured fastest on this CPU kind (:mod:`.measured`, logged).
+- :func:`quantize_int8_nncf` (``tools/export.py --int8``): NNCF post-training int8, an
+  OpenVINO IR ``model_int8.xml``; :func:`quantize_int8` (``--int8-runtime onnxruntime``):
+  ONNX Runtime's QDQ int8.
+- :func:`build_predictors` (:mod:`.modes`): the named speed modes, for timing loops.
 - :func:`evaluate_exported` (``tools/train_net.py --eval-only MODEL.WEIGHTS model.onnx``).
 
-Needs the ``deploy`` extra (``pip install -e .[deploy]``: onnx, onnxruntime, openvino); the
-runtimes are imported only when used.
+Needs the ``deploy`` extra (``pip install -e .[deploy]``: onnx, onnxruntime, openvino, nncf);
+the runtimes are imported only when used.
 """
 from .contract import Contract, DeployError, read_contract
 from .evaluate import evaluate_exported
 from .export import export_onnx
+from .modes import build_predictors
 from .predictor import DeployedPredictor
-from .quantize import quantize_int8
+from .quantize import quantize_int8, quantize_int8_nncf
 
 __all__ = ["Contract", "DeployError", "DeployedPredictor", "export_onnx", "read_contract",
-           "quantize_int8", "evaluate_exported"]
+           "quantize_int8", "quantize_int8_nncf", "build_predictors", "evaluate_exported"]

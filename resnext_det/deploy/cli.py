@@ -8,8 +8,10 @@ A two-stage plan config (RESNEXT_PLAN.MODE two_stage, the paper's setting) is ex
 one graph: stage 1's RPN network feeding stage 2's Fast R-CNN (resnext_det.deploy.two_stage);
 MODEL.WEIGHTS is then stage 2's file (default: where the plan wrote it).
 
-Writes ``DIR/model.onnx`` (and with ``--int8`` ``DIR/model_int8.onnx``), each with a
-``.export.json`` report. Bad input: one line ``export.py: error: ...``, exit status 2, and
+Writes ``DIR/model.onnx`` with a ``model.export.json`` report. With ``--int8``: also the
+int8 model calibrated on training images, by default through NNCF as an OpenVINO IR
+(``DIR/model_int8.xml`` + ``.bin``, runs in OpenVINO); ``--int8-runtime onnxruntime`` writes
+ONNX Runtime's QDQ ``DIR/model_int8.onnx`` instead (kept for measurement). Bad input: one line ``export.py: error: ...``, exit status 2, and
 nothing written at the output path.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..engine.plan_runner import prepare_datasets
 from ..weights import WeightsError
 from .contract import DeployError
 from .export import export_onnx
-from .quantize import calibration_images, quantize_int8
+from .quantize import INT8_RUNTIMES, NNCF_PRESETS, calibration_images, quantize_int8, quantize_int8_nncf
 from .two_stage import plan_export_target
 
 __all__ = ["get_parser", "cli"]
@@ -39,7 +41,14 @@ def get_parser() -> argparse.ArgumentParser:
                    help="the detector's config (a path or a shipped config's name)")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for model.onnx")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    p.add_argument("--int8", action="store_true", help="also write model_int8.onnx (static int8)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write a static int8 model (default route: NNCF -> model_int8.xml)")
+    p.add_argument("--int8-runtime", default="openvino", choices=INT8_RUNTIMES,
+                   help="int8 route: openvino (NNCF post-training quantization, OpenVINO IR "
+                        "model_int8.xml; default) or onnxruntime (QDQ model_int8.onnx)")
+    p.add_argument("--int8-preset", default="performance", choices=NNCF_PRESETS,
+                   help="NNCF preset: performance (symmetric, NNCF's default) or mixed "
+                        "(asymmetric activations)")
     p.add_argument("--calib-images", type=int, default=32, metavar="N",
                    help="training images to calibrate int8 on (default 32)")
     p.add_argument("--image", default="", metavar="FILE",
@@ -72,10 +81,17 @@ def run(args) -> dict:
           f"{par['detections']} detections, max box diff {par['max_box_diff']:.2g} px, "
           f"max score diff {par['max_score_diff']:.2g}")
     if args.int8:
-        path = quantize_int8(report["path"], calibration_images(cfg, args.calib_images))
+        images = calibration_images(cfg, args.calib_images)
+        if args.int8_runtime == "openvino":
+            path = quantize_int8_nncf(report["path"], images, preset=args.int8_preset)
+            how, runtime = f"NNCF, preset {args.int8_preset}", "openvino"
+        else:
+            path = quantize_int8(report["path"], images)
+            how, runtime = "ONNX Runtime QDQ", "onnxruntime"
         report["int8_path"] = path
-        print(f"int8 model {path} (calibrated on {args.calib_images} training images); measure its AP: "
-              f"python tools/train_net.py --config-file {args.config_file} --eval-only MODEL.WEIGHTS {path}")
+        print(f"int8 model {path} ({how}, calibrated on {len(images)} training images); measure its AP: "
+              f"python tools/train_net.py --config-file {args.config_file} --eval-only --runtime {runtime} "
+              f"MODEL.WEIGHTS {path}")
     return report
 
 

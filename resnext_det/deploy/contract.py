@@ -1,6 +1,9 @@
-"""The preprocessing contract of an exported detector, stored in the ONNX file's metadata.
+"""The preprocessing contract of an exported detector, stored in the model file: an ONNX
+file's ``metadata_props`` or an OpenVINO IR's ``rt_info`` (the NNCF int8 model, ``.xml`` +
+``.bin``).
 
-One place knows the metadata keys. The graph itself takes one image, CHW float32, already
+One place knows the metadata keys and the two file formats (:func:`model_format`,
+:func:`read_contract`). The graph itself takes one image, CHW float32, already
 resized (shortest edge to ``min_size_test``, longest at most ``max_size_test``) and in
 ``input_format`` channel order; it normalises with ``pixel_mean``/``pixel_std``, pads to
 ``size_divisibility``, runs the detector and NMS, and returns ``boxes`` (N x 4, XYXY, in the
@@ -22,10 +25,15 @@ from typing import Dict, List
 # resnext_det.cli): onnx 0.02 s, onnxruntime 0.03 s, onnxruntime.quantization 0.08 s,
 # openvino 0.06 s.
 
-__all__ = ["Contract", "DeployError", "CONTRACT_KEY", "read_contract", "load_onnx"]
+__all__ = ["Contract", "DeployError", "CONTRACT_KEY", "read_contract", "load_onnx", "load_openvino_ir",
+           "save_openvino_ir", "model_format", "MODEL_FORMATS"]
 
 # The metadata_props key holding the contract as JSON; its presence marks our exports.
 CONTRACT_KEY = "resnext_det.contract"
+# The same JSON in an OpenVINO IR: rt_info path (written to the .xml's <rt_info>)
+IR_CONTRACT_PATH = ["resnext_det", "contract"]
+# file suffix -> format; an IR is its .xml (the .bin beside it holds the weights)
+MODEL_FORMATS = {".onnx": "onnx", ".xml": "openvino_ir"}
 CONTRACT_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "scores", "classes")
@@ -120,8 +128,9 @@ class Contract:
 
 
 def _file_error(path: str, why: str) -> DeployError:
-    return DeployError(f"{path}: {why}; give an ONNX file written by tools/export.py "
-                       "(python tools/export.py --config-file CFG --output DIR MODEL.WEIGHTS W.pth)")
+    return DeployError(f"{path}: {why}; give a model written by tools/export.py: model.onnx, or "
+                       "model_int8.xml with --int8 (python tools/export.py --config-file CFG "
+                       "--output DIR MODEL.WEIGHTS W.pth)")
 
 
 def load_onnx(path: str):
@@ -164,12 +173,7 @@ def _contract_of(model, path: str) -> Contract:
     if CONTRACT_KEY not in props:
         raise _file_error(path, "an ONNX model without resnext_det's preprocessing contract in its "
                                 f"metadata ({CONTRACT_KEY!r}: not exported by this project)")
-    try:
-        data = json.loads(props[CONTRACT_KEY])
-        fields = {f.name for f in dataclasses.fields(Contract)}
-        contract = Contract(**{k: v for k, v in data.items() if k in fields})
-    except (ValueError, TypeError) as e:
-        raise _file_error(path, f"its {CONTRACT_KEY!r} metadata is unreadable ({e})") from None
+    contract = _contract_from_json(props[CONTRACT_KEY], path)
     names_in = [i.name for i in model.graph.input]
     names_out = [o.name for o in model.graph.output]
     if names_in != [INPUT_NAME] or tuple(names_out) != OUTPUT_NAMES:
@@ -185,8 +189,95 @@ def read_contract_bytes(data: bytes) -> Contract:
     return _contract_of(onnx.load_from_string(data), "<exported bytes>")
 
 
+def model_format(path: str) -> str:
+    """"onnx" or "openvino_ir" by the file's suffix.
+
+    Raises:
+        DeployError: another suffix (the message names the file and the two that work).
+    """
+    fmt = MODEL_FORMATS.get(os.path.splitext(str(path))[1].lower())
+    if fmt is None:
+        raise DeployError(f"{path}: not an exported model file; give model.onnx (tools/export.py) or "
+                          "an OpenVINO IR model_int8.xml (tools/export.py --int8)")
+    return fmt
+
+
+def _contract_from_json(text: str, path: str) -> Contract:
+    try:
+        data = json.loads(text)
+        fields = {f.name for f in dataclasses.fields(Contract)}
+        return Contract(**{k: v for k, v in data.items() if k in fields})
+    except (ValueError, TypeError) as e:
+        raise _file_error(path, f"its {CONTRACT_KEY!r} metadata is unreadable ({e})") from None
+
+
+def load_openvino_ir(path: str):
+    """Read and check an exported OpenVINO IR (``.xml`` with its ``.bin``).
+
+    Args:
+        path: the ``.xml`` file.
+
+    Returns:
+        ``(openvino.Model, Contract)``.
+
+    Raises:
+        FileNotFoundError: no ``.xml`` or no ``.bin`` beside it (named).
+        DeployError: OpenVINO cannot read it, or an IR without this project's contract or
+            with other inputs/outputs than the exported detector's.
+    """
+    import openvino as ov  # lazy: the optional deploy extra (see the note at the top)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"exported model {path!r} not found; write one with tools/export.py --int8")
+    weights = os.path.splitext(path)[0] + ".bin"
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{path}: its weights file {weights!r} is missing (an IR is the .xml "
+                                "and the .bin beside it)")
+    try:
+        model = ov.Core().read_model(path)
+    except Exception as e:  # truncated XML, foreign file
+        text = str(e).strip()
+        raise _file_error(path, f"OpenVINO cannot read it ({type(e).__name__}: "
+                                f"{text.splitlines()[0] if text else ''})") from None
+    if not model.has_rt_info(IR_CONTRACT_PATH):
+        raise _file_error(path, "an OpenVINO IR without resnext_det's preprocessing contract in its "
+                                f"rt_info ({'/'.join(IR_CONTRACT_PATH)}: not exported by this project)")
+    contract = _contract_from_json(model.get_rt_info(IR_CONTRACT_PATH).astype(str), path)
+    names_in = [i.get_any_name() for i in model.inputs]
+    names_out = [o.get_any_name() for o in model.outputs]
+    if names_in != [INPUT_NAME] or tuple(names_out) != OUTPUT_NAMES:
+        raise _file_error(path, f"graph inputs {names_in} / outputs {names_out}; expected "
+                                f"[{INPUT_NAME!r}] / {list(OUTPUT_NAMES)}")
+    return model, contract
+
+
+def save_openvino_ir(model, contract: Contract, path: str) -> str:
+    """Write ``model`` (an ``openvino.Model``) as ``path`` (.xml) + .bin with ``contract`` in its
+    rt_info. Both files are written to temporary names and renamed into place, .bin first, so
+    a reader never finds a new .xml beside an old .bin."""
+    import tempfile
+
+    import openvino as ov  # lazy: the optional deploy extra (see the note at the top)
+
+    if model_format(path) != "openvino_ir":
+        raise DeployError(f"{path}: an OpenVINO IR is written to a .xml path (weights go to the .bin beside it)")
+    model.set_rt_info(json.dumps(dataclasses.asdict(contract)), IR_CONTRACT_PATH)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".ir-") as tmp:
+        tmp_xml = os.path.join(tmp, "model.xml")
+        # int8 weights are stored as int8 by NNCF; fp32 constants stay fp32 (no fp16 rounding)
+        ov.save_model(model, tmp_xml, compress_to_fp16=False)
+        os.replace(os.path.join(tmp, "model.bin"), os.path.splitext(path)[0] + ".bin")
+        os.replace(tmp_xml, path)
+    return path
+
+
 def read_contract(path: str) -> Contract:
-    """The contract stored in an exported file (see :func:`load_onnx` for the errors)."""
+    """The contract stored in an exported file, ONNX or OpenVINO IR (see :func:`load_onnx`
+    and :func:`load_openvino_ir` for the errors)."""
+    if model_format(path) == "openvino_ir":
+        return load_openvino_ir(path)[1]
     return load_onnx(path)[1]
 
 

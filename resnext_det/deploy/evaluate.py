@@ -1,5 +1,5 @@
 """COCO evaluation of an exported model through a runtime (``train_net.py --eval-only
-MODEL.WEIGHTS out/model.onnx``): detectron2's ``inference_on_dataset`` with the project's
+MODEL.WEIGHTS out/model.onnx``, or an int8 ``model_int8.xml``): detectron2's ``inference_on_dataset`` with the project's
 evaluator, the runtime in place of the eager model."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 
 from ..engine.trainer import EVAL_RESULTS, ResNeXtTrainer
 from ..io import atomic_write_json
-from .contract import DeployError, load_onnx
+from .contract import MODEL_FORMATS, DeployError, read_contract
 from .export import export_onnx
 from .predictor import DeployedPredictor
 from .two_stage import plan_export_target
@@ -24,14 +24,15 @@ logger = logging.getLogger(__name__)
 
 
 def is_exported_model(path: str) -> bool:
-    """True when MODEL.WEIGHTS names an exported model (``.onnx``) rather than a checkpoint."""
-    return str(path).lower().endswith(".onnx")
+    """True when MODEL.WEIGHTS names an exported model (``.onnx``, or an OpenVINO IR ``.xml``)
+    rather than a checkpoint."""
+    return os.path.splitext(str(path))[1].lower() in MODEL_FORMATS
 
 
 def check_exported_model(cfg, path: str) -> None:
     """The file is one of our exports and its contract matches ``cfg`` (format, mean/std,
     resize rule, number of classes); otherwise one error naming the file and the keys."""
-    _, contract = load_onnx(path)
+    contract = read_contract(path)
     bad = contract.mismatches(cfg)
     if bad:
         raise DeployError(f"{path} was exported with other settings than this config: "
@@ -49,16 +50,18 @@ class _RuntimeModel:
         return self.predictor.inference(batched_inputs)
 
 
-def evaluate_exported(cfg, path: Optional[str] = None, runtime: str = "onnxruntime",
-                      num_threads: Optional[int] = None, precision: str = "fp32") -> Dict:
+def evaluate_exported(cfg, path: Optional[str] = None, runtime: Optional[str] = None,
+                      num_threads: Optional[int] = None, precision: str = "fp32", **runtime_options) -> Dict:
     """COCO box AP of an exported model on each of ``cfg.DATASETS.TEST``.
 
     Args:
         cfg: the config the model was exported from (datasets, evaluator, OUTPUT_DIR).
-        path: the ``.onnx`` file (default ``cfg.MODEL.WEIGHTS``).
-        runtime: "onnxruntime" or "openvino".
-        num_threads: runtime threads (None: all cores).
+        path: the ``.onnx`` or ``.xml`` file (default ``cfg.MODEL.WEIGHTS``).
+        runtime: "onnxruntime", "openvino", or None / "auto" (the runtime measured fastest on
+            this CPU kind; see :class:`DeployedPredictor`).
+        num_threads: runtime threads (None: the physical cores available).
         precision: see :class:`DeployedPredictor`.
+        **runtime_options: ``allow_spinning`` / ``shape_mode`` (see :class:`DeployedPredictor`).
 
     Returns:
         ``{dataset: {"bbox": {...}}}`` as detectron2's test loop returns; also written to
@@ -66,9 +69,11 @@ def evaluate_exported(cfg, path: Optional[str] = None, runtime: str = "onnxrunti
     """
     path = path or cfg.MODEL.WEIGHTS
     check_exported_model(cfg, path)
-    predictor = DeployedPredictor(path, runtime=runtime, num_threads=num_threads, precision=precision)
-    print(f"Evaluating {path} with {runtime} (precision {predictor.precision_used}, "
-          f"weights {predictor.contract.precision})", flush=True)
+    predictor = DeployedPredictor(path, runtime=runtime, num_threads=num_threads, precision=precision,
+                                  **runtime_options)
+    runtime = predictor.runtime
+    print(f"Evaluating {path} with {runtime} ({predictor.runtime_reason}; {predictor.runner.describe()}, "
+          f"precision {predictor.precision_used}, weights {predictor.contract.precision})", flush=True)
     results = OrderedDict()
     for name in cfg.DATASETS.TEST:
         loader = build_detection_test_loader(cfg, name)
@@ -81,6 +86,8 @@ def evaluate_exported(cfg, path: Optional[str] = None, runtime: str = "onnxrunti
         results = list(results.values())[0]
     out = os.path.join(cfg.OUTPUT_DIR, "inference", EVAL_RESULTS)
     atomic_write_json(out, {"datasets": list(cfg.DATASETS.TEST), "weights": path, "runtime": runtime,
+                            "runtime_reason": predictor.runtime_reason,
+                            "runtime_settings": predictor.runner.describe(),
                             "precision": predictor.precision_used,
                             "weights_precision": predictor.contract.precision, "results": results},
                       indent=2, default=float)

@@ -3,8 +3,12 @@ detectron2's ``DefaultPredictor``.
 
     import cv2
     from resnext_det.deploy import DeployedPredictor
-    predictor = DeployedPredictor("out/model.onnx", runtime="openvino")   # fp32 by default
+    predictor = DeployedPredictor("out/model.onnx")   # the runtime measured fastest here, fp32
     instances = predictor(cv2.imread("input.jpg"))["instances"]   # HxWx3 uint8, BGR
+
+With no runtime named (or ``runtime="auto"``) the predictor takes the runtime measured
+fastest on this CPU kind (:mod:`.measured`) and logs which and why in one line. The NNCF int8
+export (``model_int8.xml``, OpenVINO IR) runs in OpenVINO.
 
 Images are taken as ``DefaultPredictor`` takes them: BGR (``cv2.imread``'s order) by default,
 flipped here when the model's INPUT.FORMAT is RGB, so one predictor can replace the other on
@@ -28,8 +32,9 @@ from detectron2.data import transforms as T
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from .contract import INPUT_FORMATS, DeployError, expected_image_message, load_onnx
-from .runtimes import make_runtime
+from .contract import INPUT_FORMATS, DeployError, expected_image_message, model_format, read_contract
+from .measured import choose_runtime
+from .runtimes import RUNTIMES, make_runtime
 
 __all__ = ["DeployedPredictor"]
 
@@ -40,9 +45,12 @@ class DeployedPredictor:
     """An exported detector (``tools/export.py``) run by an inference runtime.
 
     Args:
-        path: the exported ``model.onnx`` (or ``model_int8.onnx``).
-        runtime: "onnxruntime" or "openvino".
-        num_threads: runtime threads; None = all cores.
+        path: the exported ``model.onnx``, or an int8 export (``model_int8.xml``, OpenVINO
+            only; ``model_int8.onnx`` from ``--int8-runtime onnxruntime``).
+        runtime: "onnxruntime", "openvino", or None / "auto": the runtime measured fastest on
+            this CPU kind (:func:`resnext_det.deploy.measured.choose_runtime`; an OpenVINO IR:
+            openvino), logged with its reason and kept on ``self.runtime_reason``.
+        num_threads: runtime threads; None = the physical cores available.
         precision: "fp32" (default, exact parity with eager), "bf16" (OpenVINO, CPUs with
             native bf16) or "default" (the runtime's own choice). The precision in effect is
             logged and kept on ``self.precision_used``.
@@ -50,17 +58,21 @@ class DeployedPredictor:
             ``cv2.imread``'s order, what detectron2's ``DefaultPredictor`` takes) or "RGB". They
             are flipped to the model's INPUT.FORMAT (``self.contract.input_format``) when it
             differs. ``run_resized`` and ``inference`` take images already in the model's format.
+        **runtime_options: the runtime's own options (None = the measured default):
+            ``allow_spinning`` (ONNX Runtime), ``shape_mode`` "dynamic"/"static" and
+            ``cache_size`` (OpenVINO); see :mod:`resnext_det.deploy.runtimes`.
 
     Raises:
         FileNotFoundError / DeployError: a missing, empty, truncated or foreign file (named);
             an ``input_format`` other than "BGR"/"RGB" (named).
     """
 
-    def __init__(self, path: str, runtime: str = "onnxruntime", num_threads: Optional[int] = None,
-                 precision: str = "fp32", input_format: str = "BGR"):
+    def __init__(self, path: str, runtime: Optional[str] = None, num_threads: Optional[int] = None,
+                 precision: str = "fp32", input_format: str = "BGR", **runtime_options):
         self.path = path
-        _, self.contract = load_onnx(path)
+        self.contract = read_contract(path)
         c = self.contract
+        runtime, self.runtime_reason = self._pick_runtime(path, runtime)
         if input_format not in INPUT_FORMATS:
             raise DeployError(f"input_format={input_format!r} is not valid; use 'BGR' (the default: "
                               "cv2.imread's order, as detectron2's DefaultPredictor) or 'RGB' "
@@ -68,7 +80,7 @@ class DeployedPredictor:
         self.input_format = input_format
         self.resize = T.ResizeShortestEdge([c.min_size_test, c.min_size_test], c.max_size_test)
         try:
-            self.runner = make_runtime(runtime, path, num_threads, precision)
+            self.runner = make_runtime(runtime, path, num_threads, precision, **runtime_options)
         except DeployError:
             raise
         except Exception as e:  # the runtime refuses the graph
@@ -76,8 +88,28 @@ class DeployedPredictor:
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
         self.runtime = runtime
         self.precision_used = self.runner.precision_used
-        logger.info("Deployed model %s: %s, %d threads, precision %s (weights %s)", path, runtime,
-                    self.runner.num_threads, self.precision_used, c.precision)
+        logger.info("Deployed model %s: %s, %s, precision %s (weights %s)", path, runtime,
+                    self.runner.describe(), self.precision_used, c.precision)
+
+    @staticmethod
+    def _pick_runtime(path: str, runtime: Optional[str]):
+        """(runtime, reason): the one named, else the measured choice; an IR is OpenVINO's."""
+        ir = model_format(path) == "openvino_ir"
+        if runtime not in (None, "auto") + RUNTIMES:
+            raise DeployError(f"runtime={runtime!r} is not valid; use one of {RUNTIMES}, or None / 'auto' "
+                              "(the runtime measured fastest on this CPU)")
+        if ir and runtime == "onnxruntime":
+            raise DeployError(f"{path}: an OpenVINO IR runs in OpenVINO only; use runtime='openvino' "
+                              "(or give the .onnx export to ONNX Runtime)")
+        if runtime in RUNTIMES:
+            return runtime, f"runtime {runtime}: named by the caller"
+        if ir:
+            reason = "runtime openvino: the model is an OpenVINO IR"
+            logger.info("%s: %s", path, reason)
+            return "openvino", reason
+        choice = choose_runtime()
+        logger.info("%s: %s", path, choice.reason)
+        return choice.runtime, choice.reason
 
     # -- the graph on an already resized CHW image (what the test data loader gives) --------
     def run_resized(self, image_chw) -> Instances:

@@ -1,11 +1,20 @@
-"""Post-training static int8 of an exported detector (ONNX Runtime's ``quantize_static``).
+"""Post-training static int8 of an exported detector, calibrated on images of the training set
+pre-processed by the export's own contract. Two routes:
 
-Calibrated on images of the training set, pre-processed by the export's own contract.
-Quantized: the convolutions and the box head's matrix products (weights per output
-channel, symmetric int8; activations int8 from MinMax calibration), in QDQ form, so the
-same file runs in ONNX Runtime and in OpenVINO (which maps QDQ onto its int8 kernels,
-VNNI/AMX where present). Left in fp32: everything after the box head (box decoding, NMS,
-top-k), where int8 would move boxes for no speed.
+- :func:`quantize_int8_nncf` (``tools/export.py --int8``, the default): OpenVINO's
+  recommended route, NNCF post-training quantization of the OpenVINO model, written as an
+  OpenVINO IR (``model_int8.xml`` + ``.bin``) with the contract in its rt_info. Quantized:
+  the network (backbone, FPN, RPN head, box head: convolutions, matrix products and the
+  element-wise ops between them). Left in fp32: the post-processing (anchor decoding,
+  clipping, NMS, top-k, RoI level assignment, box decoding): NNCF would otherwise put
+  quantizers on box coordinates (we saw it on the decoding adds and the level assignment's
+  sqrt), which moves boxes for no speed. Those nodes are found from the graph
+  (:func:`postprocessing_nodes`) and given to NNCF as its ignored scope.
+- :func:`quantize_int8` (``--int8 --int8-runtime onnxruntime``): ONNX Runtime's
+  ``quantize_static``, QDQ form, convolutions and the box head's matrix products (weights
+  per output channel, symmetric; activations from MinMax), written as ``model_int8.onnx``.
+  Kept for measurement: ONNX Runtime has no int8 kernel for grouped convolutions other
+  than depthwise, which ResNeXt is made of.
 """
 from __future__ import annotations
 
@@ -13,20 +22,25 @@ import logging
 import os
 import re
 import tempfile
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import numpy as np
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
 from ..io import atomic_open
-from .contract import INPUT_NAME, DeployError, load_onnx
+from .contract import INPUT_NAME, DeployError, load_onnx, save_openvino_ir
 from .export import resize_for_graph
 
-__all__ = ["quantize_int8", "calibration_images"]
+__all__ = ["quantize_int8", "quantize_int8_nncf", "calibration_images", "postprocessing_nodes",
+           "INT8_RUNTIMES", "NNCF_PRESETS"]
 
 logger = logging.getLogger(__name__)
 INT8_FILE = "model_int8.onnx"
+INT8_IR_FILE = "model_int8.xml"
+# --int8-runtime: which route writes the int8 model (nncf/OpenVINO first: the default)
+INT8_RUNTIMES = ("openvino", "onnxruntime")
+NNCF_PRESETS = ("performance", "mixed")
 
 
 def calibration_images(cfg, num_images: int) -> List[np.ndarray]:
@@ -127,4 +141,99 @@ def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "
     with atomic_open(output_path, "wb") as f:
         f.write(q.SerializeToString())
     logger.info("int8 model written to %s (calibrated on %d images)", output_path, len(images))
+    return output_path
+
+
+# Where box coordinates, not features, enter an op: walking back from these inputs reaches
+# the post-processing (decoding, clipping, level assignment) but no feature map, because the
+# walk stops at the layers that make the deltas and logits (and at ShapeOf, which reads a
+# shape, not values).
+_COORDINATE_INPUTS = {"ROIAlign": (1, 2), "NonMaxSuppression": (0, 1), "TopK": (0,),
+                      "ScatterNDUpdate": (1,), "Gather": (1,), "GatherND": (1,), "Result": (0,)}
+_NETWORK_OPS = {"Convolution", "GroupConvolution", "MatMul", "Parameter", "Constant"}
+
+
+def postprocessing_nodes(model) -> List[str]:
+    """Names of the nodes of an ``openvino.Model`` of the exported detector that compute on
+    boxes and scores rather than on features (what NNCF is told to leave in fp32).
+
+    Args:
+        model: the detector as an ``openvino.Model`` (``ov.convert_model(model.onnx)``).
+    """
+    seen, stack = set(), []
+    for op in model.get_ordered_ops():
+        inputs = _COORDINATE_INPUTS.get(op.get_type_name())
+        if inputs is None:
+            continue
+        if op.get_type_name() in ("TopK", "NonMaxSuppression"):
+            seen.add(op.get_friendly_name())
+        stack.extend(op.input_value(i).get_node() for i in inputs if i < op.get_input_size())
+    while stack:
+        node = stack.pop()
+        name = node.get_friendly_name()
+        # ShapeOf reads a shape, not values: neither it nor what feeds it is post-processing
+        if node.get_type_name() in _NETWORK_OPS or node.get_type_name() == "ShapeOf" or name in seen:
+            continue
+        seen.add(name)
+        stack.extend(node.input_value(i).get_node() for i in range(node.get_input_size()))
+    return sorted(seen)
+
+
+def quantize_int8_nncf(fp32_path: str, images: List[np.ndarray], output_path: str = "",
+                       preset: str = "performance", subset_size: Optional[int] = None) -> str:
+    """NNCF post-training int8 of an exported fp32 model, written as an OpenVINO IR.
+
+    Args:
+        fp32_path: ``model.onnx`` written by :func:`resnext_det.deploy.export_onnx`.
+        images: calibration images (3xHxW float32, see :func:`calibration_images`).
+        output_path: the ``.xml`` to write (default ``model_int8.xml`` beside ``fp32_path``;
+            the weights go to the ``.bin`` beside it).
+        preset: NNCF's "performance" (symmetric activations, its default) or "mixed"
+            (asymmetric activations: for inputs with negative values).
+        subset_size: images NNCF takes statistics on (default: all of ``images``).
+
+    Returns:
+        the ``.xml`` path. The contract is carried over with ``precision: int8``; run it with
+        ``DeployedPredictor(path, runtime="openvino")``.
+
+    Raises:
+        DeployError: no images, a bad preset, nncf not installed, or NNCF failing (named).
+    """
+    if preset not in NNCF_PRESETS:
+        raise DeployError(f"--int8-preset {preset!r} is not valid; use one of {NNCF_PRESETS}")
+    if not images:
+        raise DeployError("int8 calibration needs at least one image (--calib-images)")
+    try:  # lazy: the optional deploy extra (see resnext_det.deploy.contract's note)
+        import nncf
+        import openvino as ov
+    except ImportError as e:
+        raise DeployError(f"int8 through NNCF needs nncf and openvino ({e}); install the deploy extra: "
+                          "pip install -e .[deploy] (or --int8-runtime onnxruntime)") from None
+
+    _, contract = load_onnx(fp32_path)
+    output_path = output_path or os.path.join(os.path.dirname(fp32_path), INT8_IR_FILE)
+    model = ov.convert_model(fp32_path)
+    ignored = postprocessing_nodes(model)
+    from nncf.common.logging import nncf_logger
+
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)  # its INFO lines name every node left out; restored after
+    try:
+        # np.errstate: NNCF's statistics sum activations in float32, which overflow on untrained
+        # (random) detectors; the min/max ranges it keeps are unaffected (scoped, restored after)
+        with np.errstate(over="ignore"):
+            q = nncf.quantize(model, nncf.Dataset(list(images), lambda x: {INPUT_NAME: x}),
+                              preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
+                              subset_size=int(subset_size or len(images)),
+                              # validate=False: names from this graph, some of them not quantizable
+                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    except Exception as e:
+        raise DeployError(f"NNCF int8 quantization of {fp32_path} failed: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    finally:
+        nncf_logger.setLevel(level)
+    contract.precision = "int8"
+    save_openvino_ir(q, contract, output_path)
+    logger.info("int8 model (NNCF, preset %s) written to %s (calibrated on %d images, %d post-processing "
+                "nodes left in fp32)", preset, output_path, len(images), len(ignored))
     return output_path

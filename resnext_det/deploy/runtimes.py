@@ -1,37 +1,55 @@
 """The two CPU inference runtimes behind one small interface: ``run(image_chw) -> (boxes,
 scores, classes)`` on an exported detector (see :mod:`.contract` for the graph's I/O).
 
-- ONNX Runtime: CPU execution provider, all graph optimisations; fp32 as stored (an int8
-  export runs its quantized operators).
+Threads: one per physical core this process may use (:func:`resnext_det.hardware.available_cores`:
+affinity set, hyper-threads counted once, cgroup quota), not ``os.cpu_count()``: more threads
+than cores make the runtimes' workers wait on each other.
+
+- ONNX Runtime: CPU execution provider, all graph optimisations, sequential execution; fp32
+  as stored (an ONNX Runtime int8 export runs its quantized operators). Whether its idle
+  worker threads spin (``session.intra_op.allow_spinning`` / ``session.inter_op.allow_spinning``)
+  is an option: spinning saves a wake-up per operator on an idle machine and burns the
+  cores other processes need on a busy one; the default is the measured one for the CPU
+  kind (:mod:`.measured`, ``tools/measure_deploy.py spinning``).
 - OpenVINO: ``PERFORMANCE_HINT=LATENCY``. Its CPU plugin silently computes in bf16 on CPUs
   with AVX512-BF16/AMX unless told otherwise, so the precision is always set explicitly
-  (``fp32`` by default, for parity) and the precision in effect is logged.
+  (``fp32`` by default, for parity) and the precision in effect is logged. ``shape_mode``
+  "dynamic" compiles once for any image size; "static" compiles for each input shape met
+  (``Model.reshape`` + ``compile_model``; the graph pads inside, so the shape is the resized
+  image's) and keeps the last few compiled shapes (LRU): static shapes let the plugin pick
+  kernels and memory plans for the size, at a compile per new shape. Reads ONNX files and
+  OpenVINO IR (``.xml``, the NNCF int8 export).
 """
 from __future__ import annotations
 
+import collections
 import logging
-import os
 from typing import Optional, Tuple
 
 import numpy as np
 
+from ..hardware import available_cores
 from .contract import INPUT_NAME, OUTPUT_NAMES, DeployError
 
-__all__ = ["RUNTIMES", "PRECISIONS", "make_runtime"]
+__all__ = ["RUNTIMES", "PRECISIONS", "SHAPE_MODES", "make_runtime", "OnnxRuntimeRunner", "OpenVINORunner"]
 
 logger = logging.getLogger(__name__)
 RUNTIMES = ("onnxruntime", "openvino")
 # "default" = whatever the runtime picks by itself (OpenVINO: bf16 on native-bf16 CPUs)
 PRECISIONS = ("fp32", "bf16", "default")
+SHAPE_MODES = ("dynamic", "static")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+# compiled shapes kept by a static-shape OpenVINO runner: a test set resized by the contract's
+# rule has few distinct sizes (landscape/portrait at one shortest edge); each costs a compile
+STATIC_CACHE_SIZE = 4
 
 
 def _threads(num_threads: Optional[int]) -> int:
     if num_threads is None:
-        return os.cpu_count() or 1
-    if int(num_threads) < 1:
+        return available_cores()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
         raise DeployError(f"num_threads={num_threads!r} is not valid; use a positive integer "
-                          "or None (all cores)")
+                          "or None (the physical cores available)")
     return int(num_threads)
 
 
@@ -40,14 +58,17 @@ class OnnxRuntimeRunner:
 
     Args:
         model: path or bytes.
-        num_threads: intra-op threads (None: all cores).
+        num_threads: intra-op threads (None: the physical cores available).
         precision: only "fp32"/"default" (ONNX Runtime's CPU provider has no reduced-precision
-            mode for fp32 graphs; export with --int8 for a quantized graph).
+            mode for fp32 graphs; export with --int8 --int8-runtime onnxruntime for a quantized graph).
+        allow_spinning: whether idle worker threads spin (True) or sleep (False); None: the
+            measured default for this CPU kind (:func:`resnext_det.deploy.measured.default_option`).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32"):
+    def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32",
+                 allow_spinning: Optional[bool] = None):
         # lazy: the optional deploy extra, and a user may install one runtime only
         # (resnext_det.deploy.contract's note has the measured import times)
         import onnxruntime as ort
@@ -60,9 +81,24 @@ class OnnxRuntimeRunner:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: its per-node shape-inference warnings are noise
+        if allow_spinning is None:
+            from .measured import default_option
+
+            allow_spinning = default_option("onnxruntime_allow_spinning")[0]
+        if not isinstance(allow_spinning, bool):
+            raise DeployError(f"allow_spinning={allow_spinning!r} is not valid; use True, False or "
+                              "None (the measured default)")
+        # both pools: inter-op has one thread here (sequential), set alike for clarity
+        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+            opts.add_session_config_entry(key, "1" if allow_spinning else "0")
         self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         self.precision_used = "fp32"  # int8 exports: quantized operators, fp32 elsewhere
         self.num_threads = opts.intra_op_num_threads
+        self.allow_spinning = allow_spinning
+
+    def describe(self) -> str:
+        """The settings in effect, for log lines and records."""
+        return f"{self.num_threads} threads, spinning {'on' if self.allow_spinning else 'off'}"
 
     def run(self, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The detector graph on one 3xHxW float32 image: (boxes, scores, classes)."""
@@ -78,57 +114,123 @@ class OpenVINORunner:
 
     Args:
         model: path or bytes.
-        num_threads: inference threads (None: all cores).
+        num_threads: inference threads (None: the physical cores available).
         precision: "fp32" (INFERENCE_PRECISION_HINT f32), "bf16", or "default" (OpenVINO's
             own choice: bf16 on AVX512-BF16/AMX CPUs, f32 elsewhere).
+        shape_mode: "dynamic" (one compiled model for any size) or "static" (compiled per
+            input shape, ``cache_size`` shapes kept); None: the measured default for this
+            CPU kind (:func:`resnext_det.deploy.measured.default_option`).
+        cache_size: compiled shapes kept in static mode (least recently used dropped).
     """
 
     name = "openvino"
 
-    def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32"):
+    def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32",
+                 shape_mode: Optional[str] = None, cache_size: int = STATIC_CACHE_SIZE):
         # lazy: the optional deploy extra, and a user may install one runtime only
         # (resnext_det.deploy.contract's note has the measured import times)
         import openvino as ov
 
         if precision not in PRECISIONS:
             raise DeployError(f"precision={precision!r} is not valid; use one of {PRECISIONS}")
-        core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _threads(num_threads)}
+        if shape_mode is None:
+            from .measured import default_option
+
+            shape_mode = default_option("openvino_shape_mode")[0]
+        if shape_mode not in SHAPE_MODES:
+            raise DeployError(f"shape_mode={shape_mode!r} is not valid; use 'dynamic' (one compile, any "
+                              "size) or 'static' (a compile per image size, cached)")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise DeployError(f"cache_size={cache_size!r} is not valid; use a positive integer")
+        self.core = ov.Core()
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _threads(num_threads)}
         if precision != "default":
-            config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
-        net = core.read_model(model=model) if isinstance(model, (bytes, bytearray)) else core.read_model(model)
-        self.compiled = core.compile_model(net, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+            self.config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
+        self.model = self.core.read_model(model=model) if isinstance(model, (bytes, bytearray)) \
+            else self.core.read_model(model)
+        self.shape_mode = shape_mode
+        self.cache_size = cache_size
+        self.compiles = 0
+        self._said_full = False
+        # static mode: input shape -> (compiled model, infer request), most recent last
+        self._static = collections.OrderedDict()
+        # the dynamic model: always compiled (precision and thread figures are read from it;
+        # static mode compiles per shape on first use)
+        self.compiled, self.request = self._compile(self.model)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision_used = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
             getattr(hint, "get_type_name", lambda: str(hint))(), str(hint))
-        self.num_threads = config["INFERENCE_NUM_THREADS"]
+        self.num_threads = self.config["INFERENCE_NUM_THREADS"]
+        if shape_mode == "static":
+            self.compiled = self.request = None  # not used: free its memory
+
+    def _compile(self, model):
+        compiled = self.core.compile_model(model, "CPU", self.config)
+        self.compiles += 1
+        return compiled, compiled.create_infer_request()
+
+    def _for_shapes(self, feeds):
+        """(compiled, request) for the feeds' input shapes (static mode), compiling on a miss."""
+        key = tuple(sorted((name, tuple(int(d) for d in np.shape(x))) for name, x in feeds.items()))
+        hit = self._static.get(key)
+        if hit is not None:
+            self._static.move_to_end(key)
+            return hit
+        # reshape the one read model (compile_model copies it), then compile for this size
+        self.model.reshape({name: list(shape) for name, shape in key})
+        entry = self._compile(self.model)
+        self._static[key] = entry
+        if len(self._static) > self.cache_size:
+            self._static.popitem(last=False)
+            if not self._said_full:  # once: the cache is too small for the sizes met
+                self._said_full = True
+                logger.info("OpenVINO static shapes: more than %d input sizes met, compiling per new "
+                            "size (shape_mode='dynamic' compiles once)", self.cache_size)
+        return entry
+
+    def describe(self) -> str:
+        """The settings in effect, for log lines and records."""
+        return f"{self.num_threads} threads, {self.shape_mode} shapes"
+
+    def _infer(self, feeds):
+        compiled, request = (self.compiled, self.request) if self.shape_mode == "dynamic" \
+            else self._for_shapes(feeds)
+        return compiled, request.infer(feeds)
 
     def run(self, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The detector graph on one 3xHxW float32 image: (boxes, scores, classes)."""
-        res = self.request.infer({INPUT_NAME: image})
-        return tuple(np.asarray(res[self.compiled.output(n)]) for n in OUTPUT_NAMES)
+        compiled, res = self._infer({INPUT_NAME: image})
+        return tuple(np.asarray(res[compiled.output(n)]) for n in OUTPUT_NAMES)
 
     def run_all(self, feeds):
         """Any graph: all outputs, in graph order, for ``{input name: array}``."""
-        res = self.request.infer(feeds)
-        return [np.asarray(res[o]) for o in self.compiled.outputs]
+        compiled, res = self._infer(feeds)
+        return [np.asarray(res[o]) for o in compiled.outputs]
 
 
-def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precision: str = "fp32"):
+def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precision: str = "fp32",
+                 **options):
     """One runner (see the module docstring).
 
     Args:
         runtime: "onnxruntime" or "openvino".
-        model: ONNX file path or serialized bytes.
-        num_threads: threads (None: all cores).
+        model: ONNX file path or serialized bytes (OpenVINO also an IR ``.xml``).
+        num_threads: threads (None: the physical cores available).
         precision: "fp32", "bf16" (OpenVINO) or "default".
+        **options: the runtime's own options: ``allow_spinning`` (ONNX Runtime),
+            ``shape_mode`` / ``cache_size`` (OpenVINO). None values mean the default.
     """
     runners = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
+    own = {"onnxruntime": ("allow_spinning",), "openvino": ("shape_mode", "cache_size")}
     if runtime not in runners:
         raise DeployError(f"runtime={runtime!r} is not valid; use one of {RUNTIMES}")
+    options = {k: v for k, v in options.items() if v is not None}
+    foreign = sorted(set(options) - set(own[runtime]))
+    if foreign:
+        raise DeployError(f"option(s) {', '.join(foreign)} do not apply to runtime {runtime!r}; its "
+                          f"options are {', '.join(own[runtime])}")
     try:
-        return runners[runtime](model, num_threads, precision)
+        return runners[runtime](model, num_threads, precision, **options)
     except ImportError as e:
         raise DeployError(f"runtime {runtime!r} is not installed ({e}); install the deploy extra: "
                           "pip install -e .[deploy]") from None

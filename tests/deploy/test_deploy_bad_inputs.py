@@ -211,3 +211,67 @@ def test_bgr_default_flips_channels(exported):
     rgb = DeployedPredictor(exported, num_threads=1, input_format="RGB")(img)["instances"]
     bgr = DeployedPredictor(exported, num_threads=1)(img[:, :, ::-1].copy())["instances"]
     torch.testing.assert_close(bgr.pred_boxes.tensor, rgb.pred_boxes.tensor)
+
+
+# ------------------------------------------------------------------ runtime options, IR files
+@pytest.mark.parametrize("kwargs, named", [
+    ({"runtime": "openvino", "shape_mode": "fixed"}, r"shape_mode='fixed'.*'dynamic'.*'static'"),
+    ({"runtime": "onnxruntime", "shape_mode": "static"}, r"shape_mode do not apply to runtime 'onnxruntime'"),
+    ({"runtime": "openvino", "allow_spinning": True}, r"allow_spinning do not apply to runtime 'openvino'"),
+    ({"runtime": "onnxruntime", "allow_spinning": "yes"}, r"allow_spinning='yes'"),
+    ({"runtime": "openvino", "cache_size": 0}, r"cache_size=0"),
+    ({"runtime": "tensorrt"}, r"runtime='tensorrt'.*'auto'"),
+    ({"num_threads": 0}, r"num_threads=0"),
+])
+def test_bad_runtime_options_are_named(exported, kwargs, named):
+    with pytest.raises(DeployError, match=named):
+        DeployedPredictor(exported, **kwargs)
+
+
+def test_static_shapes_equal_dynamic_and_the_cache_is_bounded(exported):
+    from resnext_det.deploy.runtimes import make_runtime
+
+    dyn = make_runtime("openvino", exported, 1, shape_mode="dynamic")
+    st = make_runtime("openvino", exported, 1, shape_mode="static", cache_size=2)
+    g = np.random.default_rng(0)
+    shapes = [(64, 96), (64, 80), (64, 96), (64, 70), (64, 96)]
+    for h, w in shapes:
+        x = g.integers(0, 256, (3, h, w)).astype(np.float32)
+        a, b = dyn.run(x), st.run(x)
+        assert a[0].shape == b[0].shape and np.abs(a[0] - b[0]).max() <= 1e-3
+    # least recently used goes: 64x80 is dropped for 64x70, 64x96 (used again) stays;
+    # compiles: the dynamic model at start + 64x96, 64x80, 64x70
+    assert [k[0][1][1:] for k in st._static] == [(64, 70), (64, 96)]
+    assert st.compiles == 4
+
+
+def test_ir_files_bad_input(exported, tmp_path):
+    import openvino as ov
+
+    from resnext_det.deploy import read_contract
+    from resnext_det.deploy.contract import model_format
+
+    with pytest.raises(DeployError, match=r"model\.pt: not an exported model file.*model_int8\.xml"):
+        model_format(str(tmp_path / "model.pt"))
+    foreign = str(tmp_path / "foreign.xml")
+    ov.save_model(ov.convert_model(exported), foreign)  # no contract in rt_info
+    with pytest.raises(DeployError, match=r"foreign\.xml: an OpenVINO IR without resnext_det's"):
+        read_contract(foreign)
+    lonely = tmp_path / "lonely.xml"
+    lonely.write_text("<net/>")
+    with pytest.raises(FileNotFoundError, match=r"lonely\.bin"):
+        read_contract(str(lonely))
+
+
+def test_int8_ir_refuses_onnxruntime(exported, tmp_path):
+    from resnext_det.deploy.quantize import quantize_int8_nncf
+
+    g = np.random.default_rng(0)
+    images = [g.integers(0, 256, (3, 64, w)).astype(np.float32) for w in (64, 96)]
+    xml = quantize_int8_nncf(exported, images, str(tmp_path / "model_int8.xml"))
+    with pytest.raises(DeployError, match=r"runs in OpenVINO only"):
+        DeployedPredictor(xml, runtime="onnxruntime")
+    p = DeployedPredictor(xml)
+    assert p.runtime == "openvino" and "OpenVINO IR" in p.runtime_reason
+    with pytest.raises(DeployError, match=r"--int8-preset 'fast'"):
+        quantize_int8_nncf(exported, images, str(tmp_path / "x.xml"), preset="fast")

@@ -1,7 +1,8 @@
 """resnext_det.deploy on small trained detectors (FPN and C4): tools/export.py writes a checked
 model.onnx whose detections in ONNX Runtime and OpenVINO equal eager's (same count, boxes
 within 0.01 px, scores within 1e-4) at three image sizes (one not divisible by 32), and
-whose COCO AP through --eval-only equals eager's within 0.1; int8 export runs."""
+whose COCO AP through --eval-only equals eager's within 0.1; the NNCF int8 IR (default
+--int8) and ONNX Runtime's QDQ int8 run, and the int8 IR's detections stay near fp32's."""
 import json
 import os
 
@@ -48,7 +49,8 @@ def _opts(out, arch):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """{arch: (output dir, config name)} of FPN and C4 demo models trained through train_net,
-    each exported with tools/export.py to <dir>/deploy/model.onnx (+ model_int8.onnx for FPN)."""
+    each exported with tools/export.py to <dir>/deploy/model.onnx (+ for FPN the NNCF int8
+    model_int8.xml through --int8, and ONNX Runtime's QDQ model_int8.onnx)."""
     from resnext_det import cli
     from resnext_det.deploy import cli as export_cli
 
@@ -60,6 +62,9 @@ def trained(tmp_path_factory):
         if arch == "fpn":
             argv += ["--int8", "--calib-images", "8"]
         assert export_cli.cli(argv + _opts(d, arch) + ["MODEL.WEIGHTS", str(d / "model_final.pth")]) == 0
+        if arch == "fpn":
+            assert export_cli.cli(argv + ["--int8-runtime", "onnxruntime"] + _opts(d, arch) +
+                                  ["MODEL.WEIGHTS", str(d / "model_final.pth")]) == 0
         out[arch] = (d, arch)
     return out
 
@@ -155,7 +160,7 @@ def test_eval_only_on_onnx_equals_eager_ap(trained, arch, tmp_path):
     d, name = trained[arch]
     eager_ap = _ap(d / "inference" / "eval_results.json")  # written by the training run
     out = tmp_path / "eval"
-    rc = cli.cli(["--config", CONFIGS[arch], "--eval-only"] + _opts(out, arch) +
+    rc = cli.cli(["--config", CONFIGS[arch], "--eval-only", "--runtime", "onnxruntime"] + _opts(out, arch) +
                  ["RESNEXT_PLAN.SYNTHETIC.ROOT", str(d / "data"),
                   "MODEL.WEIGHTS", str(d / "deploy" / "model.onnx")])
     assert rc == 0
@@ -164,9 +169,25 @@ def test_eval_only_on_onnx_equals_eager_ap(trained, arch, tmp_path):
     assert abs(_ap(out / "inference" / "eval_results.json") - eager_ap) <= 0.1
 
 
+def test_eval_only_default_runtime_is_the_measured_choice(trained, tmp_path):
+    """No --runtime: the runtime the measured table picks for this CPU kind, and why, recorded."""
+    from resnext_det import cli
+    from resnext_det.deploy.measured import choose_runtime
+
+    d, name = trained["fpn"]
+    out = tmp_path / "auto"
+    rc = cli.cli(["--config", CONFIGS["fpn"], "--eval-only"] + _opts(out, "fpn") +
+                 ["RESNEXT_PLAN.SYNTHETIC.ROOT", str(d / "data"), "MODEL.WEIGHTS", str(d / "deploy" / "model.onnx")])
+    assert rc == 0
+    result = json.loads((out / "inference" / "eval_results.json").read_text())
+    choice = choose_runtime()
+    assert (result["runtime"], result["runtime_reason"]) == (choice.runtime, choice.reason)
+    assert abs(_ap(out / "inference" / "eval_results.json") - _ap(d / "inference" / "eval_results.json")) <= 0.1
+
+
 def test_openvino_eval_and_int8(trained, tmp_path):
-    """evaluate_only through OpenVINO equals eager AP; the int8 file carries the contract
-    (precision int8) and runs in both runtimes."""
+    """evaluate_only through OpenVINO equals eager AP; ONNX Runtime's QDQ int8 file carries the
+    contract (precision int8) and runs in both runtimes."""
     from resnext_det import cli
     from resnext_det.deploy import DeployedPredictor, read_contract
 
@@ -202,3 +223,55 @@ def test_export_and_evaluate_for_the_demo(trained, tmp_path):
     assert out["path"].endswith("model.onnx") and os.path.isfile(out["path"])
     assert abs(out["results"]["bbox"]["AP"] - _ap(eager_file)) <= 0.1
     assert eager_file.read_text() == before
+
+
+def test_nncf_int8_ir_runs_near_fp32(trained, tmp_path):
+    """--int8 (default route) writes an NNCF OpenVINO IR carrying the contract; no quantizer
+    sits on the post-processing; DeployedPredictor picks OpenVINO for it by itself; its
+    detections keep fp32's strongest boxes (same class, each at IoU >= 0.5 and the median at
+    >= 0.9: this briefly trained model's scores are close, so int8 may swap near-ties), and
+    --eval-only runs it. The tiny model's AP (below 1) says nothing of int8's AP cost: that
+    is measured on the demo model (tools/measure_deploy.py ap)."""
+    import openvino as ov
+    from detectron2.structures import pairwise_iou
+
+    from resnext_det import cli
+    from resnext_det.deploy import DeployedPredictor, read_contract
+    from resnext_det.deploy.quantize import postprocessing_nodes
+
+    d, name = trained["fpn"]
+    xml = str(d / "deploy" / "model_int8.xml")
+    assert read_contract(xml).precision == "int8"
+    q = ov.Core().read_model(xml)
+    post = set(postprocessing_nodes(ov.convert_model(str(d / "deploy" / "model.onnx"))))
+    fed = {t.get_node().get_friendly_name() for op in q.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+           for t in op.output(0).get_target_inputs()}
+    assert fed and not fed & post, sorted(fed & post)[:5]
+
+    fp32 = DeployedPredictor(str(d / "deploy" / "model.onnx"), runtime="openvino")
+    int8 = DeployedPredictor(xml)
+    assert int8.runtime == "openvino" and int8.contract.precision == "int8"
+    matched = []
+    for i, (h, w) in enumerate(SIZES):
+        img = _image(h, w, i)
+        ref, got = fp32(img)["instances"], int8(img)["instances"]
+        assert got.image_size == (h, w) and len(got) > 0
+        assert torch.isfinite(got.pred_boxes.tensor).all() and torch.isfinite(got.scores).all()
+        top = ref[ref.scores.argsort(descending=True)[:3]]
+        iou = pairwise_iou(top.pred_boxes, got.pred_boxes)
+        same = top.pred_classes[:, None] == got.pred_classes[None, :]
+        best = (iou * same).max(dim=1).values
+        print(f"{h}x{w}: fp32 top scores {top.scores.tolist()}, best IoU in int8 {best.tolist()}")
+        assert (best >= 0.5).all(), f"{h}x{w}: fp32's top boxes matched at IoU {best.tolist()}"
+        matched += best.tolist()
+    assert float(np.median(matched)) >= 0.9, matched
+
+    out = tmp_path / "int8"
+    rc = cli.cli(["--config", CONFIGS["fpn"], "--eval-only"] + _opts(out, "fpn") +
+                 ["RESNEXT_PLAN.SYNTHETIC.ROOT", str(d / "data"), "MODEL.WEIGHTS", xml])
+    assert rc == 0
+    result = json.loads((out / "inference" / "eval_results.json").read_text())
+    assert result["runtime"] == "openvino" and result["weights_precision"] == "int8"
+    ap8, ap32 = _ap(out / "inference" / "eval_results.json"), _ap(d / "inference" / "eval_results.json")
+    print(f"AP fp32 {ap32:.2f}, int8 {ap8:.2f}")
+    assert 0.0 <= ap8 and abs(ap8 - ap32) <= 5.0
