@@ -38,8 +38,9 @@ INSTALL_REQUIRES = [
     "torchfile",
 ]
 EXTRAS = {
-    # pytest-xdist: the suite runs on every core (tools/install.sh --test passes -n auto)
-    "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis"],
+    # pytest-xdist: the suite runs on every core (tools/install.sh --test passes -n auto);
+    # import-linter: the layer contract in .importlinter (tests/test_layers.py)
+    "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "import-linter"],
     # ONNX export and the CPU inference runtimes (resnext_det.deploy, tools/export.py);
     # nncf: int8 the way OpenVINO recommends (tools/export.py --int8)
     "deploy": ["onnx", "onnxruntime", "openvino", "nncf"],
