@@ -4,7 +4,7 @@ filtered; a new warning still shows.
 
 The library changes no process-wide setting: ``import resnext_det`` silences them only while
 its own imports run (:func:`known_third_party_warnings_silenced`, some fire at import), and
-only the command lines (the tools, ``resnext_det.cli``, ``resnext_det.deploy.cli`` and the
+only the command lines (the tools, ``resnext_det.cli``, ``resnext_det.apps.export`` and the
 other ``main`` functions) install them for their whole process
 (:func:`filter_known_third_party_warnings`, which an application may call too).
 """

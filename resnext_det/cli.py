@@ -37,11 +37,11 @@ from detectron2.utils.logger import setup_logger
 import resnext_det
 from resnext_det._warnings import filter_known_third_party_warnings
 
-from resnext_det.config import ResNeXtConfigError, check_device
+from resnext_det.config import DEMO_CONFIGS, ResNeXtConfigError, check_device, load_config, resolve_config_file
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
 from resnext_det.data.coco_json import DatasetError
 from resnext_det.deploy.contract import DeployError
-from resnext_det.deploy.evaluate import (check_exported_model, evaluate_exported, export_and_evaluate,
+from resnext_det.apps.evaluate import (check_exported_model, evaluate_exported, export_and_evaluate,
                                         is_exported_model)
 from resnext_det.engine.checks import TrainingConfigError
 from resnext_det.engine.plan import build_plan, final_stage, plan_summary, resolve_datasets
@@ -55,10 +55,6 @@ from resnext_det.engine.trainer import (
 )
 from resnext_det.weights import WeightsError
 
-DEMO_CONFIGS = {
-    "fpn": "demo_tiny_X_FPN_synthetic.yaml",
-    "two_stage": "demo_tiny_X_C4_two_stage_synthetic.yaml",
-}
 logger = logging.getLogger("resnext_det.train_net")
 # Errors in what the user gave (config, weights, data, solver values): one line on stderr,
 # exit status 2, no traceback. A diverged run (NonFiniteLossError) exits with 1.
@@ -91,34 +87,14 @@ def get_parser():
 
 def setup_cfg(args):
     """The config from --config and trailing opts, with every project config node added."""
-    cfg = resnext_det.get_cfg()
     config_file = args.config_file
     if not config_file and getattr(args, "demo", None):
         config_file = resnext_det.get_config_file(DEMO_CONFIGS[args.demo])
     if not config_file:
         raise SystemExit("train_net.py: give --config FILE (or --demo)")
-    if not os.path.isfile(config_file):
-        try:  # allow a shipped config's bare name
-            config_file = resnext_det.get_config_file(os.path.basename(config_file))
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"config file {args.config_file!r} not found (neither as a path nor as a shipped "
-                f"config in {os.path.dirname(resnext_det.get_config_file(DEMO_CONFIGS['fpn']))})"
-            ) from None
+    cfg = load_config(config_file, args.opts)
     if args.config_file:
-        args.config_file = config_file  # the resolved path (default_setup reads it again)
-    try:
-        cfg.merge_from_file(config_file)
-    except (KeyError, ValueError, AssertionError) as e:  # yacs: unknown key, wrong type
-        raise ResNeXtConfigError(f"config file {config_file!r}: {e}") from None
-    opts = list(args.opts or [])
-    if len(opts) % 2:
-        raise ResNeXtConfigError(f"trailing options must be KEY VALUE pairs; {opts[-1]!r} has no value")
-    try:
-        cfg.merge_from_list(opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        raise ResNeXtConfigError(f"command-line option: {e} (trailing options are KEY VALUE pairs "
-                                 "of existing config keys, e.g. SOLVER.BASE_LR 0.01)") from None
+        args.config_file = resolve_config_file(config_file)  # the resolved path (default_setup reads it again)
     if getattr(args, "demo", None) and not any(o == "OUTPUT_DIR" for o in (args.opts or [])[::2]):
         cfg.OUTPUT_DIR = os.path.join("output", f"demo_{args.demo}")
     check_device(cfg)  # an explicit cuda without a GPU: one clear line, before any work

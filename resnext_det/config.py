@@ -292,3 +292,56 @@ def get_config_file(name: str) -> str:
         if os.path.isfile(c):
             return c
     raise FileNotFoundError(f"config {name!r} not found; looked in: {', '.join(candidates)}")
+
+
+#: the embedded demos (``tools/train_net.py --demo NAME``) and their shipped configs
+DEMO_CONFIGS = {
+    "fpn": "demo_tiny_X_FPN_synthetic.yaml",
+    "two_stage": "demo_tiny_X_C4_two_stage_synthetic.yaml",
+}
+
+
+def resolve_config_file(config_file: str) -> str:
+    """``config_file`` as a path: as given when it exists, else the shipped config of that name.
+
+    Raises:
+        FileNotFoundError: neither exists (both places named).
+    """
+    if os.path.isfile(config_file):
+        return config_file
+    try:  # a shipped config's bare name
+        return get_config_file(os.path.basename(config_file))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"config file {config_file!r} not found (neither as a path nor as a shipped config in "
+            f"{os.path.dirname(get_config_file('Base-ResNeXt-FPN.yaml'))})") from None
+
+
+def load_config(config_file: str, opts=()) -> CN:
+    """The full config of a YAML file and trailing ``KEY VALUE`` overrides (not frozen): the one
+    set-up every command line shares.
+
+    Args:
+        config_file: a path or a shipped config's name (:func:`resolve_config_file`).
+        opts: overrides, ``["SOLVER.BASE_LR", "0.01", ...]``.
+
+    Raises:
+        FileNotFoundError: no such config.
+        ResNeXtConfigError: an unknown key or a bad value in the file or in ``opts`` (named).
+    """
+    path = resolve_config_file(config_file)
+    cfg = get_cfg()
+    try:
+        cfg.merge_from_file(path)
+    except (KeyError, ValueError, AssertionError) as e:  # yacs: unknown key, wrong type
+        raise ResNeXtConfigError(f"config file {path!r}: {e}") from None
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ResNeXtConfigError(f"trailing options must be KEY VALUE pairs; {opts[-1]!r} has no value")
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ResNeXtConfigError(f"command-line option: {e} (trailing options are KEY VALUE pairs "
+                                 "of existing config keys, e.g. SOLVER.BASE_LR 0.01)") from None
+    return cfg
+

@@ -24,13 +24,13 @@ def test_command_lines_import_and_fail_clearly_without_the_deploy_extra():
             sys.modules[name] = None  # importing it now raises ImportError, as when not installed
         import resnext_det.cli
         import resnext_det.deploy
-        import resnext_det.deploy.cli
+        import resnext_det.apps.export
         import resnext_det.apps.benchmark as bench
         from resnext_det.deploy import DeployError
         from resnext_det.deploy.runtimes import make_runtime
 
         resnext_det.cli.get_parser().parse_args(["--config", "x.yaml"])
-        resnext_det.deploy.cli.get_parser().parse_args(["--config", "x.yaml", "--output", "d"])
+        resnext_det.apps.export.get_parser().parse_args(["--config", "x.yaml", "--output", "d"])
         try:
             make_runtime("onnxruntime", b"")
         except DeployError as e:
@@ -61,7 +61,7 @@ def test_importing_the_package_changes_no_process_wide_filters():
     out = _python("""
         import logging, warnings
         from resnext_det._warnings import KNOWN_THIRD_PARTY_LOG_WARNINGS, KNOWN_THIRD_PARTY_WARNINGS
-        import resnext_det, resnext_det.cli, resnext_det.deploy.cli, resnext_det.apps.benchmark
+        import resnext_det, resnext_det.cli, resnext_det.apps.export, resnext_det.apps.benchmark
         ours = {m for _, _, m, _ in KNOWN_THIRD_PARTY_WARNINGS}
         assert not [f for f in warnings.filters if f[1] is not None and f[1].pattern in ours], warnings.filters
         names = {""} | {n for n, _, _ in KNOWN_THIRD_PARTY_LOG_WARNINGS}

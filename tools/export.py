@@ -7,7 +7,7 @@
 Writes DIR/model.onnx with the preprocessing contract in its metadata, after checking it
 with onnx.checker and against eager inference. Run it with resnext_det.deploy.DeployedPredictor
 or evaluate it: tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS DIR/model.onnx.
-The logic lives in resnext_det/deploy/cli.py.
+The logic lives in resnext_det/apps/export.py.
 """
 import os
 import sys
@@ -17,7 +17,7 @@ try:
 except ImportError:  # a source checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnext_det.deploy.cli import main
+from resnext_det.apps.export import main
 
 if __name__ == "__main__":
     main()

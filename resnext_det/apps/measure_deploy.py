@@ -20,7 +20,6 @@ than 5 % (the record says ``noisy``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -166,14 +165,9 @@ def cmd_shapes(args) -> Dict:
 
 
 def _export_cfg(args):
-    from ..cli import setup_cfg
-    from ..deploy.two_stage import plan_export_target
-    from ..engine.plan_runner import prepare_datasets
+    from .export import export_target
 
-    cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=list(args.opts), demo=args.demo))
-    prepare_datasets(cfg)
-    cfg, model = plan_export_target(cfg)
-    return cfg, model
+    return export_target(args.config_file or "", list(args.opts), demo=args.demo or "")
 
 
 def cmd_runtimes(args) -> Dict:
@@ -184,7 +178,7 @@ def cmd_runtimes(args) -> Dict:
     from ..deploy.export import build_export_model, export_onnx
     from ..deploy.modes import build_predictors
     from ..deploy.quantize import calibration_images, quantize_int8_nncf, resize_for_graph
-    from ..engine.stock import stock_equivalent_cfg
+    from .stock import stock_equivalent_cfg
 
     cfg, model = _export_cfg(args)
     h, w = args.size
@@ -238,7 +232,7 @@ def cmd_runtimes(args) -> Dict:
 
 def cmd_ap(args) -> Dict:
     """COCO AP of one trained detector exported fp32, NNCF int8 (and QDQ int8), per runtime."""
-    from ..deploy.evaluate import evaluate_exported
+    from .evaluate import evaluate_exported
     from ..deploy.export import export_onnx
     from ..deploy.quantize import calibration_images, quantize_int8, quantize_int8_nncf
     from ..hardware import CpuFeatures as F

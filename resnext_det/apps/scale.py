@@ -210,7 +210,7 @@ def _worker(opts: Dict[str, Any]) -> None:
     from detectron2.utils import comm
 
     from ..data.coco_json import register_coco_checked
-    from ..data.proposals import ProposalStore, stores_for
+    from ..data.proposals import stores_for
     from ..engine.plan_runner import _ProposalCollector
 
     rank, steps = comm.get_rank(), {}

@@ -9,17 +9,19 @@
   OpenVINO IR ``model_int8.xml``; :func:`quantize_int8` (``--int8-runtime onnxruntime``):
   ONNX Runtime's QDQ int8.
 - :func:`build_predictors` (:mod:`.modes`): the named speed modes, for timing loops.
-- :func:`evaluate_exported` (``tools/train_net.py --eval-only MODEL.WEIGHTS model.onnx``).
+- :class:`~.two_stage.TwoStageDetector`: the paper's two-stage plan as one graph.
+
+COCO evaluation of an exported file (``--eval-only``) and the export command line are
+applications on top of this package: :mod:`resnext_det.apps.evaluate`, :mod:`resnext_det.apps.export`.
 
 Needs the ``deploy`` extra (``pip install -e .[deploy]``: onnx, onnxruntime, openvino, nncf);
 the runtimes are imported only when used.
 """
 from .contract import Contract, DeployError, read_contract
-from .evaluate import evaluate_exported
 from .export import export_onnx
 from .modes import build_predictors
 from .predictor import DeployedPredictor
 from .quantize import quantize_int8, quantize_int8_nncf
 
 __all__ = ["Contract", "DeployError", "DeployedPredictor", "export_onnx", "read_contract",
-           "quantize_int8", "quantize_int8_nncf", "build_predictors", "evaluate_exported"]
+           "quantize_int8", "quantize_int8_nncf", "build_predictors"]

@@ -46,6 +46,13 @@ class DeployError(RuntimeError):
     message names the file, key or value and what would work."""
 
 
+def short_error(e: BaseException) -> str:
+    """``"TypeName: first line of the message"``: what a one-line error says of a library's
+    exception (runtimes and exporters raise multi-line C++ traces)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 @dataclasses.dataclass
 class Contract:
     """What a caller must do to an image before the graph, and what the graph returns.
@@ -81,8 +88,18 @@ class Contract:
     version: int = CONTRACT_VERSION
 
     @classmethod
-    def from_cfg(cls, cfg, size_divisibility: int, class_names=(), opset: int = 17) -> "Contract":
-        """The contract of a detectron2 config (the exported model's)."""
+    def from_cfg(cls, cfg, size_divisibility: int, class_names=(), opset: int = 17,
+                 meta_architecture: str = "") -> "Contract":
+        """The contract of a detectron2 config (the exported model's).
+
+        Args:
+            cfg: the exported detector's config.
+            size_divisibility: its backbone's padding multiple.
+            class_names: the label names (metadata).
+            opset: the ONNX opset of the export.
+            meta_architecture: the exported model's class when it is not the config's
+                ``MODEL.META_ARCHITECTURE`` (a two-stage plan's ``TwoStageDetector``).
+        """
         return cls(
             input_format=cfg.INPUT.FORMAT,
             pixel_mean=[float(v) for v in cfg.MODEL.PIXEL_MEAN],
@@ -92,7 +109,7 @@ class Contract:
             size_divisibility=int(size_divisibility),
             num_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES),
             class_names=[str(c) for c in class_names],
-            meta_architecture=f"{cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.ROI_HEADS.NAME})",
+            meta_architecture=f"{meta_architecture or cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.ROI_HEADS.NAME})",
             score_thresh_test=float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
             nms_thresh_test=float(cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST),
             detections_per_image=int(cfg.TEST.DETECTIONS_PER_IMAGE),
@@ -157,14 +174,14 @@ def load_onnx(path: str):
         model = onnx.load(path)
     except Exception as e:  # protobuf DecodeError and friends: truncated or not ONNX at all
         raise _file_error(path, f"not a readable ONNX file (truncated or another format: "
-                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                                f"{short_error(e)})") from None
     if not model.graph.node:
         raise _file_error(path, "not a readable ONNX file (no graph: truncated or another format)")
     contract = _contract_of(model, path)
     try:
         onnx.checker.check_model(model)
     except Exception as e:
-        raise _file_error(path, f"onnx.checker rejects it: {str(e).splitlines()[0]}") from None
+        raise _file_error(path, f"onnx.checker rejects it: {short_error(e)}") from None
     return model, contract
 
 
@@ -236,9 +253,7 @@ def load_openvino_ir(path: str):
     try:
         model = ov.Core().read_model(path)
     except Exception as e:  # truncated XML, foreign file
-        text = str(e).strip()
-        raise _file_error(path, f"OpenVINO cannot read it ({type(e).__name__}: "
-                                f"{text.splitlines()[0] if text else ''})") from None
+        raise _file_error(path, f"OpenVINO cannot read it ({short_error(e)})") from None
     if not model.has_rt_info(IR_CONTRACT_PATH):
         raise _file_error(path, "an OpenVINO IR without resnext_det's preprocessing contract in its "
                                 f"rt_info ({'/'.join(IR_CONTRACT_PATH)}: not exported by this project)")

@@ -34,8 +34,8 @@ from torch import nn
 
 from ..weights import load_checkpoint
 from ..io import atomic_open, atomic_write_json
-from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError, read_contract_bytes
-from .parity import compare_detections
+from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError, read_contract_bytes, short_error
+from .parity import BOX_TOL_PX, SCORE_TOL, compare_detections
 from .runtimes import make_runtime
 from .two_stage import TwoStageDetector
 
@@ -141,11 +141,6 @@ def build_export_model(cfg) -> nn.Module:
     return model.eval()
 
 
-def _short(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_OPSET) -> bytes:
     """Trace ``model`` (a GeneralizedRCNN in eval mode) on one image and export it.
 
@@ -179,7 +174,7 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
                               dynamic_axes=dyn, do_constant_folding=True)
     except Exception as e:
         raise DeployError(f"torch.onnx.export cannot export this detector ({type(model).__name__}, "
-                          f"{type(model.backbone).__name__} backbone): {_short(e)}") from None
+                          f"{type(model.backbone).__name__} backbone): {short_error(e)}") from None
     finally:
         model.eval()
     return buf.getvalue()
@@ -233,7 +228,7 @@ def with_contract(data: bytes, cfg, model: nn.Module, opset: int = DEFAULT_OPSET
 
     proto = onnx.load_from_string(data)
     size_div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
-    contract = Contract.from_cfg(cfg, size_div, _class_names(cfg), opset)
+    contract = Contract.from_cfg(cfg, size_div, _class_names(cfg), opset, meta_architecture=type(model).__name__)
     for k, v in contract.metadata().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -241,12 +236,12 @@ def with_contract(data: bytes, cfg, model: nn.Module, opset: int = DEFAULT_OPSET
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
-        raise DeployError(f"onnx.checker rejects the exported graph: {_short(e)}") from None
+        raise DeployError(f"onnx.checker rejects the exported graph: {short_error(e)}") from None
     return proto.SerializeToString()
 
 
 def verify_against_eager(model, data: bytes, images, runtime: str = "onnxruntime",
-                         box_tol: float = 0.01, score_tol: float = 1e-4) -> Dict:
+                         box_tol: float = BOX_TOL_PX, score_tol: float = SCORE_TOL) -> Dict:
     """Run the exported bytes and the eager model on each CHW image; raise DeployError naming
     the image size and the difference when they disagree. Returns the worst differences."""
     runner = make_runtime(runtime, data, precision="fp32")

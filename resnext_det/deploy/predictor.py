@@ -32,7 +32,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from .contract import INPUT_FORMATS, DeployError, expected_image_message, model_format, read_contract
+from .contract import INPUT_FORMATS, DeployError, expected_image_message, model_format, read_contract, short_error
 from .measured import choose_runtime
 from .runtimes import RUNTIMES, make_runtime
 
@@ -84,8 +84,8 @@ class DeployedPredictor:
         except DeployError:
             raise
         except Exception as e:  # the runtime refuses the graph
-            raise DeployError(f"{path}: {runtime} cannot load it: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+            raise DeployError(f"{path}: {runtime} cannot load it: "
+                              f"{short_error(e)}") from None
         self.runtime = runtime
         self.precision_used = self.runner.precision_used
         logger.info("Deployed model %s: %s, %s, precision %s (weights %s)", path, runtime,

@@ -29,7 +29,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
 from ..io import atomic_open
-from .contract import INPUT_NAME, DeployError, load_onnx, save_openvino_ir
+from .contract import INPUT_NAME, DeployError, load_onnx, save_openvino_ir, short_error
 from .export import resize_for_graph
 
 __all__ = ["quantize_int8", "quantize_int8_nncf", "calibration_images", "postprocessing_nodes",
@@ -127,8 +127,8 @@ def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         except Exception as e:
-            raise DeployError(f"int8 quantization of {fp32_path} failed: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+            raise DeployError(f"int8 quantization of {fp32_path} failed: "
+                              f"{short_error(e)}") from None
         finally:
             logging.getLogger().removeFilter(quiet)
         q = onnx.load(out)
@@ -228,8 +228,8 @@ def quantize_int8_nncf(fp32_path: str, images: List[np.ndarray], output_path: st
                               # validate=False: names from this graph, some of them not quantizable
                               ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
     except Exception as e:
-        raise DeployError(f"NNCF int8 quantization of {fp32_path} failed: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        raise DeployError(f"NNCF int8 quantization of {fp32_path} failed: "
+                          f"{short_error(e)}") from None
     finally:
         nncf_logger.setLevel(level)
     contract.precision = "int8"

@@ -31,12 +31,12 @@ import numpy as np
 from ..hardware import available_cores
 from .contract import INPUT_NAME, OUTPUT_NAMES, DeployError
 
-__all__ = ["RUNTIMES", "PRECISIONS", "SHAPE_MODES", "make_runtime", "OnnxRuntimeRunner", "OpenVINORunner"]
+__all__ = ["RUNTIMES", "RUNTIME_PRECISIONS", "SHAPE_MODES", "make_runtime", "OnnxRuntimeRunner", "OpenVINORunner"]
 
 logger = logging.getLogger(__name__)
 RUNTIMES = ("onnxruntime", "openvino")
 # "default" = whatever the runtime picks by itself (OpenVINO: bf16 on native-bf16 CPUs)
-PRECISIONS = ("fp32", "bf16", "default")
+RUNTIME_PRECISIONS = ("fp32", "bf16", "default")
 SHAPE_MODES = ("dynamic", "static")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 # compiled shapes kept by a static-shape OpenVINO runner: a test set resized by the contract's
@@ -131,8 +131,8 @@ class OpenVINORunner:
         # (resnext_det.deploy.contract's note has the measured import times)
         import openvino as ov
 
-        if precision not in PRECISIONS:
-            raise DeployError(f"precision={precision!r} is not valid; use one of {PRECISIONS}")
+        if precision not in RUNTIME_PRECISIONS:
+            raise DeployError(f"precision={precision!r} is not valid; use one of {RUNTIME_PRECISIONS}")
         if shape_mode is None:
             from .measured import default_option
 

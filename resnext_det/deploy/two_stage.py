@@ -9,18 +9,12 @@ the runtimes and the predictor treat it as any other detector: one file, one cal
 """
 from __future__ import annotations
 
-import os
-
 import torch
-from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..engine.plan import build_plan, final_stage
-from ..weights import load_checkpoint
-from .contract import DeployError
 
-__all__ = ["TwoStageDetector", "build_two_stage_detector", "plan_export_target"]
+__all__ = ["TwoStageDetector"]
 
 
 class TwoStageDetector(nn.Module):
@@ -66,61 +60,3 @@ def _same_input(a, b) -> bool:
 def _preprocess(rpn, batched_inputs):
     images = [(x["image"].to(rpn.pixel_mean.device) - rpn.pixel_mean) / rpn.pixel_std for x in batched_inputs]
     return ImageList.from_tensors(images, rpn.backbone.size_divisibility)
-
-
-def build_two_stage_detector(stages, weights: str = "") -> nn.Module:
-    """The deployed form of a two-stage plan (``build_plan(cfg)``) from its trained weights.
-
-    Args:
-        stages: the plan's stages (rpn, proposals, fast_rcnn).
-        weights: the stage-2 (Fast R-CNN) weights; default ``<stage 2>/model_final.pth``.
-            Stage 1's are ``<stage 1>/model_final.pth`` (where the plan wrote them).
-
-    Raises:
-        FileNotFoundError: a stage's weights are missing (named, with the stage).
-    """
-    by = {s.name: s for s in stages}
-    rpn_cfg = by["rpn"].cfg.clone()
-    rpn_cfg.defrost()
-    # the proposals the plan's files hold for evaluation: the top TOPK_TEST after NMS
-    rpn_cfg.MODEL.RPN.POST_NMS_TOPK_TEST = by["fast_rcnn"].cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST
-    det_cfg = by["fast_rcnn"].cfg.clone()
-    det_cfg.defrost()
-    det_cfg.MODEL.LOAD_PROPOSALS = False
-    files = {"rpn": os.path.join(by["rpn"].output_dir, "model_final.pth"),
-             "fast_rcnn": weights or os.path.join(by["fast_rcnn"].output_dir, "model_final.pth")}
-    for stage, path in files.items():
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"two-stage plan: the {stage} stage's weights {path!r} not found "
-                                    f"(run the plan first: tools/train_net.py --config-file ...; "
-                                    f"OUTPUT_DIR {os.path.dirname(by['rpn'].output_dir) or '.'!r})")
-    if det_cfg.MODEL.DEVICE != "cpu":
-        raise DeployError(f"MODEL.DEVICE={det_cfg.MODEL.DEVICE!r}: export on the CPU (MODEL.DEVICE cpu)")
-    rpn_net, detector = build_model(rpn_cfg), build_model(det_cfg)
-    load_checkpoint(rpn_net, rpn_cfg, files["rpn"])
-    load_checkpoint(detector, det_cfg, files["fast_rcnn"])
-    return TwoStageDetector(rpn_net, detector).eval()
-
-
-def plan_export_target(cfg):
-    """What to export for a plan config: ``(cfg of the deployed detector, model or None)``.
-
-    Joint plan: the final stage's config, the model built from it (None here). Two-stage
-    plan: stage 2's config (making its own proposals) and the :class:`TwoStageDetector` of
-    both trained stages (MODEL.WEIGHTS: stage 2's file; default where the plan wrote it).
-
-    Args:
-        cfg: a train_net config (RESNEXT_PLAN), datasets registered.
-    """
-    stages = build_plan(cfg)
-    scfg = final_stage(stages).cfg.clone()
-    scfg.defrost()
-    model = None
-    if cfg.RESNEXT_PLAN.MODE == "two_stage":
-        model = build_two_stage_detector(stages, cfg.MODEL.WEIGHTS)
-        scfg.MODEL.LOAD_PROPOSALS = False
-        scfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"  # the graph makes its own (stage 1's)
-        scfg.MODEL.META_ARCHITECTURE = "TwoStageDetector"
-    scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
-    scfg.freeze()
-    return scfg, model

@@ -45,6 +45,7 @@ from .trainer import EVAL_RESULTS, ResNeXtTrainer, build_trainer, clear_training
 __all__ = [
     "PlanState",
     "prepare_datasets",
+    "register_datasets",
     "run_plan",
     "compute_proposals",
     "check_stage_proposals",
@@ -89,10 +90,31 @@ class PlanState:
         atomic_write_json(self.path, self.data, indent=2, default=float)
 
 
+def register_datasets(cfg: CfgNode) -> CfgNode:
+    """Register the plan's datasets (making SYNTHETIC ones if missing); trains nothing.
+
+    Idempotent; run in every worker process (registrations do not cross process spawns).
+
+    Args:
+        cfg: the full config.
+
+    Returns:
+        ``cfg`` with its dataset names resolved (:func:`~.plan.resolve_datasets`).
+    """
+    cfg = resolve_datasets(cfg)
+    s = cfg.RESNEXT_PLAN.SYNTHETIC
+    if s.ENABLED:
+        register_synthetic_coco(s.NAME, s.ROOT, seed=s.SEED, num_train=s.NUM_TRAIN,
+                                num_val=s.NUM_VAL, image_size=s.IMAGE_SIZE,
+                                max_objects=s.MAX_OBJECTS, object_size=tuple(s.OBJECT_SIZE))
+    register_coco_splits(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    return cfg
+
+
 def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
-    """Make the plan's inputs ready: register the datasets (making SYNTHETIC ones if missing)
-    and, with ``RESNEXT_PLAN.PRETRAIN.ENABLED``, train (or reuse) the miniature "ImageNet"
-    model the stages start from.
+    """Make the plan's inputs ready: :func:`register_datasets` and, with
+    ``RESNEXT_PLAN.PRETRAIN.ENABLED``, train (or reuse) the miniature "ImageNet" model the
+    stages start from.
 
     Idempotent; run in every worker process (registrations do not cross process spawns).
 
@@ -102,13 +124,7 @@ def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
     Returns:
         the pretraining's results (``{}`` without PRETRAIN).
     """
-    cfg = resolve_datasets(cfg)
-    s = cfg.RESNEXT_PLAN.SYNTHETIC
-    if s.ENABLED:
-        register_synthetic_coco(s.NAME, s.ROOT, seed=s.SEED, num_train=s.NUM_TRAIN,
-                                num_val=s.NUM_VAL, image_size=s.IMAGE_SIZE,
-                                max_objects=s.MAX_OBJECTS, object_size=tuple(s.OBJECT_SIZE))
-    register_coco_splits(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    cfg = register_datasets(cfg)
     if (cfg.RESNEXT_PLAN.PRETRAIN.ENABLED and cfg.MODEL.WEIGHTS == pretrained_weights_path(cfg)
             and comm.is_main_process()):  # (explicit MODEL.WEIGHTS: nothing to pretrain)
         return pretrain_classifier(cfg)

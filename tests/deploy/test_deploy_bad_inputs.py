@@ -76,7 +76,7 @@ def test_unsupported_op_is_named_and_nothing_written(tmp_path, capfd):
     (["MODEL.WEIGHTS", "/nonexistent/model_final.pth"], "/nonexistent/model_final.pth"),
 ])
 def test_export_tool_refuses_with_one_line(tmp_path, capsys, opts, named):
-    from resnext_det.deploy import cli as export_cli
+    from resnext_det.apps import export as export_cli
 
     out = tmp_path / "out"
     rc = export_cli.cli(["--config-file", "Base-ResNeXt-FPN.yaml", "--output", str(out)]
@@ -164,7 +164,7 @@ def test_eval_only_names_bad_file(exported, tmp_path, capsys, kind):
 
 def test_eval_only_refuses_other_contract(exported, tmp_path):
     """An export evaluated with a config of another input format/size is refused, named."""
-    from resnext_det.deploy.evaluate import check_exported_model
+    from resnext_det.apps.evaluate import check_exported_model
 
     with pytest.raises(DeployError, match=r"INPUT.FORMAT: model RGB, config BGR.*INPUT.MIN_SIZE_TEST"):
         check_exported_model(_cfg("INPUT.FORMAT", "BGR", "INPUT.MIN_SIZE_TEST", "80"), exported)

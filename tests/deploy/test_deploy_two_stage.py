@@ -46,9 +46,10 @@ def test_two_stage_plan_exports_as_one_graph(tmp_path):
     from detectron2.data import transforms as T
 
     from resnext_det.deploy import DeployedPredictor, read_contract
-    from resnext_det.deploy import cli as export_cli
+    from resnext_det.apps import export as export_cli
     from resnext_det.deploy.parity import compare_detections
-    from resnext_det.deploy.two_stage import TwoStageDetector, build_two_stage_detector
+    from resnext_det.apps.export import build_two_stage_detector
+    from resnext_det.deploy.two_stage import TwoStageDetector
     from resnext_det.engine.plan import build_plan
 
     cfg = _write_stage_weights(tmp_path)
@@ -78,7 +79,7 @@ def test_two_stage_plan_exports_as_one_graph(tmp_path):
 
 
 def test_two_stage_without_trained_stages_names_the_file(tmp_path, capsys):
-    from resnext_det.deploy import cli as export_cli
+    from resnext_det.apps import export as export_cli
 
     rc = export_cli.cli(["--config-file", "Base-ResNeXt-C4.yaml", "--output", str(tmp_path / "deploy")]
                         + TINY_C4 + ["OUTPUT_DIR", str(tmp_path)])

@@ -5,7 +5,7 @@
     python tools/export.py --config-file ... --output out/deploy --int8 --calib-images 32 MODEL.WEIGHTS ...
 
 A two-stage plan config (RESNEXT_PLAN.MODE two_stage, the paper's setting) is exported as
-one graph: stage 1's RPN network feeding stage 2's Fast R-CNN (resnext_det.deploy.two_stage);
+one graph: stage 1's RPN network feeding stage 2's Fast R-CNN (resnext_det.deploy.two_stage.TwoStageDetector);
 MODEL.WEIGHTS is then stage 2's file (default: where the plan wrote it).
 
 Writes ``DIR/model.onnx`` with a ``model.export.json`` report. With ``--int8``: also the
@@ -18,20 +18,81 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
-from .._warnings import filter_known_third_party_warnings
-from ..cli import setup_cfg
-from ..config import ResNeXtConfigError
-from ..engine.plan_runner import prepare_datasets
-from ..weights import WeightsError
-from .contract import DeployError
-from .export import export_onnx
-from .quantize import INT8_RUNTIMES, NNCF_PRESETS, calibration_images, quantize_int8, quantize_int8_nncf
-from .two_stage import plan_export_target
+from detectron2.modeling import build_model
 
-__all__ = ["get_parser", "cli"]
+from .._warnings import filter_known_third_party_warnings
+from ..config import DEMO_CONFIGS, ResNeXtConfigError, check_device, get_config_file, load_config
+from ..engine.plan_runner import register_datasets
+from ..weights import WeightsError
+from ..deploy.contract import DeployError
+from ..deploy.export import export_onnx
+from ..deploy.two_stage import TwoStageDetector
+from ..deploy.quantize import INT8_RUNTIMES, NNCF_PRESETS, calibration_images, quantize_int8, quantize_int8_nncf
+from ..engine.plan import build_plan, final_stage
+from ..weights import load_checkpoint
+
+__all__ = ["get_parser", "cli", "main", "export_target", "plan_export_target", "build_two_stage_detector"]
+
+
+def build_two_stage_detector(stages, weights: str = "") -> TwoStageDetector:
+    """The deployed form of a two-stage plan (``build_plan(cfg)``) from its trained weights.
+
+    Args:
+        stages: the plan's stages (rpn, proposals, fast_rcnn).
+        weights: the stage-2 (Fast R-CNN) weights; default ``<stage 2>/model_final.pth``.
+            Stage 1's are ``<stage 1>/model_final.pth`` (where the plan wrote them).
+
+    Raises:
+        FileNotFoundError: a stage's weights are missing (named, with the stage).
+    """
+    by = {s.name: s for s in stages}
+    rpn_cfg = by["rpn"].cfg.clone()
+    rpn_cfg.defrost()
+    # the proposals the plan's files hold for evaluation: the top TOPK_TEST after NMS
+    rpn_cfg.MODEL.RPN.POST_NMS_TOPK_TEST = by["fast_rcnn"].cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST
+    det_cfg = by["fast_rcnn"].cfg.clone()
+    det_cfg.defrost()
+    det_cfg.MODEL.LOAD_PROPOSALS = False
+    files = {"rpn": os.path.join(by["rpn"].output_dir, "model_final.pth"),
+             "fast_rcnn": weights or os.path.join(by["fast_rcnn"].output_dir, "model_final.pth")}
+    for stage, path in files.items():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"two-stage plan: the {stage} stage's weights {path!r} not found "
+                                    f"(run the plan first: tools/train_net.py --config-file ...; "
+                                    f"OUTPUT_DIR {os.path.dirname(by['rpn'].output_dir) or '.'!r})")
+    if det_cfg.MODEL.DEVICE != "cpu":
+        raise DeployError(f"MODEL.DEVICE={det_cfg.MODEL.DEVICE!r}: export on the CPU (MODEL.DEVICE cpu)")
+    rpn_net, detector = build_model(rpn_cfg), build_model(det_cfg)
+    load_checkpoint(rpn_net, rpn_cfg, files["rpn"])
+    load_checkpoint(detector, det_cfg, files["fast_rcnn"])
+    return TwoStageDetector(rpn_net, detector).eval()
+
+
+def plan_export_target(cfg):
+    """What to export for a plan config: ``(cfg of the deployed detector, model or None)``.
+
+    Joint plan: the final stage's config, the model built from it (None here). Two-stage
+    plan: stage 2's config (making its own proposals) and the :class:`TwoStageDetector` of
+    both trained stages (MODEL.WEIGHTS: stage 2's file; default where the plan wrote it).
+
+    Args:
+        cfg: a train_net config (RESNEXT_PLAN), datasets registered.
+    """
+    stages = build_plan(cfg)
+    scfg = final_stage(stages).cfg.clone()
+    scfg.defrost()
+    model = None
+    if cfg.RESNEXT_PLAN.MODE == "two_stage":
+        model = build_two_stage_detector(stages, cfg.MODEL.WEIGHTS)
+        scfg.MODEL.LOAD_PROPOSALS = False
+        scfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"  # the graph makes its own (stage 1's)
+    scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
+    scfg.freeze()
+    return scfg, model
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -59,12 +120,27 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _export_cfg(args):
-    """The deployed detector's config and model (see ``plan_export_target``), with the
-    datasets registered (export image, calibration)."""
-    # the same config and dataset steps as tools/train_net.py
-    cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, demo=None))
-    prepare_datasets(cfg)
+def export_target(config_file: str, opts=(), *, demo: str = ""):
+    """What ``tools/export.py`` exports for a config: ``(cfg, model or None)`` as
+    :func:`plan_export_target` gives them, with the datasets registered (the export image, the
+    calibration images). Exporting trains nothing: a plan whose weights are missing is refused
+    by name (run the training first).
+
+    Args:
+        config_file: a path or a shipped config's name; "" with ``demo``.
+        opts: trailing ``KEY VALUE`` overrides.
+        demo: a demo's name (``fpn``, ``two_stage``): its config and its OUTPUT_DIR, as
+            ``tools/train_net.py --demo`` uses them.
+    """
+    if demo:
+        cfg = load_config(config_file or get_config_file(DEMO_CONFIGS[demo]), opts)
+        if "OUTPUT_DIR" not in list(opts)[::2]:
+            cfg.OUTPUT_DIR = os.path.join("output", f"demo_{demo}")
+    else:
+        cfg = load_config(config_file, opts)
+    check_device(cfg)
+    cfg.freeze()
+    register_datasets(cfg)
     return plan_export_target(cfg)
 
 
@@ -72,7 +148,7 @@ def run(args) -> dict:
     """Export (and optionally quantize) as ``args`` say; returns the export report."""
     if args.calib_images < 1:
         raise DeployError(f"--calib-images {args.calib_images} is not valid; use a positive number")
-    cfg, model = _export_cfg(args)
+    cfg, model = export_target(args.config_file, args.opts)
     start = time.perf_counter()
     report = export_onnx(cfg, args.output, model=model, image_path=args.image or None, opset=args.opset)
     par = report["parity_onnxruntime_vs_eager"]

@@ -13,10 +13,10 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 
 from ..engine.trainer import EVAL_RESULTS, ResNeXtTrainer
 from ..io import atomic_write_json
-from .contract import MODEL_FORMATS, DeployError, read_contract
-from .export import export_onnx
-from .predictor import DeployedPredictor
-from .two_stage import plan_export_target
+from ..deploy.contract import MODEL_FORMATS, DeployError, read_contract
+from ..deploy.export import export_onnx
+from ..deploy.predictor import DeployedPredictor
+from .export import plan_export_target
 
 __all__ = ["evaluate_exported", "export_and_evaluate", "is_exported_model", "check_exported_model"]
 
