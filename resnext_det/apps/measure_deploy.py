@@ -31,32 +31,25 @@ import numpy as np
 
 from ..hardware import CpuFeatures, available_cores, cpu_kind
 from ..io import atomic_write_json
+from .benchmark.protocol import AA_BAND, Protocol, run_rounds
 
-__all__ = ["time_interleaved", "summarize", "main", "cli"]
-
-AA_LIMIT = 0.05  # an A/A pair further apart than this marks the run noisy
+__all__ = ["timed_rounds", "summarize", "main", "cli"]
 
 
-def time_interleaved(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> Dict[str, List[float]]:
-    """Seconds of each call, paths interleaved: each round runs every path once, starting one
-    path later than the round before (no path always runs first or after the same one).
+
+def timed_rounds(fns: Dict[str, Callable[[], object]], args, pair) -> Dict[str, List[float]]:
+    """Seconds of each call under the benchmark's one protocol (:mod:`.benchmark.protocol`):
+    paths interleaved in rotating rounds, at least ``--rounds`` of them, more (up to
+    ``--max-seconds``) while the A/A ``pair`` is outside its band.
 
     Args:
         fns: path name -> a call to time.
-        rounds: timed rounds.
-        warmup: untimed rounds first (compiles, caches, thread pools).
+        args: the command line (``rounds``, ``warmup``, ``max_seconds``).
+        pair: the two paths of the A/A control.
     """
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    times = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[n]()
-            times[n].append(time.perf_counter() - start)
-    return times
+    res = run_rounds(fns, Protocol(min_rounds=args.rounds, warmup=args.warmup, max_seconds=args.max_seconds),
+                     pair=pair)
+    return res.times
 
 
 def summarize(runs: List[float]) -> Dict[str, float]:
@@ -86,8 +79,8 @@ def _report(name: str, times: Dict[str, List[float]], meta: Dict, aa=None, refer
     noisy = None
     if aa:
         a, b = (paths[n]["median_s"] for n in aa)
-        meta["aa_ratio"] = a / b
-        noisy = abs(a / b - 1) > AA_LIMIT
+        meta["aa_pair"], meta["aa_ratio"], meta["aa_band"] = list(aa), b / a, list(AA_BAND)
+        noisy = not AA_BAND[0] <= b / a <= AA_BAND[1]  # the benchmark protocol's rule
         meta["noisy"] = noisy
     print(f"\n{name}: {meta['cpu_kind']} ({meta['cpu_flags']}), {meta['threads']} threads, load "
           f"{meta['loadavg_before'][0]:.2f} -> {meta['loadavg_after'][0]:.2f}")
@@ -97,8 +90,8 @@ def _report(name: str, times: Dict[str, List[float]], meta: Dict, aa=None, refer
         print(f"  {n:24s} median {s['median_s'] * 1000:9.1f} ms  spread {100 * s['spread']:5.1f} %  "
               f"IQR {100 * s['iqr_rel']:5.1f} %{ratio}")
     if aa:
-        print(f"  A/A {aa[0]} / {aa[1]}: {meta['aa_ratio']:.3f}" +
-              (f"  NOISY (outside 1 +- {AA_LIMIT}): ratios not published; re-run on an idle machine"
+        print(f"  A/A {aa[1]} / {aa[0]}: {meta['aa_ratio']:.3f}" +
+              (f"  NOISY (outside {AA_BAND[0]}-{AA_BAND[1]}): ratios not published; re-run on an idle machine"
                if noisy else ""))
     record = {"meta": meta, "paths": paths}
     if ref and not noisy:
@@ -139,7 +132,7 @@ def cmd_spinning(args) -> Dict:
     fns = {n: (lambda r=r: r.run(x)) for n, r in runners.items()}
     meta = _meta(args, runners["spin-on"].num_threads)
     meta.update(model=args.model, image=list(x.shape[1:]))
-    times = time_interleaved(fns, args.rounds, args.warmup)
+    times = timed_rounds(fns, args, ("spin-off", "spin-off-b"))
     return _report("ONNX Runtime spinning", times, meta, aa=("spin-off", "spin-off-b"), reference="spin-off",
                    out=args.out)
 
@@ -159,7 +152,7 @@ def cmd_shapes(args) -> Dict:
     meta = _meta(args, runners["static"].num_threads)
     meta.update(model=args.model, image=list(x.shape[1:]), precision=args.precision,
                 static_first_call_s=compile_s)
-    times = time_interleaved(fns, args.rounds, args.warmup)
+    times = timed_rounds(fns, args, ("dynamic", "dynamic-b"))
     print(f"  static: first call on a new shape (compile + run) {compile_s:.2f} s")
     return _report("OpenVINO shapes", times, meta, aa=("dynamic", "dynamic-b"), reference="dynamic", out=args.out)
 
@@ -226,7 +219,7 @@ def cmd_runtimes(args) -> Dict:
     meta.update(config=args.config_file or f"demo {args.demo}", image=[h, w], calibration=calib_note,
                 int8_preset=args.int8_preset, torch_threads=torch.get_num_threads(),
                 settings={m: p.runner.describe() for m, p in preds.items()})
-    times = time_interleaved(fns, args.rounds, args.warmup)
+    times = timed_rounds(fns, args, ("stock", "stock-b"))
     return _report("Whole detector", times, meta, aa=("stock", "stock-b"), reference="stock", out=args.out)
 
 
@@ -286,7 +279,10 @@ def get_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(s, rounds):
-        s.add_argument("--rounds", type=int, default=rounds, help=f"timed rounds (default {rounds})")
+        s.add_argument("--rounds", type=int, default=rounds,
+                       help=f"timed rounds at least (default {rounds}); more while the A/A control is outside 0.95-1.05")
+        s.add_argument("--max-seconds", type=float, default=900.0,
+                       help="no round starts past this many seconds of timing (default 900)")
         s.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
         s.add_argument("--threads", type=int, default=None, help="runtime threads (default: physical cores available)")
         s.add_argument("--out", default="", metavar="FILE", help="write the record (JSON) here")

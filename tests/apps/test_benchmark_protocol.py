@@ -94,3 +94,14 @@ def test_default_record_names():
     assert default_record_name(["backbone", "fpn", "c4"], ["X-101-32x4d"], [800, 1333]) == "inference"
     # a small check run never replaces the full-size record
     assert default_record_name(["train"], ["X-50-32x4d"], [64, 96]) == "train-layouts-X-50-32x4d-64x96"
+
+
+def test_a_named_control_pair_drives_the_rounds_too():
+    """Comparing runtime options, the control is two identical sessions of the reference path
+    (tools/measure_deploy.py: spin-off twice, dynamic-shape OpenVINO twice, stock twice)."""
+    clock = ScriptedClock(lambda n, i: 1.3 if (n == "off-b" and i < 3) else {"on": 2.0}.get(n, 1.0))
+    names = ("off", "off-b", "on")
+    res = run_rounds({n: clock.path(n) for n in names}, Protocol(warmup=0, min_rounds=3, max_seconds=100),
+                     clock=clock, pair=("off", "off-b"))
+    assert res.has_control and res.settled and res.rounds > 3
+    assert res.ratio("on") == pytest.approx(0.5) and res.control()["aa_pair"] == ["off", "off-b"]

@@ -83,17 +83,19 @@ class Rounds:
     loadavg_before: List[float]
     loadavg_after: List[float]
     band: Tuple[float, float] = AA_BAND
+    #: the two instances of one path that form the A/A control (stock, unless a run says)
+    pair: Tuple[str, str] = (STOCK_A, STOCK_B)
 
     @property
     def has_control(self) -> bool:
-        return STOCK_A in self.times and STOCK_B in self.times
+        return self.pair[0] in self.times and self.pair[1] in self.times
 
     @property
     def aa_ratio(self) -> Optional[float]:
-        """median stock_b / median stock_a (None without a control)."""
+        """median of the pair's second / median of its first (None without a control)."""
         if not self.has_control:
             return None
-        return statistics.median(self.times[STOCK_B]) / statistics.median(self.times[STOCK_A])
+        return statistics.median(self.times[self.pair[1]]) / statistics.median(self.times[self.pair[0]])
 
     @property
     def settled(self) -> bool:
@@ -106,7 +108,7 @@ class Rounds:
         """The reference time: :data:`RATIO_BASIS`."""
         if not self.has_control:
             return None
-        return statistics.median(self.times[STOCK_A] + self.times[STOCK_B])
+        return statistics.median(self.times[self.pair[0]] + self.times[self.pair[1]])
 
     def ratio(self, name: str) -> Optional[float]:
         """Reference / median of ``name``; None when the run is not settled (not published)."""
@@ -117,7 +119,7 @@ class Rounds:
     def control(self) -> dict:
         """The run's control, as written into records."""
         r = self.aa_ratio
-        return {"aa_ratio": r, "settled": self.settled, "noisy": not self.settled, "rounds": self.rounds,
+        return {"aa_pair": list(self.pair), "aa_ratio": r, "settled": self.settled, "noisy": not self.settled, "rounds": self.rounds,
                 "aa_band": list(self.band), "stock_s": self.stock_s, "wall_s": round(self.wall_s, 2),
                 "loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after}
 
@@ -131,7 +133,8 @@ def _loadavg() -> List[float]:
 
 def run_rounds(fns: Mapping[str, Callable[[], object]], protocol: Protocol,
                sync: Callable[[], None] = lambda: None,
-               clock: Callable[[], float] = time.perf_counter) -> Rounds:
+               clock: Callable[[], float] = time.perf_counter,
+               pair: Tuple[str, str] = (STOCK_A, STOCK_B)) -> Rounds:
     """Time ``fns`` under the protocol (module docstring).
 
     Args:
@@ -141,6 +144,8 @@ def run_rounds(fns: Mapping[str, Callable[[], object]], protocol: Protocol,
         protocol: rounds, time limit, warm-up, band.
         sync: called before and after each timed call (CUDA: ``torch.cuda.synchronize``).
         clock: the timer (a test may inject one).
+        pair: the two paths of the A/A control (two instances of the reference: stock, or
+            e.g. two identical runtime sessions when runtime options are compared).
 
     Returns:
         the times, last outputs, number of rounds, wall time and load averages.
@@ -164,7 +169,7 @@ def run_rounds(fns: Mapping[str, Callable[[], object]], protocol: Protocol,
             times[name].append(clock() - t)
         done += 1
         elapsed = clock() - start
-        res = Rounds(times, outs, done, elapsed, before, [], protocol.band)
+        res = Rounds(times, outs, done, elapsed, before, [], protocol.band, tuple(pair))
         if done < protocol.min_rounds:
             continue
         if not res.has_control or res.settled or done >= protocol.max_rounds:
