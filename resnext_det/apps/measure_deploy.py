@@ -31,7 +31,7 @@ import numpy as np
 
 from ..hardware import CpuFeatures, available_cores, cpu_kind
 from ..io import atomic_write_json
-from .benchmark.protocol import AA_BAND, Protocol, run_rounds
+from .benchmark.protocol import AA_BAND, STOCK_A, STOCK_B, Protocol, Rounds, run_rounds, spread
 
 __all__ = ["timed_rounds", "summarize", "main", "cli"]
 
@@ -100,6 +100,40 @@ def _report(name: str, times: Dict[str, List[float]], meta: Dict, aa=None, refer
         atomic_write_json(out, record, indent=2)
         print(f"  record: {out}")
     return record
+
+
+def benchmark_record(record: Dict, part: str, preset: str) -> Dict:
+    """A ``runtimes`` record in the benchmark's record format (``benchmarks/<kind>/*.json`` as
+    :mod:`.benchmark.suites` writes them), so the README and docs/SPEED.md render it: the same
+    times, the stock pair as the A/A control, ratios only when it settled.
+
+    Args:
+        record: what :func:`cmd_runtimes` wrote (``meta``, ``paths`` with each path's ``runs``).
+        part: the benchmark part it measured (``fpn`` or ``c4``).
+        preset: the backbone preset (e.g. ``X-101-32x4d``).
+    """
+    meta = record["meta"]
+    names = {"stock": STOCK_A, "stock-b": STOCK_B}
+    times = {names.get(n, n): list(p["runs"]) for n, p in record["paths"].items()}
+    res = Rounds(times, {}, min(len(t) for t in times.values()), sum(sum(t) for t in times.values()),
+                 [round(x, 2) for x in meta["loadavg_before"]], [round(x, 2) for x in meta["loadavg_after"]])
+    records = []
+    for mode, ts in times.items():
+        sp = spread(ts)
+        records.append({"name": part, "preset": preset, "mode": mode, "seconds": sp["median"],
+                        "spread": {k: sp[k] for k in ("min", "q1", "q3", "max")}, "times": sp["times"],
+                        "rounds": res.rounds, "ratio_vs_stock": res.ratio(mode), "aa_ratio": res.aa_ratio,
+                        "noisy": not res.settled, "image": list(meta["image"]), "device": "cpu",
+                        "note": "DeployedPredictor (resize + graph + detector_postprocess)"
+                        if mode not in (STOCK_A, STOCK_B) else "detectron2 eager",
+                        "loadavg_before": res.loadavg_before, "loadavg_after": res.loadavg_after,
+                        "cpu_kind": meta["cpu_kind"], "cpu_flags": meta["cpu_flags"]})
+    return {"aa_control": True, "tool": "tools/measure_deploy.py runtimes",
+            "meta": {"command": meta["command"], "date": meta["date"], "image": list(meta["image"]),
+                     "cpu_kind": meta["cpu_kind"], "cpu_flags": meta["cpu_flags"],
+                     "threads": {"torch_intra_op": meta["threads"], "runtime": meta["threads"]},
+                     "protocol": Protocol().as_dict(), "source_record": meta.get("out")},
+            "controls": [{"name": part, "preset": preset, **res.control()}], "records": records}
 
 
 def _size(text: str):
@@ -220,7 +254,16 @@ def cmd_runtimes(args) -> Dict:
                 int8_preset=args.int8_preset, torch_threads=torch.get_num_threads(),
                 settings={m: p.runner.describe() for m, p in preds.items()})
     times = timed_rounds(fns, args, ("stock", "stock-b"))
-    return _report("Whole detector", times, meta, aa=("stock", "stock-b"), reference="stock", out=args.out)
+    record = _report("Whole detector", times, meta, aa=("stock", "stock-b"), reference="stock", out=args.out)
+    if args.part:
+        from .benchmark.cli import repo_root
+        from .benchmark.protocol import record_path
+
+        preset = cfg.MODEL.RESNEXT.PRESET or "custom"
+        path = record_path(repo_root(), meta["cpu_kind"], f"deploy-{args.part}-{preset}-{h}x{w}")
+        atomic_write_json(path, benchmark_record(record, args.part, preset), indent=1)
+        print(f"  benchmark record: {path}")
+    return record
 
 
 def cmd_ap(args) -> Dict:
@@ -307,6 +350,9 @@ def get_parser() -> argparse.ArgumentParser:
         s.add_argument("--work-dir", default="", metavar="DIR", help="exports go here (default: OUTPUT_DIR/measure_deploy)")
         if name == "runtimes":
             s.add_argument("--size", type=_size, default=(800, 1333), metavar="HxW", help="image size (default 800x1333)")
+            s.add_argument("--part", choices=("fpn", "c4"), default="",
+                           help="also file the run in the benchmark's format as benchmarks/<kind>/deploy-PART-"
+                                "<preset>-<H>x<W>.json, which the README and docs/SPEED.md render")
             common(s, 5)
         else:
             s.add_argument("--with-qdq", action="store_true", help="also ONNX Runtime's QDQ int8")
