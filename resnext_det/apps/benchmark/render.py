@@ -315,7 +315,8 @@ def demos_block(records, link="../") -> str:
 
 
 def suite_block(records, link="") -> str:
-    """The test suite's wall time per kind (``benchmarks/<kind>/suite.json``)."""
+    """The test suite's wall time per kind (``benchmarks/<kind>/suite.json``: one run, or a
+    ``runs`` list of them, e.g. a fresh venv and fresh clones)."""
     suites = {r["kind"]: r for r in records if os.path.basename(r["path"]) == "suite.json"}
     rows = []
     for k in _kinds(records):
@@ -323,10 +324,14 @@ def suite_block(records, link="") -> str:
             rows.append([k, NOT_MEASURED, "-", "-"])
             continue
         d = suites[k]["data"]
-        m, s = divmod(round(d["wall_s"]), 60)
-        rows.append([k, f"`{d['command']}`: {d['tests']} tests, {d.get('failed', 0)} failed, {m} min {s:02d} s wall",
-                     f"{_load(d['loadavg_at_start'])} -> {_load(d.get('loadavg_at_end'))}",
-                     f"[suite.json]({link}{suites[k]['path']}) {d.get('date', '')}; {_flags(d.get('cpu_flags'))}"])
+        for i, run in enumerate(d.get("runs") or [d]):
+            m, s = divmod(round(run["wall_s"]), 60)
+            note = f" ({run['note']})" if run.get("note") else ""
+            rows.append([k if i == 0 else "", f"`{run['command']}`{note}: {run['tests']} tests, "
+                         f"{run.get('failed', 0)} failed, {m} min {s:02d} s wall",
+                         f"{_load(run['loadavg_at_start'])} -> {_load(run.get('loadavg_at_end'))}",
+                         f"[suite.json]({link}{suites[k]['path']}) {d.get('date', '')}; {_flags(d.get('cpu_flags'))}"
+                         if i == 0 else ""])
     return "\n".join(_table(["CPU kind", "test suite", "load avg", "record, CPU flags"], rows)) + "\n"
 
 
