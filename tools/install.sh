@@ -59,7 +59,8 @@ log "done"
 
 if [ "${1:-}" = "--test" ]; then
   shift
-  # every core (pytest-xdist); a module's tests stay on one worker, so its module-scoped
-  # fixtures (trained tiny detectors, exports) are built once
-  exec "$PY" -m pytest -n auto --dist loadscope tests "$@"
+  # every core (pytest-xdist); tests go wherever a worker is free, except the modules whose
+  # costly module fixtures (trained tiny detectors, exports) keep them on one worker
+  # (tests/conftest.py's xdist groups)
+  exec "$PY" -m pytest -n auto --dist loadgroup tests "$@"
 fi

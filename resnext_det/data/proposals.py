@@ -49,6 +49,7 @@ __all__ = [
     "ProposalStore",
     "ProposalMapper",
     "export_detectron2_pickle",
+    "write_detectron2_proposals",
     "stores_for",
 ]
 
@@ -362,14 +363,24 @@ class ProposalStore:
         return state
 
 
-def export_detectron2_pickle(manifest: str, path: str) -> str:
-    """Write detectron2's classic proposal ``.pkl`` (what ``DATASETS.PROPOSAL_FILES_*`` held
-    before shards, read by ``detectron2.data.build.load_proposals_into_dataset``) from a
-    manifest's shards, atomically. Returns ``path``."""
-    data = ProposalStore(manifest).to_detectron2_dict()
+def write_detectron2_proposals(data: dict, path: str) -> str:
+    """Write a detectron2 proposal file (``ids``, ``boxes``, ``objectness_logits``,
+    ``bbox_mode``: what ``detectron2.data.build.load_proposals_into_dataset`` reads), atomically:
+    the one writer of that format. Returns ``path``.
+
+    Args:
+        data: the proposal dict.
+        path: the ``.pkl`` to write.
+    """
     with atomic_open(path, "wb") as f:
         pickle.dump(data, f, pickle.HIGHEST_PROTOCOL)
     return path
+
+
+def export_detectron2_pickle(manifest: str, path: str) -> str:
+    """Write detectron2's classic proposal ``.pkl`` (what ``DATASETS.PROPOSAL_FILES_*`` held
+    before shards) from a manifest's shards, atomically. Returns ``path``."""
+    return write_detectron2_proposals(ProposalStore(manifest).to_detectron2_dict(), path)
 
 
 class ProposalMapper:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -34,9 +33,9 @@ from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
 from ..data.coco import register_coco_splits
-from ..data.proposals import ShardWriter, export_detectron2_pickle, write_manifest
+from ..data.proposals import ShardWriter, export_detectron2_pickle, write_detectron2_proposals, write_manifest
 from ..data.synthetic import register_synthetic_coco
-from ..io import atomic_open, atomic_write_json
+from ..io import atomic_write_json
 from .checks import TrainingConfigError, check_proposal_file, load_proposal_file
 from .plan import STATE_FILE, Stage, build_plan, exported_proposal_pickle, resolve_datasets
 from .pretrain import pretrain_classifier, pretrained_weights_path
@@ -320,9 +319,7 @@ def write_gt_proposals(dataset_name: str, path: str) -> str:
     data = {"ids": [d["image_id"] for d in dicts], "boxes": boxes,
             "objectness_logits": [np.ones(len(b), np.float32) for b in boxes],
             "bbox_mode": int(BoxMode.XYXY_ABS)}
-    with atomic_open(path, "wb") as f:
-        pickle.dump(data, f, pickle.HIGHEST_PROTOCOL)
-    return path
+    return write_detectron2_proposals(data, path)
 
 
 def write_shuffled_proposals(proposal_file: str, path: str) -> str:
@@ -340,9 +337,7 @@ def write_shuffled_proposals(proposal_file: str, path: str) -> str:
     nxt = [(i + 1) % n for i in range(n)]
     out = dict(data, boxes=[data["boxes"][j] for j in nxt],
                objectness_logits=[data["objectness_logits"][j] for j in nxt])
-    with atomic_open(path, "wb") as f:
-        pickle.dump(out, f, pickle.HIGHEST_PROTOCOL)
-    return path
+    return write_detectron2_proposals(out, path)
 
 
 def _evaluate_with_proposals(cfg: CfgNode, model, trainer_cls, name: str, kind: str, write) -> Dict[str, Any]:
