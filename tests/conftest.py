@@ -16,22 +16,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end test (tiny models, still seconds to minutes)")
 
 
-# Modules whose module- or session-scoped fixtures are costly (trained detectors, exports,
-# reference runs): under pytest-xdist's loadgroup each stays on one worker, so a fixture is
-# built once; every other test goes wherever a worker is free (tools/install.sh --test).
-_ONE_WORKER_MODULES = {"test_deploy_parity", "test_deploy_bad_inputs", "test_deploy_default_predictor",
-                       "test_recovery", "test_bad_inputs", "test_convert_tool", "test_fuzz_weights",
-                       "test_weights"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.module.__name__.rsplit(".", 1)[-1]
-        if name in _ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(name))
-
-
 @pytest.fixture
 def tiny_resnext_cfg():
     """A detectron2 config for a tiny ResNeXt (CPU-fast): C=4, d=4, res2 width 32."""

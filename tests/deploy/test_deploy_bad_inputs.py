@@ -9,6 +9,10 @@ from torch import nn
 
 from resnext_det.deploy import DeployError, DeployedPredictor
 
+# one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
+# passes --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_deploy_bad_inputs")
+
 TINY_FPN = [
     "RESNEXT_PLAN.MODE", "joint",
     "MODEL.RESNEXT.DEPTH", "50", "MODEL.RESNEXT.CARDINALITY", "4", "MODEL.RESNEXT.BOTTLENECK_WIDTH", "4",

@@ -6,6 +6,10 @@ import torch
 
 from resnext_det.deploy.parity import compare_detections
 
+# one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
+# passes --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_deploy_default_predictor")
+
 # Tiny random-weight FPN from the demo config: 64-128 px images, every proposal kept.
 OVERRIDES = [
     "MODEL.DEVICE", "cpu", "MODEL.RESNEXT.CARDINALITY", "4", "MODEL.RESNEXT.BOTTLENECK_WIDTH", "4",

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+# one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
+# passes --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_deploy_parity")]
 
 # Built on the shipped bases (not the demo configs, which change with the demo): a tiny
 # ResNeXt (C=4, d=4, BN, from scratch) on 64-px synthetic shapes, jointly trained 16 iterations.
@@ -46,25 +48,38 @@ def _opts(out, arch):
     return COMMON + ARCH_OPTS[arch] + ["OUTPUT_DIR", str(out)]
 
 
+def _train_and_export(d, arch):
+    """Train ``arch``'s tiny demo model through train_net into ``d`` and export it with
+    tools/export.py (FPN: also the NNCF int8 IR and ONNX Runtime's QDQ int8). A folder that
+    already holds the finished export is reused: under pytest-xdist a worker may tear a
+    session fixture down between two batches of tests and build it again."""
+    from resnext_det import cli
+    from resnext_det.apps import export as export_cli
+
+    done = d / "deploy" / ("model_int8.onnx" if arch == "fpn" else "model.onnx")
+    if done.is_file():
+        return
+    name = CONFIGS[arch]
+    assert cli.cli(["--config", name] + _opts(d, arch)) == 0
+    argv = ["--config-file", name, "--output", str(d / "deploy")]
+    if arch == "fpn":
+        argv += ["--int8", "--calib-images", "8"]
+    assert export_cli.cli(argv + _opts(d, arch) + ["MODEL.WEIGHTS", str(d / "model_final.pth")]) == 0
+    if arch == "fpn":
+        assert export_cli.cli(argv + ["--int8-runtime", "onnxruntime"] + _opts(d, arch) +
+                              ["MODEL.WEIGHTS", str(d / "model_final.pth")]) == 0
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """{arch: (output dir, config name)} of FPN and C4 demo models trained through train_net,
     each exported with tools/export.py to <dir>/deploy/model.onnx (+ for FPN the NNCF int8
     model_int8.xml through --int8, and ONNX Runtime's QDQ model_int8.onnx)."""
-    from resnext_det import cli
-    from resnext_det.apps import export as export_cli
-
     out = {}
-    for arch, name in CONFIGS.items():
-        d = tmp_path_factory.mktemp(f"trained_{arch}")
-        assert cli.cli(["--config", name] + _opts(d, arch)) == 0
-        argv = ["--config-file", name, "--output", str(d / "deploy")]
-        if arch == "fpn":
-            argv += ["--int8", "--calib-images", "8"]
-        assert export_cli.cli(argv + _opts(d, arch) + ["MODEL.WEIGHTS", str(d / "model_final.pth")]) == 0
-        if arch == "fpn":
-            assert export_cli.cli(argv + ["--int8-runtime", "onnxruntime"] + _opts(d, arch) +
-                                  ["MODEL.WEIGHTS", str(d / "model_final.pth")]) == 0
+    for arch in CONFIGS:
+        d = tmp_path_factory.getbasetemp() / f"trained_{arch}"
+        d.mkdir(exist_ok=True)
+        _train_and_export(d, arch)
         out[arch] = (d, arch)
     return out
 

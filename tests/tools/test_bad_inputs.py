@@ -17,6 +17,10 @@ from PIL import Image
 
 from conftest import TINY_OPTS
 
+# one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
+# passes --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_bad_inputs")
+
 DEMO = "demo_tiny_X_FPN_synthetic.yaml"
 
 

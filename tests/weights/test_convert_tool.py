@@ -13,6 +13,10 @@ from resnext_det.weights import ResNeXtCheckpointer, read_checkpoint, safe_load
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnext_det.weights import cli as convert_weights  # noqa: E402  (tools/convert_weights.py's main)
 
+# one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
+# passes --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_convert_tool")
+
 
 @pytest.fixture(scope="module")
 def tiny_pth(tmp_path_factory):

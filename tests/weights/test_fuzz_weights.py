@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 
 from resnext_det.weights import WeightsError, read_checkpoint, safe_load
 
+# one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
+# passes --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_fuzz_weights")
+
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

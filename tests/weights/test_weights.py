@@ -36,6 +36,10 @@ from resnext_det.weights import (
     save_converted,
 )
 
+# one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
+# passes --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_weights")
+
 FEATURES = ["res2", "res3", "res4", "res5"]
 TINY = dict(depth=50, cardinality=4, bottleneck_width=4)  # torchvision widths: stem 64, res2 256
 
