@@ -83,3 +83,17 @@ def train_batch():
         inst.gt_classes = torch.tensor([0, 2])
         out.append({"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "instances": inst})
     return out
+
+
+def rectangles_image(h, w, seed, background=50, fill=(150, 255)):
+    """An HxWx3 uint8 picture like the synthetic shapes: noise below ``background`` with three
+    rectangles of a random colour in ``fill``; every channel differs, so their order matters."""
+    import numpy as np
+
+    g = np.random.default_rng(seed)
+    img = g.integers(0, background, (h, w, 3), dtype=np.uint8)
+    for _ in range(3):
+        y, x = g.integers(0, h // 2), g.integers(0, w // 2)
+        img[y: y + h // 3, x: x + w // 3] = g.integers(fill[0], fill[1], 3, dtype=np.uint8)
+    return img
+

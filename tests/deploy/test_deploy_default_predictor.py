@@ -1,6 +1,7 @@
 """DeployedPredictor takes what detectron2's DefaultPredictor takes: the same HxWx3 uint8
 array (BGR, cv2.imread's order) gives the same detections, for an RGB and for a BGR model."""
 import numpy as np
+from conftest import rectangles_image
 import pytest
 import torch
 
@@ -43,12 +44,7 @@ def exported(request, tmp_path_factory):
 
 def _bgr_image(h, w, seed):
     """Channels that differ (noise and coloured rectangles), so their order matters."""
-    g = np.random.default_rng(seed)
-    img = g.integers(0, 80, (h, w, 3), dtype=np.uint8)
-    for _ in range(3):
-        y, x = g.integers(0, h // 2), g.integers(0, w // 2)
-        img[y: y + h // 3, x: x + w // 3] = g.integers(0, 255, 3, dtype=np.uint8)
-    return img
+    return rectangles_image(h, w, seed, background=80, fill=(0, 255))
 
 
 @pytest.mark.parametrize("h, w", [(64, 64), (90, 120)])

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import rectangles_image
 import torch
 
 # one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
@@ -101,12 +102,7 @@ def _eager(d, arch):
 
 def _image(h, w, seed):
     """A synthetic-shapes-like picture: dark noise with bright rectangles."""
-    g = np.random.default_rng(seed)
-    img = g.integers(0, 50, (h, w, 3), dtype=np.uint8)
-    for _ in range(3):
-        y, x = g.integers(0, h // 2), g.integers(0, w // 2)
-        img[y: y + h // 3, x: x + w // 3] = g.integers(150, 255, 3, dtype=np.uint8)
-    return img
+    return rectangles_image(h, w, seed)
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
