@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from typing import Callable, Dict, List
@@ -31,7 +30,7 @@ import numpy as np
 
 from ..hardware import CpuFeatures, available_cores, cpu_kind
 from ..io import atomic_write_json
-from .benchmark.protocol import AA_BAND, STOCK_A, STOCK_B, Protocol, Rounds, run_rounds, spread
+from .benchmark.protocol import AA_BAND, STOCK_A, STOCK_B, Protocol, Rounds, path_record, run_rounds, spread
 
 __all__ = ["timed_rounds", "summarize", "main", "cli"]
 
@@ -53,12 +52,13 @@ def timed_rounds(fns: Dict[str, Callable[[], object]], args, pair) -> Dict[str, 
 
 
 def summarize(runs: List[float]) -> Dict[str, float]:
-    """Median, min, max and spread ((max - min) / median) of one path's seconds."""
-    med = statistics.median(runs)
-    q = np.percentile(runs, [25, 75])
-    return {"median_s": med, "min_s": min(runs), "max_s": max(runs),
-            "spread": (max(runs) - min(runs)) / med if med else 0.0,
-            "iqr_rel": float(q[1] - q[0]) / med if med else 0.0, "runs": list(runs)}
+    """Median, min, max, spread ((max - min) / median) and relative IQR of one path's seconds,
+    from the benchmark protocol's own :func:`~.benchmark.protocol.spread`."""
+    sp = spread(runs)
+    med = sp["median"]
+    return {"median_s": med, "min_s": sp["min"], "max_s": sp["max"],
+            "spread": (sp["max"] - sp["min"]) / med if med else 0.0,
+            "iqr_rel": (sp["q3"] - sp["q1"]) / med if med else 0.0, "runs": list(runs)}
 
 
 def _meta(args, threads) -> Dict:
@@ -117,17 +117,10 @@ def benchmark_record(record: Dict, part: str, preset: str) -> Dict:
     times = {names.get(n, n): list(p["runs"]) for n, p in record["paths"].items()}
     res = Rounds(times, {}, min(len(t) for t in times.values()), sum(sum(t) for t in times.values()),
                  [round(x, 2) for x in meta["loadavg_before"]], [round(x, 2) for x in meta["loadavg_after"]])
-    records = []
-    for mode, ts in times.items():
-        sp = spread(ts)
-        records.append({"name": part, "preset": preset, "mode": mode, "seconds": sp["median"],
-                        "spread": {k: sp[k] for k in ("min", "q1", "q3", "max")}, "times": sp["times"],
-                        "rounds": res.rounds, "ratio_vs_stock": res.ratio(mode), "aa_ratio": res.aa_ratio,
-                        "noisy": not res.settled, "image": list(meta["image"]), "device": "cpu",
-                        "note": "DeployedPredictor (resize + graph + detector_postprocess)"
-                        if mode not in (STOCK_A, STOCK_B) else "detectron2 eager",
-                        "loadavg_before": res.loadavg_before, "loadavg_after": res.loadavg_after,
-                        "cpu_kind": meta["cpu_kind"], "cpu_flags": meta["cpu_flags"]})
+    records = [{**path_record(part, preset, mode, res), "image": list(meta["image"]), "device": "cpu",
+                "note": "detectron2 eager" if mode in (STOCK_A, STOCK_B)
+                else "DeployedPredictor (resize + graph + detector_postprocess)",
+                "cpu_kind": meta["cpu_kind"], "cpu_flags": meta["cpu_flags"]} for mode in times]
     return {"aa_control": True, "tool": "tools/measure_deploy.py runtimes",
             "meta": {"command": meta["command"], "date": meta["date"], "image": list(meta["image"]),
                      "cpu_kind": meta["cpu_kind"], "cpu_flags": meta["cpu_flags"],

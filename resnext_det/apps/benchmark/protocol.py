@@ -30,7 +30,7 @@ import torch
 
 from ...hardware import CPU_KINDS, CpuFeatures, cpu_kind
 
-__all__ = ["AA_BAND", "STOCK_A", "STOCK_B", "RATIO_BASIS", "Protocol", "Rounds", "run_rounds", "spread",
+__all__ = ["AA_BAND", "STOCK_A", "STOCK_B", "RATIO_BASIS", "Protocol", "Rounds", "run_rounds", "spread", "path_record",
            "environment", "record_path", "check_record_path", "default_record_name"]
 
 #: the A/A ratio (median stock_b / median stock_a) a run must fall in for its ratios to be published
@@ -122,6 +122,23 @@ class Rounds:
         return {"aa_pair": list(self.pair), "aa_ratio": r, "settled": self.settled, "noisy": not self.settled, "rounds": self.rounds,
                 "aa_band": list(self.band), "stock_s": self.stock_s, "wall_s": round(self.wall_s, 2),
                 "loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after}
+
+
+def path_record(name: str, preset: str, mode: str, res: "Rounds") -> dict:
+    """The record of one path of a run: its median and spread, its ratio (None unless the
+    run's control settled) and the run's control and loads. Parts add their own keys.
+
+    Args:
+        name: the part (``backbone``, ``fpn``, ``c4``, ``train``).
+        preset: the backbone preset.
+        mode: the path (``stock_a``, ``fast``, ``openvino``, ...).
+        res: the run (:func:`run_rounds`).
+    """
+    sp = spread(res.times[mode])
+    return {"name": name, "preset": preset, "mode": mode, "seconds": sp["median"],
+            "spread": {k: sp[k] for k in ("min", "q1", "q3", "max")}, "times": sp["times"],
+            "rounds": res.rounds, "ratio_vs_stock": res.ratio(mode), "aa_ratio": res.aa_ratio,
+            "noisy": not res.settled, "loadavg_before": res.loadavg_before, "loadavg_after": res.loadavg_after}
 
 
 def _loadavg() -> List[float]:

@@ -90,8 +90,8 @@ from .protocol import (
     Protocol,
     _loadavg as protocol_loadavg,
     environment,
+    path_record,
     run_rounds,
-    spread,
 )
 
 logger = logging.getLogger("benchmark")
@@ -305,21 +305,18 @@ class Bench:
         """One record per path of the run ``res`` (ratios only when its control settled)."""
         control = {"name": name, "preset": preset, **res.control(), **(extra or {})}
         self.controls.append(control)
-        for mode, ts in res.times.items():
-            sp = spread(ts)
-            seconds = sp["median"]
+        for mode in res.times:
+            rec = path_record(name, preset, mode, res)
+            seconds = rec["seconds"]
             err = 0.0 if mode == STOCK_A else errf(res.outputs[STOCK_A], res.outputs[mode])
-            rec = {
-                "name": name, "preset": preset, "mode": mode, "seconds": seconds,
-                "spread": {k: sp[k] for k in ("min", "q1", "q3", "max")}, "times": sp["times"],
-                "rounds": res.rounds, "ratio_vs_stock": res.ratio(mode), "aa_ratio": res.aa_ratio,
-                "noisy": not res.settled, "max_rel_err_vs_stock": err, "gflop": gflop,
+            rec.update({
+                "max_rel_err_vs_stock": err, "gflop": gflop,
                 "gflops": (gflop / seconds) if (gflop and seconds) else None,
                 "ceiling_gflops": dict(self.ceiling), "image": list(self.args.size),
                 "device": self.device.type, "note": (notes or {}).get(mode, ""),
-                "loadavg_before": res.loadavg_before, "loadavg_after": res.loadavg_after,
                 "cpu_kind": self.env["cpu_kind"], "cpu_flags": self.env["cpu_flags"],
-            }
+            })
+            sp = rec["spread"]
             if rec["gflops"] and self.ceiling.get("fp32"):
                 rec["pct_of_fp32_matmul"] = 100 * rec["gflops"] / self.ceiling["fp32"]
                 # reduced-precision modes against the best bf16 GEMM, fp32/int8 against fp32's

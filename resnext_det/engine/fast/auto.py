@@ -38,7 +38,7 @@ from torch import nn
 
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-from ...hardware import CpuFeatures, cpu_kind, read_cpu_flags, synchronize  # noqa: F401  (re-exported: the one definition)
+from ...hardware import CpuFeatures, cpu_kind, synchronize
 from .folding import fold_frozen_bn_on_the_fly
 
 __all__ = ["AUTO", "CpuFeatures", "LayoutChoice", "parse_switch", "choose_training_layout",
