@@ -8,7 +8,7 @@ data position and random streams in every checkpoint; no checkpoint of non-finit
 ``build_evaluator`` and ``test``. The training step, ``resume_or_load``, ``train``, the
 writers (ETA and losses on the console, ``metrics.json``, TensorBoard events) and the other
 hooks are detectron2's. Several CPU processes (GLOO) need one more change, kept apart in
-:func:`construct_on_cpu_workers` (through :func:`build_trainer`).
+:class:`ResNeXtCpuWorkersTrainer` (through :func:`build_trainer`).
 
 Kill safety: checkpoints and ``last_checkpoint`` are written atomically (the project's
 checkpointer); the sampler's seed and the number of images the finished iterations used are
@@ -51,7 +51,8 @@ from .fast.auto import parse_switch
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
            "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams",
-           "DataPosition", "build_trainer", "construct_on_cpu_workers", "clear_training_errors",
+           "DataPosition", "build_trainer", "ResNeXtCpuWorkersTrainer", "runs_on_cpu_workers",
+           "clear_training_errors",
            "proposal_stores"]
 
 logger = logging.getLogger(__name__)
@@ -170,10 +171,10 @@ class DataPosition:
     iterator is created at the first step, after that."""
 
     def __init__(self, sampler: ResumableTrainingSampler, trainer, ims_per_batch: int):
-        self._sampler, self._trainer, self._ims_per_batch = sampler, trainer, int(ims_per_batch)
+        self._sampler, self._loop, self._ims_per_batch = sampler, trainer, int(ims_per_batch)
 
     def state_dict(self) -> dict:
-        return {**self._sampler.state_dict(), "images": (int(self._trainer.iter) + 1) * self._ims_per_batch}
+        return {**self._sampler.state_dict(), "images": (int(self._loop.iter) + 1) * self._ims_per_batch}
 
     def load_state_dict(self, state: dict) -> None:
         if self._sampler.load_state_dict(state) and "images" in state:
@@ -332,57 +333,108 @@ def _without_proposal_loading(cfg, stores):
     return cfg
 
 
+def runs_on_cpu_workers(cfg) -> bool:
+    """Whether this process is one of several CPU (GLOO) training processes."""
+    return comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu"
+
+
 def build_trainer(trainer_cls, cfg):
-    """``trainer_cls(cfg)``, or, when several CPU processes train together (``MODEL.DEVICE``
-    cpu and a world size above 1), :func:`construct_on_cpu_workers` of it.
+    """``trainer_cls(cfg)``; when several CPU processes train together
+    (:func:`runs_on_cpu_workers`), ``ResNeXtTrainer`` becomes
+    :class:`ResNeXtCpuWorkersTrainer`, and another class must derive from that one.
 
     Args:
         trainer_cls: ResNeXtTrainer or a subclass.
         cfg: the training config.
 
     Returns:
-        an instance of ``trainer_cls``.
+        an instance of ``trainer_cls`` (or of ResNeXtCpuWorkersTrainer, see above).
+
+    Raises:
+        TrainingConfigError: several CPU processes and a ``trainer_cls`` that builds
+            detectron2's DefaultTrainer (which cannot be built there), naming what would work.
     """
-    if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
-        return construct_on_cpu_workers(trainer_cls, cfg)
+    if not runs_on_cpu_workers(cfg):
+        return trainer_cls(cfg)
+    if trainer_cls is ResNeXtTrainer:
+        return ResNeXtCpuWorkersTrainer(cfg)
+    if not issubclass(trainer_cls, ResNeXtCpuWorkersTrainer):
+        raise TrainingConfigError(
+            f"{trainer_cls.__name__} cannot train on {comm.get_world_size()} CPU processes: "
+            "detectron2's DefaultTrainer gives DistributedDataParallel device_ids, which a CPU "
+            "model refuses; derive it from resnext_det.engine.trainer.ResNeXtCpuWorkersTrainer "
+            "(a ResNeXtTrainer that builds DDP without device_ids), or train in one process")
     return trainer_cls(cfg)
 
 
-def construct_on_cpu_workers(trainer_cls, cfg):
-    """An instance of ``trainer_cls`` built as ``DefaultTrainer.__init__`` builds it, except that
-    ``DistributedDataParallel`` gets no ``device_ids``.
+class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
+    """ResNeXtTrainer for several CPU (GLOO) training processes.
 
-    Why a copy: ``DefaultTrainer.__init__`` calls ``create_ddp_model(model,
+    Why its own constructor: ``DefaultTrainer.__init__`` calls ``create_ddp_model(model,
     broadcast_buffers=False)``, which adds ``device_ids=[local_rank]``, and DDP raises for any
     ``device_ids`` on a CPU module ("device_ids ... only work with ... GPU modules"); no hook
-    of detectron2's runs between building the model and that call, so several CPU (GLOO)
-    processes cannot use ``DefaultTrainer.__init__``. The lines below mirror it in order, with
-    the same hooks (``trainer_cls``'s overrides all apply); ``_trainer`` is the attribute
-    ``DefaultTrainer.run_step``, ``state_dict`` and its ``model``/``optimizer`` properties read.
+    of detectron2's runs between building the model and that call. ``__init__`` below builds
+    what detectron2/engine/defaults.py ``DefaultTrainer.__init__`` builds, in its order and with
+    the same hooks (a subclass's overrides all apply), giving DDP no ``device_ids``. The step
+    trainer (detectron2's ``SimpleTrainer`` / ``AMPTrainer``) is kept as :attr:`step_trainer`,
+    and the members through which DefaultTrainer reaches its own (``run_step``,
+    ``state_dict``, ``load_state_dict``, ``model``, ``data_loader``, ``optimizer``) read that
+    one; checkpoints keep detectron2's layout, so either trainer resumes the other's.
     tests/engine/test_trainer.py fails when detectron2's constructor or ``create_ddp_model``
     changes shape.
-
-    Args:
-        trainer_cls: ResNeXtTrainer or a subclass (its ``__init__``, if any, is not run).
-        cfg: the training config.
-
-    Returns:
-        the trainer, ready for ``resume_or_load`` and ``train``.
     """
-    trainer = trainer_cls.__new__(trainer_cls)
-    TrainerBase.__init__(trainer)
-    if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-        setup_logger()
-    cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-    model = trainer.build_model(cfg)
-    optimizer = trainer.build_optimizer(cfg, model)
-    data_loader = trainer.build_train_loader(cfg)
-    model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)  # the one difference
-    trainer._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-    trainer.scheduler = trainer.build_lr_scheduler(cfg, optimizer)
-    trainer.start_iter, trainer.max_iter, trainer.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
-    trainer.register_hooks(trainer.build_hooks())  # ResNeXtTrainer's build_hooks sets the checkpointer
-    return trainer
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)  # the one difference
+        self.step_trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
+        self.register_hooks(self.build_hooks())  # ResNeXtTrainer's build_hooks sets the checkpointer
+
+    def run_step(self):
+        self.step_trainer.iter = self.iter
+        self.step_trainer.run_step()
+
+    def state_dict(self):
+        ret = TrainerBase.state_dict(self)
+        ret["_trainer"] = self.step_trainer.state_dict()  # detectron2's checkpoint key
+        return ret
+
+    def load_state_dict(self, state_dict):
+        TrainerBase.load_state_dict(self, state_dict)
+        self.step_trainer.load_state_dict(state_dict["_trainer"])
+
+    # DefaultTrainer's model / data_loader / optimizer: the step trainer's, read and written
+    @property
+    def model(self):
+        return self.step_trainer.model
+
+    @model.setter
+    def model(self, value):
+        self.step_trainer.model = value
+
+    @property
+    def data_loader(self):
+        return self.step_trainer.data_loader
+
+    @data_loader.setter
+    def data_loader(self, value):
+        self.step_trainer.data_loader = value
+
+    @property
+    def optimizer(self):
+        return self.step_trainer.optimizer
+
+    @optimizer.setter
+    def optimizer(self, value):
+        self.step_trainer.optimizer = value
 
 
 def last_losses(trainer) -> str:

@@ -6,7 +6,8 @@ import inspect
 import pytest
 from detectron2.engine import DefaultTrainer, create_ddp_model
 
-from resnext_det.engine.trainer import ResNeXtTrainer, build_trainer, construct_on_cpu_workers
+from resnext_det.engine.checks import TrainingConfigError
+from resnext_det.engine.trainer import ResNeXtCpuWorkersTrainer, ResNeXtTrainer, build_trainer
 
 DOCUMENTED_HOOKS = {"build_model", "build_optimizer", "build_train_loader", "build_evaluator",
                     "build_hooks", "build_test_loader", "test"}
@@ -26,7 +27,7 @@ def test_documented_hooks_exist_in_detectron2(name):
 
 
 def test_detectron2_constructor_is_the_one_mirrored_for_cpu_workers():
-    """construct_on_cpu_workers mirrors DefaultTrainer.__init__(self, cfg) and passes
+    """ResNeXtCpuWorkersTrainer mirrors DefaultTrainer.__init__(self, cfg) and passes
     create_ddp_model's keyword arguments through to DDP: a change of either upstream fails here."""
     assert list(inspect.signature(DefaultTrainer.__init__).parameters) == ["self", "cfg"]
     params = inspect.signature(create_ddp_model).parameters
@@ -51,20 +52,60 @@ def _tiny_trainer_cfg(tmp_path, tiny_resnext_cfg, name):
 
 def test_cpu_workers_construction_equals_detectron2s(tmp_path, tiny_resnext_cfg):
     """In one process the mirrored construction must give what DefaultTrainer.__init__ gives:
-    the same attributes, hooks and trainer state (a new step upstream shows up here)."""
+    the same attributes (the step trainer public, not detectron2's private one), hooks,
+    trainer state and first step (a new step upstream shows up here)."""
+    import torch
 
-    class Mine(ResNeXtTrainer):
+    class Mine(ResNeXtCpuWorkersTrainer):
         @classmethod
         def build_evaluator(cls, cfg, dataset_name, output_folder=None):
             return "mine"
 
     cfg = _tiny_trainer_cfg(tmp_path, tiny_resnext_cfg, "cpu_workers_unit")
-    stock = Mine(cfg)
-    mirrored = construct_on_cpu_workers(Mine, cfg)
-    assert type(mirrored) is Mine and mirrored.build_evaluator(None, "x") == "mine"
-    assert set(vars(mirrored)) == set(vars(stock))
+    cfg.SEED = 3  # both models and both data streams from the same seed
+    stock = ResNeXtTrainer(cfg)
+    mirrored = Mine(cfg)
+    assert mirrored.build_evaluator(None, "x") == "mine"
+    assert "_trainer" not in vars(mirrored) and "_trainer" in vars(stock)
+    assert set(vars(mirrored)) - {"step_trainer"} == set(vars(stock)) - {"_trainer"}
     assert [type(h) for h in mirrored._hooks] == [type(h) for h in stock._hooks]
     assert set(mirrored.state_dict()) == set(stock.state_dict())
-    assert type(mirrored.model) is type(stock.model)
+    assert set(mirrored.state_dict()["_trainer"]) == set(stock.state_dict()["_trainer"])
+    assert type(mirrored.model) is type(stock.model) and mirrored.model is mirrored.step_trainer.model
+    assert mirrored.optimizer is mirrored.step_trainer.optimizer
+    assert mirrored.data_loader is mirrored.step_trainer.data_loader
     assert mirrored.max_iter == stock.max_iter and mirrored.start_iter == stock.start_iter
-    assert type(build_trainer(Mine, cfg)) is Mine  # one process: detectron2's own construction
+    # one step each from the same seed: the same weights (run_step reaches the step trainer)
+    from detectron2.utils.events import EventStorage
+
+    def state(t):
+        return {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+
+    before, after = [], []
+    for t in (stock, mirrored):
+        before.append(state(t))
+        t.iter = 0
+        torch.manual_seed(0)  # the RPN / RoI samplers draw from the global stream
+        with EventStorage(0) as t.storage:
+            t.run_step()
+        after.append(state(t))
+    assert all(torch.equal(before[0][k], before[1][k]) for k in before[0])
+    assert not all(torch.equal(before[1][k], after[1][k]) for k in before[1])  # the step ran
+    assert all(torch.equal(after[0][k], after[1][k]) for k in after[0])
+    # one process: detectron2's own construction, whatever the class
+    assert type(build_trainer(ResNeXtTrainer, cfg)) is ResNeXtTrainer
+    assert type(build_trainer(Mine, cfg)) is Mine
+
+
+def test_cpu_workers_refuse_a_defaulttrainer_subclass_by_name(monkeypatch, tmp_path, tiny_resnext_cfg):
+    """On several CPU processes ResNeXtTrainer becomes ResNeXtCpuWorkersTrainer; another
+    DefaultTrainer-built subclass is an error naming the class to derive from."""
+    from resnext_det.engine import trainer as trainer_module
+
+    class Theirs(ResNeXtTrainer):
+        pass
+
+    cfg = _tiny_trainer_cfg(tmp_path, tiny_resnext_cfg, "cpu_workers_refuse")
+    monkeypatch.setattr(trainer_module, "runs_on_cpu_workers", lambda cfg: True)
+    with pytest.raises(TrainingConfigError, match="Theirs cannot train on .*ResNeXtCpuWorkersTrainer"):
+        build_trainer(Theirs, cfg)

@@ -142,9 +142,10 @@ _DDP_SCRIPT = textwrap.dedent("""
     from resnext_det import cli as train_net  # the command line behind tools/train_net.py
     from detectron2.engine import launch
     from detectron2.utils import comm
-    from resnext_det.engine.trainer import ResNeXtTrainer
+    from resnext_det.engine.trainer import ResNeXtCpuWorkersTrainer
 
-    class RecordingTrainer(ResNeXtTrainer):
+    # a user's trainer on several CPU processes derives from the CPU-workers trainer
+    class RecordingTrainer(ResNeXtCpuWorkersTrainer):
         def train(self):
             super().train()
             model = self.model.module if hasattr(self.model, "module") else self.model
