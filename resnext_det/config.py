@@ -133,6 +133,11 @@ def add_resnext_config(cfg: CN) -> CN:
     # Off by default: reduced precision changes the first-iteration loss beyond rounding.
     # CPU only: on CUDA mixed precision is detectron2's SOLVER.AMP.ENABLED (AMPTrainer, CUDA-only)
     r.FAST.AUTOCAST_TRAIN = ""  # "" (off) or "bf16"
+    # RoIAlign as a sparse matrix product when training on the CPU (engine/fast/roi_align.py):
+    # the same values as torchvision's up to float summation order, with a backward over whole
+    # channel rows instead of torchvision's one-thread scalar loop. "auto" (default): on for CPU
+    # training, off on CUDA; "on"/"off" as the layout switches.
+    r.FAST.MATRIX_ROI_ALIGN_TRAIN = "auto"
     return cfg
 
 

@@ -158,7 +158,7 @@ def test_apply_auto_follows_the_table_and_logs_one_line(tiny_resnext_cfg, caplog
         apply_training_switches(model, cfg, probe=False)
     assert (_is_channels_last(model), _folded(model)) == expected
     assert set(model.state_dict()) == keys
-    lines = [r.getMessage() for r in caplog.records if "auto" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MODEL.RESNEXT.FAST auto")]  # the layout decision
     assert len(lines) == 1
     assert f"CHANNELS_LAST_TRAIN={expected[0]}" in lines[0] and f"FOLD_FROZEN_BN_TRAIN={expected[1]}" in lines[0]
     assert f"benchmarks/{kind}/train-layouts.json" in lines[0]

@@ -66,7 +66,10 @@ def test_ratios_only_from_settled_controlled_runs_both_kinds_side_by_side(checko
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1].startswith("**1.76x** (openvino")  # avx2: settled, the best fp32 runtime
     assert "noisy" in cells[2] and "2.71" not in summary  # avx512_bf16: A/A 1.08, withheld
-    assert "not measured" in next(line for line in summary.splitlines() if line.startswith("| backbone, torch"))
+    # a path without a settled record on any kind: named once under the table, no row of blanks
+    assert not any(line.startswith("| backbone, torch") for line in summary.splitlines())
+    assert "backbone, torch fast path (fp32)" in next(line for line in summary.splitlines()
+                                                     if line.startswith("Not measured on any kind yet:"))
     assert "1.87" not in blocks["speed"] + summary  # the record without a control
     assert "1.87" not in blocks["unpublished"] and "old.json" in blocks["unpublished"]
     speed = blocks["speed"]

@@ -197,7 +197,12 @@ def summary_block(records, link="") -> str:
                               for r in used[k].values()) or NOT_MEASURED)
     lines = [f"Ratios vs stock detectron2 (A/A-controlled; {SUMMARY_PRESET}, {SUMMARY_IMAGE[0]}x{SUMMARY_IMAGE[1]}, "
              f"batch 1, CPU, random weights):", ""]
+    # a path no kind has a record for is named once below the table, not given a row of blanks
+    unmeasured = [row[0] for row in rows if all(cell == NOT_MEASURED for cell in row[1:])]
+    rows = [row for row in rows if row[0] not in unmeasured]
     lines += _table(["", *kinds], rows + [["record, load avg before -> after, CPU flags", *cond]])
+    if unmeasured:
+        lines += ["", f"Not measured on any kind yet: {'; '.join(unmeasured)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -9,11 +9,12 @@ from typing import Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .auto import CpuFeatures, resolve_training_layout
+from .auto import CpuFeatures, parse_switch, resolve_training_layout
 from .folding import fold_frozen_bn, fold_frozen_bn_on_the_fly
 from .fused import fuse_blocks
 from .layout import autocast_trunks
 from .precision import PRECISIONS, autocast_dtype, check_autocast_train, warn_if_bf16_is_slow
+from .roi_align import use_matrix_roi_align
 
 __all__ = ["FastReport", "prepare_for_inference", "prepare_for_inference_with_report", "apply_training_switches",
            "apply_training_switches_with_report"]
@@ -34,6 +35,8 @@ class FastReport:
         fused_blocks: modules swapped for oneDNN fused classes (inference, CPU fp32).
         folded_on_the_fly: convs folding their FrozenBN on the fly (training).
         layout_reason: why the training layout was chosen (``auto``'s log line).
+        matrix_roi_align: RoI poolers' RoIAlign modules computing as a sparse matrix product
+            (training, CPU: :mod:`.roi_align`).
     """
 
     mode: str
@@ -43,6 +46,7 @@ class FastReport:
     fused_blocks: int = 0
     folded_on_the_fly: int = 0
     layout_reason: str = ""
+    matrix_roi_align: int = 0
 
 
 def _resolve_device(model: nn.Module, device) -> torch.device:
@@ -145,6 +149,7 @@ def apply_training_switches(model: nn.Module, cfg=None, *, channels_last=None,
 
 def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_last=None,
                                         autocast: Optional[str] = None, fold_frozen_bn=None,
+                                        matrix_roi_align=None,
                                         cpu_features: Optional[CpuFeatures] = None,
                                         probe: Union[bool, Mapping[str, float], None] = None
                                         ) -> Tuple[nn.Module, FastReport]:
@@ -155,6 +160,9 @@ def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_
     - fold_frozen_bn: each ``Conv2d`` + ``FrozenBatchNorm2d`` becomes a
       :class:`~.folding.FrozenBNFoldedConv2d` (one conv, FrozenBN folded on the fly; same
       parameters, gradients equal up to rounding).
+    - matrix_roi_align: on the CPU, the RoI poolers' RoIAlign computed as a sparse matrix
+      product (:class:`~.roi_align.MatrixROIAlign`: torchvision's values up to rounding, a
+      backward over whole channel rows); ``auto`` = on for CPU training, off on CUDA.
     - autocast ("bf16" / "fp16"): the backbone and C4 res5 are wrapped in
       :class:`~.layout.AutocastTrunk` with fp32 outputs, so the heads and losses stay fp32.
       From a config (``AUTOCAST_TRAIN``) only bf16 on CPU: mixed precision on CUDA is
@@ -171,6 +179,7 @@ def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_
         channels_last: override ``CHANNELS_LAST_TRAIN``: True, False or "auto".
         autocast: override ``AUTOCAST_TRAIN``: "" (off), "bf16" or "fp16" (any device).
         fold_frozen_bn: override ``FOLD_FROZEN_BN_TRAIN``: True, False or "auto".
+        matrix_roi_align: override ``MATRIX_ROI_ALIGN_TRAIN``: True, False or "auto".
         cpu_features: for ``auto``: the CPU features to decide by (default: this machine's).
         probe: for ``auto``: None runs the fold probe (when the table chose the fold), False
             skips it, a mapping gives its times.
@@ -198,10 +207,20 @@ def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_
     choice = resolve_training_layout(model, cfg, channels_last, fold_frozen_bn,
                                      features=cpu_features, probe=probe)
     n_folded = fold_frozen_bn_on_the_fly(model) if choice.fold_frozen_bn else 0
+    if matrix_roi_align is None:
+        matrix_roi_align = fast.get("MATRIX_ROI_ALIGN_TRAIN", "auto") if fast is not None else False
+    use_matrix = parse_switch(matrix_roi_align, "MATRIX_ROI_ALIGN_TRAIN")
+    if use_matrix is None:  # auto: the CPU (torchvision's CUDA kernel is parallel already)
+        use_matrix = dev.type == "cpu"
+    n_matrix = use_matrix_roi_align(model) if use_matrix else 0
+    if n_matrix:
+        logger.info("RoIAlign of %d RoI pooler level(s) computed as a sparse matrix product for training "
+                    "(MODEL.RESNEXT.FAST.MATRIX_ROI_ALIGN_TRAIN=%s)", n_matrix, matrix_roi_align)
     if choice.channels_last:
         model.to(memory_format=torch.channels_last)
     if dtype is not None:
         model = autocast_trunks(model, dev.type, dtype, choice.channels_last)
     report = FastReport(mode="training", precision=autocast or "fp32", channels_last=bool(choice.channels_last),
-                        folded_on_the_fly=n_folded, layout_reason=choice.reason)
+                        folded_on_the_fly=n_folded, layout_reason=choice.reason,
+                        matrix_roi_align=n_matrix)
     return model, report

@@ -1,0 +1,172 @@
+"""RoIAlign for CPU training as a sparse matrix product (``MODEL.RESNEXT.FAST.MATRIX_ROI_ALIGN_TRAIN``).
+
+RoIAlign is linear in its input: for given boxes, ``out = A @ x`` where ``x`` is the feature
+map as an ``(N*H*W, C)`` matrix and ``A`` is a sparse ``(R*ph*pw, N*H*W)`` matrix holding the
+bilinear weights of every sampling point (divided by the bin's sample count). The gradient is
+then ``A^T @ grad_out``. torchvision's CPU backward instead walks every output element on one
+thread, recomputing the box geometry each time and scattering scalars into the input's
+gradient; in the two-stage demo's Fast R-CNN step that backward was one of the three largest
+costs (docs/DEMOS.md). Building ``A`` once per call with tensor ops and multiplying with
+``torch.sparse.mm`` does the same arithmetic over whole channel rows.
+
+:func:`roi_align_matrix` follows torchvision's CPU kernel (``roi_align_kernel.cpp``: the box
+scaling and ``aligned`` half-pixel offset, the adaptive sampling grid when
+``sampling_ratio`` <= 0, the boundary rules of ``bilinear_interpolate``), so outputs and
+gradients equal torchvision's up to float summation order (tests/engine/test_roi_align.py
+compares both on random and edge-case boxes). :class:`MatrixROIAlign` is detectron2's
+``ROIAlign`` with that path for calls that need a gradient; every other call (inference,
+``torch.no_grad``) is detectron2's own.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from detectron2.layers import ROIAlign
+from torch import nn
+
+from ._swap import replace_submodules
+
+__all__ = ["roi_align_matrix", "MatrixROIAlign", "use_matrix_roi_align"]
+
+
+def _axis(v: torch.Tensor, size: int):
+    """torchvision's ``bilinear_interpolate`` along one axis: (inside, low, high, w_low, w_high)."""
+    inside = (v >= -1.0) & (v <= size)
+    v = v.clamp(min=0)
+    low = v.floor().long()
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    high = torch.where(at_edge, low, low + 1)
+    v = torch.where(at_edge, low.to(v.dtype), v)
+    frac = v - low.to(v.dtype)
+    return inside, low, high, 1 - frac, frac
+
+
+def roi_align_matrix(rois: torch.Tensor, spatial_scale: float, output_size: Tuple[int, int],
+                     sampling_ratio: int, aligned: bool, input_shape: Tuple[int, int, int, int]
+                     ) -> torch.Tensor:
+    """The sparse matrix ``A`` with ``roi_align(x, rois)`` = ``A @ x_rows`` (see the module
+    docstring), coalesced.
+
+    Args:
+        rois: ``(R, 5)`` boxes, ``(batch index, x0, y0, x1, y1)`` in input-image coordinates.
+        spatial_scale, output_size, sampling_ratio, aligned: as torchvision's ``roi_align``.
+        input_shape: ``(N, C, H, W)`` of the feature map.
+
+    Returns:
+        a coalesced sparse COO tensor of shape ``(R*ph*pw, N*H*W)``, rows in ``(roi, ph, pw)``
+        order, columns in ``(n, y, x)`` order, dtype of ``rois``.
+    """
+    n_img, _, height, width = input_shape
+    ph, pw = output_size
+    r = rois.shape[0]
+    dtype = rois.dtype
+    offset = 0.5 if aligned else 0.0
+    batch = rois[:, 0].long()
+    start_w = rois[:, 1] * spatial_scale - offset
+    start_h = rois[:, 2] * spatial_scale - offset
+    roi_w = rois[:, 3] * spatial_scale - offset - start_w
+    roi_h = rois[:, 4] * spatial_scale - offset - start_h
+    if not aligned:  # the legacy RoIAlign forces boxes of at least one cell
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_h, bin_w = roi_h / ph, roi_w / pw
+    if sampling_ratio > 0:
+        grid_h = torch.full((r,), sampling_ratio, dtype=torch.long)
+        grid_w = grid_h.clone()
+    else:  # adaptive: about one sample per input cell
+        grid_h, grid_w = torch.ceil(bin_h).long(), torch.ceil(bin_w).long()
+    count = (grid_h * grid_w).clamp(min=1).to(dtype)
+    gh_max, gw_max = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
+    # sample coordinates: y over (roi, ph, iy), x over (roi, pw, ix), padded to the largest grid
+    iy = torch.arange(gh_max, dtype=dtype)
+    ix = torch.arange(gw_max, dtype=dtype)
+    y = (start_h[:, None, None] + torch.arange(ph, dtype=dtype)[None, :, None] * bin_h[:, None, None]
+         + (iy[None, None, :] + 0.5) * bin_h[:, None, None] / grid_h.clamp(min=1)[:, None, None].to(dtype))
+    x = (start_w[:, None, None] + torch.arange(pw, dtype=dtype)[None, :, None] * bin_w[:, None, None]
+         + (ix[None, None, :] + 0.5) * bin_w[:, None, None] / grid_w.clamp(min=1)[:, None, None].to(dtype))
+    in_y, y_low, y_high, wy_low, wy_high = _axis(y, height)
+    in_x, x_low, x_high, wx_low, wx_high = _axis(x, width)
+    use_y = (iy[None, None, :] < grid_h[:, None, None]) & in_y  # (r, ph, gh)
+    use_x = (ix[None, None, :] < grid_w[:, None, None]) & in_x  # (r, pw, gw)
+    # everything below is over (roi, ph, iy, pw, ix)
+    used = use_y[:, :, :, None, None] & use_x[:, None, None, :, :]
+    rows = ((torch.arange(r) * (ph * pw))[:, None, None, None, None]
+            + (torch.arange(ph) * pw)[None, :, None, None, None]
+            + torch.arange(pw)[None, None, None, :, None]).expand(used.shape)[used]
+    base = (batch * (height * width))[:, None, None, None, None]
+    scale = 1.0 / count[:, None, None, None, None]
+    cols, vals = [], []
+    for ya, wy in ((y_low, wy_low), (y_high, wy_high)):
+        for xa, wx in ((x_low, wx_low), (x_high, wx_high)):
+            col = base + ya[:, :, :, None, None] * width + xa[:, None, None, :, :]
+            val = wy[:, :, :, None, None] * wx[:, None, None, :, :] * scale
+            cols.append(col.expand(used.shape)[used])
+            vals.append(val.expand(used.shape)[used])
+    indices = torch.stack([rows.repeat(4), torch.cat(cols)])
+    a = torch.sparse_coo_tensor(indices, torch.cat(vals), (r * ph * pw, n_img * height * width),
+                                check_invariants=False)  # built in range by construction
+    return a.coalesce()
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` as ``(N*H*W, C)`` (a view for a channels_last tensor)."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+
+
+def _memory_format(x: torch.Tensor):
+    return torch.channels_last if (x.dim() == 4 and not x.is_contiguous()
+                                   and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
+
+
+class _MatrixROIAlignFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, rois, spatial_scale, output_size, sampling_ratio, aligned):
+        n, c, h, w = x.shape
+        ph, pw = output_size
+        r = rois.shape[0]
+        fmt = _memory_format(x)
+        a = roi_align_matrix(rois.detach().to(x.dtype), spatial_scale, output_size, sampling_ratio, aligned,
+                             (n, c, h, w))
+        ctx.a, ctx.shape, ctx.fmt = a, (n, c, h, w), fmt
+        out = torch.sparse.mm(a, _as_rows(x)).reshape(r, ph, pw, c).permute(0, 3, 1, 2)
+        return out.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        n, c, h, w = ctx.shape
+        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(-1, c)
+        grad_in = torch.sparse.mm(ctx.a.t(), grad_rows).reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return grad_in.contiguous(memory_format=ctx.fmt), None, None, None, None, None
+
+
+class MatrixROIAlign(ROIAlign):
+    """detectron2's ``ROIAlign`` computing, for calls that need a gradient on the CPU, the
+    same values as a sparse matrix product whose backward runs over whole channel rows
+    (module docstring). Other calls (inference, ``torch.no_grad``, CUDA) are detectron2's."""
+
+    def forward(self, input, rois):
+        if not (torch.is_grad_enabled() and input.requires_grad and input.device.type == "cpu"
+                and input.dtype in (torch.float32, torch.float64) and rois.numel()):
+            return super().forward(input, rois)
+        assert rois.dim() == 2 and rois.size(1) == 5
+        size = self.output_size if isinstance(self.output_size, (tuple, list)) else (self.output_size,) * 2
+        return _MatrixROIAlignFunction.apply(input, rois.to(dtype=input.dtype), float(self.spatial_scale),
+                                             tuple(int(s) for s in size), int(self.sampling_ratio),
+                                             bool(self.aligned))
+
+
+def use_matrix_roi_align(model: nn.Module) -> int:
+    """Swap every detectron2 ``ROIAlign`` in ``model`` (the RoI poolers' level poolers) for a
+    :class:`MatrixROIAlign` with the same settings, in place.
+
+    Returns:
+        the number of modules swapped (0 when the model pools no RoIs, e.g. an RPN-only network).
+    """
+    def make(m):
+        if type(m) is ROIAlign:
+            return MatrixROIAlign(m.output_size, m.spatial_scale, m.sampling_ratio, m.aligned)
+        return None
+
+    return replace_submodules(model, make)
