@@ -367,6 +367,21 @@ def build_trainer(trainer_cls, cfg):
     return trainer_cls(cfg)
 
 
+class _StepTrainerAttribute:
+    """An attribute of :class:`ResNeXtCpuWorkersTrainer` (``model``, ``data_loader``,
+    ``optimizer``) that is its step trainer's, read and written there, as DefaultTrainer's
+    properties of the same names do with its private one."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, trainer, owner=None):
+        return self if trainer is None else getattr(trainer.step_trainer, self.name)
+
+    def __set__(self, trainer, value):
+        setattr(trainer.step_trainer, self.name, value)
+
+
 class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
     """ResNeXtTrainer for several CPU (GLOO) training processes.
 
@@ -412,29 +427,9 @@ class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
         self.step_trainer.load_state_dict(state_dict["_trainer"])
 
     # DefaultTrainer's model / data_loader / optimizer: the step trainer's, read and written
-    @property
-    def model(self):
-        return self.step_trainer.model
-
-    @model.setter
-    def model(self, value):
-        self.step_trainer.model = value
-
-    @property
-    def data_loader(self):
-        return self.step_trainer.data_loader
-
-    @data_loader.setter
-    def data_loader(self, value):
-        self.step_trainer.data_loader = value
-
-    @property
-    def optimizer(self):
-        return self.step_trainer.optimizer
-
-    @optimizer.setter
-    def optimizer(self, value):
-        self.step_trainer.optimizer = value
+    model = _StepTrainerAttribute()
+    data_loader = _StepTrainerAttribute()
+    optimizer = _StepTrainerAttribute()
 
 
 def last_losses(trainer) -> str:
