@@ -30,17 +30,28 @@ from ._swap import replace_submodules
 __all__ = ["roi_align_matrix", "MatrixROIAlign", "use_matrix_roi_align"]
 
 
-def _axis(v: torch.Tensor, size: int):
-    """torchvision's ``bilinear_interpolate`` along one axis: (inside, low, high, w_low, w_high)."""
-    inside = (v >= -1.0) & (v <= size)
+def _axis_samples(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, n_bins: int,
+                  g_max: int, size: int):
+    """One axis of every box's sampling points, over (roi, bin, sample) padded to ``g_max``
+    samples per bin, with torchvision's ``bilinear_interpolate`` rules along that axis.
+
+    Returns:
+        (use, low, high, w_low, w_high): ``use`` marks the points that exist (within the box's
+        grid) and fall inside the map's margin; the two neighbouring cells and their weights.
+    """
+    dtype = start.dtype
+    k = torch.arange(g_max, dtype=dtype)
+    v = (start[:, None, None] + torch.arange(n_bins, dtype=dtype)[None, :, None] * bin_size[:, None, None]
+         + (k[None, None, :] + 0.5) * bin_size[:, None, None] / grid.clamp(min=1)[:, None, None].to(dtype))
+    use = (k[None, None, :] < grid[:, None, None]) & (v >= -1.0) & (v <= size)
     v = v.clamp(min=0)
     low = v.floor().long()
     at_edge = low >= size - 1
     low = torch.where(at_edge, torch.full_like(low, size - 1), low)
     high = torch.where(at_edge, low, low + 1)
-    v = torch.where(at_edge, low.to(v.dtype), v)
-    frac = v - low.to(v.dtype)
-    return inside, low, high, 1 - frac, frac
+    v = torch.where(at_edge, low.to(dtype), v)
+    frac = v - low.to(dtype)
+    return use, low, high, 1 - frac, frac
 
 
 def roi_align_matrix(rois: torch.Tensor, spatial_scale: float, output_size: Tuple[int, int],
@@ -78,17 +89,8 @@ def roi_align_matrix(rois: torch.Tensor, spatial_scale: float, output_size: Tupl
         grid_h, grid_w = torch.ceil(bin_h).long(), torch.ceil(bin_w).long()
     count = (grid_h * grid_w).clamp(min=1).to(dtype)
     gh_max, gw_max = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
-    # sample coordinates: y over (roi, ph, iy), x over (roi, pw, ix), padded to the largest grid
-    iy = torch.arange(gh_max, dtype=dtype)
-    ix = torch.arange(gw_max, dtype=dtype)
-    y = (start_h[:, None, None] + torch.arange(ph, dtype=dtype)[None, :, None] * bin_h[:, None, None]
-         + (iy[None, None, :] + 0.5) * bin_h[:, None, None] / grid_h.clamp(min=1)[:, None, None].to(dtype))
-    x = (start_w[:, None, None] + torch.arange(pw, dtype=dtype)[None, :, None] * bin_w[:, None, None]
-         + (ix[None, None, :] + 0.5) * bin_w[:, None, None] / grid_w.clamp(min=1)[:, None, None].to(dtype))
-    in_y, y_low, y_high, wy_low, wy_high = _axis(y, height)
-    in_x, x_low, x_high, wx_low, wx_high = _axis(x, width)
-    use_y = (iy[None, None, :] < grid_h[:, None, None]) & in_y  # (r, ph, gh)
-    use_x = (ix[None, None, :] < grid_w[:, None, None]) & in_x  # (r, pw, gw)
+    use_y, y_low, y_high, wy_low, wy_high = _axis_samples(start_h, bin_h, grid_h, ph, gh_max, height)  # (r, ph, gh)
+    use_x, x_low, x_high, wx_low, wx_high = _axis_samples(start_w, bin_w, grid_w, pw, gw_max, width)  # (r, pw, gw)
     # everything below is over (roi, ph, iy, pw, ix)
     used = use_y[:, :, :, None, None] & use_x[:, None, None, :, :]
     rows = ((torch.arange(r) * (ph * pw))[:, None, None, None, None]
@@ -127,8 +129,7 @@ class _MatrixROIAlignFunction(torch.autograd.Function):
         ph, pw = output_size
         r = rois.shape[0]
         fmt = _memory_format(x)
-        a = roi_align_matrix(rois.detach().to(x.dtype), spatial_scale, output_size, sampling_ratio, aligned,
-                             (n, c, h, w))
+        a = roi_align_matrix(rois.detach(), spatial_scale, output_size, sampling_ratio, aligned, (n, c, h, w))
         ctx.a, ctx.shape, ctx.fmt = a, (n, c, h, w), fmt
         out = torch.sparse.mm(a, _as_rows(x)).reshape(r, ph, pw, c).permute(0, 3, 1, 2)
         return out.contiguous(memory_format=fmt)
