@@ -34,3 +34,117 @@ def test_other_dataset_size_keeps_own_seed():
     s = ResumableTrainingSampler(5, seed=1)
     s.load_state_dict({"seed": 42, "size": 6})
     assert s.state_dict()["seed"] == 1
+
+
+# ----------------------------------------------------------------------------- the stream itself
+def test_take_returns_as_many_as_asked():
+    """The helpers above compare lists: an empty stream would make them agree vacuously."""
+    assert len(_take(ResumableTrainingSampler(17, seed=3), 100)) == 100
+    s = ResumableTrainingSampler(10, seed=1)
+    s._rank, s._world_size = 1, 2
+    s.set_start_iter(3, 4)
+    assert len(_take(s, 20)) == 20
+
+
+def test_default_stream_is_shuffled_bare_indices():
+    """Defaults: each pass a permutation of range(size) (shuffled, not in order), bare indices."""
+    stream = _take(ResumableTrainingSampler(20, seed=5), 60)
+    for k in range(3):
+        assert sorted(stream[20 * k:20 * (k + 1)]) == list(range(20))
+    assert stream[:20] != list(range(20)) and stream[:20] != stream[20:40]
+    assert _take(ResumableTrainingSampler(20, shuffle=False, seed=5), 25) == list(range(20)) + list(range(5))
+
+
+def test_keyed_stream_is_position_times_size_plus_index():
+    size, start, rank, world = 7, 12, 1, 2
+    plain = ResumableTrainingSampler(size, seed=4)
+    plain._rank, plain._world_size = rank, world
+    plain.set_start_iter(3, 4)  # 3 iterations x 4 images: start 12
+    keyed = ResumableTrainingSampler(size, seed=4, keyed=True)
+    keyed._rank, keyed._world_size = rank, world
+    keyed.set_start_iter(3, 4)
+    keys = _take(keyed, 10)
+    assert len(keys) == 10
+    # rank 1 of 2 takes positions 13, 15, 17, ... of the global stream (written out by hand)
+    assert [k // size for k in keys] == [13, 15, 17, 19, 21, 23, 25, 27, 29, 31]
+    assert [k % size for k in keys] == _take(plain, 10)
+
+
+def test_state_dict_and_resume_answers():
+    s = ResumableTrainingSampler(17, seed=3)
+    assert s.state_dict() == {"seed": 3, "size": 17}
+    other = ResumableTrainingSampler(17, seed=8)
+    assert other.load_state_dict({"seed": 3, "size": 17}) is True and other.seed == 3
+    assert other.load_state_dict({"seed": 11}) is True and other.seed == 11  # saved without a size
+    assert other.load_state_dict({"seed": 5, "size": 18}) is False and other.seed == 11
+
+
+# ----------------------------------------------------------------------------- PositionSeededDataset
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from resnext_det.data.sampler import PositionSeededDataset  # noqa: E402
+
+
+def _draws(d):
+    """A mapper that reports which image it got and what the global random streams gave."""
+    return {"id": d["image_id"], "np": np.random.rand(3).tolist(), "py": [random.random() for _ in range(3)]}
+
+
+def _dataset(seed=7, n=5):
+    sampler = ResumableTrainingSampler(n, seed=seed, keyed=True)
+    return PositionSeededDataset([{"image_id": 100 + i} for i in range(n)], _draws, sampler), sampler
+
+
+def test_key_maps_to_its_image_and_is_reproducible():
+    ds, _ = _dataset()
+    assert len(ds) == 5
+    assert ds[3 * 5 + 2]["id"] == 102 and ds[2]["id"] == 102 and ds[4 * 5 + 4]["id"] == 104
+    again, _ = _dataset()
+    np.random.seed(123)  # whatever the caller's streams hold
+    random.seed(456)
+    assert ds[3 * 5 + 2] == again[3 * 5 + 2]
+
+
+def test_same_image_in_two_epochs_gets_independent_augmentation():
+    """Image 2 drawn at stream positions 3 and 8 (two epochs): different draws from both
+    numpy's and Python's streams (a seed taken from the index alone gives the same twice)."""
+    ds, _ = _dataset()
+    first, second = ds[3 * 5 + 2], ds[8 * 5 + 2]
+    assert first["id"] == second["id"] == 102
+    assert first["np"] != second["np"] and first["py"] != second["py"]
+
+
+def test_flip_of_one_image_varies_across_epochs():
+    """detectron2's own RandomFlip (numpy's stream) on one image over 32 epochs: both outcomes
+    occur, each often (32 identical flips would mean the epoch does not enter the seed)."""
+    import detectron2.data.transforms as T
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+
+    def mapper(d):
+        aug = T.AugInput(image.copy())
+        T.AugmentationList([T.RandomFlip(prob=0.5)])(aug)
+        return bool((aug.image != image).any())
+
+    sampler = ResumableTrainingSampler(4, seed=0, keyed=True)
+    ds = PositionSeededDataset([{"image_id": i} for i in range(4)], mapper, sampler)
+    flips = [ds[epoch * 4 * 4 + 1] for epoch in range(32)]  # image 1, one position per epoch
+    assert 6 <= sum(flips) <= 26, flips
+
+
+def test_seed_follows_the_samplers_restored_seed_and_caller_state_is_kept():
+    ds, sampler = _dataset(seed=7)
+    reference, _ = _dataset(seed=42)
+    before = ds[10]
+    assert sampler.load_state_dict({"seed": 42, "size": 5})  # a resume restores the seed
+    assert ds[10] == reference[10] != before
+    np.random.seed(1)
+    random.seed(2)
+    expected_np, expected_py = np.random.rand(2).tolist(), [random.random(), random.random()]
+    np.random.seed(1)
+    random.seed(2)
+    ds[10]
+    assert np.random.rand(2).tolist() == expected_np  # the caller's streams did not move
+    assert [random.random(), random.random()] == expected_py
