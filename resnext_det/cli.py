@@ -12,14 +12,18 @@ detectron2 (and the embedded demo).
 
 Flags follow detectron2's ``default_argument_parser``; trailing ``KEY VALUE`` pairs
 override the config. Several processes are started with ``detectron2.engine.launch``
-(NCCL on GPUs, GLOO on CPU).
+(NCCL on GPUs, GLOO on CPU). With ``--num-machines N`` every machine prepares and checks its
+inputs before it joins, and a machine that fails (or never joins) stops all of them within
+``--machine-timeout`` seconds with one line naming it (:mod:`resnext_det.engine.machines`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import contextlib
 import os
 import sys
+import tempfile
 import time
 
 # OpenMP's wait policy is left to the user (OMP_WAIT_POLICY). Measured on a 2-core CPU, demo
@@ -44,6 +48,8 @@ from resnext_det.deploy.contract import DeployError
 from resnext_det.apps.evaluate import (check_exported_model, evaluate_exported, export_and_evaluate,
                                         is_exported_model)
 from resnext_det.engine.checks import TrainingConfigError
+from resnext_det.engine.machines import (DEFAULT_TIMEOUT, MachineError, MachineGroup, one_line,
+                                         read_worker_failures, write_worker_failure)
 from resnext_det.engine.plan import build_plan, final_stage, plan_summary, resolve_datasets
 from resnext_det.engine.plan_runner import PlanState, prepare_datasets, run_plan, stage_figures
 from resnext_det.engine.pretrain import pretrained_weights_path
@@ -82,6 +88,10 @@ def get_parser():
                         help="with --eval-only and MODEL.WEIGHTS *.onnx: fp32 (default, parity "
                              "with eager), bf16 (OpenVINO on CPUs with native bf16) or the "
                              "runtime's own default (printed)")
+    parser.add_argument("--machine-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="with --num-machines > 1: how long a machine waits for another to "
+                             "join, or for its next sign of life, before it stops the whole run "
+                             f"with one line naming it (default {DEFAULT_TIMEOUT:.0f})")
     return parser
 
 
@@ -134,11 +144,23 @@ def main(args, trainer_cls=None):
     filter_known_third_party_warnings()  # a spawned worker is a new process
     if comm.get_world_size() <= 1:
         return _main(args, trainer_cls)
+    # several machines: the launcher prints the one line (naming the machine) from a report
+    report = getattr(args, "machines_report", None)
     try:
         return _main(args, trainer_cls)
     except USER_ERRORS + (NonFiniteLossError,) as e:
-        print(f"train_net.py: error (worker {comm.get_rank()}): {e}", file=sys.stderr, flush=True)
-        sys.exit(2 if isinstance(e, USER_ERRORS) else 1)
+        code = 2 if isinstance(e, USER_ERRORS) else 1
+        if report:
+            write_worker_failure(report["folder"], comm.get_rank(), e, user_error=True, exit_code=code)
+        else:
+            print(f"train_net.py: error (worker {comm.get_rank()}): {e}", file=sys.stderr, flush=True)
+        sys.exit(code)
+    except Exception as e:  # a bug, or a peer that went away: no traceback wall on the console
+        if not report:
+            raise
+        write_worker_failure(report["folder"], comm.get_rank(), e, user_error=False, exit_code=1,
+                             traceback_dir=report["traceback_dir"])
+        sys.exit(1)
 
 
 def _main(args, trainer_cls=None):
@@ -269,12 +291,17 @@ def _default_demo_name(argv):
     return argv
 
 
-def cli(argv=None):
-    """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged)."""
+def cli(argv=None, trainer_cls=None):
+    """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged, or stopped
+    because another machine failed). ``trainer_cls``: what each worker trains with (default
+    ResNeXtTrainer; a subclass, e.g. one that records more)."""
     filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     args = get_parser().parse_args(_default_demo_name(argv))
     try:
-        return _cli(args)
+        return _cli(args, trainer_cls)
+    except MachineError as e:
+        print(f"train_net.py: error: {e}", file=sys.stderr)
+        return 1
     except USER_ERRORS as e:
         msg = str(e) if not isinstance(e, MissingDatasetFiles) else f"cannot start.\n{e}"
         print(f"train_net.py: error: {msg}", file=sys.stderr)
@@ -288,7 +315,7 @@ def cli(argv=None):
         raise
 
 
-def _cli(args):
+def _cli(args, trainer_cls=None):
     cfg = setup_cfg(args)
     world_size = args.num_gpus * args.num_machines
     if not args.eval_only:  # bad solver values fail before any process starts
@@ -301,19 +328,87 @@ def _cli(args):
         print(yaml.safe_dump(summary, sort_keys=False, default_flow_style=None, width=100))
         return 0
     start = time.perf_counter()
-    if args.machine_rank == 0:
-        if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:  # its progress on the console, before workers start
-            setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
-        # makes the synthetic set (and the PRETRAIN weights) once, before workers start
-        prepare_datasets(cfg)
+    if args.num_machines > 1:
+        return _cli_machines(cfg, args, trainer_cls, start)
+    if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:  # its progress on the console, before workers start
+        setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
+    # makes the synthetic set (and the PRETRAIN weights) once, before workers start
+    prepare_datasets(cfg)
     check_files(cfg, args)
+    _set_cpu_worker_threads(cfg, args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args, trainer_cls))
+    if args.demo and not args.eval_only:
+        print_demo_report(cfg, args, time.perf_counter() - start)
+    return 0
+
+
+def _set_cpu_worker_threads(cfg, args):
     if args.num_gpus > 1 and cfg.MODEL.DEVICE == "cpu":
         # several CPU worker processes share the cores: their OpenMP threads must sleep, not
         # spin, and split the cores (spawned workers read the environment at start)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_gpus)))
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+
+
+@contextlib.contextmanager
+def _environ(values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _cli_machines(cfg, args, trainer_cls, start):
+    """One machine of ``--num-machines``: join the group (bounded wait), prepare and check this
+    machine's inputs (the synthetic set, the PRETRAIN weights: made here, or found in a shared
+    folder), wait until every machine is ready, train; a failure anywhere stops every machine
+    with one line (:class:`~resnext_det.engine.machines.MachineGroup`)."""
+    group = MachineGroup(args.dist_url, args.num_machines, args.machine_rank,
+                         args.machine_timeout).connect()
+    me = group.who(args.machine_rank)
+    try:
+        if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:
+            setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
+        prepare_datasets(cfg)  # on every machine: its own inputs, or the shared ones
+        check_files(cfg, args)
+    except USER_ERRORS as e:  # one line here and on every other machine
+        reason = f"cannot start: {one_line(e, limit=4000)}"
+        group.fail(reason)
+        group.leave()
+        print(f"train_net.py: error: {me} failed: {reason}", file=sys.stderr, flush=True)
+        return 2
+    group.wait_until_ready()
+    _set_cpu_worker_threads(cfg, args)
+    with tempfile.TemporaryDirectory(prefix="resnext_det_workers_") as folder:
+        args.machines_report = {"folder": folder, "traceback_dir": cfg.OUTPUT_DIR}
+        try:
+            with _environ(group.worker_env()):
+                launch(main, args.num_gpus, num_machines=args.num_machines,
+                       machine_rank=args.machine_rank, dist_url=args.dist_url,
+                       args=(args, trainer_cls))
+        except Exception as e:  # a worker of this machine ended badly
+            reports = read_worker_failures(folder)
+            own = [r for r in reports if not r["lost_peer"]]
+            lost_peer = bool(reports) and not own or (not reports and any(
+                t in str(e) for t in ("Connection reset by peer", "Connection closed by peer")))
+            if lost_peer:  # another machine went away: the watchdog names it (and exits)
+                group.await_verdict()
+            reason = (own[0]["reason"] if own else reports[0]["reason"] if reports
+                      else f"a worker process ended: {one_line(e)}")
+            if lost_peer:
+                reason = f"lost contact with the other machines ({reason})"
+            group.fail(reason)
+            group.leave()
+            print(f"train_net.py: error: {me} failed: {reason}", file=sys.stderr, flush=True)
+            return own[0]["exit_code"] if own else 1
+    group.finish()
     if args.demo and args.machine_rank == 0 and not args.eval_only:
         print_demo_report(cfg, args, time.perf_counter() - start)
     return 0

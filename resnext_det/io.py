@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_open", "atomic_write_json", "AtomicPathManager", "make_atomic"]
+__all__ = ["atomic_open", "atomic_write_json", "AtomicPathManager", "make_atomic", "file_lock"]
 
 
 @contextlib.contextmanager
@@ -85,3 +85,20 @@ def make_atomic(checkpointer):
     if not isinstance(checkpointer.path_manager, AtomicPathManager):
         checkpointer.path_manager = AtomicPathManager(checkpointer.path_manager)
     return checkpointer
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs: processes
+    that prepare the same files (several machines, or launchers, sharing a folder) take turns,
+    so one writes and the next finds the result. ``fcntl.flock``: local file systems and NFS
+    (Linux maps it to a POSIX lock there); the lock goes with the process if it dies."""
+    import fcntl  # POSIX only, as detectron2's training
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -35,7 +35,7 @@ from detectron2.utils import comm
 from ..data.coco import register_coco_splits
 from ..data.proposals import ShardWriter, export_detectron2_pickle, write_detectron2_proposals, write_manifest
 from ..data.synthetic import register_synthetic_coco
-from ..io import atomic_write_json
+from ..io import atomic_write_json, file_lock
 from .checks import TrainingConfigError, check_proposal_file, load_proposal_file
 from .plan import STATE_FILE, Stage, build_plan, exported_proposal_pickle, resolve_datasets
 from .pretrain import pretrain_classifier, pretrained_weights_path
@@ -93,6 +93,8 @@ def register_datasets(cfg: CfgNode) -> CfgNode:
     """Register the plan's datasets (making SYNTHETIC ones if missing); trains nothing.
 
     Idempotent; run in every worker process (registrations do not cross process spawns).
+    Processes that share SYNTHETIC.ROOT (several machines on one folder) take turns under a
+    lock (``<ROOT>/.prepare.lock``): the first makes the set, the others reuse it.
 
     Args:
         cfg: the full config.
@@ -103,9 +105,10 @@ def register_datasets(cfg: CfgNode) -> CfgNode:
     cfg = resolve_datasets(cfg)
     s = cfg.RESNEXT_PLAN.SYNTHETIC
     if s.ENABLED:
-        register_synthetic_coco(s.NAME, s.ROOT, seed=s.SEED, num_train=s.NUM_TRAIN,
-                                num_val=s.NUM_VAL, image_size=s.IMAGE_SIZE,
-                                max_objects=s.MAX_OBJECTS, object_size=tuple(s.OBJECT_SIZE))
+        with file_lock(os.path.join(s.ROOT, ".prepare.lock")):
+            register_synthetic_coco(s.NAME, s.ROOT, seed=s.SEED, num_train=s.NUM_TRAIN,
+                                    num_val=s.NUM_VAL, image_size=s.IMAGE_SIZE,
+                                    max_objects=s.MAX_OBJECTS, object_size=tuple(s.OBJECT_SIZE))
     register_coco_splits(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     return cfg
 
@@ -115,7 +118,10 @@ def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
     ``RESNEXT_PLAN.PRETRAIN.ENABLED``, train (or reuse) the miniature "ImageNet" model the
     stages start from.
 
-    Idempotent; run in every worker process (registrations do not cross process spawns).
+    Idempotent; run in every worker process (registrations do not cross process spawns),
+    and by the launcher of every machine before its workers start (``--num-machines``).
+    Processes that share the weights' folder take turns under a lock (``<file>.lock``): the
+    first trains, the others reuse its file.
 
     Args:
         cfg: the full config.
@@ -126,7 +132,8 @@ def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
     cfg = register_datasets(cfg)
     if (cfg.RESNEXT_PLAN.PRETRAIN.ENABLED and cfg.MODEL.WEIGHTS == pretrained_weights_path(cfg)
             and comm.is_main_process()):  # (explicit MODEL.WEIGHTS: nothing to pretrain)
-        return pretrain_classifier(cfg)
+        with file_lock(cfg.MODEL.WEIGHTS + ".lock"):
+            return pretrain_classifier(cfg)
     return {}
 
 

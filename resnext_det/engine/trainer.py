@@ -48,6 +48,7 @@ from ..weights import WeightsError
 from .checks import TrainingConfigError, validate_solver
 from .fast import apply_training_switches_with_report, prepare_for_inference
 from .fast.auto import parse_switch
+from .machines import is_lost_peer
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
            "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams",
@@ -156,11 +157,13 @@ def validate_for_workers(cfg, world_size: int) -> None:
 
 class _QuietExpectedErrors(logging.Filter):
     """Drops detectron2's "Exception during training:" traceback for errors this trainer
-    reports itself as one clear line (non-finite losses, the project's input errors)."""
+    reports itself as one clear line (non-finite losses, the project's input errors), and for
+    a lost connection to another worker (the launcher names the machine that failed)."""
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
-        return not (exc is not None and isinstance(exc, (FloatingPointError,) + _USER_ERRORS))
+        return not (exc is not None and (isinstance(exc, (FloatingPointError,) + _USER_ERRORS)
+                                         or is_lost_peer(exc)))
 
 
 class DataPosition:

@@ -1,0 +1,358 @@
+"""Several machines (``--num-machines N``): a bounded rendezvous and a health watchdog, so that
+a machine that cannot start, or fails later, stops every machine within ``timeout`` seconds
+with one line naming it, instead of a silent wait for torch's 30-minute distributed timeout.
+
+Design. Machine 0's launcher process (the ``train_net.py`` process that calls detectron2's
+``launch``, not one of its workers) hosts a ``torch.distributed.TCPStore`` at ``--dist-url``;
+the launchers of the other machines connect to it, and so do the workers: the workers'
+``tcp://`` rendezvous connects as a client when ``TORCHELASTIC_USE_AGENT_STORE`` and
+``MASTER_ADDR``/``MASTER_PORT`` name that store (torch's own mechanism, the one torchrun's
+agent uses; :meth:`MachineGroup.worker_env`). One port, and the store outlives a worker that
+dies. In it, under ``resnext_det/machines/``, each launcher keeps
+
+* ``beat/<r>``: a counter it increments every second (a thread) -- its sign of life;
+* ``ready/<r>``: its data are prepared and checked (it joins the workers' rendezvous next);
+* ``failed/<r>``: why it stops (one line), set by the machine that fails;
+* ``done/<r>``: its workers finished.
+
+A watchdog thread in every launcher polls these keys every second and stops its machine (its
+worker processes are terminated, exit status 1) with one line when another machine posts
+``failed``, has not joined ``timeout`` s after this one started waiting, stops beating for
+``timeout`` s, or (machine 0, which holds the store) is gone. A worker that fails writes its
+reason in a local folder (:func:`write_worker_failure`); its launcher posts it, unless the
+error was a lost connection to a peer (then the watchdog names the peer that failed).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+import traceback
+from datetime import timedelta
+from typing import Callable, Dict, Optional
+from urllib.parse import urlparse
+
+import torch.distributed as dist
+
+from ..config import ResNeXtConfigError
+
+__all__ = ["DEFAULT_TIMEOUT", "MachineError", "MachineGroup", "write_worker_failure",
+           "read_worker_failures", "one_line", "is_lost_peer"]
+
+DEFAULT_TIMEOUT = 60.0  # seconds (train_net.py --machine-timeout)
+_PREFIX = "resnext_det/machines/"
+_SAY_EVERY = 10.0  # seconds between "waiting for ..." lines
+# a worker's error caused by a peer that went away (gloo/NCCL transport), not by this machine
+_LOST_PEER_TEXT = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                   "/gloo/transport/", "NCCL communicator was aborted", "Socket Timeout")
+
+
+class MachineError(RuntimeError):
+    """This machine stops because of the group (a peer failed or never joined); one line."""
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` as one line (newlines -> '; '), at most ``limit`` characters."""
+    line = ""
+    for part in (s.strip() for s in str(text).splitlines()):
+        if part:
+            line += (" " if line.endswith(":") else "; ") + part if line else part
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _say(msg: str, stream=None) -> None:
+    print(f"train_net.py: {msg}", file=stream or sys.stdout, flush=True)
+
+
+class MachineGroup:
+    """The launcher side of one machine of ``num_machines``; see the module docstring.
+
+    Args:
+        dist_url: ``tcp://HOST:PORT`` (the same on every machine; HOST is machine 0).
+        num_machines: N.
+        machine_rank: this machine, 0 ... N-1.
+        timeout: seconds a machine waits for another to join, or for its next sign of life,
+            before it stops the run.
+        say: where progress lines go (default: stdout, prefixed ``train_net.py:``).
+    """
+
+    def __init__(self, dist_url: str, num_machines: int, machine_rank: int,
+                 timeout: float = DEFAULT_TIMEOUT, say: Optional[Callable[[str], None]] = None):
+        url = urlparse(dist_url or "")
+        if url.scheme != "tcp" or not url.hostname or not url.port:
+            raise ResNeXtConfigError(f"--dist-url {dist_url!r}: several machines need tcp://HOST:PORT, "
+                               "HOST being machine 0's address, e.g. tcp://10.0.0.1:29500")
+        if not 0 <= machine_rank < num_machines:
+            raise ResNeXtConfigError(f"--machine-rank {machine_rank}: give 0 ... {num_machines - 1} "
+                               f"(--num-machines {num_machines})")
+        if not timeout > 0:
+            raise ResNeXtConfigError(f"--machine-timeout {timeout}: give a number of seconds > 0, e.g. 60")
+        self.url, self.host, self.port = dist_url, url.hostname, url.port
+        self.n, self.rank, self.timeout = num_machines, machine_rank, float(timeout)
+        self._say = say or _say
+        self._store = None  # the main thread's connection (machine 0: the server too)
+        self._stop = threading.Event()  # the watchdog and heartbeat end
+        self._watching = threading.Event()  # the watchdog judges (cleared when done)
+        self._threads = []
+        self._started = None
+
+    # -- names -----------------------------------------------------------------------------
+    def who(self, r: int) -> str:
+        return f"machine {r} of {self.n}"
+
+    @staticmethod
+    def _key(kind: str, r: int) -> str:
+        return f"{_PREFIX}{kind}/{r}"
+
+    def _others(self):
+        return [r for r in range(self.n) if r != self.rank]
+
+    # -- connecting ------------------------------------------------------------------------
+    def _client(self, timeout: float):
+        return dist.TCPStore(self.host, self.port, is_master=False,
+                             timeout=timedelta(seconds=timeout))
+
+    def connect(self) -> "MachineGroup":
+        """Machine 0 starts the store; the others connect to it, saying what they wait for
+        every 10 s, for at most ``timeout`` s. Then the heartbeat and the watchdog start."""
+        self._started = time.monotonic()
+        if self.rank == 0:
+            try:
+                self._store = dist.TCPStore(self.host, self.port, is_master=True,
+                                            wait_for_workers=False,
+                                            timeout=timedelta(seconds=self.timeout))
+            except Exception as e:  # port taken, or not an address of this machine
+                raise MachineError(f"machine 0 cannot listen at {self.url}: {one_line(e, 200)} "
+                                   "(is the port free, and is HOST this machine's address?)") from None
+        else:
+            self._store = self._connect_to_machine_0()
+        self._store.add(self._key("beat", self.rank), 1)
+        for target in (self._heartbeat, self._watchdog):
+            t = threading.Thread(target=target, name=f"resnext-machines-{target.__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._watching.set()
+        return self
+
+    def _connect_to_machine_0(self):
+        deadline = self._started + self.timeout
+        said = None
+        while True:
+            try:
+                return self._client(max(1.0, min(5.0, deadline - time.monotonic())))
+            except Exception as e:  # refused / timed out: machine 0 is not there (yet)
+                last = one_line(e, 200)
+            waited = time.monotonic() - self._started
+            if waited >= self.timeout:
+                raise MachineError(f"waiting for {self.who(0)} at {self.url}: not joined after "
+                                   f"{self.timeout:.0f} s ({last})")
+            if said is None or waited - said >= _SAY_EVERY:
+                self._say(f"waiting for {self.who(0)} to start the run at {self.url} "
+                          f"({waited:.0f} s of {self.timeout:.0f})")
+                said = waited
+            time.sleep(0.5)
+
+    def worker_env(self) -> Dict[str, str]:
+        """The environment variables under which the workers' ``tcp://`` rendezvous connects
+        to this store (hosted by machine 0's launcher) instead of starting its own."""
+        return {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": self.host,
+                "MASTER_PORT": str(self.port)}
+
+    # -- the threads -----------------------------------------------------------------------
+    def _heartbeat(self):
+        try:
+            store = self._client(self.timeout)
+            while not self._stop.wait(1.0):
+                store.add(self._key("beat", self.rank), 1)
+        except Exception:  # machine 0 gone: the watchdog says so
+            pass
+
+    def _watchdog(self):
+        try:
+            store = self._client(self.timeout)
+        except Exception as e:
+            self.stop_run(f"{self.who(0)} at {self.url} is gone: {one_line(e, 200)}", (0,))
+            return
+        seen: Dict[int, tuple] = {}  # machine -> (last beat, when it changed)
+        said = -_SAY_EVERY
+        while not self._stop.wait(1.0):
+            if not self._watching.is_set():
+                continue
+            try:
+                verdict, waiting = self._judge(store, seen)
+            except Exception as e:  # the store (machine 0's launcher) went away
+                if self._watching.is_set() and not self._stop.is_set():
+                    self.stop_run(f"{self.who(0)} at {self.url} is gone (it holds the run's "
+                                  f"rendezvous): {one_line(e, 200)}", (0,))
+                return
+            if verdict and self._watching.is_set():
+                self.stop_run(*verdict)
+                return
+            if waiting and time.monotonic() - said >= _SAY_EVERY:
+                self._say("; ".join(waiting))
+                said = time.monotonic()
+
+    def _judge(self, store, seen):
+        """((the line that stops the run, the machines that are gone) or None, what this
+        machine waits for)."""
+        now = time.monotonic()
+        waiting = []
+        for r in self._others():
+            if store.check([self._key("failed", r)]):
+                reason = store.get(self._key("failed", r)).decode(errors="replace")
+                return (f"{self.who(r)} failed: {reason}", ()), waiting
+            if store.check([self._key("done", r)]):
+                continue
+            beat = store.add(self._key("beat", r), 0)
+            if beat == 0:
+                waited = now - self._started
+                if waited > self.timeout:
+                    return (f"waiting for {self.who(r)} at {self.url}: not joined after "
+                            f"{self.timeout:.0f} s", (r,)), waiting
+                waiting.append(f"waiting for {self.who(r)} to join at {self.url} "
+                               f"({waited:.0f} s of {self.timeout:.0f})")
+                continue
+            last, since = seen.get(r, (None, now))
+            if beat != last:
+                seen[r] = (beat, now)
+            elif now - since > self.timeout:
+                return (f"{self.who(r)} stopped responding: no sign of life for "
+                        f"{self.timeout:.0f} s (killed, or its network is down)", (r,)), waiting
+            if not store.check([self._key("ready", r)]):
+                waiting.append(f"waiting for {self.who(r)}: joined, preparing its data")
+        return None, waiting
+
+    def stop_run(self, line: str, gone=()) -> None:
+        """Another machine failed: one line on stderr, this machine's workers terminated,
+        and the process exits with status 1 (called from the watchdog thread). ``gone``: the
+        machines that will not read the store again (machine 0 does not wait for them)."""
+        self._watching.clear()
+        self._stop.set()
+        _say(f"error: {line}; stopping {self.who(self.rank)}", sys.stderr)
+        _terminate_children()
+        if self.rank == 0:
+            self._linger(len(gone))
+        else:
+            self.leave()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    # -- the main thread ---------------------------------------------------------------------
+    def wait_until_ready(self) -> None:
+        """Post ``ready`` and wait until every machine has (the watchdog bounds the wait)."""
+        self._store.set(self._key("ready", self.rank), "1")
+        keys = [self._key("ready", r) for r in range(self.n)]
+        while not self._store.check(keys):
+            time.sleep(0.2)
+
+    def fail(self, reason: str) -> None:
+        """This machine fails: post why (one line) for the others; machine 0, which holds the
+        store, waits until they have read it (at most ``min(timeout, 10)`` s)."""
+        self._watching.clear()
+        self._stop.set()
+        if self._store is None:
+            return
+        try:
+            self._store.set(self._key("failed", self.rank), one_line(reason))
+        except Exception:
+            return
+        if self.rank == 0:
+            self._linger()
+
+    def _linger(self, gone: int = 0):
+        """Machine 0 keeps the store up until every other machine (but ``gone`` of them) has
+        left, so they read why the run stops (at most ``min(timeout, 10)`` s)."""
+        deadline = time.monotonic() + min(self.timeout, 10.0)
+        try:
+            store = self._store or self._client(5.0)
+            while time.monotonic() < deadline:
+                if store.add(f"{_PREFIX}left", 0) >= self.n - 1 - gone:
+                    return
+                time.sleep(0.2)
+        except Exception:
+            pass
+
+    def leave(self) -> None:
+        """Tell machine 0 this machine is leaving (so it can close the store)."""
+        if self.rank == 0:
+            return
+        try:
+            (self._store or self._client(2.0)).add(f"{_PREFIX}left", 1)
+        except Exception:
+            pass
+
+    def finish(self) -> None:
+        """This machine's workers ended well: post ``done``; machine 0 keeps the store (and
+        its watchdog) until every machine is done, then everything stops."""
+        self._store.set(self._key("done", self.rank), "1")
+        if self.rank == 0:
+            keys = [self._key("done", r) for r in range(self.n)]
+            while not self._store.check(keys):
+                time.sleep(0.2)
+        self._watching.clear()
+        self._stop.set()
+        self.leave()
+
+    def await_verdict(self) -> None:
+        """A local worker lost its peers: give the watchdog up to ``timeout`` + 5 s to name the
+        machine that failed (it exits the process); returns if it names none."""
+        deadline = time.monotonic() + self.timeout + 5.0
+        while time.monotonic() < deadline and self._watching.is_set():
+            time.sleep(0.2)
+
+
+def _terminate_children(grace: float = 5.0) -> None:
+    """Terminate this process's worker processes (SIGTERM, then SIGKILL after ``grace`` s)."""
+    children = multiprocessing.active_children()
+    for p in children:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    for p in children:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+
+
+# -- worker side ---------------------------------------------------------------------------
+def is_lost_peer(e: BaseException) -> bool:
+    """Whether a worker's error is a lost connection to another worker (the peer failed)."""
+    return isinstance(e, dist.DistError) or (
+        isinstance(e, RuntimeError) and any(t in str(e) for t in _LOST_PEER_TEXT))
+
+
+def write_worker_failure(folder: str, rank: int, e: BaseException, *, user_error: bool,
+                         exit_code: int, traceback_dir: str = "") -> None:
+    """A worker's error, for its launcher: ``<folder>/rank<rank>.json``. Errors other than the
+    user's (a bug, a lost peer) keep their traceback in ``<traceback_dir>/error.rank<rank>.txt``."""
+    reason = one_line(e)
+    if not user_error:
+        reason = f"{type(e).__name__}: {reason}"
+        if traceback_dir:
+            path = os.path.join(traceback_dir, f"error.rank{rank}.txt")
+            try:
+                os.makedirs(traceback_dir, exist_ok=True)
+                with open(path, "w") as f:
+                    f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+                reason += f" (traceback: {path})"
+            except OSError:
+                pass
+    with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
+        json.dump({"rank": rank, "reason": reason, "lost_peer": not user_error and is_lost_peer(e),
+                   "exit_code": exit_code}, f)
+
+
+def read_worker_failures(folder: str):
+    """The reports :func:`write_worker_failure` left in ``folder``, by rank."""
+    out = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if name.startswith("rank") and name.endswith(".json"):
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    out.append(json.load(f))
+            except (OSError, ValueError):
+                pass
+    return out
