@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from resnext_det.io import atomic_open, atomic_write_json
+from resnext_det.io import atomic_open, atomic_write_json, file_lock
 
 
 def test_failed_write_keeps_old_file(tmp_path):
@@ -82,3 +82,26 @@ def test_atomic_file_gets_the_permissions_open_would_give(tmp_path):
         f.write("x")
     mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
     assert mode(tmp_path / "atomic.txt") == mode(tmp_path / "plain.txt")
+
+
+def test_file_lock_makes_processes_take_turns(tmp_path):
+    """A second process waits for the lock (several machines preparing one shared folder)."""
+    lock, ready = tmp_path / "sub" / "x.lock", tmp_path / "ready"
+    child = textwrap.dedent(f"""
+        import pathlib, time
+        from resnext_det.io import file_lock
+        pathlib.Path({str(ready)!r}).touch()
+        with file_lock({str(lock)!r}):
+            print(time.time())
+    """)
+    with file_lock(str(lock)):  # held while the child starts and asks for it
+        p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while not ready.exists():
+            assert p.poll() is None and time.monotonic() - t0 < 60
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert p.poll() is None  # waiting for the lock
+        released = time.time()
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0 and float(out) >= released
