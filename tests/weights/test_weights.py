@@ -24,7 +24,6 @@ from torchvision.models.resnet import Bottleneck, ResNet
 import resnext_det
 from resnext_det import build_backbone_from_preset
 from resnext_det.weights import (
-    INPUT_CONVENTIONS,
     ForbiddenGlobalError,
     InputFormatMismatchError,
     ResNeXtCheckpointer,
@@ -41,6 +40,36 @@ from resnext_det.weights import (
 pytestmark = pytest.mark.xdist_group("test_weights")
 
 FEATURES = ["res2", "res3", "res4", "res5"]
+
+# The input conventions as their sources publish them (shared/REFERENCE.md), written out here
+# and not read from the code's table: torchvision / timm / the ResNeXt authors' Torch7 models
+# take RGB in 0..1 normalised by the ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224,
+# 0.225), i.e. x 255 in detectron2's 0..255 units; Caffe2 (Detectron) models take BGR minus the
+# BGR mean 103.530, 116.280, 123.675, divided by 1 (MSRA ResNets, stride on the first 1x1; FAIR
+# GN models, stride on the 3x3) or by the BGR std 57.375, 57.120, 58.395 (FAIR ResNeXt
+# X-101-32x8d, stride on the 3x3).
+_TV = dict(input_format="RGB", pixel_mean=[round(v * 255, 3) for v in (0.485, 0.456, 0.406)],
+           pixel_std=[round(v * 255, 3) for v in (0.229, 0.224, 0.225)], stride_in_1x1=False)
+_C2_BGR_MEAN = [103.530, 116.280, 123.675]
+PUBLISHED = {
+    "torchvision": _TV,
+    "timm": _TV,
+    "torch7": _TV,
+    "caffe2-msra": dict(input_format="BGR", pixel_mean=_C2_BGR_MEAN, pixel_std=[1.0, 1.0, 1.0], stride_in_1x1=True),
+    "caffe2-fair": dict(input_format="BGR", pixel_mean=_C2_BGR_MEAN, pixel_std=[57.375, 57.120, 58.395],
+                        stride_in_1x1=False),
+    "caffe2-fair-gn": dict(input_format="BGR", pixel_mean=_C2_BGR_MEAN, pixel_std=[1.0, 1.0, 1.0],
+                           stride_in_1x1=False),
+}
+
+
+def _assert_convention(meta, convention):
+    """``meta`` carries the published convention of ``convention`` (floats to 1e-9)."""
+    want = PUBLISHED[convention]
+    assert meta["input_format"] == want["input_format"]
+    assert meta["pixel_mean"] == pytest.approx(want["pixel_mean"], abs=1e-9)
+    assert meta["pixel_std"] == pytest.approx(want["pixel_std"], abs=1e-9)
+    assert meta["stride_in_1x1"] is want["stride_in_1x1"]
 TINY = dict(depth=50, cardinality=4, bottleneck_width=4)  # torchvision widths: stem 64, res2 256
 
 
@@ -84,8 +113,8 @@ def x50_backbone():
 
 
 def _tv_features(tv, image):
-    mean = torch.tensor(INPUT_CONVENTIONS["torchvision"]["pixel_mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(INPUT_CONVENTIONS["torchvision"]["pixel_std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(_TV["pixel_mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(_TV["pixel_std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         h = tv.maxpool(tv.relu(tv.bn1(tv.conv1((image - mean) / std))))
         out = []
@@ -364,6 +393,7 @@ def test_torchvision_x50_converted_checkpoint_matches_torchvision(files, x50, im
     sd, meta = convert_to_detectron2(files[1]["x50_tv"], preset="X-50-32x4d")
     assert meta["source"] == "torchvision" and meta["input_format"] == "RGB"
     assert meta["pixel_mean"] == [123.675, 116.28, 103.53] and meta["stride_in_1x1"] is False
+    _assert_convention(meta, "torchvision")
     assert meta["architecture"]["preset"] == "X-50-32x4d"
     assert "res2.0.conv1.norm.running_var" in sd and "res5.0.shortcut.weight" in sd
     out = save_converted(sd, meta, str(tmp_path / "x50_d2.pkl"))
@@ -385,8 +415,7 @@ def test_x50_sources_match_torchvision(fmt, files, x50, x50_backbone, image):
     expected = {"timm.pth": "timm", "timm.safetensors": "timm", "caffe2.pkl": "caffe2-fair",
                 "torch7.t7": "torch7"}[fmt]
     assert meta.get("convention", meta["source"]) == expected
-    for key, value in INPUT_CONVENTIONS[expected].items():
-        assert meta[key] == value, key
+    _assert_convention(meta, expected)
     _poison(x50_backbone)
     report = _load(x50_backbone, path)
     assert report.backbone_loaded == report.backbone_total
@@ -404,7 +433,8 @@ def test_tiny_sources_match_torchvision_frozen_bn(fmt, files, tiny, image):
         write_t7(tiny, path, form="B")
     sd, meta = convert_to_detectron2(path)
     assert meta["architecture"]["cardinality"] == 4 and meta["architecture"]["bottleneck_width"] == 4
-    assert meta["stride_in_1x1"] is False
+    _assert_convention(meta, {"torchvision.pth": "torchvision", "caffe2.pkl": "caffe2-fair",
+                              "torch7-formB.t7": "torch7"}[fmt])
     backbone = _tiny_backbone()
     _poison(backbone)
     _load(backbone, path)
@@ -537,7 +567,7 @@ def test_format_mismatch_names_both_sides_and_keys(files):
     assert "STRIDE_IN_1X1" not in msg.split("differs:")[1].split("Set in")[0]  # stride agrees
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # nothing loaded
     # stride placement alone
-    meta = dict(INPUT_CONVENTIONS["torchvision"], source="torchvision")
+    meta = dict(PUBLISHED["torchvision"], source="torchvision")
     cfg2 = _tiny_cfg()
     cfg2.MODEL.RESNEXT.STRIDE_IN_1X1 = True
     with pytest.raises(InputFormatMismatchError, match=r"MODEL\.RESNEXT\.STRIDE_IN_1X1: config has True, weights need False"):
@@ -562,11 +592,11 @@ SHIPPED = {
 @pytest.mark.parametrize("name,convention", sorted(SHIPPED.items()))
 def test_shipped_configs_match_their_source(name, convention):
     cfg = _cfg(name)
-    assert check_input_format(cfg, dict(INPUT_CONVENTIONS[convention], source=convention)) is True
-    others = {c for c, v in INPUT_CONVENTIONS.items() if v != INPUT_CONVENTIONS[convention]}
+    assert check_input_format(cfg, dict(PUBLISHED[convention], source=convention)) is True
+    others = {c for c, v in PUBLISHED.items() if v != PUBLISHED[convention]}
     for other in others:  # and every other convention is refused
         with pytest.raises(InputFormatMismatchError):
-            check_input_format(cfg, dict(INPUT_CONVENTIONS[other], source=other))
+            check_input_format(cfg, dict(PUBLISHED[other], source=other))
 
 
 def test_caffe2_conventions_msra_and_gn(tmp_path):
@@ -577,14 +607,16 @@ def test_caffe2_conventions_msra_and_gn(tmp_path):
     with open(path, "wb") as f:
         pickle.dump(blobs, f, protocol=2)
     _, meta = convert_to_detectron2(str(path))
-    assert meta["convention"] == "caffe2-msra" and meta["stride_in_1x1"] is True
+    assert meta["convention"] == "caffe2-msra"
+    _assert_convention(meta, "caffe2-msra")
     assert meta["pixel_std"] == [1.0, 1.0, 1.0] and meta["input_format"] == "BGR"
     assert meta["architecture"]["cardinality"] == 1
     gn = {k.replace("_bn_", "_gn_"): v for k, v in blobs.items()}
     with open(path, "wb") as f:
         pickle.dump(gn, f, protocol=2)
     sd, meta = convert_to_detectron2(str(path))
-    assert meta["convention"] == "caffe2-fair-gn" and meta["stride_in_1x1"] is False
+    assert meta["convention"] == "caffe2-fair-gn"
+    _assert_convention(meta, "caffe2-fair-gn")
     assert "res2.0.conv1.norm.weight" in sd and "res2.0.conv1.norm.running_mean" not in sd
 
 
