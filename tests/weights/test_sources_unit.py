@@ -1,0 +1,261 @@
+"""resnext_det.weights.sources on small state dicts, in milliseconds: each rule of the reader on
+its own (wrappers, DataParallel names, classifier and BN bookkeeping, architecture inference,
+preset checks, metadata), with the expected names and values written out here.
+test_weights.py checks the numbers end to end (converted trunks equal torchvision's features).
+"""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from resnext_det.weights import WeightsError, read_checkpoint, save_converted
+from resnext_det.weights.sources import infer_architecture
+
+
+def _tiny_tv():
+    """torchvision ResNeXt, one block per stage, C=2, d=4 (grouped 3x3: 8 channels, 2 groups)."""
+    torch.manual_seed(0)
+    return ResNet(Bottleneck, [1, 1, 1, 1], groups=2, width_per_group=4, num_classes=3).eval()
+
+
+# names detectron2's convert-torchvision-to-d2.py gives (written out: stem, first block, shortcut)
+EXPECTED = {
+    "conv1.weight": "stem.conv1.weight",
+    "bn1.running_var": "stem.conv1.norm.running_var",
+    "layer1.0.conv2.weight": "res2.0.conv2.weight",
+    "layer1.0.bn3.bias": "res2.0.conv3.norm.bias",
+    "layer1.0.downsample.0.weight": "res2.0.shortcut.weight",
+    "layer4.0.downsample.1.running_mean": "res5.0.shortcut.norm.running_mean",
+}
+
+
+def _assert_converted(model, tv_sd):
+    for tv_name, d2_name in EXPECTED.items():
+        assert torch.equal(model[d2_name], tv_sd[tv_name]), d2_name
+    n_tensors = len([k for k in tv_sd if not k.endswith("num_batches_tracked") and not k.startswith("fc.")])
+    assert len(model) == n_tensors
+
+
+# ----------------------------------------------------------------------------- DataParallel
+@pytest.mark.parametrize("wrap", ["plain", "training checkpoint"])
+def test_dataparallel_saved_checkpoint_loads(wrap, tmp_path):
+    """A model trained under nn.DataParallel saves every name with 'module.'; it converts like
+    the bare model (DistributedDataParallel saves the same prefix)."""
+    tv = _tiny_tv()
+    dp = torch.nn.DataParallel(tv)
+    sd = dp.state_dict()
+    assert all(k.startswith("module.") for k in sd)  # what users' files hold
+    path = str(tmp_path / "dp.pth")
+    torch.save(sd if wrap == "plain" else {"state_dict": sd, "epoch": 90}, path)
+    ckpt = read_checkpoint(path)
+    _assert_converted(ckpt["model"], tv.state_dict())
+    assert ckpt["meta"]["source"] == "torchvision"
+    assert sorted(ckpt["meta"]["dropped"]) == ["fc.bias", "fc.weight"]
+
+
+def test_a_partly_prefixed_state_dict_is_not_stripped(tmp_path):
+    """Only a prefix on every name is DataParallel's: a stray 'module.' name stays and is named."""
+    sd = dict(_tiny_tv().state_dict())
+    sd["module.extra.weight"] = torch.zeros(1)
+    path = str(tmp_path / "mixed.pth")
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=r"1 tensors have names outside the torchvision/timm ResNet layout "
+                                           r"\(e\.g\. \['module\.extra\.weight'\]\)"):
+        read_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- torchvision / timm
+def test_torchvision_rules(tmp_path):
+    tv = _tiny_tv()
+    sd = tv.state_dict()
+    assert any(k.endswith("num_batches_tracked") for k in sd)
+    torch.save(sd, tmp_path / "tv.pth")
+    ckpt = read_checkpoint(str(tmp_path / "tv.pth"))
+    model, meta = ckpt["model"], ckpt["meta"]
+    _assert_converted(model, sd)
+    assert not any("num_batches_tracked" in k for k in model)  # skipped, not dropped
+    assert meta["dropped"] == ["fc.bias", "fc.weight"]
+    assert meta["original_file"] == "tv.pth" and meta["convention"] == "torchvision"
+    assert ckpt["matching_heuristics"] is True and ckpt["__author__"] == "torchvision"
+    arch = meta["architecture"]
+    assert (arch["cardinality"], arch["bottleneck_width"], arch["blocks_per_stage"]) == (2, 4, [1, 1, 1, 1])
+    # timm: a .safetensors file, or a training checkpoint naming its arch or carrying an EMA copy
+    for name, obj in [("arch.pth", {"arch": "resnext", "state_dict": sd}),
+                      ("ema.pth", {"state_dict": sd, "state_dict_ema": {"x": 1}})]:
+        torch.save(obj, tmp_path / name)
+        ckpt = read_checkpoint(str(tmp_path / name))
+        assert ckpt["meta"]["source"] == "timm" and ckpt["__author__"] == "timm", name
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda sd: sd.update({"layer1.0.se.fc1.weight": torch.zeros(1)}),
+     r"names outside the torchvision/timm ResNet layout .*'layer1\.0\.se\.fc1\.weight'.* Deep-stem / SE / BasicBlock"),
+    (lambda sd: [sd.pop(k) for k in list(sd) if ".conv3." in k or ".bn3." in k],
+     r"no bottleneck blocks found \(BasicBlock ResNet-18/34 is not supported\)"),
+    (lambda sd: sd.update({"layer1.0.conv1.weight": "not a tensor"}),
+     r"entries \['layer1\.0\.conv1\.weight'\] of the state dict are not tensors/arrays"),
+])
+def test_torchvision_refusals(change, match, tmp_path):
+    sd = dict(_tiny_tv().state_dict())
+    change(sd)
+    path = str(tmp_path / "bad.pth")
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=match) as e:
+        read_checkpoint(path)
+    assert path in str(e.value)
+
+
+def test_wrappers_and_non_dicts(tmp_path):
+    sd = _tiny_tv().state_dict()
+    for key in ("model", "state_dict", "model_state", "module"):
+        torch.save({key: sd, "note": "kept"}, tmp_path / f"{key}.pth")
+        _assert_converted(read_checkpoint(str(tmp_path / f"{key}.pth"))["model"], sd)
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(WeightsError, match=r"list\.pth: holds a list, not a state dict; expected one of: "):
+        read_checkpoint(str(tmp_path / "list.pth"))
+    torch.save({"model": {}, "x": torch.zeros(1)}, tmp_path / "empty_model.pth")  # an empty inner dict is no wrapper
+    with pytest.raises(WeightsError, match="match no known layout"):
+        read_checkpoint(str(tmp_path / "empty_model.pth"))
+
+
+# ----------------------------------------------------------------------------- Caffe2
+def test_caffe2_affine_becomes_bn_with_neutral_statistics(tmp_path):
+    """AffineChannel blobs (_bn_s/_bn_b) -> BN weight/bias with mean 0 and var 1 - 1e-5, so that
+    detectron2's x * w / sqrt(var + eps) is x * w exactly (eps: detectron2's FrozenBN 1e-5)."""
+    n = 8
+    blobs = {"conv1_w": np.ones((n, 3, 7, 7), np.float32), "res_conv1_bn_s": np.full(n, 2.0, np.float32),
+             "res_conv1_bn_b": np.full(n, 0.5, np.float32), "res2_0_branch2a_w": np.ones((n, n, 1, 1), np.float32),
+             "res2_0_branch2a_bn_s": np.full(n, 3.0, np.float32), "res2_0_branch2a_bn_b": np.zeros(n, np.float32),
+             "res2_0_branch2a_w_momentum": np.zeros((n, n, 1, 1), np.float32),
+             "pred_w": np.zeros((3, n), np.float32), "pred_b": np.zeros(3, np.float32)}
+    with open(tmp_path / "c2.pkl", "wb") as f:
+        pickle.dump(blobs, f, protocol=2)
+    ckpt = read_checkpoint(str(tmp_path / "c2.pkl"))
+    model, meta = ckpt["model"], ckpt["meta"]
+    assert torch.equal(model["stem.conv1.norm.weight"], torch.full((n,), 2.0))
+    assert torch.equal(model["stem.conv1.norm.bias"], torch.full((n,), 0.5))
+    assert torch.equal(model["stem.conv1.norm.running_mean"], torch.zeros(n))
+    assert torch.equal(model["stem.conv1.norm.running_var"], torch.full((n,), 1.0 - 1e-5))
+    assert torch.equal(model["res2.0.conv1.norm.running_var"], torch.full((n,), 1.0 - 1e-5))
+    assert not any("momentum" in k for k in model)
+    assert not any(k.startswith(("linear.", "pred")) for k in model) and len(meta["dropped"]) == 2
+    assert meta["source"] == "caffe2" and ckpt["__author__"] == "Caffe2"
+    assert meta["convention"] == "caffe2-msra"  # no grouped 3x3, no GN
+
+
+# ----------------------------------------------------------------------------- detectron2 checkpoints
+def test_detectron2_checkpoint_entries(tmp_path):
+    sd = {"backbone.bottom_up.stem.conv1.weight": torch.ones(4, 3, 7, 7), "roi_heads.x": torch.zeros(2)}
+    torch.save({"model": sd, "iteration": 7, "matching_heuristics": True, "__author__": "me",
+                "meta": {"source": "timm", "input_format": "RGB"}}, tmp_path / "d2.pth")
+    ckpt = read_checkpoint(str(tmp_path / "d2.pth"))
+    assert sorted(ckpt["model"]) == sorted(sd) and ckpt["iteration"] == 7
+    assert ckpt["matching_heuristics"] is True and ckpt["__author__"] == "me"
+    assert ckpt["meta"] == {"source": "timm", "input_format": "RGB"}
+    assert sorted(ckpt) == ["__author__", "iteration", "matching_heuristics", "meta", "model"]
+    # detectron2's own converter output (no meta, author torchvision): torchvision's convention
+    with open(tmp_path / "conv.pkl", "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "torchvision"}, f)
+    ckpt = read_checkpoint(str(tmp_path / "conv.pkl"))
+    assert isinstance(ckpt["model"]["roi_heads.x"], torch.Tensor)
+    assert ckpt["meta"]["via"] == "convert-torchvision-to-d2" and ckpt["meta"]["input_format"] == "RGB"
+    assert ckpt["matching_heuristics"] is False
+    torch.save({"model": sd}, tmp_path / "bare.pth")  # no metadata at all
+    ckpt = read_checkpoint(str(tmp_path / "bare.pth"))
+    assert ckpt["meta"] is None and ckpt["__author__"] == "detectron2"
+
+
+# ----------------------------------------------------------------------------- architecture
+def _d2_names(blocks=(3, 4, 6, 3), card=32, width=4, res2=256, stem=64, prefix=""):
+    sd = {}
+    if stem:
+        sd[prefix + "stem.conv1.weight"] = torch.empty(stem, 3, 7, 7)
+    for s, n in zip(range(2, 6), blocks):
+        for i in range(n):
+            sd[f"{prefix}res{s}.{i}.conv1.weight"] = torch.empty(1)
+    sd[prefix + "res2.0.conv2.weight"] = torch.empty(card * width, width, 3, 3)
+    sd[prefix + "res2.0.conv3.weight"] = torch.empty(res2, card * width, 1, 1)
+    sd[prefix + "res2.0.shortcut.weight"] = torch.empty(res2, stem or 64, 1, 1)
+    return sd
+
+
+def test_infer_architecture():
+    x50 = {"blocks_per_stage": [3, 4, 6, 3], "cardinality": 32, "bottleneck_width": 4, "res2_out_channels": 256,
+           "stem_out_channels": 64, "depth": 50, "preset": "X-50-32x4d"}
+    assert infer_architecture(_d2_names()) == x50
+    assert infer_architecture(_d2_names(prefix="backbone.bottom_up.")) == x50
+    assert infer_architecture(_d2_names(blocks=(3, 4, 23, 3), card=64))["preset"] == "X-101-64x4d"
+    assert infer_architecture(_d2_names(blocks=(3, 8, 36, 3), width=8))["preset"] == "X-152-32x8d"
+    odd = infer_architecture(_d2_names(blocks=(2, 2, 2, 2)))
+    assert odd["depth"] is None and odd["preset"] == "" and odd["blocks_per_stage"] == [2, 2, 2, 2]
+    assert infer_architecture(_d2_names(res2=128))["preset"] == ""  # not torchvision's widths
+    no_stem = infer_architecture(_d2_names(stem=0))
+    assert no_stem["stem_out_channels"] is None and no_stem["preset"] == ""
+    assert infer_architecture(_d2_names(stem=32))["preset"] == ""
+    incomplete = _d2_names()
+    del incomplete["res2.0.conv3.weight"]
+    assert infer_architecture(incomplete) == {}
+    flat = _d2_names()
+    flat["res2.0.conv2.weight"] = torch.empty(128, 4)  # not a conv kernel
+    assert infer_architecture(flat) == {}
+    assert infer_architecture({}) == {}
+
+
+@pytest.mark.parametrize("change,preset,match", [
+    ({}, "X-50-32x4d", None),
+    ({}, "X-7", r"--preset 'X-7' is unknown; known presets: X-50-32x4d, X-101-32x4d"),
+    ({"res2": 128}, "X-50-32x4d", r"res2 width 128, not preset 'X-50-32x4d' \(depth 50, C=32, d=4\)"),
+    ({"stem": 32}, "X-50-32x4d", r"not preset 'X-50-32x4d'"),
+    ({"card": 64}, "X-50-32x4d", r"depth 50 \(blocks \[3, 4, 6, 3\]\), C=64, d=4, res2 width 256, not preset"),
+    ({"blocks": (3, 4, 23, 3)}, "X-50-32x4d", r"the weights are X-101-32x4d, not preset 'X-50-32x4d'.*"
+                                              r"pass the matching --preset or none"),
+])
+def test_preset_check(change, preset, match, tmp_path):
+    path = str(tmp_path / "w.pth")
+    torch.save({"model": _d2_names(**change)}, path)
+    if match is None:
+        assert read_checkpoint(path, preset)["model"]
+        return
+    with pytest.raises(WeightsError, match=match):
+        read_checkpoint(path, preset)
+
+
+def test_preset_needs_an_architecture(tmp_path):
+    path = str(tmp_path / "w.pth")
+    torch.save({"model": {"stem.conv1.weight": torch.empty(64, 3, 7, 7)}}, path)
+    assert read_checkpoint(path)["model"]  # without a preset, fine
+    with pytest.raises(WeightsError, match=r"cannot tell the architecture of these weights to compare with preset"):
+        read_checkpoint(path, "X-50-32x4d")
+
+
+# ----------------------------------------------------------------------------- writing, progress
+def test_save_converted_formats(tmp_path):
+    sd = {"b.weight": torch.arange(3.0), "a.weight": np.ones(2, np.float32)}
+    meta = {"source": "torch7", "input_format": "RGB"}
+    pkl = save_converted(sd, meta, str(tmp_path / "c.pkl"), matching_heuristics=False)
+    with open(pkl, "rb") as f:
+        data = pickle.load(f)
+    assert data["__author__"] == "resnext_det (from torch7)" and data["matching_heuristics"] is False
+    assert data["meta"] == meta and all(isinstance(v, np.ndarray) for v in data["model"].values())
+    assert np.array_equal(data["model"]["b.weight"], [0.0, 1.0, 2.0])
+    pth = save_converted(sd, None, str(tmp_path / "c.pth"))
+    data = torch.load(pth, weights_only=True)
+    assert data["__author__"] == "resnext_det (from unknown)" and data["matching_heuristics"] is True
+    assert all(isinstance(v, torch.Tensor) for v in data["model"].values())
+    assert torch.equal(data["model"]["a.weight"], torch.ones(2))
+
+
+def test_progress_output_changes_nothing(tmp_path, caplog):
+    import logging
+
+    sd = _tiny_tv().state_dict()
+    torch.save(sd, tmp_path / "tv.pth")
+    with caplog.at_level(logging.INFO, logger="resnext_det.weights.sources"):
+        loud = read_checkpoint(str(tmp_path / "tv.pth"), progress=True)
+    assert "Reading " in caplog.text and "torch-zip" in caplog.text and "converting" in caplog.text
+    quiet = read_checkpoint(str(tmp_path / "tv.pth"))
+    assert sorted(loud["model"]) == sorted(quiet["model"]) and loud["meta"] == quiet["meta"]
+    out = save_converted(quiet["model"], quiet["meta"], str(tmp_path / "p.pth"), progress=True)
+    assert sorted(read_checkpoint(out)["model"]) == sorted(quiet["model"])
