@@ -365,6 +365,18 @@ def _environ(values):
                 os.environ[k] = v
 
 
+def _check_shared_output_dir(cfg, args, group):
+    """A plan of several stages (stage 2 reads the proposal shards every worker wrote in stage
+    1) and --resume (every worker reads last_checkpoint) need one OUTPUT_DIR for all machines."""
+    needs = len(build_plan(cfg)) > 1 or args.resume
+    if needs and not group.sees_folder_of_machine_0(cfg.OUTPUT_DIR):
+        why = ("--resume reads the last checkpoint on every worker" if args.resume else
+               "stage 2 of the plan reads what every worker wrote in stage 1")
+        raise TrainingConfigError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} is not the folder machine 0 writes ({why}); give "
+            "every machine the same shared folder (e.g. on NFS) as OUTPUT_DIR")
+
+
 def _cli_machines(cfg, args, trainer_cls, start):
     """One machine of ``--num-machines``: join the group (bounded wait), prepare and check this
     machine's inputs (the synthetic set, the PRETRAIN weights: made here, or found in a shared
@@ -378,6 +390,7 @@ def _cli_machines(cfg, args, trainer_cls, start):
             setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
         prepare_datasets(cfg)  # on every machine: its own inputs, or the shared ones
         check_files(cfg, args)
+        _check_shared_output_dir(cfg, args, group)
     except USER_ERRORS as e:  # one line here and on every other machine
         reason = f"cannot start: {one_line(e, limit=4000)}"
         group.fail(reason)

@@ -24,9 +24,11 @@ error was a lost connection to a peer (then the watchdog names the peer that fai
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import threading
 import time
@@ -63,6 +65,11 @@ def one_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def _first_line(e: BaseException) -> str:
+    """An exception's first line (torch's C++ errors append their stack frames)."""
+    return one_line(str(e).split("Exception raised from")[0].strip().split("\n")[0], 200)
+
+
 def _say(msg: str, stream=None) -> None:
     print(f"train_net.py: {msg}", file=stream or sys.stdout, flush=True)
 
@@ -97,6 +104,8 @@ class MachineGroup:
         self._stop = threading.Event()  # the watchdog and heartbeat end
         self._watching = threading.Event()  # the watchdog judges (cleared when done)
         self._threads = []
+        self._token = None  # machine 0: the file of sees_folder_of_machine_0
+        self._stopping = threading.Event()  # the watchdog is stopping the run (it exits)
         self._started = None
 
     # -- names -----------------------------------------------------------------------------
@@ -125,7 +134,7 @@ class MachineGroup:
                                             wait_for_workers=False,
                                             timeout=timedelta(seconds=self.timeout))
             except Exception as e:  # port taken, or not an address of this machine
-                raise MachineError(f"machine 0 cannot listen at {self.url}: {one_line(e, 200)} "
+                raise MachineError(f"machine 0 cannot listen at {self.url}: {_first_line(e)} "
                                    "(is the port free, and is HOST this machine's address?)") from None
         else:
             self._store = self._connect_to_machine_0()
@@ -141,18 +150,19 @@ class MachineGroup:
         deadline = self._started + self.timeout
         said = None
         while True:
-            try:
+            try:  # a plain socket first: torch's client logs every refused try with its stack
+                socket.create_connection((self.host, self.port), timeout=2.0).close()
                 return self._client(max(1.0, min(5.0, deadline - time.monotonic())))
             except Exception as e:  # refused / timed out: machine 0 is not there (yet)
-                last = one_line(e, 200)
+                last = _first_line(e)
             waited = time.monotonic() - self._started
-            if waited >= self.timeout:
-                raise MachineError(f"waiting for {self.who(0)} at {self.url}: not joined after "
-                                   f"{self.timeout:.0f} s ({last})")
             if said is None or waited - said >= _SAY_EVERY:
                 self._say(f"waiting for {self.who(0)} to start the run at {self.url} "
                           f"({waited:.0f} s of {self.timeout:.0f})")
                 said = waited
+            if waited >= self.timeout:
+                raise MachineError(f"waiting for {self.who(0)} at {self.url}: not joined after "
+                                   f"{self.timeout:.0f} s ({last})")
             time.sleep(0.5)
 
     def worker_env(self) -> Dict[str, str]:
@@ -162,10 +172,25 @@ class MachineGroup:
                 "MASTER_PORT": str(self.port)}
 
     # -- the threads -----------------------------------------------------------------------
+    def _machine_0_gone(self) -> bool:
+        """Machines 1 ... N-1: machine 0's port refuses connections (its launcher is gone). A
+        plain socket: torch's store client would log each failure with its C++ stack."""
+        if self.rank == 0:
+            return False
+        try:
+            socket.create_connection((self.host, self.port), timeout=2.0).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+        except OSError:  # a timeout: the heartbeat decides
+            return False
+
     def _heartbeat(self):
         try:
             store = self._client(self.timeout)
             while not self._stop.wait(1.0):
+                if self._machine_0_gone():
+                    return
                 store.add(self._key("beat", self.rank), 1)
         except Exception:  # machine 0 gone: the watchdog says so
             pass
@@ -174,19 +199,23 @@ class MachineGroup:
         try:
             store = self._client(self.timeout)
         except Exception as e:
-            self.stop_run(f"{self.who(0)} at {self.url} is gone: {one_line(e, 200)}", (0,))
+            self.stop_run(f"{self.who(0)} at {self.url} is gone: {_first_line(e)}", (0,))
             return
         seen: Dict[int, tuple] = {}  # machine -> (last beat, when it changed)
         said = -_SAY_EVERY
         while not self._stop.wait(1.0):
             if not self._watching.is_set():
                 continue
+            if self._machine_0_gone():
+                self.stop_run(f"{self.who(0)} at {self.url} is gone (it holds the run's "
+                              "rendezvous): connection refused", (0,))
+                return
             try:
                 verdict, waiting = self._judge(store, seen)
             except Exception as e:  # the store (machine 0's launcher) went away
                 if self._watching.is_set() and not self._stop.is_set():
                     self.stop_run(f"{self.who(0)} at {self.url} is gone (it holds the run's "
-                                  f"rendezvous): {one_line(e, 200)}", (0,))
+                                  f"rendezvous): {_first_line(e)}", (0,))
                 return
             if verdict and self._watching.is_set():
                 self.stop_run(*verdict)
@@ -229,10 +258,12 @@ class MachineGroup:
         """Another machine failed: one line on stderr, this machine's workers terminated,
         and the process exits with status 1 (called from the watchdog thread). ``gone``: the
         machines that will not read the store again (machine 0 does not wait for them)."""
+        self._stopping.set()
         self._watching.clear()
         self._stop.set()
         _say(f"error: {line}; stopping {self.who(self.rank)}", sys.stderr)
         _terminate_children()
+        self._drop_token()
         if self.rank == 0:
             self._linger(len(gone))
         else:
@@ -248,12 +279,35 @@ class MachineGroup:
         keys = [self._key("ready", r) for r in range(self.n)]
         while not self._store.check(keys):
             time.sleep(0.2)
+        self._drop_token()
+
+    def _drop_token(self):
+        if self._token:
+            with contextlib.suppress(OSError):
+                os.unlink(self._token)
+            self._token = None
+
+    def sees_folder_of_machine_0(self, folder: str) -> bool:
+        """Whether ``folder`` here is the folder machine 0 calls ``folder`` (a shared one):
+        machine 0 writes a token file in it and posts its name; the others look for it.
+        Machine 0 removes it once every machine is ready (:meth:`wait_until_ready`)."""
+        key = f"{_PREFIX}folder_token"
+        if self.rank == 0:
+            self._token = os.path.join(folder, f".machine0-{os.getpid()}-{time.time_ns()}")
+            os.makedirs(folder, exist_ok=True)
+            open(self._token, "w").close()
+            self._store.set(key, os.path.basename(self._token))
+            return True
+        while not self._store.check([key]):  # (the watchdog bounds the wait)
+            time.sleep(0.2)
+        return os.path.isfile(os.path.join(folder, self._store.get(key).decode()))
 
     def fail(self, reason: str) -> None:
         """This machine fails: post why (one line) for the others; machine 0, which holds the
         store, waits until they have read it (at most ``min(timeout, 10)`` s)."""
         self._watching.clear()
         self._stop.set()
+        self._drop_token()
         if self._store is None:
             return
         try:
@@ -302,6 +356,8 @@ class MachineGroup:
         machine that failed (it exits the process); returns if it names none."""
         deadline = time.monotonic() + self.timeout + 5.0
         while time.monotonic() < deadline and self._watching.is_set():
+            time.sleep(0.2)
+        while self._stopping.is_set():  # the watchdog prints its line and ends the process
             time.sleep(0.2)
 
 
