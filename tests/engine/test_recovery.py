@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import pytest
 import torch
@@ -300,9 +301,21 @@ def _assert_bit_identical(ref_path, got_path):
     assert len(ref_m) == len(got_m) > 0 and all(torch.equal(a, b) for a, b in zip(ref_m, got_m))
 
 
+def _kill_rng(test_name):
+    """The random stream of a test's kill moments: seeded per test (RESNEXT_DET_KILL_SEED
+    replays another), the seed printed, so a failing kill moment can be run again."""
+    import random
+
+    seed = int(os.environ.get("RESNEXT_DET_KILL_SEED", zlib.crc32(test_name.encode())))
+    print(f"kill moment seed for {test_name}: {seed} (replay: RESNEXT_DET_KILL_SEED={seed})")
+    return random.Random(seed), seed
+
+
 def _kill_at_random_moment_after(run, first_checkpoint, rng):
     _wait_for(lambda: first_checkpoint.is_file(), run)
-    time.sleep(rng.uniform(0.0, 0.6))  # anywhere in the following iterations (or a save)
+    delay = rng.uniform(0.0, 0.6)  # anywhere in the following iterations (or a save)
+    print(f"killing {delay:.3f} s after {first_checkpoint.name}")
+    time.sleep(delay)
     assert run.proc.poll() is None, "the run finished before the kill:\n" + run.text[-2000:]
     run.kill()
     assert run.wait() == -signal.SIGKILL
@@ -328,14 +341,11 @@ def uninterrupted_run(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_after_sigkill_ends_bit_identical_to_uninterrupted_run(tmp_path, workers, uninterrupted_run):
-    import random
-
     opts = EXACT_OPTS + ["DATALOADER.NUM_WORKERS", str(workers)]
-    seed = random.randrange(1 << 30)
-    print("kill moment seed:", seed)
+    rng, _ = _kill_rng(f"bit_identical_workers{workers}")
     out = tmp_path / "killed"
     run = Run(out, _args(*opts))
-    _kill_at_random_moment_after(run, out / "model_0000003.pth", random.Random(seed))
+    _kill_at_random_moment_after(run, out / "model_0000003.pth", rng)
     resumed = Run(out, _args(*opts, flags=["--resume"]))
     assert resumed.wait() == 0, resumed.text[-3000:]
     assert "Starting training from iteration 0" not in resumed.text
@@ -346,8 +356,6 @@ def test_resume_after_sigkill_ends_bit_identical_to_uninterrupted_run(tmp_path, 
 def test_two_stage_plan_resume_after_sigkill_ends_bit_identical(tmp_path):
     """Killed once in stage 1 (RPN) and once in stage 2 (Fast R-CNN): both stages' final
     weights equal the uninterrupted plan's, bit for bit."""
-    import random
-
     opts = ["SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "3"]
     for stage in ("RPN", "FAST_RCNN"):
         opts += [f"RESNEXT_PLAN.{stage}.MAX_ITER", "8", f"RESNEXT_PLAN.{stage}.STEPS", "(5,)",
@@ -356,7 +364,7 @@ def test_two_stage_plan_resume_after_sigkill_ends_bit_identical(tmp_path):
     conf = ["--config", "demo_tiny_X_C4_two_stage_synthetic.yaml"]
     ref = Run(tmp_path / "ref", conf + opts)
     assert ref.wait() == 0, ref.text[-3000:]
-    rng = random.Random(random.randrange(1 << 30))
+    rng, _ = _kill_rng("two_stage_bit_identical")
     out = tmp_path / "killed"
     first = Run(out, conf + opts)
     _kill_at_random_moment_after(first, out / "stage1_rpn" / "model_0000002.pth", rng)
