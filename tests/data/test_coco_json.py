@@ -151,11 +151,28 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=json_values)
 def test_fuzz_structure(data):
+    before = json.dumps(data, sort_keys=True)
     try:
         out = validate_coco_dict(data, "fuzz.json")
     except DatasetError:
         return
-    assert isinstance(out["annotations"], list)
+    # what an accepted file guarantees, checked here entry by entry: images and categories as
+    # given, with unique ids; each kept annotation a positive [x, y, w, h] of numbers on a known
+    # image and category; kept + dropped = all; the caller's dict untouched
+    assert json.dumps(data, sort_keys=True) == before
+    assert out["images"] is data["images"] and out["categories"] is data["categories"]
+    image_ids = [img["id"] for img in data["images"]]
+    cat_ids = [cat["id"] for cat in data["categories"]]
+    assert len(set(image_ids)) == len(image_ids) and len(set(cat_ids)) == len(cat_ids) >= 1
+    assert all(img["height"] > 0 and img["width"] > 0 for img in data["images"])
+    kept = out["annotations"]
+    assert all(ann in data["annotations"] for ann in kept)
+    for ann in kept:
+        x, y, w, h = ann["bbox"]
+        assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y, w, h))
+        assert w > 0 and h > 0 and ann["image_id"] in image_ids and ann["category_id"] in cat_ids
+    dropped = [ann for ann in data["annotations"] if not (ann["bbox"][2] > 0 and ann["bbox"][3] > 0)]
+    assert out["_dropped_degenerate_boxes"] == len(dropped) == len(data["annotations"]) - len(kept)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
