@@ -27,6 +27,23 @@ def _run(args, timeout=400):
     return r
 
 
+def _assert_same_detections(eager_json, exported_json, top=10):
+    """Each image's ``top`` best exported detections are eager ones: same class, box within
+    0.05 px, score within 1e-3 (matched by value, so near-tied scores may swap places)."""
+    by_image = {}
+    for name, path in (("eager", eager_json), ("exported", exported_json)):
+        for d in json.load(open(path)):
+            by_image.setdefault(d["image_id"], {"eager": [], "exported": []})[name].append(d)
+    assert by_image
+    for image_id, dets in by_image.items():
+        assert len(dets["exported"]) == len(dets["eager"]) > 0, image_id
+        best = sorted(dets["exported"], key=lambda d: -d["score"])[:top]
+        for d in best:
+            assert any(e["category_id"] == d["category_id"] and abs(e["score"] - d["score"]) < 1e-3
+                       and max(abs(a - b) for a, b in zip(e["bbox"], d["bbox"])) < 0.05
+                       for e in dets["eager"]), (image_id, d)
+
+
 def test_reduced_demo_trains_evaluates_and_draws(tmp_path):
     out = tmp_path / "demo"
     r = _run(["--demo", "fpn", "OUTPUT_DIR", str(out), "MODEL.FPN.OUT_CHANNELS", "32",
@@ -36,9 +53,14 @@ def test_reduced_demo_trains_evaluates_and_draws(tmp_path):
     # the exported model's AP beside the eager one (issue 13: the demo deploys too)
     assert "through ONNX Runtime (eager" in r.stdout and (out / "deploy" / "model.onnx").is_file()
     dep = json.load(open(out / "deploy" / "inference" / "eval_results.json"))
-    assert dep["runtime"] == "onnxruntime" and math.isfinite(dep["results"]["bbox"]["AP"])
     results = json.load(open(out / "inference" / "eval_results.json"))["results"]
     assert math.isfinite(results["bbox"]["AP"]) and 0 <= results["bbox"]["AP"] <= 100
+    # the exported fp32 model is the eager one: the same AP (within the README's 0.5) and, since
+    # six iterations leave the AP near 0, the same detections on every image, box for box
+    assert dep["runtime"] == "onnxruntime"
+    assert abs(dep["results"]["bbox"]["AP"] - results["bbox"]["AP"]) <= 0.5
+    _assert_same_detections(out / "inference" / "synthetic_shapes_val" / "coco_instances_results.json",
+                            out / "deploy" / "inference" / "synthetic_shapes_val" / "coco_instances_results.json")
     assert (out / "inference" / "synthetic_shapes_val" / "coco_instances_results.json").is_file()
     records = [json.loads(line) for line in open(out / "metrics.json")]
     assert [r["iteration"] for r in records if "bbox/AP" in r] == [2, 6]  # periodic + final
@@ -117,10 +139,13 @@ def test_two_stage_miniature_runs_end_to_end(tmp_path):
     assert "recall" not in state["results"]["proposals"]["synthetic_shapes_train"]
     oracle = state["results"]["fast_rcnn"]["oracle"]["bbox"]["AP"]
     assert math.isfinite(oracle) and 0 <= oracle <= 100
+    # ground-truth boxes as proposals beat the RPN's by a margin (measured: 30.1 against 0.0 on
+    # this miniature; four iterations leave the RPN's recall at 0, hence real AP 0)
+    assert oracle >= ap + 10, (oracle, ap)
     assert (out / "stage2_fast_rcnn" / "oracle" / "synthetic_shapes_val_gt_proposals.pkl").is_file()
     # the control: the same model given another image's proposals (far lower on the full demo)
     shuffled = state["results"]["fast_rcnn"]["shuffled"]["bbox"]["AP"]
-    assert math.isfinite(shuffled) and 0 <= shuffled <= 100
+    assert math.isfinite(shuffled) and 0 <= shuffled <= ap  # never better than the real proposals
     assert (out / "stage2_fast_rcnn" / "shuffled" / "synthetic_shapes_val_shuffled_proposals.pkl").is_file()
     for text in ("pretraining (miniature ImageNet): top-1", "stage 1 (RPN) proposals on "
                  "synthetic_shapes_val: AR@100", "stage 2 (Fast R-CNN): box AP",
