@@ -40,10 +40,12 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # pytest-xdist: the suite runs on every core (tools/install.sh --test passes -n auto);
     # import-linter: the layer contract in .importlinter (tests/test_layers.py).
+    # mutmut: mutation testing of the core modules (tools/mutation.py, docs/TESTING.md), not run by the suite
     # pytest < 9.2: pytest 9.2 keeps node ids in Node._id, and pytest-xdist 3.8's --dist
     # loadgroup still renames item._nodeid, so the xdist_group marks are silently ignored there
     # (measured: a fresh venv with pytest 9.2.0 built the deploy-parity fixture on both workers)
-    "test": ["pytest>=8,<9.2", "pytest-timeout", "pytest-xdist", "hypothesis", "import-linter"],
+    "test": ["pytest>=8,<9.2", "pytest-timeout", "pytest-xdist", "hypothesis", "import-linter",
+             "mutmut>=3.8,<4"],
     # ONNX export and the CPU inference runtimes (resnext_det.deploy, tools/export.py);
     # nncf: int8 the way OpenVINO recommends (tools/export.py --int8)
     "deploy": ["onnx", "onnxruntime", "openvino", "nncf"],

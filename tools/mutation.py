@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Mutation testing of the core modules (mutmut), one module at a time, kept as a record.
+
+Each module is mutated in a scratch copy of the working tree (``--workdir``, never the checkout
+itself: mutmut writes its ``mutants/`` folder beside the code it mutates), and only the fast
+unit tests that cover it run against each mutant (``MODULE_TESTS`` below: no end-to-end
+training, no export). The result goes to ``benchmarks/<kind>/mutation.json``: per module the
+killed, survived, timed-out and equivalent mutants (each equivalent one with its reason, from
+``tools/mutation_equivalents.json``), the score, the wall time and the machine (CPU flags,
+load average at the start), under ``--phase`` (``before``: the tests as they were; ``after``:
+once the holes were closed). Not part of the test suite: it takes minutes per module.
+
+    nice -n 19 python tools/mutation.py --phase after                       # every module
+    nice -n 19 python tools/mutation.py --phase after deploy/contract.py    # some modules
+
+Score = (killed + timeout) / (mutants - equivalent). A mutant no selected test runs ("no
+tests") counts as survived. Needs the ``test`` extra (``pip install -e .[test]``: mutmut).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from resnext_det.hardware import CpuFeatures, cpu_kind  # noqa: E402
+
+#: module (relative to resnext_det/) -> the fast unit tests that cover it
+MODULE_TESTS = {
+    "weights/sources.py": ["tests/weights/test_weights.py", "tests/weights/test_names.py",
+                           "tests/weights/test_sources_unit.py"],
+    "weights/safe_io.py": ["tests/weights/test_weights.py", "tests/weights/test_safe_io_unit.py"],
+    "data/sampler.py": ["tests/data/test_sampler.py"],
+    "data/proposals.py": ["tests/data/test_proposals.py"],
+    "modeling/blocks.py": ["tests/modeling/test_blocks.py"],
+    "config.py": ["tests/test_config.py"],
+    "deploy/contract.py": ["tests/deploy/test_contract_unit.py"],
+    # the deploy runtime modules: their unit tests come with the deploy fix (tests/deploy/)
+    "deploy/predictor.py": ["tests/deploy/test_deploy_bad_inputs.py"],
+    "deploy/runtimes.py": ["tests/deploy/test_deploy_bad_inputs.py"],
+}
+EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.json"
+FORMAT = "resnext-det-mutation/1"
+
+
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _prepare(workdir: Path, module: str, tests) -> None:
+    """A scratch copy of the package, configs and tests with mutmut's config for ``module``."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants")
+    for name in ("resnext_det", "tests", "configs"):
+        shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
+    shutil.copy2(ROOT / "pytest.ini", workdir / "pytest.ini")
+    lines = ["[mutmut]", "source_paths = resnext_det", f"only_mutate = resnext_det/{module}",
+             "also_copy =", "    configs", "    pytest.ini",
+             "pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests] + [
+             # no:unraisableexception: its gc.collect() passes over torch's heap take 1.9 of the
+             # 2 s of every run (measured); the mutants' tests take milliseconds
+             "pytest_add_cli_args ="] + [f"    {a}" for a in (
+                 "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:unraisableexception",
+                 "-p", "no:threadexception")] + [
+             # torch is not fork-safe once its thread pools ran: fork workers from a clean server
+             "process_isolation = forkserver", "use_git_change_detection = false",
+             "timeout_multiplier = 10.0", "timeout_constant = 5.0", ""]
+    (workdir / "setup.cfg").write_text("\n".join(lines))
+
+
+def _results(workdir: Path, module: str):
+    """(status by mutant name, diff by mutant name for those not killed) from mutmut's files."""
+    from mutmut.configuration import reset_config
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
+    path = f"resnext_det/{module}"
+    meta = json.loads((workdir / "mutants" / (path + ".meta")).read_text())
+    status = {k: status_by_exit_code[v] for k, v in meta["exit_code_by_key"].items()}
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        reset_config()
+        diffs = {k: "\n".join(get_diff_for_mutant(k, path=path).splitlines()[2:])
+                 for k, s in status.items() if s not in ("killed", "timeout")}
+    finally:
+        os.chdir(cwd)
+    return status, diffs
+
+
+def run_module(module: str, workdir: Path, equivalents: dict) -> dict:
+    tests = [t for t in MODULE_TESTS[module] if (ROOT / t).exists()]
+    if not tests:  # mutmut would run every test under tests/: record the gap instead
+        return {"tests": [], "not_measured": f"none of {MODULE_TESTS[module]} exists: no fast unit test covers it"}
+    _prepare(workdir, module, tests)
+    load = [round(x, 2) for x in os.getloadavg()]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    t0 = time.perf_counter()
+    log = workdir / "mutmut.log"
+    with open(log, "w") as f:
+        rc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=workdir,
+                            env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"mutmut run failed for {module} (exit {rc}); see {log}:\n"
+                         + log.read_text()[-3000:])
+    status, diffs = _results(workdir, module)
+    equivalent, stale = {}, []
+    for name, entry in equivalents.get(module, {}).items():
+        if name not in status:
+            stale.append(name)
+        elif status[name] in ("killed", "timeout"):
+            stale.append(name)  # a test kills it now: not equivalent after all
+        elif diffs.get(name) != entry["diff"]:
+            stale.append(name)  # the mutant of that name changed with the code
+        else:
+            equivalent[name] = entry["reason"]
+    count = {s: sum(1 for v in status.values() if v == s)
+             for s in ("killed", "timeout", "survived", "no tests", "suspicious", "segfault", "skipped")}
+    survived = sorted(k for k, s in status.items() if s not in ("killed", "timeout") and k not in equivalent)
+    live = len(status) - len(equivalent)
+    score = (count["killed"] + count["timeout"]) / live if live else 1.0
+    return {
+        "tests": tests,
+        "mutants": len(status),
+        "killed": count["killed"],
+        "timeout": count["timeout"],
+        "survived": len(survived),
+        "not_run_no_test_covers": count["no tests"],
+        "other": {k: count[k] for k in ("suspicious", "segfault", "skipped") if count[k]},
+        "equivalent": len(equivalent),
+        "score": round(score, 4),
+        "survivors": {k: diffs[k] for k in survived},
+        "equivalents": {k: {"reason": equivalent[k], "diff": diffs[k]} for k in sorted(equivalent)},
+        "stale_equivalents": stale,
+        "wall_s": round(wall, 1),
+        "loadavg_at_start": load,
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("modules", nargs="*", metavar="MODULE",
+                   help=f"modules relative to resnext_det/ (default: all of {', '.join(MODULE_TESTS)})")
+    p.add_argument("--phase", choices=("before", "after"), default="after",
+                   help="which score this run is: before or after the holes were closed")
+    p.add_argument("--workdir", default="/tmp/resnext_det_mutation", help="scratch folder (replaced)")
+    p.add_argument("--output", default=None, help="record (default benchmarks/<kind>/mutation.json)")
+    args = p.parse_args(argv)
+    modules = args.modules or list(MODULE_TESTS)
+    unknown = [m for m in modules if m not in MODULE_TESTS]
+    if unknown:
+        p.error(f"unknown module(s) {unknown}; known: {', '.join(MODULE_TESTS)}")
+    equivalents = json.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    kind = cpu_kind()
+    out = Path(args.output) if args.output else ROOT / "benchmarks" / kind / "mutation.json"
+    record = json.loads(out.read_text()) if out.exists() else {}
+    import mutmut
+
+    record.update({
+        "format": FORMAT, "cpu_kind": kind, "cpu_flags": CpuFeatures.detect().describe(),
+        "cores": os.cpu_count(), "tool": f"mutmut {mutmut.__version__}",
+        "command": "nice -n 19 python tools/mutation.py --phase PHASE [MODULE ...]",
+        "score": "(killed + timeout) / (mutants - equivalent); 'no tests' counts as survived",
+    })
+    record.setdefault("modules", {})
+    for module in modules:
+        print(f"[mutation] {module}: {MODULE_TESTS[module]}", flush=True)
+        res = run_module(module, Path(args.workdir) / module.replace("/", "_").replace(".py", ""), equivalents)
+        res.update(commit=_git("rev-parse", "--short", "HEAD"), dirty=bool(_git("status", "--porcelain", "--", "resnext_det", "tests")),
+                   date=datetime.date.today().isoformat())
+        record["modules"].setdefault(module, {})[args.phase] = res
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        if "not_measured" in res:
+            print(f"[mutation] {module}: not measured: {res['not_measured']}", flush=True)
+            continue
+        print(f"[mutation] {module}: {res['killed'] + res['timeout']}/{res['mutants'] - res['equivalent']} killed "
+              f"(score {res['score']:.1%}; {res['survived']} survived, {res['equivalent']} equivalent, "
+              f"{res['timeout']} timeouts) in {res['wall_s']:.0f} s", flush=True)
+        if res["stale_equivalents"]:
+            print(f"[mutation] {module}: stale equivalence reasons: {res['stale_equivalents']}", flush=True)
+    print(f"[mutation] record: {out}")
+
+
+if __name__ == "__main__":
+    main()
