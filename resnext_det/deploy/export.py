@@ -35,6 +35,7 @@ from torch import nn
 from ..weights import load_checkpoint
 from ..io import atomic_open, atomic_write_json
 from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError, read_contract_bytes, short_error
+from .graph_fix import rewrite_empty_branch_constants
 from .parity import BOX_TOL_PX, SCORE_TOL, compare_detections
 from .runtimes import make_runtime
 from .two_stage import TwoStageDetector
@@ -227,6 +228,7 @@ def with_contract(data: bytes, cfg, model: nn.Module, opset: int = DEFAULT_OPSET
     import onnx  # lazy: the optional deploy extra (see resnext_det.deploy.contract's note)
 
     proto = onnx.load_from_string(data)
+    rewrite_empty_branch_constants(proto)  # no phantom detections in OpenVINO (see graph_fix)
     size_div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
     contract = Contract.from_cfg(cfg, size_div, _class_names(cfg), opset, meta_architecture=type(model).__name__)
     for k, v in contract.metadata().items():

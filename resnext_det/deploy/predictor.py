@@ -59,8 +59,8 @@ class DeployedPredictor:
             are flipped to the model's INPUT.FORMAT (``self.contract.input_format``) when it
             differs. ``run_resized`` and ``inference`` take images already in the model's format.
         **runtime_options: the runtime's own options (None = the measured default):
-            ``allow_spinning`` (ONNX Runtime), ``shape_mode`` "dynamic"/"static" and
-            ``cache_size`` (OpenVINO); see :mod:`resnext_det.deploy.runtimes`.
+            ``allow_spinning`` (ONNX Runtime), ``shape_mode`` "dynamic"/"static",
+            ``cache_size`` and ``cache_dir`` (OpenVINO); see :mod:`resnext_det.deploy.runtimes`.
 
     Raises:
         FileNotFoundError / DeployError: a missing, empty, truncated or foreign file (named);

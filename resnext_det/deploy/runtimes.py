@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -121,12 +122,16 @@ class OpenVINORunner:
             input shape, ``cache_size`` shapes kept); None: the measured default for this
             CPU kind (:func:`resnext_det.deploy.measured.default_option`).
         cache_size: compiled shapes kept in static mode (least recently used dropped).
+        cache_dir: a folder for OpenVINO's compiled-model cache (its ``CACHE_DIR``): a later
+            predictor of the same model, precision and threads loads the compiled form instead
+            of compiling again (about 5x faster to start). None: no cache.
     """
 
     name = "openvino"
 
     def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32",
-                 shape_mode: Optional[str] = None, cache_size: int = STATIC_CACHE_SIZE):
+                 shape_mode: Optional[str] = None, cache_size: int = STATIC_CACHE_SIZE,
+                 cache_dir: Optional[str] = None):
         # lazy: the optional deploy extra, and a user may install one runtime only
         # (resnext_det.deploy.contract's note has the measured import times)
         import openvino as ov
@@ -146,8 +151,13 @@ class OpenVINORunner:
         self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": _threads(num_threads)}
         if precision != "default":
             self.config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
-        self.model = self.core.read_model(model=model) if isinstance(model, (bytes, bytearray)) \
-            else self.core.read_model(model)
+        if cache_dir is not None:
+            if not isinstance(cache_dir, (str, os.PathLike)) or (os.path.exists(cache_dir) and not os.path.isdir(cache_dir)):
+                raise DeployError(f"cache_dir={cache_dir!r} is not a folder; give a folder path (made if "
+                                  "absent) or None (no compiled-model cache)")
+            os.makedirs(cache_dir, exist_ok=True)
+            self.config["CACHE_DIR"] = os.fspath(cache_dir)
+        self.model = _read_openvino_model(self.core, model)
         self.shape_mode = shape_mode
         self.cache_size = cache_size
         self.compiles = 0
@@ -208,6 +218,33 @@ class OpenVINORunner:
         return [np.asarray(res[o]) for o in compiled.outputs]
 
 
+def _read_openvino_model(core, model):
+    """``core.read_model`` of an ONNX file or bytes, or an IR, without the zero-element branch
+    constants that OpenVINO turns into phantom detections (:mod:`.graph_fix`): an ONNX graph
+    exported before the rewrite is rewritten here; such an IR cannot be, and is refused."""
+    from .graph_fix import empty_branch_constants_ir, rewrite_empty_branch_constants
+
+    is_bytes = isinstance(model, (bytes, bytearray))
+    if is_bytes or not str(model).endswith(".xml"):
+        import onnx
+
+        proto = onnx.load_from_string(bytes(model)) if is_bytes else onnx.load(model)
+        if rewrite_empty_branch_constants(proto):
+            if not is_bytes:
+                logger.info("%s: exported before empty-branch constants were rewritten; rewritten at "
+                            "load for OpenVINO (re-export with tools/export.py to skip this)", model)
+            model, is_bytes = proto.SerializeToString(), True
+        return core.read_model(model=model) if is_bytes else core.read_model(model)
+    read = core.read_model(model)
+    broken = empty_branch_constants_ir(read)
+    if broken:
+        raise DeployError(f"{model}: this OpenVINO IR was converted from a graph exported before empty "
+                          f"NMS results were rewritten ({', '.join(broken)}); OpenVINO would give images "
+                          "with nothing to detect the previous image's detections. Re-export it: "
+                          "python tools/export.py --config-file CFG --output DIR --int8 MODEL.WEIGHTS W")
+    return read
+
+
 def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precision: str = "fp32",
                  **options):
     """One runner (see the module docstring).
@@ -218,10 +255,10 @@ def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precisi
         num_threads: threads (None: the physical cores available).
         precision: "fp32", "bf16" (OpenVINO) or "default".
         **options: the runtime's own options: ``allow_spinning`` (ONNX Runtime),
-            ``shape_mode`` / ``cache_size`` (OpenVINO). None values mean the default.
+            ``shape_mode`` / ``cache_size`` / ``cache_dir`` (OpenVINO). None values mean the default.
     """
     runners = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
-    own = {"onnxruntime": ("allow_spinning",), "openvino": ("shape_mode", "cache_size")}
+    own = {"onnxruntime": ("allow_spinning",), "openvino": ("shape_mode", "cache_size", "cache_dir")}
     if runtime not in runners:
         raise DeployError(f"runtime={runtime!r} is not valid; use one of {RUNTIMES}")
     options = {k: v for k, v in options.items() if v is not None}

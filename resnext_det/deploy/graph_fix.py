@@ -1,0 +1,117 @@
+"""One rewrite of an exported detector graph, so that an image with nothing to detect gives
+no detections in every runtime.
+
+Why: torchvision's ``batched_nms`` (called by detectron2's RPN and box head) is scripted
+while tracing; with no candidate boxes it returns ``torch.empty((0,))``, which the ONNX
+exporter writes as an ``If`` whose then-branch is a ``Constant`` with zero elements. OpenVINO's
+CPU plugin (seen in 2026.4.1; an upstream report describes the same for 2025.4 and 2026.3)
+compiles such a branch output to one element of uninitialised memory: the ``Gather`` after it
+then picks a stale element, so the first empty image gets a garbage detection and every later
+one the previous image's top detection. ONNX Runtime follows the graph.
+
+The rewrite makes each zero-element ``Constant`` inside an ``If`` branch a ``ConstantOfShape``
+whose shape is the constant's own shape multiplied by the branch condition (1 whenever the
+branch runs): the same empty tensor, computed at run time, so no runtime folds it back into a
+constant. An OpenVINO IR converted from a rewritten graph keeps the fix.
+"""
+from __future__ import annotations
+
+from typing import List
+
+__all__ = ["rewrite_empty_branch_constants", "empty_branch_constants", "empty_branch_constants_ir"]
+
+
+def _branches(graph):
+    """(If node, branch graph) for every ``If`` in ``graph`` and, recursively, in its branches."""
+    for node in graph.node:
+        if node.op_type != "If":
+            continue
+        for attr in node.attribute:
+            if attr.name in ("then_branch", "else_branch"):
+                yield node, attr.g
+                yield from _branches(attr.g)
+
+
+def _is_empty_constant(node) -> bool:
+    import onnx
+
+    if node.op_type != "Constant":
+        return False
+    for attr in node.attribute:
+        if attr.name == "value":
+            dims = list(onnx.helper.get_attribute_value(attr).dims)
+            return bool(dims) and 0 in dims
+    return False
+
+
+def empty_branch_constants(proto) -> List[str]:
+    """Names of the zero-element ``Constant`` nodes inside ``If`` branches of an ONNX model."""
+    return [n.name or n.output[0] for _, branch in _branches(proto.graph) for n in branch.node
+            if _is_empty_constant(n)]
+
+
+def rewrite_empty_branch_constants(proto) -> int:
+    """Rewrite (in place) every zero-element ``Constant`` inside an ``If`` branch of an ONNX
+    model as ``ConstantOfShape(dims * cast(condition))`` (see the module docstring).
+
+    Args:
+        proto: an ``onnx.ModelProto``.
+
+    Returns:
+        how many constants were rewritten (0: the graph had none, or was rewritten before).
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    count = 0
+    for if_node, branch in _branches(proto.graph):
+        for node in list(branch.node):
+            if not _is_empty_constant(node):
+                continue
+            tensor = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "value")
+            out = node.output[0]
+            stem = f"{out}__empty_{count}"
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            zero = numpy_helper.from_array(np.zeros([1], dtype=dtype), name=f"{stem}_value")
+            new = [
+                helper.make_node("Cast", [if_node.input[0]], [f"{stem}_on"], to=TensorProto.INT64,
+                                 name=f"{stem}_on"),
+                helper.make_node("Constant", [], [f"{stem}_dims"], name=f"{stem}_dims",
+                                 value=helper.make_tensor(f"{stem}_dims_value", TensorProto.INT64,
+                                                          [len(tensor.dims)], list(tensor.dims))),
+                helper.make_node("Mul", [f"{stem}_dims", f"{stem}_on"], [f"{stem}_shape"], name=f"{stem}_shape"),
+                helper.make_node("ConstantOfShape", [f"{stem}_shape"], [out], name=f"{stem}_fill", value=zero),
+            ]
+            at = list(branch.node).index(node)
+            kept = list(branch.node)
+            kept[at:at + 1] = new
+            del branch.node[:]
+            branch.node.extend(kept)
+            count += 1
+    return count
+
+
+def empty_branch_constants_ir(model) -> List[str]:
+    """Names of the ``If`` ops of an ``openvino.Model`` that show the defect: a branch whose
+    result is a ``Constant`` of lower rank than the ``If``'s output (OpenVINO's ONNX reader
+    turns a zero-element constant into a one-element scalar). An IR converted from a graph
+    exported before :func:`rewrite_empty_branch_constants` existed has them."""
+    found = []
+
+    def walk(m):
+        for op in m.get_ordered_ops():
+            if op.get_type_name() != "If":
+                continue
+            for k in range(2):
+                body = op.get_function(k)
+                for index, result in enumerate(body.get_results()[:op.get_output_size()]):
+                    source = result.input_value(0).get_node()
+                    rank = op.get_output_partial_shape(index).rank
+                    if source.get_type_name() == "Constant" and rank.is_static and \
+                            len(source.get_output_shape(0)) < rank.get_length():
+                        found.append(op.get_friendly_name())
+                walk(body)
+
+    walk(model)
+    return sorted(set(found))
