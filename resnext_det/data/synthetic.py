@@ -2,7 +2,9 @@
 
 Each image is a dark, slightly noisy background with 1..``max_objects`` bright filled
 shapes (square, circle, triangle) of random colour, size and position; the boxes are
-the shapes' exact extents. :func:`make_synthetic_coco` writes ``<split>/*.png`` and
+the shapes' exact extents. As in COCO, some images hold no object (one in
+``EMPTY_EVERY[split]``: image indices 3, 3 + n, ...), and the val split mixes square, landscape
+and portrait images (a third each), so evaluation meets the cases real data has. :func:`make_synthetic_coco` writes ``<split>/*.png`` and
 ``annotations/instances_<split>.json`` under a root folder; the same arguments give
 byte-identical files. :func:`register_synthetic_coco` makes (if needed) and registers
 ``<name>_train`` / ``<name>_val`` in detectron2's catalogs. :func:`synthetic_train_batch` is
@@ -23,12 +25,30 @@ from PIL import Image, ImageDraw
 from ..io import atomic_write_json
 from .coco_json import register_coco_checked
 
-__all__ = ["CLASSES", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names",
+__all__ = ["CLASSES", "EMPTY_EVERY", "image_shape", "is_empty_image", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names",
            "synthetic_train_batch"]
 
 CLASSES = ("square", "circle", "triangle")
 _SPLITS = ("train", "val")
-_FORMAT_VERSION = 2  # bump when the drawing changes, so cached folders are remade
+_FORMAT_VERSION = 3  # bump when the drawing changes, so cached folders are remade
+# one image in n has no object, starting at index 3 (so that small test sets have one too)
+EMPTY_EVERY = {"train": 40, "val": 8}
+# val image i: square (i % 3 == 0), landscape (1) or portrait (2), the long side 4/3 of the short
+_VAL_ASPECTS = ((1, 1), (3, 4), (4, 3))
+
+
+def is_empty_image(split: str, index: int) -> bool:
+    """Whether image ``index`` of ``split`` has no objects (see the module docstring)."""
+    return index % EMPTY_EVERY[split] == 3
+
+
+def image_shape(split: str, index: int, size: int):
+    """(height, width) of image ``index`` of ``split``: ``size`` square in train; in val the
+    short side ``size`` and a third each square, landscape and portrait."""
+    if split != "val":
+        return size, size
+    h, w = _VAL_ASPECTS[index % 3]
+    return size * h // min(h, w), size * w // min(h, w)
 
 
 def _iou(a, b) -> float:
@@ -39,21 +59,24 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _draw_image(rng: np.random.Generator, size: int, max_objects: int,
+def _draw_image(rng: np.random.Generator, shape: Sequence[int], max_objects: int,
                 object_size: Sequence[float] = (0.18, 0.42)):
-    """One image (H, W, 3 uint8) and its objects [(class index, [x0, y0, x1, y1], polygon)]."""
+    """One image (H, W, 3 uint8) and its objects [(class index, [x0, y0, x1, y1], polygon)];
+    ``max_objects`` 0 draws the background only. Shapes are sized from the short side."""
+    height, width = shape
+    size = min(height, width)
     # background: a dark, slightly noisy field; shapes are bright, so the task is to tell
     # shapes apart (square / circle / triangle) and box them, not to find them in clutter
     base = rng.uniform(0, 60, size=3)
-    bg = base * np.ones((size, size, 3)) + rng.normal(0, 6, size=(size, size, 3))
+    bg = base * np.ones((height, width, 3)) + rng.normal(0, 6, size=(height, width, 3))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     objects: List = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
+    for _ in range(int(rng.integers(1, max_objects + 1)) if max_objects else 0):
         for _attempt in range(20):
             cls = int(rng.integers(len(CLASSES)))
             s = float(rng.uniform(*object_size) * size)
-            x0, y0 = rng.uniform(0, size - s, size=2)
+            x0, y0 = rng.uniform(0, width - s), rng.uniform(0, height - s)
             box = [float(x0), float(y0), float(x0 + s), float(y0 + s)]
             if all(_iou(box, o[1]) < 0.2 for o in objects):
                 break
@@ -84,8 +107,9 @@ def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_v
         root: output folder.
         seed: the dataset is a pure function of (seed, split, image index, the other args).
         num_train, num_val: number of images per split.
-        image_size: square image side in pixels.
-        max_objects: at most this many shapes per image (at least one).
+        image_size: image side in pixels (train: square; val: the short side).
+        max_objects: at most this many shapes per image (at least one, except in the empty
+            images: :func:`is_empty_image`).
         object_size: (min, max) side of a shape as a fraction of the image side.
 
     Returns:
@@ -114,12 +138,13 @@ def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_v
         images, annotations = [], []
         for i in range(count):
             rng = np.random.default_rng([int(seed), split_index, i])
-            img, objects = _draw_image(rng, image_size, max_objects, (lo, hi))
+            height, width = image_shape(split, i, image_size)
+            img, objects = _draw_image(rng, (height, width), 0 if is_empty_image(split, i) else max_objects,
+                                       (lo, hi))
             file_name = f"{i:06d}.png"
             img.save(os.path.join(out[split]["image_root"], file_name))
             image_id = i + 1
-            images.append({"id": image_id, "file_name": file_name, "height": image_size,
-                           "width": image_size})
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
             for cls, (x0, y0, x1, y1), poly in objects:
                 w, h = x1 - x0, y1 - y0
                 annotations.append({

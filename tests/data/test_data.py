@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from resnext_det.data import check_dataset_files, coco_split_names, make_synthetic_coco
@@ -33,12 +34,42 @@ def test_synthetic_set_is_a_function_of_the_seed(tmp_path):
     data = json.load(open(a["train"]["json_file"]))
     assert len(data["images"]) == 5
     assert [c["name"] for c in data["categories"]] == list(CLASSES)
-    assert data["annotations"], "every image has at least one object"
+    per_image = {im["id"]: 0 for im in data["images"]}
     for ann in data["annotations"]:
         x, y, w, h = ann["bbox"]
         assert 0 <= x and 0 <= y and x + w <= 64.01 and y + h <= 64.01 and w > 5 and h > 5
         assert ann["category_id"] in (1, 2, 3) and ann["iscrowd"] == 0
+        per_image[ann["image_id"]] += 1
+    # train: square; image index 3 (id 4) is the one empty image, the others have 1..4 objects
+    assert {(im["height"], im["width"]) for im in data["images"]} == {(64, 64)}
+    assert per_image[4] == 0 and all(1 <= n <= 4 for k, n in per_image.items() if k != 4), per_image
     assert len(os.listdir(a["val"]["image_root"])) == 3
+
+
+def test_synthetic_val_has_empty_images_and_three_aspects(tmp_path):
+    """As in COCO's val sets: images without objects (indices 3 and 11 of 12), and square,
+    landscape and portrait images; the json's sizes are the PNGs' own sizes."""
+    from PIL import Image
+
+    paths = make_synthetic_coco(str(tmp_path), seed=0, num_train=1, num_val=12, image_size=48)
+    data = json.load(open(paths["val"]["json_file"]))
+    counts = {im["id"]: 0 for im in data["images"]}
+    for ann in data["annotations"]:
+        counts[ann["image_id"]] += 1
+    assert [i for i, n in sorted(counts.items()) if n == 0] == [4, 12]
+    sizes = []
+    for im in data["images"]:
+        with Image.open(os.path.join(paths["val"]["image_root"], im["file_name"])) as png:
+            assert png.size == (im["width"], im["height"])
+        sizes.append((im["height"], im["width"]))
+    assert sizes[:3] == [(48, 48), (48, 64), (64, 48)] and sorted(set(sizes)) == [(48, 48), (48, 64), (64, 48)]
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        im = data["images"][ann["image_id"] - 1]
+        assert x + w <= im["width"] + 0.01 and y + h <= im["height"] + 0.01
+    # an empty image is background only: no bright shape pixels (shapes are drawn at >= 110)
+    with Image.open(os.path.join(paths["val"]["image_root"], "000003.png")) as png:
+        assert np.asarray(png).max() < 110
 
 
 def test_synthetic_set_is_reused_not_remade(tmp_path):
