@@ -452,7 +452,7 @@ def stores_for(files: Sequence[str], datasets: Sequence[str]) -> Optional[List[P
         if len(dup):
             a, b = order[dup[0]], order[dup[0] + 1]
             raise ProposalFormatError(
-                f"image id {allids[a]!r} is in the proposals of both {datasets[owner[a]]!r} and "
+                f"image id {allids[a].item()!r} is in the proposals of both {datasets[owner[a]]!r} and "
                 f"{datasets[owner[b]]!r}; shard manifests need datasets with distinct image ids "
                 "(or export them to detectron2 pickles with export_detectron2_pickle)")
     return stores
