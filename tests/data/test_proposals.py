@@ -222,3 +222,141 @@ def test_write_manifest_of_an_empty_worker(tmp_path):
     store = ProposalStore(write_manifest(str(tmp_path), [entry]))
     assert len(store) == 0
     store.verify()
+
+
+# ---- each rule on its own, expectations written out ------------------------------------------
+
+def test_writer_takes_lists_of_any_numbers_and_column_logits(tmp_path):
+    """Python lists (float64 / int64 when numpy reads them) and (N, 1) logits are stored as the
+    float32 rows they denote."""
+    with ShardWriter(str(tmp_path)) as w:
+        w.add(5, [[1, 2, 3, 4], [0.5, 1.5, 2.5, 3.5]], [[0.25], [-1.0]])
+        w.add(6, np.array([10, 20, 30, 40]), np.array([2.0], np.float64))
+        entry = w.close()
+    assert (entry["images"], entry["rows"]) == (2, 3)
+    assert entry["data"].startswith("shard-00000-of-00001-") and entry["index"].startswith("shard-00000-of-00001-")
+    store = ProposalStore(write_manifest(str(tmp_path), [entry]))
+    b, s = store.get(5)
+    np.testing.assert_array_equal(b, np.array([[1, 2, 3, 4], [0.5, 1.5, 2.5, 3.5]], np.float32))
+    np.testing.assert_array_equal(s, np.array([0.25, -1.0], np.float32))
+    b, s = store.get(6)
+    np.testing.assert_array_equal(b, [[10, 20, 30, 40]]) and np.testing.assert_array_equal(s, [2.0])
+    with ShardWriter(str(tmp_path)) as w:
+        with pytest.raises(ProposalFormatError) as e:
+            w.add(7, np.zeros((2, 4)), np.zeros(3))
+        w.abort()
+    assert str(e.value) == "image 7: 2 boxes but 3 logits"
+
+
+def test_defaults_names_and_an_empty_first_shard(tmp_path):
+    ids, boxes, logits = [1, 2], [np.ones((2, 4), np.float32), np.zeros((1, 4), np.float32)], \
+        [np.array([0.5, 0.25], np.float32), np.array([1.0], np.float32)]
+    one = ProposalStore(write_proposal_shards(str(tmp_path / "one"), ids, boxes, logits))
+    assert len(one.shards) == 1 and one.dataset == "" and one.bbox_mode == BoxMode.XYXY_ABS
+    with pytest.raises(KeyError) as e:
+        one.get(3)
+    assert e.value.args[0] == (f"image id 3 has no proposals in {one.manifest_path!r} (2 images of its dataset); "
+                               "recompute the proposals for this dataset")
+    # three shards for two images: the first holds none (its offsets must not shift the others')
+    three = ProposalStore(write_proposal_shards(str(tmp_path / "three"), ids, boxes, logits, num_shards=3,
+                                                dataset="coco_x", bbox_mode=int(BoxMode.XYWH_ABS)))
+    assert three.dataset == "coco_x" and three.bbox_mode == BoxMode.XYWH_ABS
+    assert [name.split("-")[1:4] for name in three.shards] == [["00000", "of", "00003"], ["00001", "of", "00003"],
+                                                              ["00002", "of", "00003"]]
+    for i, image_id in enumerate(ids):
+        b, s = three.get(image_id)
+        np.testing.assert_array_equal(b, boxes[i]) and np.testing.assert_array_equal(s, logits[i])
+    with pytest.raises(KeyError, match=r"\(2 images of coco_x\)"):
+        three.get(3)
+
+
+def test_manifest_sniffing(tmp_path):
+    (tmp_path / "spaced.json").write_bytes(b"\n   \t{\"format\": 1}")
+    assert is_proposal_manifest(str(tmp_path / "spaced.json"))
+    (tmp_path / "p.pkl").write_bytes(pickle.dumps({"ids": []}))
+    assert not is_proposal_manifest(str(tmp_path / "p.pkl"))
+    assert not is_proposal_manifest(str(tmp_path / "missing.json"))
+
+
+def test_rows_are_read_from_the_file_when_asked(tmp_path):
+    """The store maps the shard: rows rewritten in place (same shape) are what the next get reads."""
+    manifest = write_proposal_shards(str(tmp_path), [1], [np.ones((2, 4), np.float32)], [np.zeros(2, np.float32)])
+    store = ProposalStore(manifest)
+    assert store.get(1)[0][0, 0] == 1.0
+    path = os.path.join(store.directory, store.shards[0])
+    arr = np.load(path, mmap_mode="r+")
+    arr[0, 0] = 9.0
+    arr.flush()
+    del arr
+    assert store.get(1)[0][0, 0] == 9.0
+
+
+@pytest.mark.parametrize("bad", ["fewer rows", "float64"])
+def test_a_shard_of_another_shape_or_type_is_refused(bad, tmp_path):
+    manifest = write_proposal_shards(str(tmp_path), [1], [np.ones((2, 4), np.float32)], [np.zeros(2, np.float32)])
+    store = ProposalStore(manifest)
+    path = os.path.join(store.directory, store.shards[0])
+    np.save(path, np.zeros((1, 5), np.float32) if bad == "fewer rows" else np.zeros((2, 5), np.float64))
+    held = "float32 (1, 5)" if bad == "fewer rows" else "float64 (2, 5)"
+    with pytest.raises(ProposalFormatError) as e:
+        ProposalStore(manifest).get(1)
+    assert str(e.value) == (f"proposal shard {path!r} holds {held}, the manifest {manifest!r} says float32 "
+                            "(2, 5); run the proposals stage again")
+
+
+def test_a_pickled_store_carries_no_rows(tmp_path):
+    n = 200
+    manifest = write_proposal_shards(str(tmp_path), list(range(n)), [np.ones((50, 4), np.float32)] * n,
+                                     [np.zeros(50, np.float32)] * n)
+    store = ProposalStore(manifest)
+    store.get(3)  # mapped now
+    data = pickle.dumps(store)
+    assert len(data) < 50 * n * 5 * 4 / 10  # the index only, not the 200 KB of rows
+    again = pickle.loads(data)
+    np.testing.assert_array_equal(again.get(199)[0], np.ones((50, 4)))
+
+
+def test_mapper_names_an_image_without_proposals(tmp_path):
+    store = ProposalStore(write_proposal_shards(str(tmp_path), [1], [np.ones((1, 4), np.float32)],
+                                               [np.zeros(1, np.float32)]))
+    mapper = ProposalMapper(lambda d: d, [store])
+    with pytest.raises(KeyError) as e:
+        mapper({"image_id": 2, "file_name": "b.png"})
+    assert e.value.args[0] == f"image id 2 ('b.png') has no proposals in {[store.manifest_path]}; recompute them"
+    with pytest.raises(KeyError) as e:
+        mapper({"image_id": 2})
+    assert e.value.args[0].startswith("image id 2 ('') has no proposals in")
+
+
+def _manifest(d, ids):
+    return write_proposal_shards(str(d), ids, [np.ones((1, 4), np.float32)] * len(ids),
+                                 [np.zeros(1, np.float32)] * len(ids))
+
+
+@pytest.mark.parametrize("first,second,shown", [
+    ([1, 2, 3], [7, 3, 9], "3"),              # integer ids
+    (["a", "b"], ["c", "b"], "'b'"),          # text ids
+    ([1, 7], ["7", "x"], "'7'"),              # 7 and "7": detectron2 compares str(id)
+])
+def test_stores_for_refuses_an_id_in_two_datasets(first, second, shown, tmp_path):
+    files = [_manifest(tmp_path / "a", first), _manifest(tmp_path / "b", second)]
+    with pytest.raises(ProposalFormatError) as e:
+        stores_for(files, ["train_a", "train_b"])
+    assert str(e.value) == (f"image id {shown} is in the proposals of both 'train_a' and 'train_b'; shard "
+                            "manifests need datasets with distinct image ids (or export them to detectron2 "
+                            "pickles with export_detectron2_pickle)")
+    apart = stores_for([files[0], _manifest(tmp_path / "c", [100, "y"])], ["train_a", "train_c"])
+    assert [s.manifest_path for s in apart] == [files[0], str(tmp_path / "c" / "manifest.json")]
+
+
+def test_stores_for_kinds(tmp_path):
+    pkl = tmp_path / "d2.pkl"
+    pkl.write_bytes(pickle.dumps({"ids": [1], "boxes": [np.zeros((1, 4))], "objectness_logits": [np.zeros(1)],
+                                  "bbox_mode": 0}))
+    assert stores_for([str(pkl)], ["a"]) is None
+    m = _manifest(tmp_path / "m", [1, 1])  # one dataset: nothing to compare across datasets
+    assert len(stores_for([m], ["a"])) == 1
+    with pytest.raises(ProposalFormatError) as e:
+        stores_for([m, str(pkl)], ["a", "b"])
+    assert str(e.value) == (f"proposal files {[m, str(pkl)]} mix shard manifests and detectron2 pickles; give one "
+                            "kind for all datasets (export_detectron2_pickle converts a manifest)")
