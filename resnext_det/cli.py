@@ -312,6 +312,11 @@ def cli(argv=None, trainer_cls=None):
     except Exception as e:  # workers exited (their message is already on stderr)
         if isinstance(e, mp.ProcessExitedException) and e.exit_code in (1, 2):
             return e.exit_code
+        if isinstance(e, mp.ProcessExitedException) and e.signal_name:  # e.g. SIGKILL (OOM killer)
+            print(f"train_net.py: error: training process {e.error_index} of {args.num_gpus} was killed "
+                  f"({e.signal_name}); the others were stopped. Rerun the same command with --resume "
+                  "to continue from the last checkpoint", file=sys.stderr)
+            return 1
         raise
 
 

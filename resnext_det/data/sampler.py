@@ -12,20 +12,25 @@ random stream, which a restart does not continue. Here:
 - :class:`PositionSeededDataset` maps a key to the mapped image with numpy's and Python's
   random streams seeded from (sampler seed, position) for that one image, and restored after.
   An image's augmentation is therefore a function of its place in the stream alone: it does
-  not depend on the order in which data-loader workers ran, nor on what ran before a resume.
+  not depend on the order in which data-loader workers ran, nor on what ran before a resume;
+- :class:`GroupedBatchSampler` makes one process's batches from its keys, grouped by
+  orientation as detectron2's ``AspectRatioGroupedDataset`` groups mapped images, but decided
+  from the dataset's image sizes before mapping: its state after any number of batches (how
+  many keys it drew, which keys wait in a partly filled bucket) is a few integers, saved per
+  process in every checkpoint and restored on resume.
 """
 from __future__ import annotations
 
 import itertools
 import random
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import TrainingSampler
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ResumableTrainingSampler", "PositionSeededDataset"]
+__all__ = ["ResumableTrainingSampler", "PositionSeededDataset", "GroupedBatchSampler", "is_landscape"]
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -34,9 +39,8 @@ class ResumableTrainingSampler(TrainingSampler):
     The global stream is ``shuffle(range(size)) + shuffle(range(size)) + ...`` from
     ``seed``; rank r takes ``stream[start + r :: world_size]`` where ``start`` is the number
     of images all ranks together consumed before (``iteration * SOLVER.IMS_PER_BATCH``).
-    Exact when ``DATALOADER.ASPECT_RATIO_GROUPING`` is off or all images fall in one
-    aspect-ratio bucket; with several buckets, the images waiting in a partly filled bucket
-    at the kill are skipped.
+    Rank r's share of the stream, ``stream[r::world_size]``, is what :meth:`rank_keys` yields
+    from any offset (:class:`GroupedBatchSampler` batches it and keeps that offset per process).
 
     Args:
         size: number of images in the dataset.
@@ -60,7 +64,18 @@ class ResumableTrainingSampler(TrainingSampler):
         self.start = int(iteration) * int(ims_per_batch)
 
     def __iter__(self):
-        first = self.start + self._rank
+        yield from self._keys(self.start + self._rank)
+
+    def rank_keys(self, drawn: int = 0) -> Iterator[int]:
+        """This process's share of the stream after its first ``drawn`` elements: the stream
+        positions ``rank + world_size * j`` for ``j >= drawn`` (as keys when ``keyed``)."""
+        return self._keys(int(drawn) * self._world_size + self._rank)
+
+    def index_of(self, key: int) -> int:
+        """The dataset index of a yielded key."""
+        return int(key) % self._size if self.keyed else int(key)
+
+    def _keys(self, first: int) -> Iterator[int]:
         stream = itertools.islice(self._infinite_indices(), first, None, self._world_size)
         if not self.keyed:
             yield from stream
@@ -120,3 +135,81 @@ class PositionSeededDataset(Dataset):
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+
+def is_landscape(dataset_dict: dict) -> bool:
+    """detectron2's aspect-ratio bucket of an image: wider than tall (bucket 0) or not (1)."""
+    return dataset_dict["width"] > dataset_dict["height"]
+
+
+class GroupedBatchSampler(Sampler):
+    """One process's batches of ``batch_size`` keys from a :class:`ResumableTrainingSampler`,
+    grouped by orientation (``groups[i]``: the bucket of dataset index i, e.g.
+    :func:`is_landscape`; None: one bucket, plain consecutive batches).
+
+    The rule is that of detectron2's ``AspectRatioGroupedDataset`` (each key goes to its
+    image's bucket; a full bucket is the next batch), applied to keys before mapping instead of
+    to mapped images after the data loader, so that the grouping's state is known exactly
+    after any number of batches, whatever the loader's workers read ahead:
+    ``{"drawn": keys of this process's share drawn so far, "buckets": keys waiting in each
+    partly filled bucket}`` (:meth:`state_after`). :meth:`restore` makes iteration continue
+    from such a state; the waiting keys are mapped again when their batch is due, to the same
+    images and augmentations (:class:`PositionSeededDataset`).
+
+    Args:
+        sampler: the keyed stream (its seed and rank).
+        batch_size: images per batch of this process.
+        groups: per dataset index, its bucket (a bool or 0/1); None: one bucket.
+    """
+
+    def __init__(self, sampler: ResumableTrainingSampler, batch_size: int, groups: Optional[Sequence] = None):
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self._groups = None if groups is None else np.asarray(groups, dtype=np.int64)
+        self._start = self._state(0, ([], []))
+        self._cursor: Tuple[int, dict, Optional[Iterator]] = (0, self._start, None)
+
+    @staticmethod
+    def _state(drawn: int, buckets) -> dict:
+        return {"drawn": int(drawn), "buckets": [[int(k) for k in b] for b in buckets]}
+
+    @property
+    def start(self) -> dict:
+        """The state iteration starts from (the beginning, or what :meth:`restore` set)."""
+        return self._state(self._start["drawn"], self._start["buckets"])
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``state`` (from :meth:`state_after`): the next batch is the one that
+        followed it."""
+        self._start = self._state(state["drawn"], state["buckets"])
+        self._cursor = (0, self._start, None)
+
+    def _batches(self, state: dict) -> Iterator[Tuple[List[int], dict]]:
+        """(batch, state after it) from ``state`` on."""
+        drawn = state["drawn"]
+        buckets = [list(b) for b in state["buckets"]]
+        for key in self.sampler.rank_keys(drawn):
+            drawn += 1
+            bucket = buckets[0 if self._groups is None else int(self._groups[self.sampler.index_of(key)])]
+            bucket.append(key)
+            if len(bucket) == self.batch_size:
+                batch = bucket[:]
+                del bucket[:]
+                yield batch, self._state(drawn, buckets)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch, _ in self._batches(self._start):
+            yield batch
+
+    def state_after(self, batches: int) -> dict:
+        """The state after the first ``batches`` batches from the start (computed here, not
+        read from a running iterator, which a data loader advances ahead of the model)."""
+        batches = int(batches)
+        done, state, it = self._cursor
+        if batches < done or it is None:  # replay from the start
+            done, state, it = 0, self._start, self._batches(self._start)
+        while done < batches:
+            _, state = next(it)
+            done += 1
+        self._cursor = (done, state, it)
+        return self._state(state["drawn"], state["buckets"])

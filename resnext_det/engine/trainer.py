@@ -11,9 +11,10 @@ hooks are detectron2's. Several CPU processes (GLOO) need one more change, kept 
 :class:`ResNeXtCpuWorkersTrainer` (through :func:`build_trainer`).
 
 Kill safety: checkpoints and ``last_checkpoint`` are written atomically (the project's
-checkpointer); the sampler's seed and the number of images the finished iterations used are
-part of every checkpoint (:class:`DataPosition`), so ``--resume`` continues with the same
-iteration, learning rate, data position and random streams.
+checkpointer); every process's data position (the sampler's seed, the keys it drew, those
+waiting in aspect-ratio buckets: :class:`DataPosition`) and random streams are part of every
+checkpoint (:class:`PerProcessState`), so ``--resume`` continues with the same iteration,
+learning rate, data position and random streams in each process.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.data import (DatasetMapper, build_detection_test_loader, build_detection_train_loader,
                              get_detection_dataset_dicts)
+from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
@@ -40,7 +42,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import ResNeXtConfigError
 from ..data.coco_json import DatasetError, checked_mapper
 from ..data.proposals import ProposalMapper, stores_for
-from ..data.sampler import PositionSeededDataset, ResumableTrainingSampler
+from ..data.sampler import GroupedBatchSampler, PositionSeededDataset, ResumableTrainingSampler, is_landscape
 from ..io import atomic_write_json
 from ..weights import ResNeXtCheckpointer as Checkpointer
 from ..weights import load_checkpoint, make_checkpointer
@@ -52,7 +54,7 @@ from .machines import is_lost_peer
 
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
            "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams",
-           "DataPosition", "build_trainer", "ResNeXtCpuWorkersTrainer", "runs_on_cpu_workers",
+           "DataPosition", "PerProcessState", "build_trainer", "ResNeXtCpuWorkersTrainer", "runs_on_cpu_workers",
            "clear_training_errors",
            "proposal_stores"]
 
@@ -166,25 +168,112 @@ class _QuietExpectedErrors(logging.Filter):
                                          or is_lost_peer(exc)))
 
 
-class DataPosition:
-    """The training data's place, as a checkpointable: the sampler's seed and the number of
-    images the finished iterations consumed (``(iteration + 1) * SOLVER.IMS_PER_BATCH`` when
-    a checkpoint is written after ``iteration``). Loading it (detectron2's ``resume_or_load``
-    loads every checkpointable) points the sampler past those images; the data loader's
-    iterator is created at the first step, after that."""
+class PerProcessState:
+    """A checkpointable holding one state per training process (each process's data position,
+    random streams and so on), in the one checkpoint file detectron2's Checkpointer writes.
 
-    def __init__(self, sampler: ResumableTrainingSampler, trainer, ims_per_batch: int):
-        self._sampler, self._loop, self._ims_per_batch = sampler, trainer, int(ims_per_batch)
+    Only process 0 writes checkpoints, so before each save every process calls
+    :meth:`gather` (a collective; :class:`_GatherPerProcessState` does it, on every process,
+    in the iteration whose end is saved), which hands each process's ``local.state_dict()`` to
+    process 0. The saved state is process 0's own at the top level (what a one-process run
+    and older checkpoints hold) plus ``"processes"``: the list of all of them, by rank. On load
+    each process takes its own entry; a checkpoint written by another number of processes (or
+    before this key existed) gives every process the top-level state, and ``local`` is told so
+    (``load_state_dict(state, exact=False)``).
+
+    Args:
+        local: this process's part (``state_dict()``, ``load_state_dict(state, exact)``).
+    """
+
+    def __init__(self, local):
+        self.local = local
+        self._gathered: Optional[list] = None
+
+    def gather(self) -> None:
+        """Every process: send this process's state to process 0 (kept there for the save)."""
+        states = comm.gather(self.local.state_dict(), dst=0)
+        self._gathered = states if comm.is_main_process() else None
 
     def state_dict(self) -> dict:
-        return {**self._sampler.state_dict(), "images": (int(self._loop.iter) + 1) * self._ims_per_batch}
+        states, self._gathered = self._gathered, None
+        if states is None:  # one process, or a save outside the periodic checkpointer
+            states = [self.local.state_dict()]
+        return {**states[0], "processes": states}
 
     def load_state_dict(self, state: dict) -> None:
-        if self._sampler.load_state_dict(state) and "images" in state:
-            self._sampler.start = int(state["images"])
-            _train_logger.info("Resuming at iteration %d: data stream seed %s, skipping %d images",
-                               self._sampler.start // self._ims_per_batch, self._sampler.seed,
-                               self._sampler.start)
+        states = state.get("processes")
+        world, rank = comm.get_world_size(), comm.get_rank()
+        if states is not None and len(states) == world:
+            self.local.load_state_dict(states[rank], exact=True)
+            return
+        top = {k: v for k, v in state.items() if k != "processes"}
+        if rank == 0:
+            saved = "an unknown number of" if states is None else str(len(states))
+            _train_logger.warning(
+                "The checkpoint holds the state of %s process(es); resuming on %d: every process "
+                "continues from process 0's (not bit-identical to an uninterrupted run)", saved, world)
+        self.local.load_state_dict(top, exact=False)
+
+
+class DataPosition:
+    """This process's place in the training data (the local part of a :class:`PerProcessState`):
+    the sampler's seed, the images all processes' finished iterations consumed
+    (``(iteration + 1) * SOLVER.IMS_PER_BATCH`` after ``iteration``), and this process's
+    :class:`GroupedBatchSampler` state after the batches the model took (keys drawn, keys
+    waiting in partly filled aspect-ratio buckets), not after what the loader read ahead.
+    Loading it (detectron2's ``resume_or_load`` loads every checkpointable) makes the batches
+    continue there; the data loader's iterator is created at the first step, after that."""
+
+    def __init__(self, batches: GroupedBatchSampler, trainer, ims_per_batch: int):
+        self._batches, self._loop, self._ims_per_batch = batches, trainer, int(ims_per_batch)
+
+    @property
+    def _sampler(self) -> ResumableTrainingSampler:
+        return self._batches.sampler
+
+    def state_dict(self) -> dict:
+        done = int(self._loop.iter) + 1
+        return {**self._sampler.state_dict(), "images": done * self._ims_per_batch,
+                "batch_size": self._batches.batch_size,
+                **self._batches.state_after(done - int(self._loop.start_iter))}
+
+    def load_state_dict(self, state: dict, exact: bool = True) -> None:
+        if not self._sampler.load_state_dict(state) or "images" not in state:
+            return
+        images, world = int(state["images"]), comm.get_world_size()
+        if exact and "drawn" in state and int(state.get("batch_size", -1)) == self._batches.batch_size:
+            position = {"drawn": state["drawn"], "buckets": state["buckets"]}
+        else:  # where an ungrouped run would be: no image waits in a bucket
+            position = {"drawn": images // world, "buckets": [[], []]}
+        self._batches.restore(position)
+        self._sampler.start = position["drawn"] * world
+        waiting = sum(len(b) for b in position["buckets"])
+        _train_logger.info("Resuming at iteration %d: data stream seed %s, skipping %d images "
+                           "(this process: %d of its images drawn, %d waiting in aspect-ratio buckets)",
+                           images // self._ims_per_batch, self._sampler.seed, images,
+                           position["drawn"], waiting)
+
+
+class _ProcessRandomStreams(RandomStreams):
+    """RandomStreams as the local part of a :class:`PerProcessState` (each process's own)."""
+
+    def load_state_dict(self, state: dict, exact: bool = True) -> None:
+        super().load_state_dict(state)
+
+
+class _GatherPerProcessState(d2_hooks.HookBase):
+    """On every process, in each iteration after which the periodic checkpointer saves (placed
+    just before it): :meth:`PerProcessState.gather` of each such checkpointable."""
+
+    def __init__(self, checkpointer, period: int):
+        self._checkpointer, self._period = checkpointer, int(period)
+
+    def after_step(self):
+        it = int(self.trainer.iter)
+        if (it + 1) % self._period == 0 or it >= self.trainer.max_iter - 1:
+            for obj in self._checkpointer.checkpointables.values():
+                if isinstance(obj, PerProcessState):
+                    obj.gather()
 
 
 class ResNeXtTrainer(DefaultTrainer):
@@ -222,8 +311,11 @@ class ResNeXtTrainer(DefaultTrainer):
         the image file), a keyed :class:`ResumableTrainingSampler` (seed ``cfg.SEED`` when
         >= 0, else a random one shared by all workers) and a :class:`PositionSeededDataset`
         (each image's augmentation seeded from its place in the stream), so a resumed run
-        draws exactly the images and augmentations the uninterrupted run drew. The sampler
-        is attached as ``loader.resnext_sampler``."""
+        draws exactly the images and augmentations the uninterrupted run drew. Batches come
+        from a :class:`GroupedBatchSampler` (``DATALOADER.ASPECT_RATIO_GROUPING``: detectron2's
+        two orientation buckets, decided from the dataset's image sizes), whose state is saved
+        per process. The sampler is attached as ``loader.resnext_sampler``, the batch sampler as
+        ``loader.resnext_batches``."""
         mapper = checked_mapper(cfg, True)
         stores = proposal_stores(cfg, cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN)
         if stores is not None:  # shards: each image's proposals read when it is mapped
@@ -239,15 +331,28 @@ class ResNeXtTrainer(DefaultTrainer):
             if cfg.MODEL.LOAD_PROPOSALS and stores is None else None,
         )
         sampler = ResumableTrainingSampler(len(dicts), seed=cfg.SEED if cfg.SEED >= 0 else None, keyed=True)
-        loader = build_detection_train_loader(
-            PositionSeededDataset(dicts, mapper, sampler), mapper=None, sampler=sampler,
-            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-            # the loader's own seed: creating its iterator must not draw from the process's
-            # torch stream (a resumed run creates it at another point of that stream)
-            seed=sampler.seed)
-        loader.resnext_sampler = sampler
+        grouping = bool(cfg.DATALOADER.ASPECT_RATIO_GROUPING)
+        if grouping and not all("width" in d and "height" in d for d in dicts):
+            _train_logger.warning("DATALOADER.ASPECT_RATIO_GROUPING: the dataset gives no image sizes, "
+                                  "so images are grouped after mapping (detectron2's way): a resumed "
+                                  "run skips the images that waited in a partly filled bucket")
+            loader = build_detection_train_loader(
+                PositionSeededDataset(dicts, mapper, sampler), mapper=None, sampler=sampler,
+                total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=True,
+                num_workers=cfg.DATALOADER.NUM_WORKERS, seed=sampler.seed)
+            loader.resnext_sampler = sampler
+            return loader
+        batches = GroupedBatchSampler(sampler, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(),
+                                      [is_landscape(d) for d in dicts] if grouping else None)
+        # batches of keys made in this process (the data loader's workers only map them), as
+        # detectron2's train loader would: no collation, its worker seeding; the loader's own
+        # seed, so that creating its iterator draws nothing from the process's torch stream
+        # (a resumed run creates it at another point of that stream)
+        loader = torch.utils.data.DataLoader(
+            PositionSeededDataset(dicts, mapper, sampler), batch_sampler=batches,
+            num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=trivial_batch_collator,
+            worker_init_fn=worker_init_reset_seed, generator=torch.Generator().manual_seed(sampler.seed))
+        loader.resnext_sampler, loader.resnext_batches = sampler, batches
         return loader
 
     @classmethod
@@ -268,15 +373,23 @@ class ResNeXtTrainer(DefaultTrainer):
     def build_hooks(self):
         """detectron2's hooks, saving with the project's checkpointer (atomic writes, every
         weight format, the input-format check), which replaces detectron2's here, before the
-        hooks that use it are built, and saves the data position and the random streams in
-        every checkpoint; its periodic checkpointer refuses to save non-finite weights."""
+        hooks that use it are built, and saves every process's data position and random
+        streams in every checkpoint (:class:`PerProcessState`); its periodic checkpointer
+        refuses to save non-finite weights."""
         self.checkpointer = make_checkpointer(self.model, self.cfg, trainer=weakref.proxy(self))
-        if self.sampler is not None:
-            self.checkpointer.add_checkpointable(
-                "sampler", DataPosition(self.sampler, weakref.proxy(self), self.cfg.SOLVER.IMS_PER_BATCH))
-        self.checkpointer.add_checkpointable("rng", RandomStreams())
-        return [_FiniteCheckpointer(h.checkpointer, h.period, max_to_keep=h.max_to_keep)
-                if isinstance(h, d2_hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
+        batches = getattr(self.data_loader, "resnext_batches", None)
+        if batches is not None:
+            self.checkpointer.add_checkpointable("sampler", PerProcessState(
+                DataPosition(batches, weakref.proxy(self), self.cfg.SOLVER.IMS_PER_BATCH)))
+        self.checkpointer.add_checkpointable("rng", PerProcessState(_ProcessRandomStreams()))
+        hooks = [_FiniteCheckpointer(h.checkpointer, h.period, max_to_keep=h.max_to_keep)
+                 if isinstance(h, d2_hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
+        # the per-process state reaches process 0 just before it saves (the checkpointer hook
+        # exists on process 0 only; the others gather at the same place among their hooks)
+        at = next((i for i, h in enumerate(hooks) if isinstance(h, (d2_hooks.PeriodicCheckpointer,
+                                                                    d2_hooks.EvalHook))), len(hooks))
+        hooks.insert(at, _GatherPerProcessState(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        return hooks
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -1,0 +1,184 @@
+"""Issue 28: exact resume with several training processes (GLOO on CPU) and aspect-ratio
+grouping over images of both orientations, flips and multi-size resizing on.
+
+Each test runs ``tools/train_net.py --num-gpus N`` (N CPU processes) on a tiny COCO-layout set
+written here (landscape, portrait and square images), SIGKILLs the whole run or one of its
+worker processes at a seeded random moment (tests/engine/test_recovery.py's helpers: the seed
+is printed, RESNEXT_DET_KILL_SEED replays another), runs ``--resume`` and compares every tensor
+of the final checkpoint (and the momentum buffers) with the uninterrupted run's.
+"""
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_OPTS
+from test_recovery import Run, _assert_bit_identical, _kill_rng, _wait_for
+
+# one pytest-xdist worker runs this module: its runs use both cores (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("test_recovery_processes")
+
+# (height, width) of the training images in turn: landscape, portrait, square (bucket 1)
+SHAPES = ((48, 64), (64, 48), (64, 64), (48, 64), (64, 48))
+CATEGORIES = ({"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 3, "name": "car"})
+
+
+def _write_split(root, folder, json_name, count, seed):
+    """``count`` pictures of one to three filled rectangles on noise, with their boxes."""
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    images, annotations = [], []
+    (root / folder).mkdir(parents=True)
+    for i in range(count):
+        h, w = SHAPES[i % len(SHAPES)]
+        img = g.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        for _ in range(int(g.integers(1, 4))):
+            bw, bh = int(g.integers(10, w // 2)), int(g.integers(10, h // 2))
+            x, y = int(g.integers(0, w - bw)), int(g.integers(0, h - bh))
+            cat = int(g.integers(1, 4))
+            img[y:y + bh, x:x + bw] = (80 * cat, 255 - 60 * cat, 120)
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat,
+                                "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})
+        name = f"COCO_{folder}_{i + 1:012d}.png"
+        Image.fromarray(img).save(root / folder / name)
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    cats = [{"id": c["id"], "name": c["name"], "supercategory": "thing"} for c in COCO_CATEGORIES if c["isthing"]]
+    (root / "annotations").mkdir(exist_ok=True)
+    (root / "annotations" / json_name).write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": cats}))
+
+
+@pytest.fixture(scope="module")
+def both_orientations(tmp_path_factory):
+    """$DETECTRON2_DATASETS with coco_2014_train (20 images: landscape, portrait and square)
+    and coco_2014_minival (3 images)."""
+    datasets = tmp_path_factory.mktemp("orient") / "datasets"
+    coco = datasets / "coco"
+    _write_split(coco, "train2014", "instances_train2014.json", 20, seed=1)
+    _write_split(coco, "val2014", "instances_minival2014.json", 3, seed=2)
+    return datasets
+
+
+# 16 iterations of 4 images (2 per process), a checkpoint every 4 iterations, an LR step at 10;
+# flips and two train sizes; aspect-ratio grouping on (detectron2's default, set explicitly).
+OPTS = TINY_OPTS + [
+    "MODEL.FPN.OUT_CHANNELS", "32", "RESNEXT_PLAN.SYNTHETIC.ENABLED", "False",
+    "DATASETS.TRAIN", "('coco_2014_train',)", "DATASETS.TEST", "('coco_2014_minival',)",
+    "MODEL.ROI_HEADS.NUM_CLASSES", "80", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.01",
+    "SOLVER.MAX_ITER", "16", "SOLVER.STEPS", "(10,)", "SOLVER.WARMUP_ITERS", "2",
+    "SOLVER.CHECKPOINT_PERIOD", "4", "TEST.EVAL_PERIOD", "0", "INPUT.MIN_SIZE_TRAIN", "(48, 64)",
+    "INPUT.RANDOM_FLIP", "horizontal", "DATALOADER.ASPECT_RATIO_GROUPING", "True",
+]
+
+
+def _args(processes, *flags, config="demo_tiny_X_FPN_synthetic.yaml", opts=OPTS):
+    return list(flags) + ["--num-gpus", str(processes), "--config", config] + list(opts)
+
+
+def _children(pid):
+    """The live processes whose parent is ``pid`` (from /proc), oldest first."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(fields[19]), int(entry), cmdline))  # start time, pid
+    return [(p, cmd) for _, p, cmd in sorted(found)]
+
+
+def _descendants(pid):
+    out = []
+    for child, _ in _children(pid):
+        out += [child] + _descendants(child)
+    return out
+
+
+def _training_processes(run, count):
+    """The run's ``count`` training processes (torch's spawned workers), oldest first."""
+    def spawned():
+        return [p for p, cmd in _children(run.proc.pid) if "spawn_main" in cmd]
+
+    _wait_for(lambda: len(spawned()) >= count, run, timeout=60)
+    return spawned()[:count]
+
+
+def _kill_whole_run(run):
+    """SIGKILL every process of the run at once (as a scheduler does): the launcher, its
+    training processes and their data-loader workers."""
+    for pid in [run.proc.pid] + _descendants(run.proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert run.wait() == -signal.SIGKILL
+
+
+def _after_checkpoint(run, checkpoint, rng):
+    _wait_for(lambda: checkpoint.is_file(), run)
+    delay = rng.uniform(0.0, 1.0)  # anywhere in the following iterations (or a save)
+    print(f"killing {delay:.3f} s after {checkpoint.name}")
+    time.sleep(delay)
+    assert run.proc.poll() is None, "the run finished before the kill:\n" + run.text[-2000:]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(both_orientations, tmp_path_factory):
+    """The reference: two processes, never killed."""
+    out = tmp_path_factory.mktemp("procs") / "ref"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DETECTRON2_DATASETS", str(both_orientations))  # Run passes os.environ on
+        ref = Run(out, _args(2))
+        assert ref.wait() == 0, ref.text[-3000:]
+    return out / "model_final.pth"
+
+
+@pytest.mark.slow
+def test_two_processes_killed_whole_then_one_process_resume_bit_identical(tmp_path, both_orientations,
+                                                                         uninterrupted, monkeypatch):
+    """Two processes, images of both orientations grouped by aspect ratio: the whole run is
+    SIGKILLed at a random moment, --resume; then one training process alone is SIGKILLed (the
+    run stops with one line, no hang), --resume again; the final weights and momentum buffers
+    equal the uninterrupted run's bit for bit."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(both_orientations))
+    rng, _ = _kill_rng("two_processes_whole_then_one")
+    out = tmp_path / "killed"
+    first = Run(out, _args(2))
+    _after_checkpoint(first, out / "model_0000003.pth", rng)
+    _kill_whole_run(first)
+    second = Run(out, _args(2, "--resume"))
+    ckpt = torch.load(out / (out / "last_checkpoint").read_text().strip(), weights_only=False)
+    k = ckpt["iteration"]
+    # the checkpoint holds each process's data position, with what waits in its buckets
+    positions = ckpt["sampler"]["processes"]
+    assert len(positions) == 2 and len(ckpt["rng"]["processes"]) == 2
+    assert sum(p["drawn"] - sum(map(len, p["buckets"])) for p in positions) == 4 * (k + 1)
+    _after_checkpoint(second, out / f"model_{k + 4:07d}.pth", rng)
+    assert f"Starting training from iteration {k + 1}" in second.text
+    victim = _training_processes(second, 2)[-1]
+    print(f"killing training process pid {victim} alone")
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.time()
+    rc = second.wait(timeout=120)
+    print(f"the run stopped {time.time() - t0:.1f} s after the kill, exit status {rc}")
+    assert rc == 1, second.text[-3000:]
+    assert "train_net.py: error: training process" in second.text and "--resume" in second.text
+    assert "Traceback" not in second.text.split("train_net.py: error:")[-1]
+    assert not (out / "model_final.pth").exists()
+    last = Run(out, _args(2, "--resume"))
+    assert last.wait() == 0, last.text[-3000:]
+    assert "Starting training from iteration 0" not in last.text
+    _assert_bit_identical(uninterrupted, out / "model_final.pth")
