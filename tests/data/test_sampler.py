@@ -148,3 +148,65 @@ def test_seed_follows_the_samplers_restored_seed_and_caller_state_is_kept():
     ds[10]
     assert np.random.rand(2).tolist() == expected_np  # the caller's streams did not move
     assert [random.random(), random.random()] == expected_py
+
+
+# ----------------------------------------------------------------------------- per-process keys, grouping
+from resnext_det.data.sampler import GroupedBatchSampler, is_landscape  # noqa: E402
+
+
+def test_rank_keys_and_index_of():
+    single = _take(ResumableTrainingSampler(10, seed=2), 40)
+    s = ResumableTrainingSampler(10, seed=2, keyed=True)
+    s._rank, s._world_size = 1, 2
+    keys = list(itertools.islice(s.rank_keys(drawn=3), 5))
+    # rank 1 of 2, its first 3 drawn: stream positions 7, 9, 11, 13, 15 (written out)
+    assert [k // 10 for k in keys] == [7, 9, 11, 13, 15]
+    assert [s.index_of(k) for k in keys] == [single[p] for p in (7, 9, 11, 13, 15)]
+    assert list(itertools.islice(s.rank_keys(), 2)) == [1 * 10 + single[1], 3 * 10 + single[3]]
+    plain = ResumableTrainingSampler(10, seed=2)
+    assert plain.index_of(23) == 23 and s.index_of(23) == 3
+
+
+def test_is_landscape():
+    assert is_landscape({"width": 640, "height": 480}) is True
+    assert is_landscape({"width": 480, "height": 640}) is False
+    assert is_landscape({"width": 500, "height": 500}) is False  # square: detectron2's second bucket
+
+
+def _unshuffled(size, keyed=False):
+    return ResumableTrainingSampler(size, shuffle=False, seed=0, keyed=keyed)
+
+
+def test_grouped_batches_follow_detectron2s_bucket_rule():
+    """Stream 0 1 2 3 4 0 1 2 3 4 ..., buckets of the indices [0, 0, 1, 0, 1], batches of 2:
+    each key joins its bucket, a full bucket is the next batch (worked out by hand)."""
+    g = GroupedBatchSampler(_unshuffled(5), 2, groups=[0, 0, 1, 0, 1])
+    assert list(itertools.islice(iter(g), 5)) == [[0, 1], [2, 4], [3, 0], [1, 3], [2, 4]]
+    assert g.state_after(0) == {"drawn": 0, "buckets": [[], []]}
+    assert g.state_after(2) == {"drawn": 5, "buckets": [[3], []]}
+    assert g.state_after(4) == {"drawn": 9, "buckets": [[], [2]]}
+    assert g.state_after(1) == {"drawn": 2, "buckets": [[], []]}  # back again: replayed from the start
+    assert g.state_after(3) == {"drawn": 6, "buckets": [[], []]}
+    # one bucket: consecutive keys
+    one = GroupedBatchSampler(_unshuffled(5), 3)
+    assert list(itertools.islice(iter(one), 3)) == [[0, 1, 2], [3, 4, 0], [1, 2, 3]]
+    assert one.state_after(2) == {"drawn": 6, "buckets": [[], []]}
+
+
+def test_grouped_batches_resume_from_a_state():
+    g = GroupedBatchSampler(_unshuffled(5), 2, groups=[0, 0, 1, 0, 1])
+    state = g.state_after(2)
+    resumed = GroupedBatchSampler(_unshuffled(5), 2, groups=[0, 0, 1, 0, 1])
+    resumed.restore(state)
+    assert resumed.start == {"drawn": 5, "buckets": [[3], []]}
+    assert list(itertools.islice(iter(resumed), 3)) == [[3, 0], [1, 3], [2, 4]]
+    assert resumed.state_after(2) == {"drawn": 9, "buckets": [[], [2]]}  # counted from the restored state
+    state["buckets"][0].append(99)  # the sampler keeps its own copy
+    assert resumed.start["buckets"] == [[3], []]
+
+
+def test_grouped_keyed_batches_group_by_the_keys_image():
+    keyed = GroupedBatchSampler(_unshuffled(5, keyed=True), 2, groups=[0, 0, 1, 0, 1])
+    batches = list(itertools.islice(iter(keyed), 5))
+    assert [[k % 5 for k in b] for b in batches] == [[0, 1], [2, 4], [3, 0], [1, 3], [2, 4]]
+    assert batches[2] == [3 * 5 + 3, 5 * 5 + 0]  # image 3 at stream position 3, image 0 at 5
