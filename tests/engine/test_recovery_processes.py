@@ -119,11 +119,7 @@ def _training_processes(run, count):
 def _kill_whole_run(run):
     """SIGKILL every process of the run at once (as a scheduler does): the launcher, its
     training processes and their data-loader workers."""
-    for pid in [run.proc.pid] + _descendants(run.proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    WholeRun.kill(run)
     assert run.wait() == -signal.SIGKILL
 
 
@@ -182,3 +178,59 @@ def test_two_processes_killed_whole_then_one_process_resume_bit_identical(tmp_pa
     assert last.wait() == 0, last.text[-3000:]
     assert "Starting training from iteration 0" not in last.text
     _assert_bit_identical(uninterrupted, out / "model_final.pth")
+
+
+class WholeRun(Run):
+    """A run whose kill (also on a matching line: ``kill_on``) SIGKILLs all its processes."""
+
+    def kill(self):
+        for pid in [self.proc.pid] + _descendants(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _two_stage_opts():
+    opts = ["SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "3"]
+    for stage in ("RPN", "FAST_RCNN"):
+        opts += [f"RESNEXT_PLAN.{stage}.MAX_ITER", "8", f"RESNEXT_PLAN.{stage}.STEPS", "(5,)",
+                 f"RESNEXT_PLAN.{stage}.IMS_PER_BATCH", "4"]
+    return opts + TINY_OPTS[:-2] + [
+        "RESNEXT_PLAN.SYNTHETIC.ENABLED", "False", "RESNEXT_PLAN.PRETRAIN.ENABLED", "False",
+        "RESNEXT_PLAN.ORACLE_EVAL", "False", "RESNEXT_PLAN.SHUFFLED_EVAL", "False",
+        "DATASETS.TRAIN", "('coco_2014_train',)", "DATASETS.TEST", "('coco_2014_minival',)",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "80", "INPUT.MIN_SIZE_TRAIN", "(48, 64)",
+        "INPUT.RANDOM_FLIP", "horizontal", "DATALOADER.ASPECT_RATIO_GROUPING", "True"]
+
+
+@pytest.mark.slow
+def test_two_processes_two_stage_plan_killed_in_each_stage_bit_identical(tmp_path, both_orientations,
+                                                                        monkeypatch):
+    """The two-stage plan on two processes, the whole run SIGKILLed in stage 1 (RPN), in stage
+    1b (proposals) and in stage 2 (Fast R-CNN), --resume after each: both trained stages' final
+    weights equal the uninterrupted plan's, bit for bit."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(both_orientations))
+    args = _args(2, config="demo_tiny_X_C4_two_stage_synthetic.yaml", opts=_two_stage_opts())
+    ref = Run(tmp_path / "ref", args)
+    assert ref.wait() == 0, ref.text[-3000:]
+    rng, _ = _kill_rng("two_processes_two_stage")
+    out = tmp_path / "killed"
+    first = WholeRun(out, args)
+    _after_checkpoint(first, out / "stage1_rpn" / "model_0000002.pth", rng)
+    first.kill()
+    assert first.wait() == -signal.SIGKILL
+    second = WholeRun(out, ["--resume"] + args, kill_on=lambda line: "Computing proposals for" in line)
+    assert second.wait() == -signal.SIGKILL, second.text[-3000:]
+    assert json.load(open(out / "plan_state.json"))["finished"] == ["rpn"]
+    third = WholeRun(out, ["--resume"] + args)
+    _after_checkpoint(third, out / "stage2_fast_rcnn" / "model_0000002.pth", rng)
+    third.kill()
+    assert third.wait() == -signal.SIGKILL
+    assert "Plan stage 1/3 'rpn' already finished: skipped (resume)" in third.text
+    assert "Plan stage 2/3 'proposals' (" in third.text  # killed in 1b: redone
+    last = Run(out, ["--resume"] + args)
+    assert last.wait() == 0, last.text[-3000:]
+    assert "Starting training from iteration 0" not in last.text
+    for stage in ("stage1_rpn", "stage2_fast_rcnn"):
+        _assert_bit_identical(tmp_path / "ref" / stage / "model_final.pth", out / stage / "model_final.pth")
