@@ -210,3 +210,43 @@ def test_grouped_keyed_batches_group_by_the_keys_image():
     batches = list(itertools.islice(iter(keyed), 5))
     assert [[k % 5 for k in b] for b in batches] == [[0, 1], [2, 4], [3, 0], [1, 3], [2, 4]]
     assert batches[2] == [3 * 5 + 3, 5 * 5 + 0]  # image 3 at stream position 3, image 0 at 5
+
+
+# ------------------------------------------------------------- aspect-ratio grouped batches
+def _grouped(world=2, rank=1, size=11, batch=3, groups=(1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1)):
+    from resnext_det.data.sampler import GroupedBatchSampler
+
+    s = ResumableTrainingSampler(size, seed=6, keyed=True)
+    s._rank, s._world_size = rank, world
+    return GroupedBatchSampler(s, batch, None if groups is None else list(groups))
+
+
+def test_grouped_batches_hold_one_orientation_and_every_drawn_key_once():
+    g = _grouped()
+    batches = list(itertools.islice(iter(g), 30))
+    groups = (1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1)
+    assert all(len(b) == 3 and len({groups[k % 11] for k in b}) == 1 for b in batches)
+    keys = [k for b in batches for k in b]
+    state = g.state_after(30)
+    waiting = [k for b in state["buckets"] for k in b]
+    # every key of this rank's share drawn so far is in a batch or waits, once, in stream order
+    drawn = list(itertools.islice(g.sampler.rank_keys(), state["drawn"]))
+    assert sorted(keys + waiting) == sorted(drawn) and len(set(drawn)) == len(drawn)
+    assert [k // 11 for k in drawn[:4]] == [1, 3, 5, 7]  # rank 1 of 2: odd positions
+
+
+def test_grouped_batches_restored_from_any_state_continue_the_same_batches():
+    ref = list(itertools.islice(iter(_grouped()), 40))
+    for n in (0, 1, 7, 19):
+        state = _grouped().state_after(n)
+        resumed = _grouped()
+        resumed.restore(state)
+        assert list(itertools.islice(iter(resumed), 40 - n)) == ref[n:]
+        assert resumed.state_after(3) == _grouped().state_after(n + 3)
+    assert any(_grouped().state_after(n)["buckets"] != [[], []] for n in range(10))  # keys do wait
+
+
+def test_one_bucket_gives_consecutive_batches_of_the_rank_share():
+    g = _grouped(groups=None)
+    share = list(itertools.islice(g.sampler.rank_keys(), 12))
+    assert list(itertools.islice(iter(g), 4)) == [share[i:i + 3] for i in range(0, 12, 3)]
