@@ -44,11 +44,14 @@ EXTRAS = {
     # pytest < 9.2: pytest 9.2 keeps node ids in Node._id, and pytest-xdist 3.8's --dist
     # loadgroup still renames item._nodeid, so the xdist_group marks are silently ignored there
     # (measured: a fresh venv with pytest 9.2.0 built the deploy-parity fixture on both workers)
+    # scikit-image: real photographs (its bundled legacy set) for tools/predict.py's tests
     "test": ["pytest>=8,<9.2", "pytest-timeout", "pytest-xdist", "hypothesis", "import-linter",
-             "mutmut>=3.8,<4"],
+             "mutmut>=3.8,<4", "scikit-image"],
     # ONNX export and the CPU inference runtimes (resnext_det.deploy, tools/export.py);
     # nncf: int8 the way OpenVINO recommends (tools/export.py --int8)
     "deploy": ["onnx", "onnxruntime", "openvino", "nncf"],
+    # tools/predict.py --ray: batch inference over Ray actors (Ray Data), past one machine
+    "ray": ["ray[data]"],
 }
 
 setup(

@@ -45,16 +45,16 @@ else
   fi
 fi
 
-# 3. this project (editable) with every declared dependency and the test and deploy extras;
-#    pip honours the version bounds of setup.py.
-log "installing resnext_det (editable) with its dependencies: pip install -e .[test,deploy]"
+# 3. this project (editable) with every declared dependency and the test, deploy and ray
+#    extras; pip honours the version bounds of setup.py.
+log "installing resnext_det (editable) with its dependencies: pip install -e .[test,deploy,ray]"
 PIP_LOG=$(mktemp)
-if ! $PIP install -q --no-build-isolation -e ".[test,deploy]" >"$PIP_LOG" 2>&1; then
-  cat "$PIP_LOG"; log "ERROR: pip install -e .[test,deploy] failed (output above)"; exit 1
+if ! $PIP install -q --no-build-isolation -e ".[test,deploy,ray]" >"$PIP_LOG" 2>&1; then
+  cat "$PIP_LOG"; log "ERROR: pip install -e .[test,deploy,ray] failed (output above)"; exit 1
 fi
 rm -f "$PIP_LOG"
-"$PY" -W ignore -c 'import resnext_det, detectron2.model_zoo, onnxruntime, openvino' \
-  || { log "ERROR: resnext_det, detectron2.model_zoo, onnxruntime or openvino not importable after install"; exit 1; }
+"$PY" -W ignore -c 'import resnext_det, detectron2.model_zoo, onnxruntime, openvino, ray.data' \
+  || { log "ERROR: resnext_det, detectron2.model_zoo, onnxruntime, openvino or ray.data not importable after install"; exit 1; }
 log "done"
 
 if [ "${1:-}" = "--test" ]; then

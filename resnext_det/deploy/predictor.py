@@ -72,7 +72,7 @@ class DeployedPredictor:
         self.path = path
         self.contract = read_contract(path)
         c = self.contract
-        runtime, self.runtime_reason = self._pick_runtime(path, runtime)
+        runtime, self.runtime_reason = self.runtime_for(path, runtime)
         if input_format not in INPUT_FORMATS:
             raise DeployError(f"input_format={input_format!r} is not valid; use 'BGR' (the default: "
                               "cv2.imread's order, as detectron2's DefaultPredictor) or 'RGB' "
@@ -92,8 +92,9 @@ class DeployedPredictor:
                     self.runner.describe(), self.precision_used, c.precision)
 
     @staticmethod
-    def _pick_runtime(path: str, runtime: Optional[str]):
-        """(runtime, reason): the one named, else the measured choice; an IR is OpenVINO's."""
+    def runtime_for(path: str, runtime: Optional[str]):
+        """(runtime, reason) for the model at ``path``: ``runtime`` when named, else the one
+        measured fastest on this CPU kind; an OpenVINO IR runs in OpenVINO (logged)."""
         ir = model_format(path) == "openvino_ir"
         if runtime not in (None, "auto") + RUNTIMES:
             raise DeployError(f"runtime={runtime!r} is not valid; use one of {RUNTIMES}, or None / 'auto' "

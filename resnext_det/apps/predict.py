@@ -1,0 +1,689 @@
+"""``tools/predict.py`` (= ``tools/demo.py``): a trained detector on a user's pictures, folders,
+globs and videos, with detectron2's ``demo/demo.py`` flags.
+
+    python tools/predict.py --config-file CFG --input photos/ clip.mp4 --output out/ \\
+        [--confidence-threshold 0.5] [--runtime auto|eager|onnxruntime|openvino] \\
+        [--precision fp32|bf16] [--ray [ADDRESS]] MODEL.WEIGHTS model.onnx
+
+``MODEL.WEIGHTS`` is a checkpoint (run eagerly by detectron2's ``DefaultPredictor``) or an
+exported ``model.onnx`` / OpenVINO ``.xml`` (run by :class:`resnext_det.deploy.DeployedPredictor`).
+Under ``--output`` it writes:
+
+- ``pictures/<input path>.jpg``: each picture with the detections scoring at least
+  ``--confidence-threshold`` drawn by detectron2's ``Visualizer`` (class names from the model);
+- ``videos/<input path>.mp4``: each video re-encoded with its detections drawn;
+- ``predictions.json``: every detection the model returns (at the config's test threshold) in
+  COCO's results format (``image_id``, ``category_id``, ``bbox`` as x, y, w, h, ``score``);
+- ``images.json``: the images those ids refer to (``id``, ``file_name``, ``height``, ``width``;
+  video frames add ``video`` and ``frame``) and the categories (``id``, ``name``), so
+  pycocotools can score the results against any ground truth (:func:`score_predictions`
+  matches file names and category names);
+- ``failures.json``: the inputs that could not be read, with the reason.
+
+Work is done in shards (``shards/``: 64 consecutive pictures, or one video), each written
+atomically when complete: a killed run, started again with the same ``--output``, skips the
+finished shards and ends with the same ``predictions.json``. Decoding the next pictures
+overlaps inference (a loader thread and a bounded queue).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .._warnings import filter_known_third_party_warnings
+from ..config import ResNeXtConfigError, load_config
+from ..deploy import DeployError
+from ..io import atomic_open, atomic_write_json
+from ..weights import WeightsError
+
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "WorkItem", "collect_inputs", "plan_shards",
+           "build_predictor", "run", "cli", "main", "score_predictions"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
+RUNTIME_CHOICES = ("auto", "eager", "onnxruntime", "openvino")
+SHARD_IMAGES = 64
+QUEUE_DEPTH = 4  # decoded pictures waiting for the predictor: bounds memory, keeps it busy
+RUN_FILE = "predict_run.json"
+
+
+class PredictError(ValueError):
+    """A bad flag, input or output folder: one line naming it and what would work."""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One input file: ``path`` as found, ``name`` its path under ``--output`` (relative to the
+    folder or glob it came from), ``kind`` "image" or "video"."""
+
+    path: str
+    name: str
+    kind: str
+
+
+def _kind(path: str) -> str:
+    return "video" if path.lower().endswith(VIDEO_EXTENSIONS) else "image"
+
+
+def collect_inputs(inputs: Sequence[str]) -> List[WorkItem]:
+    """Files, folders (recursively: their pictures and videos) and globs, in a stable order,
+    each file once.
+
+    Args:
+        inputs: what ``--input`` got.
+
+    Raises:
+        PredictError: an input that is no file, no folder and matches nothing (named).
+    """
+    items: List[WorkItem] = []
+    seen = set()
+
+    def add(path: str, name: str) -> None:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            items.append(WorkItem(path, name.replace(os.sep, "/").lstrip("/"), _kind(path)))
+
+    for given in inputs:
+        if os.path.isdir(given):
+            base = os.path.basename(os.path.normpath(given)) or "input"
+            found = []
+            for root, dirs, files in os.walk(given):
+                dirs.sort()
+                found += [os.path.join(root, f) for f in sorted(files)
+                          if f.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)]
+            for path in sorted(found):
+                add(path, os.path.join(base, os.path.relpath(path, given)))
+        elif os.path.isfile(given):
+            add(given, os.path.basename(given))
+        elif glob.has_magic(given):
+            matches = sorted(p for p in glob.glob(given, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise PredictError(f"--input {given!r}: the pattern matches no file")
+            root = os.path.dirname(given.split("*")[0].split("?")[0].split("[")[0]) or "."
+            for path in matches:
+                add(path, os.path.relpath(path, root))
+        else:
+            raise PredictError(f"--input {given!r}: no such file or folder (give files, folders or "
+                               "globs of pictures and videos)")
+    if not items:
+        raise PredictError(f"--input {' '.join(inputs)}: no pictures or videos found (picture "
+                           f"extensions {', '.join(IMAGE_EXTENSIONS)}; video {', '.join(VIDEO_EXTENSIONS)})")
+    names: Dict[str, int] = {}
+    out = []
+    for item in items:  # two inputs with one output name (a/x.jpg, b/x.jpg given as files)
+        n = names.get(item.name, 0)
+        names[item.name] = n + 1
+        out.append(item if n == 0 else WorkItem(item.path, f"{item.name}.{n}", item.kind))
+    return out
+
+
+def plan_shards(items: Sequence[WorkItem], shard_images: int = SHARD_IMAGES) -> List[List[WorkItem]]:
+    """Consecutive pictures in shards of ``shard_images``; each video a shard of its own."""
+    shards: List[List[WorkItem]] = []
+    run: List[WorkItem] = []
+    for item in items:
+        if item.kind == "video":
+            if run:
+                shards.append(run)
+                run = []
+            shards.append([item])
+            continue
+        run.append(item)
+        if len(run) == shard_images:
+            shards.append(run)
+            run = []
+    if run:
+        shards.append(run)
+    return shards
+
+
+def _shard_key(shard: Sequence[WorkItem]) -> str:
+    return hashlib.sha256(json.dumps([(i.path, i.name) for i in shard]).encode()).hexdigest()[:16]
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+# -- the predictor --------------------------------------------------------------------------
+class Predictor:
+    """What the command runs: ``predict(bgr image) -> Instances`` in the image's coordinates,
+    the class names, and what it is (runtime, precision) for the summary line."""
+
+    def __init__(self, call, class_names: List[str], runtime: str, precision: str, reason: str = ""):
+        self._call = call
+        self.class_names = class_names
+        self.runtime = runtime
+        self.precision = precision
+        self.reason = reason
+
+    def __call__(self, image_bgr: np.ndarray):
+        return self._call(image_bgr)["instances"].to("cpu")
+
+
+def _is_exported(path: str) -> bool:
+    return path.lower().endswith((".onnx", ".xml"))
+
+
+def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_threads: Optional[int] = None,
+                    cache_dir: Optional[str] = None) -> Predictor:
+    """The predictor for ``cfg.MODEL.WEIGHTS``: an exported model through its runtime
+    (``auto``: the one measured fastest on this CPU kind), a checkpoint through detectron2's
+    ``DefaultPredictor`` (``eager``).
+
+    Raises:
+        PredictError: no weights (with how to get a model), a runtime that cannot run them.
+    """
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise PredictError("no model: give MODEL.WEIGHTS (a checkpoint, or an exported model.onnx / .xml). "
+                           "To get one: python tools/train_net.py --demo (it prints the path to use), "
+                           "then python tools/predict.py --config-file CFG --input PATH --output DIR "
+                           "MODEL.WEIGHTS output/demo_fpn/model_final.pth")
+    if not os.path.isfile(weights):
+        raise PredictError(f"MODEL.WEIGHTS {weights!r}: no such file")
+    if runtime not in RUNTIME_CHOICES:
+        raise PredictError(f"--runtime {runtime!r} is not valid; use one of {', '.join(RUNTIME_CHOICES)}")
+    if _is_exported(weights):
+        if runtime == "eager":
+            raise PredictError(f"--runtime eager runs checkpoints; {weights} is an exported model: use "
+                               "--runtime auto, onnxruntime or openvino")
+        from ..deploy import DeployedPredictor
+
+        options = {"cache_dir": cache_dir} if cache_dir and (runtime == "openvino" or weights.endswith(".xml")) else {}
+        p = DeployedPredictor(weights, runtime=None if runtime == "auto" else runtime, num_threads=num_threads,
+                              precision=precision, **options)
+        names = list(p.contract.class_names) or [f"class {i}" for i in range(p.contract.num_classes)]
+        return Predictor(p, names, p.runtime, p.precision_used, p.runtime_reason)
+    if runtime not in ("auto", "eager"):
+        raise PredictError(f"--runtime {runtime}: {weights} is a checkpoint; export it first "
+                           f"(python tools/export.py --config-file CFG --output DIR MODEL.WEIGHTS {weights}) "
+                           "and give DIR/model.onnx, or use --runtime eager")
+    if precision != "fp32":
+        raise PredictError(f"--precision {precision}: eager inference runs fp32; export the model for bf16 "
+                           "(python tools/export.py), or use --precision fp32")
+    import torch
+    from detectron2.data import MetadataCatalog
+    from detectron2.engine import DefaultPredictor
+
+    if num_threads:
+        torch.set_num_threads(int(num_threads))  # a command line: its own process
+    eager = DefaultPredictor(cfg)
+    names: List[str] = []
+    try:  # the class names live in the test set's metadata (a synthetic set is made if missing)
+        from ..engine.plan_runner import register_datasets
+
+        cfg = register_datasets(cfg.clone())
+    except Exception as e:  # noqa: BLE001 - names are for display; say why they are missing
+        logger.warning("class names unknown (registering %s failed: %s); using class indices",
+                       list(cfg.DATASETS.TEST), _reason(e))
+    for name in cfg.DATASETS.TEST:
+        names = list(MetadataCatalog.get(name).get("thing_classes", []) or [])
+        if names:
+            break
+    names = names or [f"class {i}" for i in range(cfg.MODEL.ROI_HEADS.NUM_CLASSES)]
+    return Predictor(eager, names, "eager", "fp32", "checkpoint: detectron2's DefaultPredictor")
+
+
+# -- reading ----------------------------------------------------------------------------------
+def read_picture(path: str) -> np.ndarray:
+    """An HxWx3 uint8 BGR picture, read as detectron2's ``read_image`` reads it (EXIF
+    orientation applied, grayscale / RGBA / 16-bit converted by PIL)."""
+    from detectron2.data.detection_utils import read_image
+
+    img = read_image(path, format="BGR")
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) < 1:
+        raise ValueError(f"not an 8-bit colour picture after conversion (shape {img.shape}, {img.dtype})")
+    return np.ascontiguousarray(img)
+
+
+def _frames(path: str) -> Iterator[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise ValueError("OpenCV cannot open it as a video")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield frame
+    finally:
+        cap.release()
+
+
+def _video_fps(path: str) -> float:
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
+    cap.release()
+    return fps if fps and fps > 0 else 25.0
+
+
+_END = object()
+
+
+def _loader(shards, out: "queue.Queue") -> None:
+    """Decode every picture and video frame of ``shards`` in order, into ``out``:
+    (shard index, item, frame index or None, image or the exception that stopped it)."""
+    for index, shard in shards:
+        for item in shard:
+            if item.kind == "image":
+                try:
+                    out.put((index, item, None, read_picture(item.path)))
+                except Exception as e:  # any unreadable file is a failure entry, never a stop
+                    out.put((index, item, None, e))
+                continue
+            frame_index = -1
+            try:
+                for frame_index, frame in enumerate(_frames(item.path)):
+                    out.put((index, item, frame_index, frame))
+                if frame_index < 0:
+                    raise ValueError("no frame could be read")
+            except Exception as e:
+                out.put((index, item, frame_index + 1, e))
+        out.put((index, None, None, None))  # the shard is complete
+    out.put(_END)
+
+
+# -- writing ----------------------------------------------------------------------------------
+def _detections(instances) -> List[Dict]:
+    """Detections as rows: class index, [x, y, w, h] (COCO boxes), score."""
+    boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
+    scores = instances.scores.numpy().astype(np.float64)
+    classes = instances.pred_classes.numpy()
+    # full precision: rounded scores could tie and reorder, and shift COCO AP
+    return [{"class": int(c), "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+             "score": float(s)} for b, s, c in zip(boxes, scores, classes)]
+
+
+class Drawer:
+    """detectron2's ``Visualizer`` on a picture with the detections at or above a threshold."""
+
+    def __init__(self, class_names: List[str], threshold: float):
+        from detectron2.data.catalog import Metadata
+
+        self.metadata = Metadata(name="resnext_det.predict", thing_classes=list(class_names))
+        self.threshold = threshold
+
+    def __call__(self, image_bgr: np.ndarray, instances) -> np.ndarray:
+        from detectron2.utils.visualizer import Visualizer
+
+        shown = instances[instances.scores >= self.threshold]
+        vis = Visualizer(image_bgr[:, :, ::-1], self.metadata)
+        return vis.draw_instance_predictions(shown).get_image()[:, :, ::-1]
+
+
+def _write_picture(path: str, image_bgr: np.ndarray) -> None:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise ValueError(f"cannot encode {path}")
+    with atomic_open(path, "wb") as f:
+        f.write(data.tobytes())
+
+
+class _VideoOut:
+    """A video being re-encoded: written under a temporary name, renamed when complete."""
+
+    def __init__(self, path: str, fps: float):
+        self.path, self.fps, self.writer = path, fps, None
+        self.tmp = path + ".tmp.mp4"
+
+    def write(self, frame: np.ndarray) -> None:
+        import cv2
+
+        if self.writer is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            h, w = frame.shape[:2]
+            self.writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+        self.writer.write(frame)
+
+    def close(self, keep: bool) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            if keep:
+                os.replace(self.tmp, self.path)
+            elif os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
+# -- the run ------------------------------------------------------------------------------------
+@dataclass
+class Settings:
+    """What decides the results of a run (checked against a folder's earlier run)."""
+
+    weights: str
+    weights_bytes: int
+    config: str
+    runtime: str
+    precision: str
+
+    @classmethod
+    def of(cls, cfg, predictor: Predictor, config_file: str) -> "Settings":
+        return cls(os.path.abspath(cfg.MODEL.WEIGHTS), os.path.getsize(cfg.MODEL.WEIGHTS),
+                   os.path.abspath(config_file) if os.path.isfile(config_file) else config_file,
+                   predictor.runtime, predictor.precision)
+
+
+def _check_output(output: str, settings: Settings) -> None:
+    """Make ``output``; refuse one holding results of another model or precision."""
+    path = os.path.join(output, RUN_FILE)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise PredictError(f"--output {output!r} is a file; give a folder")
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = json.load(f)
+        now = settings.__dict__
+        differ = [k for k in ("weights", "weights_bytes", "config", "precision") if before.get(k) != now[k]]
+        if differ:
+            raise PredictError(f"--output {output!r} holds results of another run ({', '.join(differ)}: "
+                               f"{', '.join(f'{before.get(k)!r} there, {now[k]!r} now' for k in differ)}); "
+                               "give another --output, or empty this one")
+    os.makedirs(os.path.join(output, "shards"), exist_ok=True)
+    atomic_write_json(path, settings.__dict__, indent=2)
+
+
+def _shard_path(output: str, index: int) -> str:
+    return os.path.join(output, "shards", f"{index:06d}.json")
+
+
+def _done_shards(output: str, shards) -> Dict[int, Dict]:
+    done = {}
+    for index, shard in enumerate(shards):
+        path = _shard_path(output, index)
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                continue  # unreadable: done again
+            if data.get("key") == _shard_key(shard):
+                done[index] = data
+    return done
+
+
+class ShardCollector:
+    """Collects each image's result of a shard; writes the shard once all its items are in."""
+
+    def __init__(self, output: str, shards):
+        self.output, self.shards = output, shards
+        self.pending: Dict[int, Dict] = {}
+
+    def add(self, index: int, entry: Dict) -> None:
+        self.pending.setdefault(index, {"images": [], "failures": []})
+        key = "failures" if "reason" in entry else "images"
+        self.pending[index][key].append(entry)
+
+    def finish(self, index: int) -> Dict:
+        data = self.pending.pop(index, {"images": [], "failures": []})
+        order = {item.path: k for k, item in enumerate(self.shards[index])}
+        for key in ("images", "failures"):  # the shard's order, whatever order results came in
+            data[key].sort(key=lambda e: (order[e["path"]], e.get("frame", -1)))
+        data["key"] = _shard_key(self.shards[index])
+        atomic_write_json(_shard_path(self.output, index), data)
+        return data
+
+
+def _progress(total: int, done: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="img", dynamic_ncols=True, file=sys.stderr,
+                disable=None, smoothing=0.1, desc="predict")
+
+
+def run_local(predictor: Predictor, shards, todo, output: str, threshold: float) -> Tuple[int, int]:
+    """Predict the pictures and video frames of shards ``todo`` (indices) in this process;
+    returns (pictures and frames predicted, failures)."""
+    drawer = Drawer(predictor.class_names, threshold)
+    collector = ShardCollector(output, shards)
+    q: "queue.Queue" = queue.Queue(maxsize=QUEUE_DEPTH)
+    thread = threading.Thread(target=_loader, args=([(i, shards[i]) for i in todo], q), daemon=True,
+                              name="predict-loader")
+    thread.start()
+    images = sum(1 for i in todo for it in shards[i] if it.kind == "image")
+    bar = _progress(images, 0)
+    count = failures = 0
+    video: Optional[_VideoOut] = None
+    while True:
+        got = q.get()
+        if got is _END:
+            break
+        index, item, frame, image = got
+        if item is None:  # a shard is complete (a video is a shard of its own)
+            if video is not None:
+                video.close(keep=True)
+                video = None
+            collector.finish(index)
+            continue
+        if isinstance(image, BaseException):
+            failures += 1
+            entry = {"path": item.path, "file_name": item.name, "reason": _reason(image)}
+            if item.kind == "video":
+                entry["frames_done"] = frame
+                if video is not None:
+                    video.close(keep=False)
+                    video = None
+            collector.add(index, entry)
+            bar.update(item.kind == "image")
+            continue
+        instances = predictor(image)
+        drawn = drawer(image, instances)
+        entry = {"path": item.path, "file_name": item.name, "height": int(image.shape[0]),
+                 "width": int(image.shape[1]), "detections": _detections(instances)}
+        if item.kind == "image":
+            _write_picture(os.path.join(output, "pictures", os.path.splitext(item.name)[0] + ".jpg"), drawn)
+            bar.update(1)
+        else:
+            if frame == 0:
+                video = _VideoOut(os.path.join(output, "videos", os.path.splitext(item.name)[0] + ".mp4"),
+                                  _video_fps(item.path))
+            entry.update(video=item.name, frame=frame)
+            video.write(drawn)
+            bar.set_postfix_str(f"{item.name} frame {frame}")
+        collector.add(index, entry)
+        count += 1
+    bar.close()
+    thread.join()
+    return count, failures
+
+
+def merge(output: str, shards, class_names: List[str]) -> Dict:
+    """``predictions.json``, ``images.json`` and ``failures.json`` from every shard, ids given in
+    the inputs' order (the same whether the run was interrupted or not)."""
+    images, results, failures = [], [], []
+    for index in range(len(shards)):
+        with open(_shard_path(output, index)) as f:
+            data = json.load(f)
+        for entry in data["images"]:
+            image_id = len(images) + 1
+            record = {"id": image_id, "file_name": entry["file_name"], "height": entry["height"],
+                      "width": entry["width"]}
+            if "frame" in entry:
+                record.update(video=entry["video"], frame=entry["frame"])
+            images.append(record)
+            results += [{"image_id": image_id, "category_id": d["class"] + 1, "bbox": d["bbox"],
+                         "score": d["score"]} for d in entry["detections"]]
+        failures += data["failures"]
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
+    atomic_write_json(os.path.join(output, "predictions.json"), results)
+    atomic_write_json(os.path.join(output, "images.json"), {"images": images, "categories": categories}, indent=1)
+    atomic_write_json(os.path.join(output, "failures.json"), failures, indent=1)
+    return {"images": images, "results": results, "failures": failures}
+
+
+def score_predictions(output: str, ground_truth: str) -> Dict[str, float]:
+    """COCO box AP of ``output``'s predictions against a COCO ground-truth file: images matched
+    by file name (the last path parts), categories by name.
+
+    Returns:
+        pycocotools' 12 summary figures by name (AP, AP50, ..., in percent).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with open(os.path.join(output, "images.json")) as f:
+        ours = json.load(f)
+    with open(os.path.join(output, "predictions.json")) as f:
+        results = json.load(f)
+    gt = COCO(ground_truth)
+    by_name = {}
+    for im in gt.dataset["images"]:
+        by_name.setdefault(os.path.basename(im["file_name"]), im["id"])
+    cat_by_name = {c["name"]: c["id"] for c in gt.dataset["categories"]}
+    image_map = {im["id"]: by_name.get(os.path.basename(im["file_name"])) for im in ours["images"]}
+    cat_map = {c["id"]: cat_by_name.get(c["name"]) for c in ours["categories"]}
+    if not any(cat_map.values()):
+        raise PredictError(f"{output}/images.json: no category name ({', '.join(c['name'] for c in ours['categories'])}) "
+                           f"is one of {ground_truth}'s ({', '.join(cat_by_name)}); categories are matched by name")
+    mapped = [{**r, "image_id": image_map[r["image_id"]], "category_id": cat_map[r["category_id"]]}
+              for r in results if image_map.get(r["image_id"]) and cat_map.get(r["category_id"])]
+    ev = COCOeval(gt, gt.loadRes(mapped) if mapped else COCO(), "bbox")
+    ev.params.imgIds = sorted({i for i in image_map.values() if i})
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+    return {n: float(v) * 100 for n, v in zip(names, ev.stats)}
+
+
+# -- the command line ---------------------------------------------------------------------------
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predict.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", "--config", dest="config_file", required=True, metavar="FILE",
+                   help="the detector's config (a path or a shipped config's name)")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="pictures, folders (searched recursively), globs and videos")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder for the drawn pictures and videos, predictions.json, images.json, "
+                        "failures.json; run again with the same folder to finish a killed run")
+    p.add_argument("--confidence-threshold", type=float, default=0.5, metavar="S",
+                   help="draw detections scoring at least S (default 0.5); predictions.json keeps "
+                        "every detection the model returns")
+    p.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
+                   help="auto (default): an exported model through the runtime measured fastest "
+                        "on this CPU kind, a checkpoint eagerly; or name one")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="fp32 (default) or bf16 (an exported model through OpenVINO, CPUs with "
+                        "native bf16)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="inference threads (default: the physical cores available; with --ray, "
+                        "each actor's CPUs)")
+    p.add_argument("--shard-size", type=int, default=SHARD_IMAGES, metavar="N",
+                   help=f"pictures per shard, the unit written at once and skipped when a run is "
+                        f"started again (default {SHARD_IMAGES}); each video is a shard")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="spread the pictures over Ray actors (pip install -e .[ray]): no address "
+                        "or 'local' starts Ray on this machine, 'auto' joins the cluster started "
+                        "with 'ray start', or give ray://HOST:PORT")
+    p.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                   help="with --ray: actors, one model each (default: CPUs // --ray-cpus-per-actor)")
+    p.add_argument("--ray-cpus-per-actor", type=int, default=2, metavar="N",
+                   help="with --ray: CPUs (and runtime threads) per actor (default 2)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides; MODEL.WEIGHTS the checkpoint or exported model")
+    return p
+
+
+def _check_args(args) -> None:
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        raise PredictError(f"--confidence-threshold {args.confidence_threshold} is not valid; give a "
+                           "score in [0, 1], e.g. 0.5")
+    for flag in ("threads", "ray_actors", "ray_cpus_per_actor", "shard_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise PredictError(f"--{flag.replace('_', '-')} {value} is not valid; give a positive number")
+
+
+def run(args) -> Dict:
+    """The command as ``args`` say; returns the summary (also printed as one line)."""
+    _check_args(args)
+    start = time.perf_counter()
+    cfg = load_config(args.config_file, args.opts)
+    items = collect_inputs(args.input)
+    shards = plan_shards(items, args.shard_size)
+    if args.ray is not None:
+        from .predict_ray import RayPlan
+
+        plan = RayPlan.for_args(args, cfg)  # checks the model and ray before anything is written
+        predictor = plan.local_predictor() if any(i.kind == "video" for i in items) else None
+        settings = plan.settings(cfg, args.config_file)
+        class_names = plan.class_names
+    else:
+        predictor = build_predictor(cfg, args.runtime, args.precision, args.threads)
+        settings = Settings.of(cfg, predictor, args.config_file)
+        class_names = predictor.class_names
+    _check_output(args.output, settings)
+    done = _done_shards(args.output, shards)
+    todo = [i for i in range(len(shards)) if i not in done]
+    skipped = sum(len(shards[i]) for i in done)
+    if done:
+        print(f"predict.py: {len(done)} of {len(shards)} shards already done in {args.output} "
+              f"({skipped} inputs skipped)", file=sys.stderr)
+    if args.ray is not None:
+        pictures = [i for i in todo if shards[i][0].kind == "image"]
+        count, failed = plan.run(shards, pictures, args.output, args.confidence_threshold)
+        videos = [i for i in todo if shards[i][0].kind == "video"]
+        if videos:
+            c2, f2 = run_local(predictor, shards, videos, args.output, args.confidence_threshold)
+            count, failed = count + c2, failed + f2
+    else:
+        count, failed = run_local(predictor, shards, todo, args.output, args.confidence_threshold)
+    merged = merge(args.output, shards, class_names)
+    seconds = time.perf_counter() - start
+    frames = sum(1 for im in merged["images"] if "frame" in im)
+    summary = {"inputs": len(items), "pictures": len(merged["images"]) - frames, "video_frames": frames,
+               "failures": len(merged["failures"]), "predicted_now": count, "skipped": skipped,
+               "seconds": round(seconds, 2), "per_second": round(count / seconds, 3) if seconds else 0.0,
+               "runtime": settings.runtime, "precision": settings.precision, "output": args.output}
+    print(f"predict.py: {summary['pictures']} pictures, {frames} video frames, {summary['failures']} failed "
+          f"({count} predicted now, {skipped} inputs done before) in {seconds:.1f} s, "
+          f"{summary['per_second']:.2f} images/s; runtime {settings.runtime}, precision {settings.precision}; "
+          f"{os.path.join(args.output, 'predictions.json')} (+ images.json, failures.json), "
+          f"pictures in {os.path.join(args.output, 'pictures')}"
+          + (f", videos in {os.path.join(args.output, 'videos')}" if frames else ""))
+    if merged["failures"]:
+        print(f"predict.py: {len(merged['failures'])} inputs could not be read; reasons in "
+              f"{os.path.join(args.output, 'failures.json')}", file=sys.stderr)
+    return summary
+
+
+USER_ERRORS = (PredictError, DeployError, ResNeXtConfigError, WeightsError, FileNotFoundError)
+
+
+def cli(argv=None) -> int:
+    """The command line: 0 when every input was predicted, 1 when some could not be read,
+    2 after a one-line error."""
+    filter_known_third_party_warnings()
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(args)
+    except USER_ERRORS as e:
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if summary["failures"] else 0
+
+
+def main():  # pragma: no cover - console entry
+    sys.exit(cli())

@@ -1,0 +1,147 @@
+"""``tools/predict.py --ray``: the pictures spread over Ray actors, one exported model each.
+
+A Ray Dataset of the input files (``ray.data.from_items``) goes through ``map_batches`` with
+:class:`PredictActor`, a callable class: Ray keeps a pool of ``--ray-actors`` actors, each with
+``--ray-cpus-per-actor`` CPUs and a :class:`~resnext_det.deploy.DeployedPredictor` with that many
+threads; each actor reads, predicts and draws its pictures (``--output`` must be a folder every
+machine sees) and hands back one JSON row per picture. This process collects the rows into the
+same shards as a local run and writes each one when complete, so a killed run resumes the same
+way; Ray retries the batch of an actor that dies. Videos are decoded in order, in this process.
+
+Imported only with ``--ray`` (the optional ``ray`` extra: ``pip install -e .[ray]``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, List
+
+from ..deploy import DeployedPredictor, read_contract
+from ..hardware import available_cores
+from .predict import (Drawer, PredictError, Settings, ShardCollector, _detections, _is_exported, _progress,
+                      _reason, _write_picture, build_predictor, read_picture)
+
+__all__ = ["RayPlan", "PredictActor"]
+
+logger = logging.getLogger(__name__)
+BATCH_SIZE = 4  # pictures per map_batches call: small, so the actors share the work evenly
+
+
+class PredictActor:
+    """One model in one Ray actor: reads, predicts and draws a batch of pictures.
+
+    Args:
+        weights: the exported model (``.onnx`` / ``.xml``).
+        runtime, precision: as ``DeployedPredictor`` takes them.
+        threads: runtime threads (the actor's CPUs).
+        output: the run's ``--output`` folder (pictures go to ``output/pictures/``).
+        threshold: ``--confidence-threshold`` for drawing.
+    """
+
+    def __init__(self, weights: str, runtime: str, precision: str, threads: int, output: str, threshold: float):
+        self.predictor = DeployedPredictor(weights, runtime=runtime, num_threads=threads, precision=precision)
+        names = list(self.predictor.contract.class_names) or \
+            [f"class {i}" for i in range(self.predictor.contract.num_classes)]
+        self.drawer = Drawer(names, threshold)
+        self.output = output
+
+    def __call__(self, batch: Dict) -> Dict:
+        entries = []
+        for path, name in zip(batch["path"], batch["name"]):
+            path, name = str(path), str(name)
+            try:
+                image = read_picture(path)
+            except Exception as e:  # an unreadable file is a failure entry, never a stop
+                entries.append(json.dumps({"path": path, "file_name": name, "reason": _reason(e)}))
+                continue
+            instances = self.predictor(image)["instances"]
+            _write_picture(os.path.join(self.output, "pictures", os.path.splitext(name)[0] + ".jpg"),
+                           self.drawer(image, instances))
+            entries.append(json.dumps({"path": path, "file_name": name, "height": int(image.shape[0]),
+                                       "width": int(image.shape[1]), "detections": _detections(instances)}))
+        return {"shard": batch["shard"], "entry": entries}
+
+
+class RayPlan:
+    """What a ``--ray`` run needs, checked before anything is written."""
+
+    def __init__(self, args, cfg):
+        self.args, self.cfg = args, cfg
+        weights = cfg.MODEL.WEIGHTS
+        if not weights or not os.path.isfile(weights) or not _is_exported(weights):
+            raise PredictError(f"--ray runs an exported model (MODEL.WEIGHTS model.onnx or .xml), got "
+                               f"{weights or 'no MODEL.WEIGHTS'!r}; export it first: python tools/export.py "
+                               "--config-file CFG --output DIR MODEL.WEIGHTS model_final.pth")
+        if args.runtime == "eager":
+            raise PredictError("--ray runs exported models; use --runtime auto, onnxruntime or openvino")
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise PredictError("--ray needs Ray: pip install -e .[ray] (or pip install 'ray[data]')") from None
+        contract = read_contract(weights)
+        self.class_names = list(contract.class_names) or [f"class {i}" for i in range(contract.num_classes)]
+        # the runtime every actor will take (the measured choice is per CPU kind: on a cluster of
+        # mixed machines each actor logs its own)
+        self.runtime, _ = DeployedPredictor.runtime_for(weights, None if args.runtime == "auto" else args.runtime)
+
+    @classmethod
+    def for_args(cls, args, cfg) -> "RayPlan":
+        return cls(args, cfg)
+
+    def local_predictor(self):
+        """The predictor for videos, which run in this process."""
+        return build_predictor(self.cfg, self.args.runtime, self.args.precision, self.args.threads)
+
+    def settings(self, cfg, config_file: str) -> Settings:
+        return Settings(os.path.abspath(cfg.MODEL.WEIGHTS), os.path.getsize(cfg.MODEL.WEIGHTS),
+                        os.path.abspath(config_file) if os.path.isfile(config_file) else config_file,
+                        self.runtime, self.args.precision)
+
+    def run(self, shards, todo: List[int], output: str, threshold: float):
+        """Predict the pictures of shards ``todo`` on Ray; returns (predicted, failed)."""
+        import ray
+
+        args = self.args
+        started_here = not ray.is_initialized()
+        if started_here:
+            local = args.ray in ("local", "")
+            ray.init(address=None if local else args.ray, num_cpus=available_cores() if local else None,
+                     include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     configure_logging=False)
+        try:
+            cpus = args.ray_cpus_per_actor
+            total = int(ray.cluster_resources().get("CPU", 1))
+            actors = args.ray_actors or max(1, total // cpus)
+            if actors * cpus > total:
+                raise PredictError(f"--ray-actors {actors} x --ray-cpus-per-actor {cpus} = {actors * cpus} CPUs; "
+                                   f"the Ray cluster has {total}")
+            rows = [{"shard": i, "path": item.path, "name": item.name} for i in todo for item in shards[i]]
+            if not rows:
+                return 0, 0
+            print(f"predict.py: Ray at {ray.get_runtime_context().gcs_address}: {actors} actors x {cpus} CPUs, "
+                  f"{len(rows)} pictures", flush=True)
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // BATCH_SIZE, 200)))
+            ds = ds.map_batches(PredictActor, batch_size=BATCH_SIZE, concurrency=actors, num_cpus=cpus,
+                                fn_constructor_kwargs=dict(weights=os.path.abspath(self.cfg.MODEL.WEIGHTS),
+                                                           runtime=self.runtime, precision=args.precision,
+                                                           threads=cpus, output=os.path.abspath(output),
+                                                           threshold=threshold))
+            collector = ShardCollector(output, shards)
+            remaining = {i: len(shards[i]) for i in todo}
+            count = failed = 0
+            bar = _progress(len(rows), 0)
+            for row in ds.iter_rows():
+                index, entry = int(row["shard"]), json.loads(row["entry"])
+                collector.add(index, entry)
+                failed += "reason" in entry
+                count += "reason" not in entry
+                bar.update(1)
+                remaining[index] -= 1
+                if remaining[index] == 0:
+                    collector.finish(index)
+            bar.close()
+            return count, failed
+        finally:
+            if started_here:
+                ray.shutdown()
