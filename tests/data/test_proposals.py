@@ -360,3 +360,95 @@ def test_stores_for_kinds(tmp_path):
         stores_for([m, str(pkl)], ["a", "b"])
     assert str(e.value) == (f"proposal files {[m, str(pkl)]} mix shard manifests and detectron2 pickles; give one "
                             "kind for all datasets (export_detectron2_pickle converts a manifest)")
+
+
+def test_manifest_content_and_file_names(tmp_path):
+    import json
+    import re
+
+    manifest = write_proposal_shards(str(tmp_path), [4, 5], [np.ones((2, 4), np.float32), np.ones((1, 4), np.float32)],
+                                     [np.zeros(2, np.float32), np.zeros(1, np.float32)], dataset="d")
+    text = open(manifest).read()
+    assert text.startswith('{\n "format": "resnext_det/proposal-shards/1",\n "dataset": "d",\n')  # one key a line
+    m = json.loads(text)
+    (shard,) = m.pop("shards")
+    assert m == {"format": "resnext_det/proposal-shards/1", "dataset": "d", "bbox_mode": 0, "dtype": "<f4",
+                 "row": ["x0", "y0", "x1", "y1", "objectness_logit"], "images": 2, "rows": 3,
+                 "bytes": 128 + 3 * 5 * 4}  # the .npy header, then 3 rows of 5 float32
+    assert re.fullmatch(r"shard-00000-of-00001-[0-9a-f]{12}\.npy", shard["data"])
+    assert shard["index"] == shard["data"][:-len(".npy")] + ".index.npz" and shard["token"] in shard["data"]
+    assert sorted(os.listdir(tmp_path)) == sorted([shard["data"], shard["index"], "manifest.json"])
+
+
+def test_offsets_after_an_empty_shard(tmp_path):
+    """An empty shard before one holding two images: the second image's rows start after the first's."""
+    with ShardWriter(str(tmp_path), 0, 2) as empty:
+        first = empty.close()
+    with ShardWriter(str(tmp_path), 1, 2) as w:
+        w.add(1, np.ones((2, 4), np.float32), np.zeros(2, np.float32))
+        w.add(2, np.full((3, 4), 7.0, np.float32), np.ones(3, np.float32))
+        second = w.close()
+    store = ProposalStore(write_manifest(str(tmp_path), [first, second]))
+    np.testing.assert_array_equal(store.get(2)[0], np.full((3, 4), 7.0))
+    np.testing.assert_array_equal(store.get(1)[0], np.ones((2, 4)))
+
+
+def test_an_empty_store_and_the_index_size(tmp_path):
+    store = ProposalStore(write_manifest(str(tmp_path / "none"), []))
+    assert len(store) == 0 and store.ids == [] and 5 not in store and store.index_nbytes == 0
+    with pytest.raises(KeyError):
+        store.get(5)
+    # per image: its id twice (write order and sorted, int64), its shard (int32), offset and count (int64)
+    n = 10
+    full = ProposalStore(_manifest(tmp_path / "ten", list(range(n))))
+    assert full.index_nbytes == n * (8 + 8 + 4 + 8 + 8)
+
+
+def _edit_manifest(manifest, change):
+    import json
+
+    m = json.load(open(manifest))
+    change(m)
+    with open(manifest, "w") as f:
+        json.dump(m, f)
+
+
+@pytest.mark.parametrize("what", ["token", "images", "rows"])
+def test_a_manifest_that_does_not_match_its_shard_is_refused(what, tmp_path):
+    manifest = _manifest(tmp_path, [1, 2])
+    index = os.path.join(str(tmp_path), ProposalStore(manifest).shards[0][:-len(".npy")] + ".index.npz")
+    token = str(np.load(index)["token"])
+    change = {"token": lambda m: m["shards"][0].update(token="0" * 12),
+              "images": lambda m: m["shards"][0].update(images=3),
+              "rows": lambda m: m["shards"][0].update(rows=5)}[what]
+    _edit_manifest(manifest, change)
+    with pytest.raises(ProposalFormatError) as e:
+        ProposalStore(manifest)
+    written = "0" * 12 if what == "token" else token
+    assert str(e.value) == (f"proposal shard {index!r} does not match {manifest!r} (another run's shard: token "
+                            f"{token!r}, manifest {written!r}); run the proposals stage again")
+
+
+def test_unreadable_manifests_and_indexes_are_named(tmp_path):
+    missing = str(tmp_path / "nope" / "manifest.json")
+    with pytest.raises(ProposalFormatError) as e:
+        ProposalStore(missing)
+    assert str(e.value).startswith(f"cannot read proposal manifest {missing!r}: [Errno 2] No such file")
+    assert str(e.value).endswith("; run the proposals stage again")
+    for name, content, fmt in (("other.json", '{"format": "x"}', "'x'"), ("list.json", "[1]", "None")):
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ProposalFormatError) as e:
+            ProposalStore(str(tmp_path / name))
+        assert str(e.value) == (f"{str(tmp_path / name)!r} is not a proposal manifest (format {fmt}, expected "
+                                "'resnext_det/proposal-shards/1'); give a manifest.json written by the proposals "
+                                "stage or a detectron2 proposal .pkl")
+    manifest = _manifest(tmp_path / "m", [1])
+    _edit_manifest(manifest, lambda m: m.pop("dataset"))
+    assert ProposalStore(manifest).dataset == ""
+    index = os.path.join(os.path.dirname(manifest), ProposalStore(manifest).shards[0][:-len(".npy")] + ".index.npz")
+    z = dict(np.load(index))
+    np.savez(index, **dict(z, ids=np.array([{"x": 1}], dtype=object)))  # an object array: a pickle inside
+    with pytest.raises(ProposalFormatError) as e:
+        ProposalStore(manifest)
+    assert str(e.value).startswith(f"proposal shard index {index!r} (named by {manifest!r}) cannot be read: ")
+    assert str(e.value).endswith("; run the proposals stage again")
