@@ -6,6 +6,7 @@ each field and each refusal of the contract on its own.
 """
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -53,10 +54,16 @@ def _contract(**changes):
     return dataclasses.replace(c, **changes)
 
 
+BOX = [1.0001, 2.0002, 3.0003, 4.0004]
+FIX = ("; give a model written by tools/export.py: model.onnx, or model_int8.xml with --int8 (python "
+       "tools/export.py --config-file CFG --output DIR MODEL.WEIGHTS W.pth)")
+
+
 def _graph(outputs=("boxes", "scores", "classes"), inputs=("image",), nodes=True):
     """image (3, H, W) -> boxes (1, 4), scores (1,), classes (1,): the export's signature."""
     mean = helper.make_node("ReduceMean", [inputs[0]], ["m"], keepdims=0)
-    b = helper.make_node("Constant", [], ["b0"], value=helper.make_tensor("b", TensorProto.FLOAT, [1, 4], [1, 2, 3, 4]))
+    # 1.0001 ...: float32 values that float16 cannot hold (an IR written with fp16 weights shows)
+    b = helper.make_node("Constant", [], ["b0"], value=helper.make_tensor("b", TensorProto.FLOAT, [1, 4], BOX))
     s = helper.make_node("Constant", [], ["s0"], value=helper.make_tensor("s", TensorProto.FLOAT, [1], [0.5]))
     c = helper.make_node("Constant", [], [outputs[2]], value=helper.make_tensor("c", TensorProto.INT64, [1], [3]))
     mb = helper.make_node("Mul", ["b0", "m"], [outputs[0]])
@@ -177,13 +184,25 @@ def test_load_onnx_refusals_name_the_file_and_the_fix(case, error, match, tmp_pa
     with pytest.raises(error, match=match) as e:
         load_onnx(str(path))
     assert str(path) in str(e.value)
+    if case in ("garbage", "checker"):  # the library's own error, by its type and first line
+        assert re.search(r"(format|rejects it): \w+(Error|Exception): \S", str(e.value)), str(e.value)
+    if case == "empty":
+        assert str(e.value) == f"{path}: the file is empty" + FIX
+    if case == "no contract":
+        assert str(e.value) == (f"{path}: an ONNX model without resnext_det's preprocessing contract in its metadata "
+                                "('resnext_det.contract': not exported by this project)" + FIX)
+        with pytest.raises(DeployError) as e:
+            read_contract_bytes(path.read_bytes())
+        assert str(e.value).startswith("<exported bytes>: an ONNX model without resnext_det's preprocessing contract")
 
 
 def test_model_format_by_suffix():
     assert model_format("a/model.onnx") == "onnx"
     assert model_format("a/model_int8.XML") == "openvino_ir"
-    with pytest.raises(DeployError, match=r"model\.pt: not an exported model file; give model\.onnx"):
+    with pytest.raises(DeployError) as e:
         model_format("model.pt")
+    assert str(e.value) == ("model.pt: not an exported model file; give model.onnx (tools/export.py) or an OpenVINO "
+                            "IR model_int8.xml (tools/export.py --int8)")
     with pytest.raises(DeployError, match="model.pt"):
         read_contract("model.pt")
 
@@ -199,13 +218,21 @@ def test_openvino_ir_round_trip_and_refusals(tmp_path):
     ir, got = load_openvino_ir(xml)
     assert got == c and read_contract(xml) == c
     assert [o.get_any_name() for o in ir.outputs] == ["boxes", "scores", "classes"]
+    import numpy as np
+
+    boxes = ov.Core().compile_model(ir, "CPU")(np.ones((3, 4, 5), np.float32))["boxes"]  # mean 1: the constant
+    assert boxes.tolist() == [np.float32(BOX).tolist()]  # fp32 weights, not rounded to fp16
+    assert not [p for p in (tmp_path / "ir").iterdir() if p.name.startswith(".")]  # no temporary left
     with pytest.raises(DeployError, match=r"an OpenVINO IR is written to a \.xml path"):
         save_openvino_ir(model, c, str(tmp_path / "model.onnx"))
     with pytest.raises(FileNotFoundError, match=r"nothing\.xml' not found; write one with tools/export\.py --int8"):
         load_openvino_ir(str(tmp_path / "nothing.xml"))
     (tmp_path / "ir" / "model_int8.bin").rename(tmp_path / "ir" / "moved.bin")
-    with pytest.raises(FileNotFoundError, match=r"its weights file .*model_int8\.bin' is missing"):
+    with pytest.raises(FileNotFoundError) as e:
         load_openvino_ir(xml)
+    bin_path = str(tmp_path / "ir" / "model_int8.bin")
+    assert str(e.value) == (f"{xml}: its weights file {bin_path!r} is missing (an IR is the .xml and the .bin "
+                            "beside it)")
     plain = str(tmp_path / "plain.xml")  # an IR without the contract
     ov.save_model(ov.Core().read_model(_write(_graph(), tmp_path / "p.onnx")), plain)
     with pytest.raises(DeployError, match=r"plain\.xml: an OpenVINO IR without resnext_det's preprocessing "
@@ -213,8 +240,13 @@ def test_openvino_ir_round_trip_and_refusals(tmp_path):
         load_openvino_ir(plain)
     (tmp_path / "junk.xml").write_text("<net>")
     (tmp_path / "junk.bin").write_bytes(b"")
-    with pytest.raises(DeployError, match=r"junk\.xml: OpenVINO cannot read it"):
+    with pytest.raises(DeployError, match=r"junk\.xml: OpenVINO cannot read it \(\w+: \S"):
         load_openvino_ir(str(tmp_path / "junk.xml"))
+    bad = ov.Core().read_model(_write(_graph(), tmp_path / "b.onnx"))
+    bad.set_rt_info("{not json", ["resnext_det", "contract"])
+    ov.save_model(bad, str(tmp_path / "bad.xml"))
+    with pytest.raises(DeployError, match=r"bad\.xml: its 'resnext_det\.contract' metadata is unreadable"):
+        load_openvino_ir(str(tmp_path / "bad.xml"))
     other = ov.Core().read_model(_write(_graph(outputs=("b", "s", "c")), tmp_path / "o.onnx"))
     save_openvino_ir(other, c, str(tmp_path / "other.xml"))
     with pytest.raises(DeployError, match=r"other\.xml: graph inputs \['image'\] / outputs \['b', 's', 'c'\]"):
