@@ -35,9 +35,9 @@ from resnext_det.hardware import CpuFeatures, cpu_kind  # noqa: E402
 
 #: module (relative to resnext_det/) -> the fast unit tests that cover it
 MODULE_TESTS = {
-    "weights/sources.py": ["tests/weights/test_weights.py", "tests/weights/test_names.py",
-                           "tests/weights/test_sources_unit.py"],
-    "weights/safe_io.py": ["tests/weights/test_weights.py", "tests/weights/test_safe_io_unit.py"],
+    "weights/sources.py": ["tests/weights/test_sources_unit.py", "tests/weights/test_names.py",
+                           "tests/weights/test_weights.py"],
+    "weights/safe_io.py": ["tests/weights/test_safe_io_unit.py", "tests/weights/test_weights.py"],
     "data/sampler.py": ["tests/data/test_sampler.py"],
     "data/proposals.py": ["tests/data/test_proposals.py"],
     "modeling/blocks.py": ["tests/modeling/test_blocks.py"],
@@ -101,22 +101,27 @@ def _results(workdir: Path, module: str):
     return status, diffs
 
 
-def run_module(module: str, workdir: Path, equivalents: dict) -> dict:
-    tests = [t for t in MODULE_TESTS[module] if (ROOT / t).exists()]
+def run_module(module: str, workdir: Path, equivalents: dict, previous=None, tests=None) -> dict:
+    """Mutate ``module`` and score it; with ``previous`` (a record entry), score the results
+    already in ``workdir`` again (new equivalence reasons) without running anything."""
+    tests = [t for t in (tests or MODULE_TESTS[module]) if (ROOT / t).exists()]
     if not tests:  # mutmut would run every test under tests/: record the gap instead
         return {"tests": [], "not_measured": f"none of {MODULE_TESTS[module]} exists: no fast unit test covers it"}
-    _prepare(workdir, module, tests)
-    load = [round(x, 2) for x in os.getloadavg()]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-    t0 = time.perf_counter()
-    log = workdir / "mutmut.log"
-    with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=workdir,
-                            env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
-    if rc != 0:
-        raise SystemExit(f"mutmut run failed for {module} (exit {rc}); see {log}:\n"
-                         + log.read_text()[-3000:])
+    if previous is not None:
+        tests, load, wall = previous["tests"], previous["loadavg_at_start"], previous["wall_s"]
+    else:
+        _prepare(workdir, module, tests)
+        load = [round(x, 2) for x in os.getloadavg()]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+        t0 = time.perf_counter()
+        log = workdir / "mutmut.log"
+        with open(log, "w") as f:
+            rc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=workdir,
+                                env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(f"mutmut run failed for {module} (exit {rc}); see {log}:\n"
+                             + log.read_text()[-3000:])
     status, diffs = _results(workdir, module)
     equivalent, stale = {}, []
     for name, entry in equivalents.get(module, {}).items():
@@ -160,6 +165,12 @@ def main(argv=None) -> None:
                    help="which score this run is: before or after the holes were closed")
     p.add_argument("--workdir", default="/tmp/resnext_det_mutation", help="scratch folder (replaced)")
     p.add_argument("--output", default=None, help="record (default benchmarks/<kind>/mutation.json)")
+    p.add_argument("--tests", nargs="+", default=None, metavar="TEST_FILE",
+                   help="run these test files instead of MODULE_TESTS (e.g. a 'before' score with the "
+                        "tests as they were)")
+    p.add_argument("--rescore", action="store_true",
+                   help="run nothing: score the last run's results in --workdir again (after adding "
+                        "equivalence reasons); keeps its wall time and load")
     args = p.parse_args(argv)
     modules = args.modules or list(MODULE_TESTS)
     unknown = [m for m in modules if m not in MODULE_TESTS]
@@ -179,10 +190,18 @@ def main(argv=None) -> None:
     })
     record.setdefault("modules", {})
     for module in modules:
-        print(f"[mutation] {module}: {MODULE_TESTS[module]}", flush=True)
-        res = run_module(module, Path(args.workdir) / module.replace("/", "_").replace(".py", ""), equivalents)
-        res.update(commit=_git("rev-parse", "--short", "HEAD"), dirty=bool(_git("status", "--porcelain", "--", "resnext_det", "tests")),
-                   date=datetime.date.today().isoformat())
+        print(f"[mutation] {module}: {args.tests or MODULE_TESTS[module]}", flush=True)
+        previous = record["modules"].get(module, {}).get(args.phase) if args.rescore else None
+        if args.rescore and not previous:
+            p.error(f"--rescore: no {args.phase} result of {module} in {out}")
+        res = run_module(module, Path(args.workdir) / module.replace("/", "_").replace(".py", ""), equivalents,
+                         previous, args.tests)
+        if previous is not None:
+            res.update({k: previous[k] for k in ("commit", "dirty", "date") if k in previous})
+        else:
+            res.update(commit=_git("rev-parse", "--short", "HEAD"),
+                       dirty=bool(_git("status", "--porcelain", "--", "resnext_det", "tests")),
+                       date=datetime.date.today().isoformat())
         record["modules"].setdefault(module, {})[args.phase] = res
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
