@@ -101,7 +101,12 @@ def _results(workdir: Path, module: str):
     return status, diffs
 
 
-def run_module(module: str, workdir: Path, equivalents: dict, previous=None, tests=None) -> dict:
+def _mutant_names(workdir: Path, module: str):
+    meta = workdir / "mutants" / "resnext_det" / (module + ".meta")
+    return sorted(json.loads(meta.read_text())["exit_code_by_key"])
+
+
+def run_module(module: str, workdir: Path, equivalents: dict, previous=None, tests=None, sample=0) -> dict:
     """Mutate ``module`` and score it; with ``previous`` (a record entry), score the results
     already in ``workdir`` again (new equivalence reasons) without running anything."""
     tests = [t for t in (tests or MODULE_TESTS[module]) if (ROOT / t).exists()]
@@ -115,14 +120,26 @@ def run_module(module: str, workdir: Path, equivalents: dict, previous=None, tes
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
         t0 = time.perf_counter()
         log = workdir / "mutmut.log"
-        with open(log, "w") as f:
-            rc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=workdir,
+        names = []
+        if sample:  # generate every mutant and the test map (a glob that names none), then run a seeded sample
+            with open(log, "w") as f:
+                subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", "zzz-none*"],
+                               cwd=workdir, env=env, stdout=f, stderr=subprocess.STDOUT)
+            import random
+
+            everyone = _mutant_names(workdir, module)
+            names = sorted(random.Random(0).sample(everyone, min(sample, len(everyone))))
+        with open(log, "a") as f:
+            rc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *names], cwd=workdir,
                                 env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         wall = time.perf_counter() - t0
         if rc != 0:
             raise SystemExit(f"mutmut run failed for {module} (exit {rc}); see {log}:\n"
                              + log.read_text()[-3000:])
     status, diffs = _results(workdir, module)
+    total = len(status)
+    if sample or (previous or {}).get("sampled_of"):
+        status = {k: v for k, v in status.items() if v != "not checked"}  # the sample's mutants only
     equivalent, stale = {}, []
     for name, entry in equivalents.get(module, {}).items():
         if name not in status:
@@ -140,6 +157,7 @@ def run_module(module: str, workdir: Path, equivalents: dict, previous=None, tes
     score = (count["killed"] + count["timeout"]) / live if live else 1.0
     return {
         "tests": tests,
+        **({"sampled_of": total, "sample_seed": 0} if len(status) < total else {}),
         "mutants": len(status),
         "killed": count["killed"],
         "timeout": count["timeout"],
@@ -168,6 +186,8 @@ def main(argv=None) -> None:
     p.add_argument("--tests", nargs="+", default=None, metavar="TEST_FILE",
                    help="run these test files instead of MODULE_TESTS (e.g. a 'before' score with the "
                         "tests as they were)")
+    p.add_argument("--sample", type=int, default=0, metavar="N",
+                   help="run a seeded random sample of N mutants per module instead of all (a quick score)")
     p.add_argument("--rescore", action="store_true",
                    help="run nothing: score the last run's results in --workdir again (after adding "
                         "equivalence reasons); keeps its wall time and load")
@@ -195,7 +215,7 @@ def main(argv=None) -> None:
         if args.rescore and not previous:
             p.error(f"--rescore: no {args.phase} result of {module} in {out}")
         res = run_module(module, Path(args.workdir) / module.replace("/", "_").replace(".py", ""), equivalents,
-                         previous, args.tests)
+                         previous, args.tests, args.sample)
         if previous is not None:
             res.update({k: previous[k] for k in ("commit", "dirty", "date") if k in previous})
         else:
