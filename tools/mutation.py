@@ -74,7 +74,10 @@ def _prepare(workdir: Path, module: str, tests) -> None:
              # 2 s of every run (measured); the mutants' tests take milliseconds
              "pytest_add_cli_args ="] + [f"    {a}" for a in (
                  "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:unraisableexception",
-                 "-p", "no:threadexception")] + [
+                 "-p", "no:threadexception",
+                 # one folder, emptied by each run: a forked run never cleans the numbered
+                 # /tmp/pytest-of-USER/pytest-N it would make (measured: 70 GB for weights/sources.py)
+                 f"--basetemp={workdir / 'pytest-tmp'}")] + [
              # torch is not fork-safe once its thread pools ran: fork workers from a clean server
              "process_isolation = forkserver", "use_git_change_detection = false",
              "timeout_multiplier = 10.0", "timeout_constant = 5.0", ""]
