@@ -254,15 +254,23 @@ def print_demo_report(cfg, args, seconds):
     if "shuffled_box_AP" in figures:
         print(f"  stage 2 with each image given another image's proposals (control): box AP "
               f"{figures['shuffled_box_AP']:.1f}")
+    runnable = scfg.MODEL.WEIGHTS if final.name != "fast_rcnn" else ""  # stage 2 needs proposals
     if cfg.RESNEXT_PLAN.DEMO.EXPORT:
         dep = export_and_evaluate(cfg, os.path.join(cfg.OUTPUT_DIR, "deploy"))
         print(f"  exported to ONNX: {dep['path']}: box AP {dep['results']['bbox']['AP']:.1f} through "
               f"ONNX Runtime (eager {ap:.1f})")
+        runnable = dep["path"]  # the whole detector (a two-stage plan's too) in one graph
     print(f"  detections: {pics[0]}  (+{len(pics) - 1} single images)")
     print(f"  losses and AP plot: {plot}")
     print(f"  metrics: {os.path.join(final.output_dir, 'metrics.json')}, results JSON: "
           f"{os.path.join(final.output_dir, 'inference', 'eval_results.json')}, stage figures: "
           f"{state.path}")
+    if runnable:
+        config = DEMO_CONFIGS[args.demo] if args.demo and not args.config_file else args.config_file
+        synthetic = resolve_datasets(cfg).RESNEXT_PLAN.SYNTHETIC
+        data = os.path.join(synthetic.ROOT, "val") if synthetic.ENABLED else "PICTURES"
+        print(f"  run it on pictures, folders or videos: python tools/predict.py --config-file {config} "
+              f"--input {data} --output {os.path.join(cfg.OUTPUT_DIR, 'predict')} MODEL.WEIGHTS {runnable}")
     return ap, pics, plot
 
 

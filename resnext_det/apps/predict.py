@@ -172,9 +172,13 @@ class Predictor:
         self.runtime = runtime
         self.precision = precision
         self.reason = reason
+        self.seconds = 0.0  # time spent in the model's own calls: the command's overhead is the rest
 
     def __call__(self, image_bgr: np.ndarray):
-        return self._call(image_bgr)["instances"].to("cpu")
+        start = time.perf_counter()
+        out = self._call(image_bgr)["instances"].to("cpu")
+        self.seconds += time.perf_counter() - start
+        return out
 
 
 def _is_exported(path: str) -> bool:
@@ -625,12 +629,15 @@ def run(args) -> Dict:
     if args.ray is not None:
         from .predict_ray import RayPlan
 
+        loading = 0.0  # each actor loads its own model
         plan = RayPlan.for_args(args, cfg)  # checks the model and ray before anything is written
         predictor = plan.local_predictor() if any(i.kind == "video" for i in items) else None
         settings = plan.settings(cfg, args.config_file)
         class_names = plan.class_names
     else:
+        loading = time.perf_counter()
         predictor = build_predictor(cfg, args.runtime, args.precision, args.threads)
+        loading = time.perf_counter() - loading
         settings = Settings.of(cfg, predictor, args.config_file)
         class_names = predictor.class_names
     _check_output(args.output, settings)
@@ -655,6 +662,8 @@ def run(args) -> Dict:
     summary = {"inputs": len(items), "pictures": len(merged["images"]) - frames, "video_frames": frames,
                "failures": len(merged["failures"]), "predicted_now": count, "skipped": skipped,
                "seconds": round(seconds, 2), "per_second": round(count / seconds, 3) if seconds else 0.0,
+               "predictor_seconds": round(predictor.seconds, 2) if predictor is not None else None,
+               "model_load_seconds": round(loading, 2),
                "runtime": settings.runtime, "precision": settings.precision, "output": args.output}
     print(f"predict.py: {summary['pictures']} pictures, {frames} video frames, {summary['failures']} failed "
           f"({count} predicted now, {skipped} inputs done before) in {seconds:.1f} s, "

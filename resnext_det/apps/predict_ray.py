@@ -106,9 +106,17 @@ class RayPlan:
         started_here = not ray.is_initialized()
         if started_here:
             local = args.ray in ("local", "")
-            ray.init(address=None if local else args.ray, num_cpus=available_cores() if local else None,
-                     include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     configure_logging=False)
+            # a local instance listens on the loopback address only
+            extra = {"num_cpus": available_cores(), "_node_ip_address": "127.0.0.1"} if local else {}
+            ray.init(address=None if local else args.ray, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, configure_logging=False, **extra)
+        # Ray Data's bars and INFO lines off: the command shows its own progress bar (set after
+        # ray.data is imported, which configures its loggers)
+        context = ray.data.DataContext.get_current()
+        for name in ("ray.data", "ray"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        context.enable_progress_bars = False
+        context.enable_operator_progress_bars = False
         try:
             cpus = args.ray_cpus_per_actor
             total = int(ray.cluster_resources().get("CPU", 1))
@@ -121,8 +129,9 @@ class RayPlan:
                 return 0, 0
             print(f"predict.py: Ray at {ray.get_runtime_context().gcs_address}: {actors} actors x {cpus} CPUs, "
                   f"{len(rows)} pictures", flush=True)
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // BATCH_SIZE, 200)))
-            ds = ds.map_batches(PredictActor, batch_size=BATCH_SIZE, concurrency=actors, num_cpus=cpus,
+            ds = ray.data.from_items(rows, override_num_blocks=max(actors, min(len(rows) // BATCH_SIZE, 200)))
+            ds = ds.map_batches(PredictActor, batch_size=BATCH_SIZE, compute=ray.data.ActorPoolStrategy(size=actors),
+                                num_cpus=cpus,
                                 fn_constructor_kwargs=dict(weights=os.path.abspath(self.cfg.MODEL.WEIGHTS),
                                                            runtime=self.runtime, precision=args.precision,
                                                            threads=cpus, output=os.path.abspath(output),

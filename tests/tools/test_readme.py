@@ -60,10 +60,36 @@ def test_python_block_runs_as_written(line_no, code, workdir):
     assert "Warning" not in r.stderr, f"{line_no} printed warnings:\n{r.stderr[-3000:]}"
 
 
+# a bash block that starts with this line runs where the demo has run (output/demo_fpn/)
+AFTER_DEMO = "# after: python tools/train_net.py --demo"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("line_no,code", readme_blocks("bash"), ids=lambda x: x if ":" in str(x)[:40] and "\n" not in str(x) else "")
+@pytest.mark.parametrize("line_no,code", [b for b in readme_blocks("bash") if not b[1].startswith(AFTER_DEMO)],
+                         ids=lambda x: x if ":" in str(x)[:40] and "\n" not in str(x) else "")
 def test_bash_block_runs_as_written(line_no, code, workdir):
     r = subprocess.run(["bash", "-e", "-c", code], cwd=workdir, env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, f"{line_no}:\n{code}\n--- stderr:\n{r.stderr[-4000:]}"
     assert "Warning" not in r.stderr, f"{line_no} printed warnings:\n{r.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_after_demo_blocks_run_as_written(workdir):
+    """The blocks that follow the demo, after a shortened demo training (the same config and
+    OUTPUT_DIR, 10 iterations on 16 images): they read output/demo_fpn/ as the demo leaves it."""
+    blocks = [b for b in readme_blocks("bash") if b[1].startswith(AFTER_DEMO)]
+    assert blocks, "the README's tools/predict.py block"
+    short = ["OUTPUT_DIR", "output/demo_fpn", "SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)",
+             "SOLVER.WARMUP_ITERS", "2", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0",
+             "DATALOADER.NUM_WORKERS", "0", "RESNEXT_PLAN.SYNTHETIC.NUM_TRAIN", "16",
+             "RESNEXT_PLAN.SYNTHETIC.NUM_VAL", "4"]
+    r = subprocess.run([sys.executable, "tools/train_net.py", "--config", "demo_tiny_X_FPN_synthetic.yaml"] + short,
+                       cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for line_no, code in blocks:
+        r = subprocess.run(["bash", "-e", "-c", code], cwd=workdir, env=_env(), capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, f"{line_no}:\n{code}\n--- stderr:\n{r.stderr[-4000:]}"
+        assert "Warning" not in r.stderr, f"{line_no} printed warnings:\n{r.stderr[-3000:]}"
+    assert os.path.isfile(workdir / "output" / "predict" / "pictures" / "val" / "000000.jpg")
