@@ -8,13 +8,13 @@ import dataclasses
 import json
 import re
 
+import onnx
+import openvino as ov
 import pytest
+from onnx import TensorProto, helper
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
-
-import resnext_det  # noqa: E402
-from resnext_det.deploy.contract import (  # noqa: E402
+import resnext_det
+from resnext_det.deploy.contract import (
     Contract,
     DeployError,
     expected_image_message,
@@ -209,7 +209,6 @@ def test_model_format_by_suffix():
 
 # ----------------------------------------------------------------------------- OpenVINO IR
 def test_openvino_ir_round_trip_and_refusals(tmp_path):
-    ov = pytest.importorskip("openvino")
     c = _contract(precision="int8")
     model = ov.Core().read_model(_write(_graph(), tmp_path / "m.onnx", c))
     xml = str(tmp_path / "ir" / "model_int8.xml")
