@@ -259,3 +259,51 @@ def test_progress_output_changes_nothing(tmp_path, caplog):
     assert sorted(loud["model"]) == sorted(quiet["model"]) and loud["meta"] == quiet["meta"]
     out = save_converted(quiet["model"], quiet["meta"], str(tmp_path / "p.pth"), progress=True)
     assert sorted(read_checkpoint(out)["model"]) == sorted(quiet["model"])
+
+
+# ----------------------------------------------------------------------------- more layouts and metadata
+def _c2_blobs(n=8):
+    return {"conv1_w": np.ones((n, 3, 7, 7), np.float32), "res_conv1_bn_s": np.full(n, 2.0, np.float32),
+            "res_conv1_bn_b": np.full(n, 0.5, np.float32)}
+
+
+def test_caffe2_stem_only_detection_wrapper_and_heads(tmp_path):
+    """A Caffe2 file is known by its stem blobs alone; a Detectron detection model ('blobs'
+    wrapper, a cls_score head) keeps its heads and gets the same neutral BN statistics."""
+    with open(tmp_path / "stem.pkl", "wb") as f:
+        pickle.dump(_c2_blobs(), f, protocol=2)
+    ckpt = read_checkpoint(str(tmp_path / "stem.pkl"))
+    assert ckpt["meta"]["source"] == "caffe2" and ckpt["matching_heuristics"] is True
+    det = dict(_c2_blobs(), cls_score_w=np.zeros((3, 8), np.float32), cls_score_b=np.zeros(3, np.float32))
+    with open(tmp_path / "det.pkl", "wb") as f:
+        pickle.dump({"blobs": det, "cfg": "MODEL: {}"}, f, protocol=2)
+    ckpt = read_checkpoint(str(tmp_path / "det.pkl"))
+    model = ckpt["model"]
+    assert any("cls_score" in k for k in model) and ckpt["meta"]["dropped"] == []
+    (var,) = [k for k in model if k.endswith("stem.conv1.norm.running_var")]
+    assert torch.equal(model[var], torch.full((8,), 1.0 - 1e-5))
+
+
+def test_wrapper_with_non_text_keys_is_passed_over(tmp_path):
+    sd = _tiny_tv().state_dict()
+    torch.save({"model": {0: torch.zeros(1)}, "state_dict": sd}, tmp_path / "w.pth")
+    _assert_converted(read_checkpoint(str(tmp_path / "w.pth"))["model"], sd)
+
+
+def test_detectron2_layout_refuses_non_tensors_and_names_five_keys(tmp_path):
+    torch.save({"model": {"stem.conv1.weight": torch.zeros(1), "res2.0.conv1.weight": torch.zeros(1), "x": "text"}},
+               tmp_path / "d2.pth")
+    with pytest.raises(WeightsError, match=r"entries \['x'\] of the state dict are not tensors/arrays"):
+        read_checkpoint(str(tmp_path / "d2.pth"))
+    torch.save({k: torch.zeros(1) for k in "abcdefg"}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match=r"match no known layout \(e\.g\. \['a', 'b', 'c', 'd', 'e'\]\); "):
+        read_checkpoint(str(tmp_path / "other.pth"))
+
+
+def test_converter_output_gets_torchvision_meta_and_tables_stay_intact(tmp_path):
+    with open(tmp_path / "conv.pkl", "wb") as f:  # detectron2's convert-torchvision-to-d2.py output
+        pickle.dump({"model": {k: v.numpy() for k, v in _d2_names().items()}, "__author__": "torchvision"}, f)
+    meta = read_checkpoint(str(tmp_path / "conv.pkl"))["meta"]
+    assert meta["source"] == "torchvision" and meta["architecture"]["preset"] == "X-50-32x4d"
+    meta["pixel_mean"][0] = -1.0  # a caller changing its copy does not change the next file's
+    assert read_checkpoint(str(tmp_path / "conv.pkl"))["meta"]["pixel_mean"][0] == pytest.approx(123.675)
