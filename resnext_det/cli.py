@@ -420,6 +420,8 @@ def _cli_machines(cfg, args, trainer_cls, start):
                        machine_rank=args.machine_rank, dist_url=args.dist_url,
                        args=(args, trainer_cls))
         except Exception as e:  # a worker of this machine ended badly
+            if group.is_stopping():  # the watchdog stopped them: its one line is said, it exits
+                group.await_verdict()
             reports = read_worker_failures(folder)
             own = [r for r in reports if not r["lost_peer"]]
             lost_peer = bool(reports) and not own or (not reports and any(

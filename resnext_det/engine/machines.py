@@ -351,6 +351,11 @@ class MachineGroup:
         self._stop.set()
         self.leave()
 
+    def is_stopping(self) -> bool:
+        """Whether the watchdog is stopping the run (its line printed, this machine's workers
+        being terminated): the workers' failure that follows is its doing, not theirs."""
+        return self._stopping.is_set()
+
     def await_verdict(self) -> None:
         """A local worker lost its peers: give the watchdog up to ``timeout`` + 5 s to name the
         machine that failed (it exits the process); returns if it names none."""

@@ -55,7 +55,7 @@ def test_proposal_recall_counts_covered_ground_truth(shapes):
     dataset = "runner_shapes_val"
     dicts = DatasetCatalog.get(dataset)
     gts = [np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                     for a in d["annotations"]]) for d in dicts]
+                     for a in d["annotations"]], dtype=float).reshape(-1, 4) for d in dicts]  # empty images: (0, 4)
     inputs = [{"image_id": d["image_id"]} for d in dicts]
     n = sum(len(g) for g in gts)
 

