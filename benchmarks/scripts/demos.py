@@ -63,11 +63,12 @@ def main():
         idle = wait_idle()
         out = os.path.join(work, demo)
         load0 = list(os.getloadavg())
+        started = datetime.datetime.now().isoformat(timespec="seconds")
         start = time.perf_counter()
         r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--demo", demo,
                             "OUTPUT_DIR", out], capture_output=True, text=True)
         wall = time.perf_counter() - start
-        run = {"command": f"python tools/train_net.py --demo {demo}", "start": datetime.datetime.now().isoformat(timespec="seconds"),
+        run = {"command": f"python tools/train_net.py --demo {demo}", "start": started,
                "idle_at_start": idle, "loadavg_at_start": [round(x, 2) for x in load0],
                "loadavg_at_end": [round(x, 2) for x in os.getloadavg()], "wall_s": round(wall, 1),
                "exit_status": r.returncode, **(figures(out) if r.returncode == 0 else {"stderr": r.stderr[-2000:]})}
