@@ -305,3 +305,15 @@ def test_ray_actors_give_what_one_process_gives(model, photos, tmp_path):
     assert killed is not None, output[-3000:]
     assert _load(out) == _load(local)
     assert "2 actors x 1 CPUs" in output
+
+
+def test_ray_is_imported_only_with_the_flag(model, photos, tmp_path):
+    """A local run imports nothing of Ray (the optional extra)."""
+    _, _, onnx_path = model
+    code = ("import sys; from resnext_det.apps import predict; "
+            f"rc = predict.cli(['--config-file', {CONFIG!r}, '--input', {str(photos / 'coffee.png')!r}, "
+            f"'--output', {str(tmp_path / 'out')!r}, '--runtime', 'onnxruntime'] + {TINY!r} + "
+            f"['MODEL.WEIGHTS', {onnx_path!r}]); "
+            "print('RAY', any(m == 'ray' or m.startswith('ray.') for m in sys.modules), rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().splitlines()[-1] == "RAY False 0", r.stderr[-2000:]
