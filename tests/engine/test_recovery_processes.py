@@ -123,9 +123,9 @@ def _kill_whole_run(run):
     assert run.wait() == -signal.SIGKILL
 
 
-def _after_checkpoint(run, checkpoint, rng):
+def _after_checkpoint(run, checkpoint, rng, span=1.0):
     _wait_for(lambda: checkpoint.is_file(), run)
-    delay = rng.uniform(0.0, 1.0)  # anywhere in the following iterations (or a save)
+    delay = rng.uniform(0.0, span)  # anywhere in the following iterations (or a save)
     print(f"killing {delay:.3f} s after {checkpoint.name}")
     time.sleep(delay)
     assert run.proc.poll() is None, "the run finished before the kill:\n" + run.text[-2000:]
@@ -153,16 +153,19 @@ def test_two_processes_killed_whole_then_one_process_resume_bit_identical(tmp_pa
     rng, _ = _kill_rng("two_processes_whole_then_one")
     out = tmp_path / "killed"
     first = Run(out, _args(2))
-    _after_checkpoint(first, out / "model_0000003.pth", rng)
+    # kill moments within 0.5 s of a checkpoint (a save and the next iterations): on a fast,
+    # idle machine a longer wait could reach the last checkpoint, leaving nothing to kill later
+    _after_checkpoint(first, out / "model_0000003.pth", rng, span=0.5)
     _kill_whole_run(first)
     second = Run(out, _args(2, "--resume"))
     ckpt = torch.load(out / (out / "last_checkpoint").read_text().strip(), weights_only=False)
     k = ckpt["iteration"]
+    assert k + 4 < 15, f"the first kill came after checkpoint {k}: no later checkpoint to kill after"
     # the checkpoint holds each process's data position, with what waits in its buckets
     positions = ckpt["sampler"]["processes"]
     assert len(positions) == 2 and len(ckpt["rng"]["processes"]) == 2
     assert sum(p["drawn"] - sum(map(len, p["buckets"])) for p in positions) == 4 * (k + 1)
-    _after_checkpoint(second, out / f"model_{k + 4:07d}.pth", rng)
+    _after_checkpoint(second, out / f"model_{k + 4:07d}.pth", rng, span=0.2)
     assert f"Starting training from iteration {k + 1}" in second.text
     victim = _training_processes(second, 2)[-1]
     print(f"killing training process pid {victim} alone")
