@@ -185,6 +185,11 @@ def _is_exported(path: str) -> bool:
     return path.lower().endswith((".onnx", ".xml"))
 
 
+def class_names_of(names: Sequence[str], num_classes: int) -> List[str]:
+    """The model's class names, or ``class 0``, ``class 1``, ... when it has none."""
+    return list(names) or [f"class {i}" for i in range(num_classes)]
+
+
 def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_threads: Optional[int] = None,
                     cache_dir: Optional[str] = None) -> Predictor:
     """The predictor for ``cfg.MODEL.WEIGHTS``: an exported model through its runtime
@@ -213,7 +218,7 @@ def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_thr
         options = {"cache_dir": cache_dir} if cache_dir and (runtime == "openvino" or weights.endswith(".xml")) else {}
         p = DeployedPredictor(weights, runtime=None if runtime == "auto" else runtime, num_threads=num_threads,
                               precision=precision, **options)
-        names = list(p.contract.class_names) or [f"class {i}" for i in range(p.contract.num_classes)]
+        names = class_names_of(p.contract.class_names, p.contract.num_classes)
         return Predictor(p, names, p.runtime, p.precision_used, p.runtime_reason)
     if runtime not in ("auto", "eager"):
         raise PredictError(f"--runtime {runtime}: {weights} is a checkpoint; export it first "
@@ -241,7 +246,7 @@ def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_thr
         names = list(MetadataCatalog.get(name).get("thing_classes", []) or [])
         if names:
             break
-    names = names or [f"class {i}" for i in range(cfg.MODEL.ROI_HEADS.NUM_CLASSES)]
+    names = class_names_of(names, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     return Predictor(eager, names, "eager", "fp32", "checkpoint: detectron2's DefaultPredictor")
 
 
@@ -336,6 +341,24 @@ class Drawer:
         return vis.draw_instance_predictions(shown).get_image()[:, :, ::-1]
 
 
+def predict_picture(predict, drawer: Drawer, image_bgr: np.ndarray, item: WorkItem, output: str) -> Dict:
+    """One picture: its detections (``predict(image) -> Instances``) drawn into
+    ``output/pictures/<name>.jpg``; returns its shard entry."""
+    instances = predict(image_bgr)
+    _write_picture(os.path.join(output, "pictures", os.path.splitext(item.name)[0] + ".jpg"),
+                   drawer(image_bgr, instances))
+    return _entry(item, image_bgr, instances)
+
+
+def _entry(item: WorkItem, image: np.ndarray, instances) -> Dict:
+    return {"path": item.path, "file_name": item.name, "height": int(image.shape[0]),
+            "width": int(image.shape[1]), "detections": _detections(instances)}
+
+
+def _failure(item: WorkItem, e: BaseException) -> Dict:
+    return {"path": item.path, "file_name": item.name, "reason": _reason(e)}
+
+
 def _write_picture(path: str, image_bgr: np.ndarray) -> None:
     import cv2
 
@@ -383,10 +406,10 @@ class Settings:
     precision: str
 
     @classmethod
-    def of(cls, cfg, predictor: Predictor, config_file: str) -> "Settings":
+    def of(cls, cfg, config_file: str, runtime: str, precision: str) -> "Settings":
         return cls(os.path.abspath(cfg.MODEL.WEIGHTS), os.path.getsize(cfg.MODEL.WEIGHTS),
                    os.path.abspath(config_file) if os.path.isfile(config_file) else config_file,
-                   predictor.runtime, predictor.precision)
+                   runtime, precision)
 
 
 def _check_output(output: str, settings: Settings) -> None:
@@ -481,7 +504,7 @@ def run_local(predictor: Predictor, shards, todo, output: str, threshold: float)
             continue
         if isinstance(image, BaseException):
             failures += 1
-            entry = {"path": item.path, "file_name": item.name, "reason": _reason(image)}
+            entry = _failure(item, image)
             if item.kind == "video":
                 entry["frames_done"] = frame
                 if video is not None:
@@ -490,19 +513,16 @@ def run_local(predictor: Predictor, shards, todo, output: str, threshold: float)
             collector.add(index, entry)
             bar.update(item.kind == "image")
             continue
-        instances = predictor(image)
-        drawn = drawer(image, instances)
-        entry = {"path": item.path, "file_name": item.name, "height": int(image.shape[0]),
-                 "width": int(image.shape[1]), "detections": _detections(instances)}
         if item.kind == "image":
-            _write_picture(os.path.join(output, "pictures", os.path.splitext(item.name)[0] + ".jpg"), drawn)
+            entry = predict_picture(predictor, drawer, image, item, output)
             bar.update(1)
         else:
             if frame == 0:
                 video = _VideoOut(os.path.join(output, "videos", os.path.splitext(item.name)[0] + ".mp4"),
                                   _video_fps(item.path))
-            entry.update(video=item.name, frame=frame)
-            video.write(drawn)
+            instances = predictor(image)
+            video.write(drawer(image, instances))
+            entry = {**_entry(item, image, instances), "video": item.name, "frame": frame}
             bar.set_postfix_str(f"{item.name} frame {frame}")
         collector.add(index, entry)
         count += 1
@@ -630,15 +650,15 @@ def run(args) -> Dict:
         from .predict_ray import RayPlan
 
         loading = 0.0  # each actor loads its own model
-        plan = RayPlan.for_args(args, cfg)  # checks the model and ray before anything is written
+        plan = RayPlan(args, cfg)  # checks the model and ray before anything is written
         predictor = plan.local_predictor() if any(i.kind == "video" for i in items) else None
-        settings = plan.settings(cfg, args.config_file)
+        settings = Settings.of(cfg, args.config_file, plan.runtime, args.precision)
         class_names = plan.class_names
     else:
         loading = time.perf_counter()
         predictor = build_predictor(cfg, args.runtime, args.precision, args.threads)
         loading = time.perf_counter() - loading
-        settings = Settings.of(cfg, predictor, args.config_file)
+        settings = Settings.of(cfg, args.config_file, predictor.runtime, predictor.precision)
         class_names = predictor.class_names
     _check_output(args.output, settings)
     done = _done_shards(args.output, shards)

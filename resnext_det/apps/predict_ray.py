@@ -19,8 +19,8 @@ from typing import Dict, List
 
 from ..deploy import DeployedPredictor, read_contract
 from ..hardware import available_cores
-from .predict import (Drawer, PredictError, Settings, ShardCollector, _detections, _is_exported, _progress,
-                      _reason, _write_picture, build_predictor, read_picture)
+from .predict import (Drawer, PredictError, ShardCollector, WorkItem, _failure, _is_exported, _progress,
+                      build_predictor, class_names_of, predict_picture, read_picture)
 
 __all__ = ["RayPlan", "PredictActor"]
 
@@ -41,25 +41,21 @@ class PredictActor:
 
     def __init__(self, weights: str, runtime: str, precision: str, threads: int, output: str, threshold: float):
         self.predictor = DeployedPredictor(weights, runtime=runtime, num_threads=threads, precision=precision)
-        names = list(self.predictor.contract.class_names) or \
-            [f"class {i}" for i in range(self.predictor.contract.num_classes)]
-        self.drawer = Drawer(names, threshold)
+        contract = self.predictor.contract
+        self.drawer = Drawer(class_names_of(contract.class_names, contract.num_classes), threshold)
         self.output = output
 
     def __call__(self, batch: Dict) -> Dict:
         entries = []
         for path, name in zip(batch["path"], batch["name"]):
-            path, name = str(path), str(name)
+            item = WorkItem(str(path), str(name), "image")
             try:
-                image = read_picture(path)
+                image = read_picture(item.path)
             except Exception as e:  # an unreadable file is a failure entry, never a stop
-                entries.append(json.dumps({"path": path, "file_name": name, "reason": _reason(e)}))
+                entries.append(json.dumps(_failure(item, e)))
                 continue
-            instances = self.predictor(image)["instances"]
-            _write_picture(os.path.join(self.output, "pictures", os.path.splitext(name)[0] + ".jpg"),
-                           self.drawer(image, instances))
-            entries.append(json.dumps({"path": path, "file_name": name, "height": int(image.shape[0]),
-                                       "width": int(image.shape[1]), "detections": _detections(instances)}))
+            entries.append(json.dumps(predict_picture(lambda im: self.predictor(im)["instances"], self.drawer,
+                                                      image, item, self.output)))
         return {"shard": batch["shard"], "entry": entries}
 
 
@@ -80,23 +76,14 @@ class RayPlan:
         except ImportError:
             raise PredictError("--ray needs Ray: pip install -e .[ray] (or pip install 'ray[data]')") from None
         contract = read_contract(weights)
-        self.class_names = list(contract.class_names) or [f"class {i}" for i in range(contract.num_classes)]
+        self.class_names = class_names_of(contract.class_names, contract.num_classes)
         # the runtime every actor will take (the measured choice is per CPU kind: on a cluster of
         # mixed machines each actor logs its own)
         self.runtime, _ = DeployedPredictor.runtime_for(weights, None if args.runtime == "auto" else args.runtime)
 
-    @classmethod
-    def for_args(cls, args, cfg) -> "RayPlan":
-        return cls(args, cfg)
-
     def local_predictor(self):
         """The predictor for videos, which run in this process."""
         return build_predictor(self.cfg, self.args.runtime, self.args.precision, self.args.threads)
-
-    def settings(self, cfg, config_file: str) -> Settings:
-        return Settings(os.path.abspath(cfg.MODEL.WEIGHTS), os.path.getsize(cfg.MODEL.WEIGHTS),
-                        os.path.abspath(config_file) if os.path.isfile(config_file) else config_file,
-                        self.runtime, self.args.precision)
 
     def run(self, shards, todo: List[int], output: str, threshold: float):
         """Predict the pictures of shards ``todo`` on Ray; returns (predicted, failed)."""
