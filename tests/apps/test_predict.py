@@ -102,6 +102,13 @@ def _by_name(results, images):
     return {im["file_name"]: per[im["id"]] for im in images["images"]}
 
 
+def _arrays(rows):
+    """COCO result rows -> (boxes x0 y0 x1 y1, scores, class indices), as compare_detections takes them."""
+    return (np.array([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
+                      for r in rows], np.float32).reshape(-1, 4),
+            np.array([r["score"] for r in rows], np.float32), np.array([r["category_id"] - 1 for r in rows]))
+
+
 def test_inputs_files_folders_globs(tmp_path):
     for rel in ("a/x.jpg", "a/b/y.PNG", "a/b/z.txt", "c/x.jpg", "v.mp4"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -152,9 +159,7 @@ def test_real_photos_every_form_and_bad_files(model, photos, tmp_path, capsys):
         assert (im["height"], im["width"]) == ref_img.shape[:2], im
         ref = predictor(ref_img)["instances"]
         rows = per_image[im["file_name"]]
-        got = (np.array([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
-                         for r in rows], np.float32).reshape(-1, 4),
-               np.array([r["score"] for r in rows], np.float32), np.array([r["category_id"] - 1 for r in rows]))
+        got = _arrays(rows)
         cmp = compare_detections(ref, got, box_tol=0.01, score_tol=1e-5)
         assert cmp["ok"] and len(rows) > 0, f"{im['file_name']}: {cmp['why']}"
         drawn = cv2.imread(str(out / "pictures" / (os.path.splitext(im["file_name"])[0] + ".jpg")))
@@ -216,9 +221,7 @@ def test_video_frames_give_what_single_pictures_give(model, tmp_path):
     single = DeployedPredictor(onnx_path, runtime="openvino")
     for im, frame in zip(images["images"], frames):
         rows = [r for r in results if r["image_id"] == im["id"]]
-        got = (np.array([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
-                         for r in rows], np.float32).reshape(-1, 4),
-               np.array([r["score"] for r in rows], np.float32), np.array([r["category_id"] - 1 for r in rows]))
+        got = _arrays(rows)
         fresh = DeployedPredictor(onnx_path, runtime="openvino")(frame)["instances"]
         for ref in (single(frame)["instances"], fresh):
             cmp = compare_detections(ref, got, box_tol=0.01, score_tol=1e-5)
@@ -242,9 +245,7 @@ def test_eager_checkpoint_and_clear_errors(model, photos, tmp_path, capsys):
     results, images, _ = _load(out)
     ref = DefaultPredictor(load_config(CONFIG, TINY + ["MODEL.WEIGHTS", pth]))(
         read_image(str(photos / "coffee.png"), format="BGR"))["instances"]
-    got = (np.array([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
-                     for r in results], np.float32), np.array([r["score"] for r in results], np.float32),
-           np.array([r["category_id"] - 1 for r in results]))
+    got = _arrays(results)
     assert compare_detections(ref, got, box_tol=0.01, score_tol=1e-5)["ok"]
     assert "runtime eager" in capsys.readouterr().out
 
