@@ -185,7 +185,8 @@ def test_two_stage_kill_in_stage_2_does_not_rerun_stage_1(tmp_path):
     stage2 = out / "stage2_fast_rcnn"
     conf = ["--config", "demo_tiny_X_C4_two_stage_synthetic.yaml"]
     run = Run(out, conf + opts)
-    _wait_for(lambda: (stage2 / "model_0000002.pth").is_file(), run)
+    # the checkpointer writes the model file, then the last_checkpoint tag naming it
+    _wait_for(lambda: (stage2 / "last_checkpoint").is_file(), run)
     run.kill()
     assert run.wait() == -signal.SIGKILL
     k = torch.load(_last_checkpoint(stage2), map_location="cpu", weights_only=False)["iteration"]
