@@ -483,21 +483,6 @@ def build_trainer(trainer_cls, cfg):
     return trainer_cls(cfg)
 
 
-class _StepTrainerAttribute:
-    """An attribute of :class:`ResNeXtCpuWorkersTrainer` (``model``, ``data_loader``,
-    ``optimizer``) that is its step trainer's, read and written there, as DefaultTrainer's
-    properties of the same names do with its private one."""
-
-    def __set_name__(self, owner, name):
-        self.name = name
-
-    def __get__(self, trainer, owner=None):
-        return self if trainer is None else getattr(trainer.step_trainer, self.name)
-
-    def __set__(self, trainer, value):
-        setattr(trainer.step_trainer, self.name, value)
-
-
 class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
     """ResNeXtTrainer for several CPU (GLOO) training processes.
 
@@ -507,12 +492,10 @@ class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
     of detectron2's runs between building the model and that call. ``__init__`` below builds
     what detectron2/engine/defaults.py ``DefaultTrainer.__init__`` builds, in its order and with
     the same hooks (a subclass's overrides all apply), giving DDP no ``device_ids``. The step
-    trainer (detectron2's ``SimpleTrainer`` / ``AMPTrainer``) is kept as :attr:`step_trainer`,
-    and the members through which DefaultTrainer reaches its own (``run_step``,
-    ``state_dict``, ``load_state_dict``, ``model``, ``data_loader``, ``optimizer``) read that
-    one; checkpoints keep detectron2's layout, so either trainer resumes the other's.
-    tests/engine/test_trainer.py fails when detectron2's constructor or ``create_ddp_model``
-    changes shape.
+    trainer goes where DefaultTrainer keeps it (``self._trainer``), so DefaultTrainer's
+    ``run_step``, ``state_dict``, ``load_state_dict`` and its ``model``, ``data_loader`` and
+    ``optimizer`` properties work unchanged. tests/engine/test_trainer.py fails when
+    detectron2's constructor or ``create_ddp_model`` changes shape.
     """
 
     def __init__(self, cfg):
@@ -524,28 +507,10 @@ class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)  # the one difference
-        self.step_trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self.register_hooks(self.build_hooks())  # ResNeXtTrainer's build_hooks sets the checkpointer
-
-    def run_step(self):
-        self.step_trainer.iter = self.iter
-        self.step_trainer.run_step()
-
-    def state_dict(self):
-        ret = TrainerBase.state_dict(self)
-        ret["_trainer"] = self.step_trainer.state_dict()  # detectron2's checkpoint key
-        return ret
-
-    def load_state_dict(self, state_dict):
-        TrainerBase.load_state_dict(self, state_dict)
-        self.step_trainer.load_state_dict(state_dict["_trainer"])
-
-    # DefaultTrainer's model / data_loader / optimizer: the step trainer's, read and written
-    model = _StepTrainerAttribute()
-    data_loader = _StepTrainerAttribute()
-    optimizer = _StepTrainerAttribute()
 
 
 def last_losses(trainer) -> str:
