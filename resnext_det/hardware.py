@@ -1,9 +1,10 @@
 """What CPU this is, in the terms every speed figure of the project is filed under.
 
 A speed figure belongs to the CPU kind it was measured on (kernels differ: AVX2-only CPUs have
-no native bf16, AVX-512 ones pick other oneDNN kernels), so records live in
-``benchmarks/<kind>/`` and every rule that chooses by measurement (training layout ``auto``,
-the default deploy runtime) looks its kind up. This module is the one place that names kinds;
+no native bf16, AVX-512 ones pick other oneDNN kernels, AMX tiles multiply bf16 and int8 several
+times faster than AVX-512 bf16 does), so records live in ``benchmarks/<kind>/`` and every rule
+that chooses by measurement (training layout ``auto``, the default deploy runtime) looks its own
+kind up (:mod:`resnext_det.measured_choices`). This module is the one place that names kinds;
 it sits on the ground floor (no torch import) so that every layer may use it.
 """
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import FrozenSet, Optional
 
 __all__ = ["CPU_KINDS", "CpuFeatures", "read_cpu_flags", "cpu_kind", "available_cores", "synchronize"]
 
-#: the kinds, most capable first: AVX-512 with native bf16 (avx512_bf16 or AMX), AVX-512
-#: without it, AVX2 only, anything else (other vector ISAs, non-x86)
-CPU_KINDS = ("avx512_bf16", "avx512", "avx2", "other")
+#: the kinds, most capable first: AVX-512 with AMX tiles (bf16 GEMM ceiling about 5x the AVX-512
+#: bf16 one, so its measured choices differ), AVX-512 with native bf16 instructions and no AMX,
+#: AVX-512 without bf16, AVX2 only, anything else (other vector ISAs, non-x86)
+CPU_KINDS = ("amx", "avx512_bf16", "avx512", "avx2", "other")
 
 
 def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
-    """This machine's CPU flags from ``/proc/cpuinfo`` (empty where there is none).
+    """This machine's CPU flags from ``/proc/cpuinfo`` (empty where there is none): the x86
+    ``flags`` line, or the ``Features`` line of an Arm one.
 
     Args:
         cpuinfo: the file to read (a test may point at a saved copy).
@@ -29,7 +32,7 @@ def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return frozenset(line.split(":", 1)[1].split())
     except OSError:  # not Linux
         pass
@@ -54,9 +57,13 @@ class CpuFeatures:
                    avx512_vnni="avx512_vnni" in flags, amx=any(f.startswith("amx") for f in flags))
 
     @classmethod
-    def detect(cls) -> "CpuFeatures":
-        """This machine's features: ``/proc/cpuinfo``, else torch's dispatch capability."""
-        flags = read_cpu_flags()
+    def detect(cls, cpuinfo: str = "/proc/cpuinfo") -> "CpuFeatures":
+        """This machine's features: ``/proc/cpuinfo``, else torch's dispatch capability.
+
+        Args:
+            cpuinfo: the file to read (a test may point at a saved copy).
+        """
+        flags = read_cpu_flags(cpuinfo)
         if flags:
             return cls.from_flags(flags)
         try:  # not Linux: torch knows the vector ISA it dispatches to
@@ -74,7 +81,10 @@ class CpuFeatures:
 
     @property
     def kind(self) -> str:
-        """One of :data:`CPU_KINDS`."""
+        """One of :data:`CPU_KINDS`: "amx" where AMX tiles are present (with AVX-512), before
+        "avx512_bf16" (AVX-512 bf16 instructions without AMX)."""
+        if self.avx512f and self.amx:
+            return "amx"
         if self.avx512f and self.native_bf16:
             return "avx512_bf16"
         if self.avx512f:
