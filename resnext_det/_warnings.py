@@ -4,9 +4,9 @@ filtered; a new warning still shows.
 
 The library changes no process-wide setting: ``import resnext_det`` silences them only while
 its own imports run (:func:`known_third_party_warnings_silenced`, some fire at import), and
-only the command lines (the tools, ``resnext_det.cli``, ``resnext_det.apps.export`` and the
-other ``main`` functions) install them for their whole process
-(:func:`filter_known_third_party_warnings`, which an application may call too).
+only the command lines install them for their whole process
+(:func:`filter_known_third_party_warnings`, through ``resnext_det.apps.tool.run_tool`` and in
+each spawned training worker; an application may call it too).
 """
 import contextlib
 import logging

@@ -18,18 +18,14 @@ inputs before it joins, and a machine that fails (or never joins) stops all of t
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
-import contextlib
 import os
 import sys
 import tempfile
 import time
-
-# OpenMP's wait policy is left to the user (OMP_WAIT_POLICY). Measured on a 2-core CPU, demo
-# model: alone, the default (spinning) policy is 2x faster than PASSIVE (0.39 vs 0.75 s/iter);
-# with several CPU processes on the same cores, spinning threads slow each other down up to
-# ~10x, so cli() makes the CPU worker processes it launches sleep instead (see below).
 
 import torch
 import torch.multiprocessing as mp
@@ -40,13 +36,13 @@ from detectron2.utils.logger import setup_logger
 
 import resnext_det
 from resnext_det._warnings import filter_known_third_party_warnings
-
-from resnext_det.config import DEMO_CONFIGS, ResNeXtConfigError, check_device, load_config, resolve_config_file
-from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
-from resnext_det.data.coco_json import DatasetError
-from resnext_det.deploy.contract import DeployError
 from resnext_det.apps.evaluate import (check_exported_model, evaluate_exported, export_and_evaluate,
                                         is_exported_model)
+from resnext_det.apps.tool import run_tool, tool_error
+from resnext_det.config import (DEMO_CONFIGS, USER_ERRORS, ResNeXtConfigError, check_device, load_config,
+                                resolve_config_file)
+from resnext_det.data.coco import verify_dataset_files
+from resnext_det.deploy.contract import DeployError
 from resnext_det.engine.checks import TrainingConfigError
 from resnext_det.engine.machines import (DEFAULT_TIMEOUT, MachineError, MachineGroup, one_line,
                                          read_worker_failures, write_worker_failure)
@@ -62,10 +58,7 @@ from resnext_det.engine.trainer import (
 from resnext_det.weights import WeightsError
 
 logger = logging.getLogger("resnext_det.train_net")
-# Errors in what the user gave (config, weights, data, solver values): one line on stderr,
-# exit status 2, no traceback. A diverged run (NonFiniteLossError) exits with 1.
-USER_ERRORS = (ResNeXtConfigError, WeightsError, DatasetError, TrainingConfigError,
-               MissingDatasetFiles, FileNotFoundError)
+PROG = "train_net.py"  # the name error lines start with
 
 
 def get_parser():
@@ -101,7 +94,7 @@ def setup_cfg(args):
     if not config_file and getattr(args, "demo", None):
         config_file = resnext_det.get_config_file(DEMO_CONFIGS[args.demo])
     if not config_file:
-        raise SystemExit("train_net.py: give --config FILE (or --demo)")
+        raise ResNeXtConfigError("give --config FILE (or --demo)")
     cfg = load_config(config_file, args.opts)
     if args.config_file:
         args.config_file = resolve_config_file(config_file)  # the resolved path (default_setup reads it again)
@@ -153,7 +146,7 @@ def main(args, trainer_cls=None):
         if report:
             write_worker_failure(report["folder"], comm.get_rank(), e, user_error=True, exit_code=code)
         else:
-            print(f"train_net.py: error (worker {comm.get_rank()}): {e}", file=sys.stderr, flush=True)
+            tool_error(f"{PROG} (worker {comm.get_rank()})", e)
         sys.exit(code)
     except Exception as e:  # a bug, or a peer that went away: no traceback wall on the console
         if not report:
@@ -173,7 +166,7 @@ def _main(args, trainer_cls=None):
     # the project's own progress lines (plan stages, resume) on the console and in log.txt
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnext_det",
                  abbrev_name="resnext")
-    logging.getLogger("resnext_det").propagate = True  # as before, for handlers set up elsewhere
+    logging.getLogger("resnext_det").propagate = True  # also to handlers set up on the root logger
     prepare_datasets(cfg)
     if args.eval_only:
         return evaluate_only(cfg, resume=args.resume, runtime=args.runtime, precision=args.precision)
@@ -207,8 +200,8 @@ def check_files(cfg, args):
 def print_demo_report(cfg, args, seconds):
     """Pictures (detections, losses and each stage's quality) of a finished demo run; prints
     each stage's figures and the paths. Returns ``(AP, picture paths, plot path)``."""
-    # lazy: importing the demo's drawing (detectron2's Visualizer, matplotlib) costs 0.22 s
-    # (measured, python -X importtime), and only a finished --demo run draws
+    # lazy: the demo's drawing (detectron2's Visualizer, matplotlib) is slow to import, and
+    # only a finished --demo run draws
     from resnext_det.apps.demo import draw_detections, plot_metrics
 
     stages = build_plan(cfg)
@@ -303,32 +296,31 @@ def cli(argv=None, trainer_cls=None):
     """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged, or stopped
     because another machine failed). ``trainer_cls``: what each worker trains with (default
     ResNeXtTrainer; a subclass, e.g. one that records more)."""
-    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
+    return run_tool(PROG, functools.partial(_cli, trainer_cls=trainer_cls), argv)
+
+
+def _cli(argv, trainer_cls=None):
     args = get_parser().parse_args(_default_demo_name(argv))
     try:
-        return _cli(args, trainer_cls)
+        return _run(args, trainer_cls)
     except MachineError as e:
-        print(f"train_net.py: error: {e}", file=sys.stderr)
+        tool_error(PROG, e)
         return 1
-    except USER_ERRORS as e:
-        msg = str(e) if not isinstance(e, MissingDatasetFiles) else f"cannot start.\n{e}"
-        print(f"train_net.py: error: {msg}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as e:
-        print(f"train_net.py: error: training diverged: {e}", file=sys.stderr)
+        tool_error(PROG, f"training diverged: {e}")
         return 1
-    except Exception as e:  # workers exited (their message is already on stderr)
-        if isinstance(e, mp.ProcessExitedException) and e.exit_code in (1, 2):
+    except mp.ProcessExitedException as e:  # workers exited (their message is already on stderr)
+        if e.exit_code in (1, 2):
             return e.exit_code
-        if isinstance(e, mp.ProcessExitedException) and e.signal_name:  # e.g. SIGKILL (OOM killer)
-            print(f"train_net.py: error: training process {e.error_index} of {args.num_gpus} was killed "
-                  f"({e.signal_name}); the others were stopped. Rerun the same command with --resume "
-                  "to continue from the last checkpoint", file=sys.stderr)
+        if e.signal_name:  # e.g. SIGKILL (OOM killer)
+            tool_error(PROG, f"training process {e.error_index} of {args.num_gpus} was killed "
+                             f"({e.signal_name}); the others were stopped. Rerun the same command "
+                             "with --resume to continue from the last checkpoint")
             return 1
         raise
 
 
-def _cli(args, trainer_cls=None):
+def _run(args, trainer_cls=None):
     cfg = setup_cfg(args)
     world_size = args.num_gpus * args.num_machines
     if not args.eval_only:  # bad solver values fail before any process starts
@@ -343,11 +335,7 @@ def _cli(args, trainer_cls=None):
     start = time.perf_counter()
     if args.num_machines > 1:
         return _cli_machines(cfg, args, trainer_cls, start)
-    if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:  # its progress on the console, before workers start
-        setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
-    # makes the synthetic set (and the PRETRAIN weights) once, before workers start
-    prepare_datasets(cfg)
-    check_files(cfg, args)
+    prepare_inputs(cfg, args)
     _set_cpu_worker_threads(cfg, args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args, trainer_cls))
@@ -356,10 +344,21 @@ def _cli(args, trainer_cls=None):
     return 0
 
 
+def prepare_inputs(cfg, args):
+    """Before this machine's workers start: the plan's inputs made (the synthetic set, the
+    PRETRAIN weights, with the pretraining's progress on the console) and every input checked."""
+    if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:
+        setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
+    prepare_datasets(cfg)
+    check_files(cfg, args)
+
+
 def _set_cpu_worker_threads(cfg, args):
     if args.num_gpus > 1 and cfg.MODEL.DEVICE == "cpu":
         # several CPU worker processes share the cores: their OpenMP threads must sleep, not
-        # spin, and split the cores (spawned workers read the environment at start)
+        # spin (spinning threads of several processes slow each other down), and split the
+        # cores (spawned workers read the environment at start); one process keeps the
+        # user's OMP_WAIT_POLICY
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_gpus)))
 
@@ -399,16 +398,13 @@ def _cli_machines(cfg, args, trainer_cls, start):
                          args.machine_timeout).connect()
     me = group.who(args.machine_rank)
     try:
-        if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:
-            setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
-        prepare_datasets(cfg)  # on every machine: its own inputs, or the shared ones
-        check_files(cfg, args)
+        prepare_inputs(cfg, args)  # on every machine: its own inputs, or the shared ones
         _check_shared_output_dir(cfg, args, group)
     except USER_ERRORS as e:  # one line here and on every other machine
         reason = f"cannot start: {one_line(e, limit=4000)}"
         group.fail(reason)
         group.leave()
-        print(f"train_net.py: error: {me} failed: {reason}", file=sys.stderr, flush=True)
+        tool_error(PROG, f"{me} failed: {reason}")
         return 2
     group.wait_until_ready()
     _set_cpu_worker_threads(cfg, args)
@@ -434,7 +430,7 @@ def _cli_machines(cfg, args, trainer_cls, start):
                 reason = f"lost contact with the other machines ({reason})"
             group.fail(reason)
             group.leave()
-            print(f"train_net.py: error: {me} failed: {reason}", file=sys.stderr, flush=True)
+            tool_error(PROG, f"{me} failed: {reason}")
             return own[0]["exit_code"] if own else 1
     group.finish()
     if args.demo and args.machine_rank == 0 and not args.eval_only:

@@ -29,11 +29,23 @@ __all__ = [
     "default_device",
     "resolve_resnext_spec",
     "ResNeXtConfigError",
+    "UserInputError",
+    "USER_ERRORS",
     "get_config_file",
 ]
 
 
-class ResNeXtConfigError(ValueError):
+class UserInputError(Exception):
+    """An error in what the user gave (a config value, a flag, a file, the data); each layer's
+    own kind derives from it. A command line says its message as one line, exit status 2."""
+
+
+# what a command line reports as the user's error (resnext_det.apps.tool.run_tool), and what
+# the trainer logs as one line instead of detectron2's traceback
+USER_ERRORS = (UserInputError, FileNotFoundError)
+
+
+class ResNeXtConfigError(UserInputError, ValueError):
     """A config value that cannot work. The message names the key, the value and what would."""
 
 

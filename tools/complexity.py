@@ -5,7 +5,7 @@ Table 2 equal-complexity family, printed next to the paper's figures with the di
     python tools/complexity.py                       # all default models
     python tools/complexity.py --models X-50-32x4d R-50 --json out.json
 
-Everything is in :func:`resnext_det.apps.complexity.main`.
+Everything is in :mod:`resnext_det.apps.complexity`.
 """
 import os
 import sys
@@ -15,7 +15,7 @@ try:
 except ImportError:  # a source checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnext_det.apps.complexity import main
+from resnext_det.apps.complexity import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

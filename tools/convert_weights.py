@@ -3,7 +3,7 @@
 
     python tools/convert_weights.py INPUT OUTPUT [--preset NAME]
 
-Everything is in :mod:`resnext_det.weights.cli` (``--help`` lists the options).
+Everything is in :mod:`resnext_det.apps.convert_weights` (``--help`` lists the options).
 """
 import os
 import sys
@@ -13,7 +13,7 @@ try:
 except ImportError:  # a source checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnext_det.weights.cli import main
+from resnext_det.apps.convert_weights import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

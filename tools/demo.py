@@ -7,7 +7,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from predict import main  # noqa: E402
+from predict import cli  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -17,7 +17,7 @@ try:
 except ImportError:  # a source checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnext_det.apps.export import main
+from resnext_det.apps.export import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -18,10 +18,10 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from .._warnings import filter_known_third_party_warnings
-from ..config import PRESETS
+from ..config import PRESETS, ResNeXtConfigError
 from ..io import atomic_write_json
 from ..modeling import ResNeXtClassifier, build_backbone_from_preset
+from .tool import run_tool
 
 __all__ = ["PAPER", "ComplexityRow", "classifier_from_preset", "count", "complexity_table", "format_table", "TABLE2_FAMILY"]
 
@@ -86,7 +86,14 @@ def count(model: nn.Module, size: int = 224):
 
 
 def complexity_table(names: Sequence[str] = DEFAULT_MODELS, size: int = 224) -> List[ComplexityRow]:
-    """One :class:`ComplexityRow` per preset name (see ``resnext_det.PRESETS``)."""
+    """One :class:`ComplexityRow` per preset name (see ``resnext_det.PRESETS``).
+
+    Raises:
+        ResNeXtConfigError: an unknown name (the known ones listed).
+    """
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise ResNeXtConfigError(f"unknown preset(s) {unknown}; known presets: {', '.join(PRESETS)}")
     rows = []
     for name in names:
         _, card, width = PRESETS[name]
@@ -112,8 +119,7 @@ def format_table(rows: Sequence[ComplexityRow]) -> str:
 
 
 def main(argv=None):
-    """The command line of ``tools/complexity.py`` (params and FLOPs next to the paper's)."""
-    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
+    """The work of ``tools/complexity.py``: print params and FLOPs next to the paper's; returns the rows."""
     ap = argparse.ArgumentParser(description="Params and FLOPs of the presets next to the paper's figures.", formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="preset names")
     ap.add_argument("--size", type=int, default=224, help="input side (default 224)")
@@ -127,3 +133,8 @@ def main(argv=None):
         atomic_write_json(args.json, [dict(dataclasses.asdict(r), params_diff_pct=r.params_diff_pct,
                                            gflops_diff_pct=r.gflops_diff_pct) for r in rows], indent=1)
     return rows
+
+
+def cli(argv=None) -> int:
+    """The command line of ``tools/complexity.py``: 0, or 2 after a one-line error."""
+    return run_tool("complexity.py", main, argv)

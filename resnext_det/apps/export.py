@@ -19,21 +19,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 
 from detectron2.modeling import build_model
 
-from .._warnings import filter_known_third_party_warnings
-from ..config import DEMO_CONFIGS, ResNeXtConfigError, check_device, get_config_file, load_config
+from ..config import DEMO_CONFIGS, check_device, get_config_file, load_config
 from ..engine.plan_runner import register_datasets
-from ..weights import WeightsError
 from ..deploy.contract import DeployError
 from ..deploy.export import export_onnx
 from ..deploy.two_stage import TwoStageDetector
 from ..deploy.quantize import INT8_RUNTIMES, NNCF_PRESETS, calibration_images, quantize_int8, quantize_int8_nncf
 from ..engine.plan import build_plan, final_stage
 from ..weights import load_checkpoint
+from .tool import run_tool
 
 __all__ = ["get_parser", "cli", "main", "export_target", "plan_export_target", "build_two_stage_detector"]
 
@@ -171,18 +169,13 @@ def run(args) -> dict:
     return report
 
 
-def cli(argv=None) -> int:
-    """The command line: returns 0, or 2 after a one-line error."""
-    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
+def main(argv=None) -> dict:
+    """The command line's work: parse ``argv``, export; returns the export report."""
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except (DeployError, ResNeXtConfigError, WeightsError, FileNotFoundError, ValueError) as e:
-        print(f"export.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run(args)
 
 
-def main():  # pragma: no cover - console entry
-    sys.exit(cli())
+def cli(argv=None) -> int:
+    """The command line: returns 0, or 2 after a one-line error."""
+    return run_tool("export.py", main, argv)

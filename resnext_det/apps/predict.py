@@ -42,11 +42,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._warnings import filter_known_third_party_warnings
-from ..config import ResNeXtConfigError, load_config
-from ..deploy import DeployError
+from ..config import UserInputError, load_config
 from ..io import atomic_open, atomic_write_json
-from ..weights import WeightsError
+from .tool import run_tool
 
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "WorkItem", "collect_inputs", "plan_shards",
            "build_predictor", "run", "cli", "main", "score_predictions"]
@@ -61,7 +59,7 @@ QUEUE_DEPTH = 4  # decoded pictures waiting for the predictor: bounds memory, ke
 RUN_FILE = "predict_run.json"
 
 
-class PredictError(ValueError):
+class PredictError(UserInputError, ValueError):
     """A bad flag, input or output folder: one line naming it and what would work."""
 
 
@@ -697,22 +695,13 @@ def run(args) -> Dict:
     return summary
 
 
-USER_ERRORS = (PredictError, DeployError, ResNeXtConfigError, WeightsError, FileNotFoundError)
+def main(argv=None) -> int:
+    """The command line's work: 0 when every input was predicted, 1 when some could not be read."""
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return 1 if run(args)["failures"] else 0
 
 
 def cli(argv=None) -> int:
-    """The command line: 0 when every input was predicted, 1 when some could not be read,
-    2 after a one-line error."""
-    filter_known_third_party_warnings()
-    args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = run(args)
-    except USER_ERRORS as e:
-        print(f"predict.py: error: {e}", file=sys.stderr)
-        return 2
-    return 1 if summary["failures"] else 0
-
-
-def main():  # pragma: no cover - console entry
-    sys.exit(cli())
+    """The command line: :func:`main`'s exit status, or 2 after a one-line error."""
+    return run_tool("predict.py", main, argv)

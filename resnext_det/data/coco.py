@@ -22,6 +22,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin import _PREDEFINED_SPLITS_COCO
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
+from ..config import UserInputError
 from ..config_plan import COCO_SPLITS
 
 __all__ = [
@@ -89,7 +90,7 @@ class MissingFile:
     path: str
 
 
-class MissingDatasetFiles(RuntimeError):
+class MissingDatasetFiles(UserInputError, RuntimeError):
     """Files needed for training/evaluation are missing; ``str()`` says what and where."""
 
     def __init__(self, missing: Sequence[MissingFile], root: str):

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
+from ..config import UserInputError
 from ..io import atomic_write_json
 
 __all__ = ["DatasetError", "validate_coco_dict", "load_coco_json_checked", "check_cache_dir", "register_coco_checked",
@@ -27,7 +28,7 @@ __all__ = ["DatasetError", "validate_coco_dict", "load_coco_json_checked", "chec
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserInputError, ValueError):
     """A dataset file that cannot be used; the message names the file, the entry and a fix."""
 
 

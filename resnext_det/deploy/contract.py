@@ -18,6 +18,8 @@ import json
 import os
 from typing import Dict, List
 
+from ..config import UserInputError
+
 # onnx, onnxruntime and openvino (the optional ``deploy`` extra) are imported inside the
 # functions that use them, here and in this package's other modules: tools/train_net.py
 # imports resnext_det.deploy (to evaluate .onnx files), so the package must import without
@@ -41,7 +43,7 @@ OUTPUT_NAMES = ("boxes", "scores", "classes")
 INPUT_FORMATS = ("BGR", "RGB")
 
 
-class DeployError(RuntimeError):
+class DeployError(UserInputError, RuntimeError):
     """An export, a deployed model file or a deployed-model input that cannot work; the
     message names the file, key or value and what would work."""
 

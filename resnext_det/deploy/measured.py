@@ -1,35 +1,44 @@
 """The deploy defaults chosen by measurement, per CPU kind: which runtime
 ``DeployedPredictor(path)`` and ``train_net.py --eval-only`` use when none is named, whether
-ONNX Runtime's threads spin, and OpenVINO's shape mode.
+ONNX Runtime's threads spin, OpenVINO's shape mode, and whether a lower precision was measured
+much faster on this kind (said in the log line; fp32 stays the default).
 
-The figures live in ``measured_runtimes.json`` beside this module, one entry per CPU kind
-(:func:`resnext_det.hardware.cpu_kind`), each naming the record it came from and how far to
-trust it (``status``). A kind with no entry (or a key an entry lacks) takes the table's
-``fallback``, and the log line says that no measurement stands behind it. Re-measure with
-``tools/measure_deploy.py`` and edit the table; tests check the logic on hand-made tables.
+The figures live in ``measured_runtimes.json`` beside this module, rendered from the deploy
+records ``benchmarks/<kind>/`` by ``benchmarks/choices.py`` (never edited by hand), read through
+the package's one loader (:mod:`resnext_det.measured_choices`): one entry per CPU kind
+(:func:`resnext_det.hardware.cpu_kind`), each naming its records. A machine takes its own kind's
+entry only; a kind with no entry (or a key its entry lacks) takes :data:`DEFAULTS`, and the log
+line says that no measurement stands behind it. Tests check the logic on hand-made tables.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
-from ..hardware import CPU_KINDS, cpu_kind
+from ..hardware import cpu_kind
+from ..measured_choices import ChoiceTableError, entry_for, load_choice_table, not_measured
 from .contract import DeployError
 
-__all__ = ["TABLE_PATH", "RuntimeChoice", "load_table", "choose_runtime", "default_option",
+__all__ = ["TABLE_PATH", "DEFAULTS", "RuntimeChoice", "load_table", "choose_runtime", "default_option",
            "installed_runtimes"]
 
 logger = logging.getLogger(__name__)
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "measured_runtimes.json")
+#: what a kind without a measurement gets (the runtime: OpenVINO where installed, else ONNX Runtime)
+DEFAULTS = {"runtime": "openvino", "precision": "fp32", "onnxruntime_allow_spinning": False,
+            "openvino_shape_mode": "dynamic"}
+_DEFAULT_WHY = {"onnxruntime_allow_spinning": "spinning threads hold cores that other processes need",
+                "openvino_shape_mode": "one compile serves every image size"}
 # what each key of an entry may hold
 _OPTIONS = {"runtime": ("onnxruntime", "openvino"), "precision": ("fp32", "bf16", "default"),
             "onnxruntime_allow_spinning": (True, False), "openvino_shape_mode": ("dynamic", "static")}
+#: how to ask for each low precision a table entry may point to (the default stays fp32)
+ASK_FOR = {"bf16": 'DeployedPredictor(path, precision="bf16")',
+           "int8": "tools/export.py --int8, then DeployedPredictor(\"model_int8.xml\")"}
 _RUNTIME_MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
-_cache: Dict[str, dict] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,34 +52,30 @@ class RuntimeChoice:
 
 
 def load_table(path: Optional[str] = None) -> dict:
-    """The measured-defaults table (``{"kinds": {kind: entry}, "fallback": entry}``), checked.
+    """The measured-defaults table (``{"kinds": {kind: entry}}``), checked.
 
     Args:
-        path: a JSON file (default: the one shipped in the package).
+        path: a JSON file (default: the one shipped in the package; a missing file reads as no
+            kind measured).
 
     Raises:
         DeployError: unreadable JSON, an unknown kind, or a value outside what works (each
             named with the file and key).
     """
     path = path or TABLE_PATH
-    if path in _cache:
-        return _cache[path]
     try:
-        with open(path) as f:
-            table = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DeployError(f"measured-defaults table {path}: unreadable ({e})") from None
-    kinds = table.get("kinds", {})
-    if not isinstance(kinds, dict) or not isinstance(table.get("fallback", {}), dict):
-        raise DeployError(f"measured-defaults table {path}: 'kinds' and 'fallback' must be objects")
-    for kind, entry in list(kinds.items()) + [("fallback", table.get("fallback", {}))]:
-        if kind != "fallback" and kind not in CPU_KINDS:
-            raise DeployError(f"measured-defaults table {path}: kind {kind!r} is not one of {CPU_KINDS}")
+        table = load_choice_table(path)
+    except ChoiceTableError as e:
+        raise DeployError(str(e)) from None
+    for kind, entry in table["kinds"].items():
         for key, allowed in _OPTIONS.items():
             if key in entry and entry[key] not in allowed:
                 raise DeployError(f"measured-defaults table {path}: {kind}.{key}={entry[key]!r}; use one "
                                   f"of {allowed}")
-    _cache[path] = table
+        low = entry.get("low_precision")
+        if low is not None and (not isinstance(low, dict) or low.get("precision") not in ASK_FOR):
+            raise DeployError(f"measured-defaults table {path}: {kind}.low_precision={low!r}; its 'precision' "
+                              f"must be one of {tuple(ASK_FOR)}")
     return table
 
 
@@ -106,20 +111,31 @@ def choose_runtime(kind: Optional[str] = None, table: Optional[dict] = None,
     available = tuple(installed_runtimes() if available is None else available)
     if not available:
         raise DeployError("no inference runtime is installed; install the deploy extra: pip install -e .[deploy]")
-    entry = table.get("kinds", {}).get(kind)
-    if entry and "runtime" in entry:
+    entry = entry_for(table, kind) or {}
+    if "runtime" in entry:
         runtime, precision = entry["runtime"], entry.get("precision", "fp32")
         if runtime in available:
             return RuntimeChoice(runtime, precision, f"runtime {runtime} {precision}: measured fastest on "
-                                 f"CPU kind {kind}: {_source(entry)}", entry.get("record", ""))
+                                 f"CPU kind {kind}: {_source(entry)}{_hint(entry, available)}",
+                                 entry.get("record", ""))
         other = [r for r in ("openvino", "onnxruntime") if r in available][0]
         return RuntimeChoice(other, "fp32", f"runtime {other} fp32: {runtime} was measured fastest on CPU "
                              f"kind {kind} but is not installed (pip install {runtime})")
-    runtime = "openvino" if "openvino" in available else "onnxruntime"
+    runtime = DEFAULTS["runtime"] if DEFAULTS["runtime"] in available else "onnxruntime"
     why = ("OpenVINO fp32 where installed, else ONNX Runtime" if runtime == "openvino"
            else "OpenVINO is not installed")
-    return RuntimeChoice(runtime, "fp32", f"runtime {runtime} fp32: no measurement for CPU kind {kind} "
-                         f"({why}; measure with tools/measure_deploy.py runtimes)")
+    return RuntimeChoice(runtime, "fp32", f"runtime {runtime} fp32: the default ({why}); {not_measured(kind)}; "
+                         f"measure with tools/measure_deploy.py runtimes")
+
+
+def _hint(entry: dict, available: Tuple[str, ...]) -> str:
+    """The log line's note on a lower precision measured much faster on this kind ('' if none)."""
+    low = entry.get("low_precision")
+    if not low or low.get("runtime", "openvino") not in available:
+        return ""
+    return (f"; {low['precision']} was measured {low['speedup']:.1f}x {low.get('runtime', 'openvino')} fp32 here: "
+            f"{low.get('figures', '')} (record {low.get('record', '?')}); ask for it with "
+            f"{ASK_FOR[low['precision']]} (the default stays fp32)")
 
 
 def default_option(key: str, kind: Optional[str] = None, table: Optional[dict] = None):
@@ -135,10 +151,7 @@ def default_option(key: str, kind: Optional[str] = None, table: Optional[dict] =
                           "openvino_shape_mode")
     kind = kind or cpu_kind()
     table = load_table() if table is None else table
-    entry = table.get("kinds", {}).get(kind, {})
+    entry = entry_for(table, kind) or {}
     if key in entry:
         return entry[key], f"measured on CPU kind {kind}: {entry.get(key + '_source', _source(entry))}"
-    fallback = table.get("fallback", {})
-    if key not in fallback:
-        raise DeployError(f"measured-defaults table: no {key!r} for CPU kind {kind} and no fallback")
-    return fallback[key], f"not measured on CPU kind {kind}: {fallback.get(key + '_source', 'fallback')}"
+    return DEFAULTS[key], f"the default {DEFAULTS[key]!r} ({_DEFAULT_WHY[key]}); {not_measured(kind)}"

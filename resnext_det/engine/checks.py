@@ -9,13 +9,14 @@ from typing import Iterable, Optional
 
 from detectron2.structures import BoxMode
 
+from ..config import UserInputError
 from ..data.proposals import ProposalStore, is_proposal_manifest
 from ..weights.safe_io import RestrictedUnpickler, load_restricted_pickle
 
 __all__ = ["TrainingConfigError", "validate_solver", "check_proposal_file", "load_proposal_file"]
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(UserInputError, ValueError):
     """A training setting that cannot work."""
 
 

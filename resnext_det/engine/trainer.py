@@ -39,14 +39,13 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from ..config import ResNeXtConfigError
-from ..data.coco_json import DatasetError, checked_mapper
+from ..config import USER_ERRORS
+from ..data.coco_json import checked_mapper
 from ..data.proposals import ProposalMapper, stores_for
 from ..data.sampler import GroupedBatchSampler, PositionSeededDataset, ResumableTrainingSampler, is_landscape
 from ..io import atomic_write_json
 from ..weights import ResNeXtCheckpointer as Checkpointer
 from ..weights import load_checkpoint, make_checkpointer
-from ..weights import WeightsError
 from .checks import TrainingConfigError, validate_solver
 from .fast import apply_training_switches_with_report, prepare_for_inference
 from .fast.auto import parse_switch
@@ -97,9 +96,6 @@ def apply_recorded_training_switches(model, cfg):
 
 class NonFiniteLossError(FloatingPointError):
     """Training diverged: a loss (or, at a checkpoint, a weight) became NaN or infinite."""
-
-
-_USER_ERRORS = (ResNeXtConfigError, WeightsError, DatasetError, TrainingConfigError)
 
 
 class RandomStreams:
@@ -164,7 +160,7 @@ class _QuietExpectedErrors(logging.Filter):
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
-        return not (exc is not None and (isinstance(exc, (FloatingPointError,) + _USER_ERRORS)
+        return not (exc is not None and (isinstance(exc, (FloatingPointError,) + USER_ERRORS)
                                          or is_lost_peer(exc)))
 
 
@@ -557,7 +553,7 @@ def clear_training_errors(trainer):
         if "loss_dict" not in msg:
             msg += f"\n{last_losses(trainer)}"
         raise NonFiniteLossError(f"{msg}\n{recovery_hint(trainer)}") from None
-    except _USER_ERRORS as e:
+    except USER_ERRORS as e:
         _train_logger.error("Training stopped at iteration %d: %s", trainer.iter, e)
         raise
     finally:

@@ -29,6 +29,8 @@ import torch
 import torchfile
 from safetensors.torch import load_file as load_safetensors
 
+from ..config import UserInputError
+
 __all__ = ["WeightsError", "ForbiddenGlobalError", "RestrictedUnpickler", "sniff_format", "safe_load",
            "load_restricted_pickle"]
 
@@ -42,7 +44,7 @@ SUPPORTED = (
 )
 
 
-class WeightsError(ValueError):
+class WeightsError(UserInputError, ValueError):
     """A weights file that cannot be used. The message names the file and what would work."""
 
 

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 from conftest import train_batch
+from saved_cpuinfo import features
 
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -96,7 +97,7 @@ def test_the_rule_picks_per_kind_from_the_table():
 def test_unmeasured_kind_noisy_record_and_cuda_fall_back_to_stock():
     for choice in (_choose(kind="avx512"), _choose(kind="other"), _choose(kind="avx2", table={"kinds": {}})):
         assert (choice.channels_last, choice.fold_frozen_bn) == (False, False)
-        assert "not measured" in choice.reason
+        assert "no measurement on CPU kind" in choice.reason
     noisy = {"kinds": {"avx512_bf16": _entry({"channels_last+fold": 1.5}, noisy=True, kind="avx512_bf16")}}
     n = _choose(kind="avx512_bf16", table=noisy)
     assert (n.channels_last, n.fold_frozen_bn) == (False, False) and "noisy" in n.reason
@@ -127,6 +128,19 @@ def test_explicit_switches_are_kept_and_restrict_the_candidates():
 FOLD_FASTER = {"stock": 14.0, "channels_last": 17.6, "fold": 13.3, "channels_last+fold": 16.7}
 FOLD_SLOWER = {"stock": 1.0, "channels_last": 1.0, "fold": 1.1, "channels_last+fold": 1.1}
 FOLD_EVEN = {"stock": 1.0, "channels_last": 1.0, "fold": 1.02, "channels_last+fold": 1.02}  # within noise
+
+
+@pytest.mark.parametrize("machine, measured", [("amx", "avx512_bf16"), ("avx512_bf16", "amx")])
+def test_a_machine_never_takes_another_kinds_choice(monkeypatch, machine, measured):
+    """An AMX Sapphire Rapids (also avx512_bf16 by its flags) with only an avx512_bf16 entry gets
+    stock, and the reverse: the kind is read from the saved cpuinfo, the table holds the other."""
+    monkeypatch.delenv("RESNEXT_DET_CPU_KIND", raising=False)
+    table = {"kinds": {measured: _entry({"channels_last+fold": 1.5}, kind=measured)}}
+    choice = choose_training_layout(None, None, device_type="cpu", features=features(machine), table=table, probe={})
+    assert (choice.channels_last, choice.fold_frozen_bn) == (False, False)
+    assert f"no measurement on CPU kind {machine}" in choice.reason and f"benchmarks/{measured}/" not in choice.reason
+    own = choose_training_layout(None, None, device_type="cpu", features=features(measured), table=table, probe={})
+    assert (own.channels_last, own.fold_frozen_bn) == (True, True)
 
 
 def test_probe_only_guards_a_fold_the_table_chose():
@@ -176,6 +190,7 @@ def test_apply_auto_with_injected_probe(tiny_resnext_cfg, monkeypatch, tmp_path)
 
 def test_the_shipped_table_is_well_formed():
     table = auto.load_measured_layouts()
+    assert "benchmarks" in table["about"] and "do not edit" in table["about"]  # rendered, not typed
     assert set(table["kinds"]) <= set(CPU_KINDS)
     for kind, entry in table["kinds"].items():
         assert entry["record"].startswith(f"benchmarks/{kind}/") and entry["control"] in ("aa", "none")

@@ -116,7 +116,7 @@ class _Payload:
 
 def test_missing_weights_file_via_cli(cli, tmp_path):
     path = str(tmp_path / "nope.pth")
-    err = _expect(cli(f"--config={DEMO}", *TINY_OPTS, "MODEL.WEIGHTS", path), "cannot start", path)
+    err = _expect(cli(f"--config={DEMO}", *TINY_OPTS, "MODEL.WEIGHTS", path), "missing", path)
     assert "MODEL.WEIGHTS" in err
 
 

@@ -11,7 +11,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from resnext_det.weights import ResNeXtCheckpointer, read_checkpoint, safe_load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnext_det.weights import cli as convert_weights  # noqa: E402  (tools/convert_weights.py's main)
+from resnext_det.apps import convert_weights  # noqa: E402  (tools/convert_weights.py's cli)
 
 # one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
 # passes --dist loadgroup)
@@ -42,18 +42,19 @@ def test_cli_converts_with_progress_and_metadata(tiny_pth, tmp_path):
 
 
 def test_preset_and_bad_inputs_exit_2_with_message(tiny_pth, tmp_path, capsys):
-    assert convert_weights.main([tiny_pth, str(tmp_path / "o.pth"), "--preset", "X-101-32x8d", "--quiet"]) == 2
-    assert "not preset 'X-101-32x8d'" in capsys.readouterr().err
+    assert convert_weights.cli([tiny_pth, str(tmp_path / "o.pth"), "--preset", "X-101-32x8d", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convert_weights.py: error:") and "not preset 'X-101-32x8d'" in err
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(b"\x80\x02cposix\nsystem\nX\x05\x00\x00\x00touch\x85R.")
-    assert convert_weights.main([str(evil), str(tmp_path / "o.pth"), "--quiet"]) == 2
+    assert convert_weights.cli([str(evil), str(tmp_path / "o.pth"), "--quiet"]) == 2
     assert "posix.system" in capsys.readouterr().err
     assert not (tmp_path / "o.pth").exists()
 
 
 def test_pth_output_loads_and_keeps_metadata(tiny_pth, tmp_path):
     out = str(tmp_path / "tiny_d2.pth")
-    assert convert_weights.main([tiny_pth, out, "--quiet"]) == 0
+    assert convert_weights.cli([tiny_pth, out, "--quiet"]) == 0
     ckpt = read_checkpoint(out)
     assert ckpt["meta"]["source"] == "torchvision" and ckpt["meta"]["architecture"]["cardinality"] == 4
     from resnext_det import build_backbone_from_preset

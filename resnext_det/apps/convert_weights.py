@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 
-from .._warnings import filter_known_third_party_warnings
-from .safe_io import WeightsError
-from .sources import read_checkpoint, save_converted
+from ..weights.sources import read_checkpoint, save_converted
+from .tool import run_tool
 
-__all__ = ["main"]
+__all__ = ["main", "cli"]
 
 
-def main(argv=None) -> int:
-    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
+def main(argv=None) -> None:
+    """The command line's work: convert as ``argv`` says (WeightsError for a bad input)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="weights file to convert")
     parser.add_argument("output", help="detectron2 checkpoint to write (.pkl or .pth)")
@@ -41,11 +39,7 @@ def main(argv=None) -> int:
     if not args.output.endswith((".pkl", ".pth")):
         parser.error(f"OUTPUT must end in .pkl or .pth, got {args.output!r}")
     t0 = time.perf_counter()
-    try:
-        ckpt = read_checkpoint(args.input, args.preset, progress=not args.quiet)
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ckpt = read_checkpoint(args.input, args.preset, progress=not args.quiet)
     meta = ckpt["meta"]
     model = ckpt["model"]
     n_params = sum(int(v.numel()) for v in model.values())
@@ -65,4 +59,8 @@ def main(argv=None) -> int:
                    progress=not args.quiet)
     log.info(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB) in "
              f"{time.perf_counter() - t0:.1f}s")
-    return 0
+
+
+def cli(argv=None) -> int:
+    """The command line of ``tools/convert_weights.py``: 0, or 2 after a one-line error."""
+    return run_tool("convert_weights.py", main, argv)

@@ -1,0 +1,36 @@
+"""How every command line runs (tools/*.py): the known third-party warnings filtered for its
+process, and a user's error (:data:`resnext_det.config.USER_ERRORS`) said as one line
+``PROG: error: ...`` on stderr with exit status 2, no traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from .._warnings import filter_known_third_party_warnings
+from ..config import USER_ERRORS
+
+__all__ = ["run_tool", "tool_error"]
+
+
+def tool_error(prog: str, message: Any) -> None:
+    """Print ``PROG: error: MESSAGE`` on stderr."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
+
+def run_tool(prog: str, main: Callable[[Optional[Sequence[str]]], Any],
+             argv: Optional[Sequence[str]] = None) -> int:
+    """Run a command line's ``main(argv)``; returns the process's exit status.
+
+    Args:
+        prog: the tool's file name (``"export.py"``), which starts the error line.
+        main: the tool; it returns its exit status as an int, or anything else (None, its
+            result) for 0, and raises one of ``USER_ERRORS`` for bad input.
+        argv: the arguments (None: ``sys.argv[1:]``, as argparse reads them).
+    """
+    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
+    try:
+        status = main(argv)
+    except USER_ERRORS as e:
+        tool_error(prog, e)
+        return 2
+    return status if isinstance(status, int) else 0
