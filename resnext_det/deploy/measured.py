@@ -125,7 +125,7 @@ def choose_runtime(kind: Optional[str] = None, table: Optional[dict] = None,
     why = ("OpenVINO fp32 where installed, else ONNX Runtime" if runtime == "openvino"
            else "OpenVINO is not installed")
     return RuntimeChoice(runtime, "fp32", f"runtime {runtime} fp32: the default ({why}); {not_measured(kind)}; "
-                         f"measure with tools/measure_deploy.py runtimes")
+                         "measure with python -m benchmarks.measure_deploy runtimes")
 
 
 def _hint(entry: dict, available: Tuple[str, ...]) -> str:
