@@ -30,6 +30,7 @@ import time
 import torch
 import torch.multiprocessing as mp
 import yaml
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -39,9 +40,9 @@ from resnext_det._warnings import filter_known_third_party_warnings
 from resnext_det.apps.evaluate import (check_exported_model, evaluate_exported, export_and_evaluate,
                                         is_exported_model)
 from resnext_det.apps.tool import run_tool, tool_error
-from resnext_det.config import (DEMO_CONFIGS, USER_ERRORS, ResNeXtConfigError, check_device, load_config,
-                                resolve_config_file)
+from resnext_det.config import USER_ERRORS, ResNeXtConfigError, check_device, load_config, resolve_config_file
 from resnext_det.data.coco import verify_dataset_files
+from resnext_det.data.synthetic import DEMO_CONFIGS
 from resnext_det.deploy.contract import DeployError
 from resnext_det.engine.checks import TrainingConfigError
 from resnext_det.engine.machines import (DEFAULT_TIMEOUT, MachineError, MachineGroup, one_line,
@@ -88,14 +89,24 @@ def get_parser():
     return parser
 
 
+def add_demo_config(cfg):
+    """Add ``RESNEXT_PLAN.DEMO`` (in place): what the report of a finished ``--demo`` run shows."""
+    d = cfg.RESNEXT_PLAN.DEMO = CfgNode()
+    d.NUM_IMAGES = 6  # val images to draw detections on
+    d.SCORE_THRESH = 0.5  # of the drawn detections
+    d.EXPORT = True  # also export the detector to ONNX and give its AP through ONNX Runtime
+
+
 def setup_cfg(args):
-    """The config from --config and trailing opts, with every project config node added."""
+    """The config from --config and trailing opts, with every project config node added (and
+    the demo's, for a demo's config)."""
     config_file = args.config_file
     if not config_file and getattr(args, "demo", None):
         config_file = resnext_det.get_config_file(DEMO_CONFIGS[args.demo])
     if not config_file:
         raise ResNeXtConfigError("give --config FILE (or --demo)")
-    cfg = load_config(config_file, args.opts)
+    demo = getattr(args, "demo", None) or os.path.basename(config_file) in DEMO_CONFIGS.values()
+    cfg = load_config(config_file, args.opts, add_nodes=add_demo_config if demo else None)
     if args.config_file:
         args.config_file = resolve_config_file(config_file)  # the resolved path (default_setup reads it again)
     if getattr(args, "demo", None) and not any(o == "OUTPUT_DIR" for o in (args.opts or [])[::2]):

@@ -311,13 +311,6 @@ def get_config_file(name: str) -> str:
     raise FileNotFoundError(f"config {name!r} not found; looked in: {', '.join(candidates)}")
 
 
-#: the embedded demos (``tools/train_net.py --demo NAME``) and their shipped configs
-DEMO_CONFIGS = {
-    "fpn": "demo_tiny_X_FPN_synthetic.yaml",
-    "two_stage": "demo_tiny_X_C4_two_stage_synthetic.yaml",
-}
-
-
 def resolve_config_file(config_file: str) -> str:
     """``config_file`` as a path: as given when it exists, else the shipped config of that name.
 
@@ -334,13 +327,15 @@ def resolve_config_file(config_file: str) -> str:
             f"{os.path.dirname(get_config_file('Base-ResNeXt-FPN.yaml'))})") from None
 
 
-def load_config(config_file: str, opts=()) -> CN:
+def load_config(config_file: str, opts=(), add_nodes=None) -> CN:
     """The full config of a YAML file and trailing ``KEY VALUE`` overrides (not frozen): the one
     set-up every command line shares.
 
     Args:
         config_file: a path or a shipped config's name (:func:`resolve_config_file`).
         opts: overrides, ``["SOLVER.BASE_LR", "0.01", ...]``.
+        add_nodes: called on the config before merging: adds the nodes of an application
+            (e.g. the demo's) that the core config does not have.
 
     Raises:
         FileNotFoundError: no such config.
@@ -348,6 +343,8 @@ def load_config(config_file: str, opts=()) -> CN:
     """
     path = resolve_config_file(config_file)
     cfg = get_cfg()
+    if add_nodes is not None:
+        add_nodes(cfg)
     try:
         cfg.merge_from_file(path)
     except (KeyError, ValueError, AssertionError) as e:  # yacs: unknown key, wrong type

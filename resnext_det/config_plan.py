@@ -108,10 +108,4 @@ def add_plan_config(cfg: CN) -> CN:
     # proposals of another image (the control: it shows stage 2 depends on its proposals);
     # results under plan_state.json "fast_rcnn" -> "shuffled".
     p.SHUFFLED_EVAL = False
-    # Demo pictures: how many val images to draw detections on, score threshold.
-    p.DEMO = CN()
-    p.DEMO.NUM_IMAGES = 6
-    p.DEMO.SCORE_THRESH = 0.5
-    # Export the trained demo detector to ONNX and print its AP through ONNX Runtime too.
-    p.DEMO.EXPORT = True
     return cfg

@@ -150,6 +150,19 @@ def test_get_cfg_adds_every_node_the_project_configs_use():
     assert cfg.RESNEXT_PLAN.MODE == "two_stage"
 
 
+def test_demo_settings_only_in_a_demos_config(train_net):
+    """RESNEXT_PLAN.DEMO (what the --demo report shows) is not in the core config; train_net
+    adds it for a demo's config, where an override of it then works."""
+    import resnext_det
+
+    assert "DEMO" not in resnext_det.get_cfg().RESNEXT_PLAN
+    args = train_net.get_parser().parse_args(["--config", "demo_tiny_X_FPN_synthetic.yaml",
+                                              "RESNEXT_PLAN.DEMO.NUM_IMAGES", "2"])
+    assert train_net.setup_cfg(args).RESNEXT_PLAN.DEMO.NUM_IMAGES == 2
+    args = train_net.get_parser().parse_args(["--config", "faster_rcnn_X101_32x4d.yaml"])
+    assert "DEMO" not in train_net.setup_cfg(args).RESNEXT_PLAN
+
+
 def test_device_defaults_to_cpu_without_cuda_and_explicit_cuda_is_a_clear_error(monkeypatch, caplog):
     import logging
 

@@ -23,7 +23,8 @@ import time
 
 from detectron2.modeling import build_model
 
-from ..config import DEMO_CONFIGS, check_device, get_config_file, load_config
+from ..config import check_device, get_config_file, load_config
+from ..data.synthetic import DEMO_CONFIGS
 from ..engine.plan_runner import register_datasets
 from ..deploy.contract import DeployError
 from ..deploy.export import export_onnx

@@ -25,7 +25,13 @@ from PIL import Image, ImageDraw
 from ..io import atomic_write_json
 from .coco_json import register_coco_checked
 
-__all__ = ["CLASSES", "EMPTY_EVERY", "image_shape", "is_empty_image", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names",
+#: the embedded demos on this data (``tools/train_net.py --demo NAME``) and their shipped configs
+DEMO_CONFIGS = {
+    "fpn": "demo_tiny_X_FPN_synthetic.yaml",
+    "two_stage": "demo_tiny_X_C4_two_stage_synthetic.yaml",
+}
+
+__all__ = ["DEMO_CONFIGS", "CLASSES", "EMPTY_EVERY", "image_shape", "is_empty_image", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names",
            "synthetic_train_batch"]
 
 CLASSES = ("square", "circle", "triangle")

@@ -142,12 +142,12 @@ def test_malicious_pickle_refused_via_cli_payload_never_runs(cli, tmp_path, ext)
 def tiny_model():
     """(cfg, model) of the tiny FPN detector, built once."""
 
-    import resnext_det
+    from resnext_det.cli import add_demo_config
+    from resnext_det.config import load_config
     from resnext_det.engine.trainer import ResNeXtTrainer
 
-    cfg = resnext_det.get_cfg()
-    cfg.merge_from_file(resnext_det.get_config_file(DEMO))
-    cfg.merge_from_list(TINY_OPTS + ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.DEVICE", "cpu"])
+    cfg = load_config(DEMO, TINY_OPTS + ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.DEVICE", "cpu"],
+                      add_nodes=add_demo_config)
     return cfg, ResNeXtTrainer.build_model(cfg)
 
 
