@@ -172,9 +172,9 @@ class PerProcessState:
     :meth:`gather` (a collective; :class:`_GatherPerProcessState` does it, on every process,
     in the iteration whose end is saved), which hands each process's ``local.state_dict()`` to
     process 0. The saved state is process 0's own at the top level (what a one-process run
-    and older checkpoints hold) plus ``"processes"``: the list of all of them, by rank. On load
-    each process takes its own entry; a checkpoint written by another number of processes (or
-    before this key existed) gives every process the top-level state, and ``local`` is told so
+    reads) plus ``"processes"``: the list of all of them, by rank. On load each process takes
+    its own entry; a checkpoint written by another number of processes (or without that list)
+    gives every process the top-level state, and ``local`` is told so
     (``load_state_dict(state, exact=False)``).
 
     Args:
