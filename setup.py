@@ -45,8 +45,9 @@ EXTRAS = {
     # loadgroup still renames item._nodeid, so the xdist_group marks are silently ignored there
     # (measured: a fresh venv with pytest 9.2.0 built the deploy-parity fixture on both workers)
     # scikit-image: real photographs (its bundled legacy set) for tools/predict.py's tests
+    # jsonschema: every record in benchmarks/ against benchmarks/schema.json (benchmarks/tests)
     "test": ["pytest>=8,<9.2", "pytest-timeout", "pytest-xdist", "hypothesis", "import-linter",
-             "mutmut>=3.8,<4", "scikit-image"],
+             "mutmut>=3.8,<4", "scikit-image", "jsonschema"],
     # ONNX export and the CPU inference runtimes (resnext_det.deploy, tools/export.py);
     # nncf: int8 the way OpenVINO recommends (tools/export.py --int8)
     "deploy": ["onnx", "onnxruntime", "openvino", "nncf"],
@@ -60,6 +61,7 @@ setup(
     description="ResNeXt (Xie et al., CVPR 2017) as a Detectron2 backbone plugin",
     long_description=open(README).read() if os.path.exists(README) else "",
     long_description_content_type="text/markdown",
+    # resnext_det* only: benchmarks/ (records, renderer, campaigns) is the checkout's, never installed.
     # configs/ ships inside the package as resnext_det.model_configs, so
     # resnext_det.get_config_file() and relative _BASE_ paths work when installed too.
     packages=find_packages(include=["resnext_det", "resnext_det.*"]) + ["resnext_det.model_configs"],

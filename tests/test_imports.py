@@ -44,6 +44,18 @@ def test_command_lines_import_and_fail_clearly_without_the_deploy_extra():
     assert out.strip().endswith("ok")
 
 
+def test_the_package_never_imports_the_checkouts_benchmarks_folder():
+    """benchmarks/ (records, renderer, campaigns) is not installed: importing every command
+    line of the package, the benchmark included, loads nothing from it."""
+    out = _python("""
+        import sys
+        import resnext_det.cli, resnext_det.apps.benchmark, resnext_det.apps.benchmark.suites
+        import resnext_det.apps.export, resnext_det.apps.predict, resnext_det.apps.complexity
+        print(sorted(m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")))
+    """)
+    assert out.strip() == "[]"
+
+
 def test_train_net_does_not_import_runtimes_or_demo_drawing():
     out = _python("""
         import sys

@@ -3,12 +3,11 @@
 layouts and the exported detector in ONNX Runtime / OpenVINO, under one protocol: paths
 interleaved in rotating rounds, an A/A control (stock as two instances) in every part, median
 and spread, load average, CPU kind and flags; ratios published only when the control settles.
-Records go to benchmarks/<kind>/; --render-readme renders README.md's and docs/SPEED.md's tables
-and the training auto table from them. See resnext_det/apps/benchmark/ and docs/SPEED.md.
+Records go to benchmarks/<kind>/ (in a checkout, `python -m benchmarks.render` then renders
+README.md's and docs/SPEED.md's tables from them). See resnext_det/apps/benchmark/ and docs/SPEED.md.
 
     python tools/benchmark.py --parts train --presets X-101-32x4d    # benchmarks/<kind>/train-layouts.json
     python tools/benchmark.py --parts backbone fpn c4                # benchmarks/<kind>/inference.json
-    python tools/benchmark.py --render-readme                        # README.md, docs/SPEED.md, auto's table
 """
 import os
 import sys

@@ -84,7 +84,7 @@ def test_records_never_replace_another_kinds(tmp_path):
     with pytest.raises(ValueError, match="avx512_bf16"):
         check_record_path(str(tmp_path / "benchmarks" / "avx512_bf16" / "x.json"), "avx2")
     other = tmp_path / "elsewhere.json"
-    other.write_text(json.dumps({"meta": {"cpu_kind": "avx512_bf16"}}))
+    other.write_text(json.dumps({"environment": {"cpu_kind": "avx512_bf16"}}))
     with pytest.raises(ValueError, match="holds a avx512_bf16 record"):
         check_record_path(str(other), "avx2")
 

@@ -28,7 +28,7 @@ def _machine_from_proc_cpuinfo():
                 break
     amx = any(f.startswith("amx") for f in flags)
     names = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni") if f in flags] + (["amx"] if amx else [])
-    kind = ("avx512_bf16" if "avx512f" in flags and ("avx512_bf16" in flags or amx) else
+    kind = ("amx" if "avx512f" in flags and amx else "avx512_bf16" if "avx512f" in flags and "avx512_bf16" in flags else
             "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other")
     return os.environ.get("RESNEXT_DET_CPU_KIND") or kind, " ".join(names) or "no AVX2"
 
@@ -60,16 +60,18 @@ def test_benchmark_runtime_columns_and_control(tmp_path):
                 "--min-rounds", "2", "--max-seconds", "1", "--warmup", "0", "--gemm-n", "256",
                 "--out", str(out), "--opts", *TINY])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))  # the JSON is the result
-    meta, records, controls = res["meta"], res["records"], res["controls"]
+    assert res["schema"] == 1 and res["type"] == "benchmark"
+    env, settings = res["environment"], res["results"]["settings"]
+    records, controls = res["results"]["paths"], res["results"]["controls"]
     kind, flags = _machine_from_proc_cpuinfo()
-    assert (meta["cpu_kind"], meta["cpu_flags"]) == (kind, flags)
-    assert meta["threads"]["torch_intra_op"] >= 1 and len(meta["loadavg_at_end"]) == 3
-    assert meta["protocol"]["aa_control"] and "pooled" in meta["protocol"]["ratio_basis"]
-    ceil = meta["ceiling_gflops"]
+    assert (env["cpu_kind"], " ".join(env["cpu_flags"]) or "no AVX2") == (kind, flags)
+    assert env["threads"]["torch_intra_op"] >= 1 and len(env["loadavg_at_end"]) == 3
+    assert settings["protocol"]["aa_control"] and "pooled" in settings["protocol"]["ratio_basis"]
+    ceil = settings["ceiling_gflops"]
     for lib in ("torch_fp32", "onnxruntime_fp32", "openvino_fp32"):
         assert ceil[lib] > 0
     assert ceil["fp32"] == max(ceil["torch_fp32"], ceil["onnxruntime_fp32"], ceil["openvino_fp32"])
-    assert set(meta["runtimes"]) == {"onnxruntime", "openvino"}
+    assert {"onnxruntime", "openvino", "torch"} <= set(env["versions"])
     by = {(r["name"], r["mode"]): r for r in records if r["name"] in ("backbone", "fpn")}
     for part in ("backbone", "fpn"):
         control = next(c for c in controls if c["name"] == part)
@@ -78,9 +80,9 @@ def test_benchmark_runtime_columns_and_control(tmp_path):
             r = by[(part, mode)]
             assert r["seconds"] > 0 and len(r["times"]) == control["rounds"]
             assert r["spread"]["min"] <= r["seconds"] <= r["spread"]["max"]
-            assert len(r["loadavg_before"]) == 3 and r["cpu_kind"] == meta["cpu_kind"]
             # ratios only where the control settled, never otherwise
-            assert (r["ratio_vs_stock"] is not None) == control["settled"]
+            assert (r["ratio"] is not None) == control["settled"]
+        assert len(control["loadavg_at_start"]) == 3
         assert by[(part, "stock_b")]["max_rel_err_vs_stock"] == 0  # same weights, same code
         # fp32 runtimes compute what stock computes (same weights)
         assert by[(part, "onnxruntime")]["max_rel_err_vs_stock"] < 1e-4
@@ -110,5 +112,6 @@ def test_benchmark_tool_is_the_modules_command_line(capsys, monkeypatch):
     module_help = capsys.readouterr().out
     # the same text past the usage lines (which start with the program's name)
     assert help_text.split("\n\n", 1)[1] == module_help.split("\n\n", 1)[1]
-    for flag in ("--runtimes", "--int8", "--max-seconds", "--min-rounds", "--render-readme"):
+    for flag in ("--runtimes", "--int8", "--max-seconds", "--min-rounds"):
         assert flag in help_text
+    assert "--render-readme" not in help_text  # rendering is the checkout's: python -m benchmarks.render

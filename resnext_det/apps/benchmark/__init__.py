@@ -1,9 +1,10 @@
-"""The benchmark: one A/A-controlled protocol for every speed figure (:mod:`.protocol`), the
-parts it measures (:mod:`.suites`), the tables rendered from its records (:mod:`.render`) and
-the command line (:mod:`.cli`, ``tools/benchmark.py``).
+"""The benchmark a user runs on their own CPU against stock detectron2: one A/A-controlled
+protocol for every speed figure and the one record writer (:mod:`.protocol`), the parts it
+measures (:mod:`.suites`) and the command line (:mod:`.cli`, ``tools/benchmark.py``).
 
 Nothing in ``engine/`` or ``deploy/`` imports this package (it imports them): the training
-``auto`` rule reads the JSON table :mod:`.render` writes, not this code.
+``auto`` rule reads a JSON table rendered from the records (``benchmarks/render.py``, a
+development tool of the checkout), not this code.
 """
 from .cli import main
 from .suites import matmul_ceiling, runtime_gemm_ceiling, runtimes_available

@@ -1,10 +1,9 @@
-"""The command line of ``tools/benchmark.py``: measure (records into ``benchmarks/<kind>/``) or
-render the README's and docs/SPEED.md's tables and the training ``auto`` table from the records.
+"""The command line of ``tools/benchmark.py``: measure, on this CPU, stock detectron2 against
+this project's paths, and write the record into ``benchmarks/<kind>/`` (or ``--out``).
 
     python tools/benchmark.py --parts train --presets X-101-32x4d      # -> benchmarks/<kind>/train-layouts.json
-    python tools/benchmark.py --parts backbone fpn c4 --backbone-presets  # -> benchmarks/<kind>/inference.json
+    python tools/benchmark.py --parts backbone fpn c4                  # -> benchmarks/<kind>/inference.json
     python tools/benchmark.py --quick --out /tmp/quick.json            # 320x512, X-50-32x4d
-    python tools/benchmark.py --render-readme [--check]
 """
 from __future__ import annotations
 
@@ -16,14 +15,14 @@ import sys
 from ..._warnings import filter_known_third_party_warnings
 
 from ...hardware import cpu_kind
-from ...io import atomic_write_json
-from .protocol import check_record_path, default_record_name, record_path
+from .protocol import check_record_path, default_record_name, record_path, write_record
 
 logger = logging.getLogger("benchmark")
 
 
 def repo_root() -> str:
-    """The checkout this package sits in (where README.md and benchmarks/ are), else the cwd."""
+    """The checkout this package sits in (where README.md and benchmarks/ are), else the cwd
+    (an installed package: records then go to ``./benchmarks/<kind>/``)."""
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     return here if os.path.exists(os.path.join(here, "README.md")) else os.getcwd()
 
@@ -67,17 +66,12 @@ def get_parser() -> argparse.ArgumentParser:
                          "backbone/fpn/c4; size and presets appended when not the defaults)")
     ap.add_argument("--out", default=None, help="record path (default: benchmarks/<kind>/<name>.json); "
                                                 "'' writes none")
-    ap.add_argument("--render-readme", action="store_true",
-                    help="render README.md's and docs/SPEED.md's tables and the training auto table "
-                         "from benchmarks/<kind>/*.json (measures nothing)")
-    ap.add_argument("--check", action="store_true",
-                    help="with --render-readme: write nothing, exit 1 when a file differs from its records")
     ap.add_argument("--root", default=None, help="the checkout (default: this package's)")
     return ap
 
 
 def main(argv=None):
-    """Measure (default) or render (``--render-readme``); returns the record or the rendered files.
+    """Measure and write the record (``benchmarks/schema.json``'s ``benchmark`` type); returns it.
 
     Args:
         argv: the command line (default ``sys.argv[1:]``).
@@ -87,16 +81,6 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     root = args.root or repo_root()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.render_readme:
-        from .render import render_all, write_rendered
-
-        rendered = render_all(root)
-        stale = write_rendered(root, rendered, check=args.check)
-        for path in stale:
-            print(("differs from its records: " if args.check else "rendered: ") + path)
-        if args.check and stale:
-            raise SystemExit(1)
-        return rendered
     import torch
 
     from .suites import measure, summary
@@ -112,12 +96,15 @@ def main(argv=None):
         out_path = record_path(root, kind, name)
     if out_path:
         check_record_path(out_path, kind)  # before hours of measuring, not after
-    out = measure(args, argv)
+    results, env = measure(args)
+    out = write_record(out_path, "benchmark", results, env,
+                       what=f"tools/benchmark.py: parts {' '.join(args.parts)}, stock detectron2 vs this project's "
+                            f"paths, {args.size[0]}x{args.size[1]}, batch 1, random weights",
+                       command="python tools/benchmark.py " + " ".join(argv))
     if out_path:
-        atomic_write_json(out_path, out, indent=1)
         logger.info("record: %s", out_path)
     print(summary(out))
-    if not out["meta"]["published"]:
-        print(f"NOISY run ({', '.join(out['meta']['noisy_parts'])}): its ratios are not published. "
+    if not results["settings"]["published"]:
+        print(f"NOISY run ({', '.join(results['settings']['noisy_parts'])}): its ratios are not published. "
               "Re-run on an idle machine (nothing else running, load average well under the core count).")
     return out

@@ -9,34 +9,43 @@
   now; outside :data:`AA_BAND` the run is *noisy* and none of its ratios are published.
 - **Rounds until the control settles.** At least ``min_rounds``; then more rounds while the
   control is outside its band, until ``max_seconds`` would be passed.
-- **Median and spread of every path** (min, quartiles, max, every time), the load average before
-  and after, the CPU kind and flags and the thread counts, in every record.
+- **Median and spread of every path** (min, quartiles, max, every time), the load average at
+  the start and end of each part, and the machine (:func:`environment`), in every record.
 - **Ratios** are stock's reference time over a path's median; the reference is the median of
   both stock instances' times pooled (:data:`RATIO_BASIS`, written into every record).
 
-Records live in ``benchmarks/<kind>/<name>.json`` (:func:`record_path`); a record of another
-CPU kind is never overwritten (:func:`check_record_path`).
+Records live in ``benchmarks/<kind>/<name>.json`` (:func:`record_path`), one envelope for every
+record of the project (:func:`write_record`, checked by ``benchmarks/schema.json``); a record of
+another CPU kind is never overwritten (:func:`check_record_path`).
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
 import statistics
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ...hardware import CPU_KINDS, CpuFeatures, cpu_kind
+from ...hardware import CPU_KINDS, CpuFeatures, available_cores, cpu_kind
+from ...io import atomic_write_json
 
 __all__ = ["AA_BAND", "STOCK_A", "STOCK_B", "RATIO_BASIS", "Protocol", "Rounds", "run_rounds", "spread", "path_record",
-           "environment", "record_path", "check_record_path", "default_record_name"]
+           "environment", "write_record", "record_path", "check_record_path", "default_record_name", "SCHEMA_VERSION"]
 
 #: the A/A ratio (median stock_b / median stock_a) a run must fall in for its ratios to be published
 AA_BAND = (0.95, 1.05)
 STOCK_A, STOCK_B = "stock_a", "stock_b"
 RATIO_BASIS = "median of stock_a's and stock_b's times pooled"
+#: the record envelope's version (``benchmarks/schema.json``)
+SCHEMA_VERSION = 1
+#: packages whose versions every record carries (those installed)
+VERSIONED = ("torch", "torchvision", "detectron2", "sal-detectron2", "onnxruntime", "openvino", "nncf", "ray")
 
 
 @dataclasses.dataclass
@@ -80,8 +89,8 @@ class Rounds:
     outputs: Dict[str, object]
     rounds: int
     wall_s: float
-    loadavg_before: List[float]
-    loadavg_after: List[float]
+    loadavg_at_start: List[float]
+    loadavg_at_end: List[float]
     band: Tuple[float, float] = AA_BAND
     #: the two instances of one path that form the A/A control (stock, unless a run says)
     pair: Tuple[str, str] = (STOCK_A, STOCK_B)
@@ -111,7 +120,8 @@ class Rounds:
         return statistics.median(self.times[self.pair[0]] + self.times[self.pair[1]])
 
     def ratio(self, name: str) -> Optional[float]:
-        """Reference / median of ``name``; None when the run is not settled (not published)."""
+        """Reference (the pair's times pooled) / median of ``name``; None when the run is not
+        settled (not published)."""
         if not self.settled:
             return None
         return self.stock_s / statistics.median(self.times[name])
@@ -121,12 +131,13 @@ class Rounds:
         r = self.aa_ratio
         return {"aa_pair": list(self.pair), "aa_ratio": r, "settled": self.settled, "noisy": not self.settled, "rounds": self.rounds,
                 "aa_band": list(self.band), "stock_s": self.stock_s, "wall_s": round(self.wall_s, 2),
-                "loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after}
+                "loadavg_at_start": self.loadavg_at_start, "loadavg_at_end": self.loadavg_at_end}
 
 
 def path_record(name: str, preset: str, mode: str, res: "Rounds") -> dict:
-    """The record of one path of a run: its median and spread, its ratio (None unless the
-    run's control settled) and the run's control and loads. Parts add their own keys.
+    """The record of one path of a run: its median and spread and its ratio to the control
+    pair's pooled times (None unless the run's control settled; the control, with the loads,
+    is the run's :meth:`Rounds.control`). Parts add their own keys.
 
     Args:
         name: the part (``backbone``, ``fpn``, ``c4``, ``train``).
@@ -137,8 +148,7 @@ def path_record(name: str, preset: str, mode: str, res: "Rounds") -> dict:
     sp = spread(res.times[mode])
     return {"name": name, "preset": preset, "mode": mode, "seconds": sp["median"],
             "spread": {k: sp[k] for k in ("min", "q1", "q3", "max")}, "times": sp["times"],
-            "rounds": res.rounds, "ratio_vs_stock": res.ratio(mode), "aa_ratio": res.aa_ratio,
-            "noisy": not res.settled, "loadavg_before": res.loadavg_before, "loadavg_after": res.loadavg_after}
+            "rounds": res.rounds, "ratio": res.ratio(mode)}
 
 
 def _loadavg() -> List[float]:
@@ -193,21 +203,90 @@ def run_rounds(fns: Mapping[str, Callable[[], object]], protocol: Protocol,
             break
         if elapsed + elapsed / done > protocol.max_seconds:  # the next round would pass the limit
             break
-    res.loadavg_after = _loadavg()
+    res.loadavg_at_end = _loadavg()
     return res
 
 
+def _cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or None
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def environment(device: Optional[torch.device] = None) -> dict:
-    """The conditions a record is filed under: CPU kind and flags, thread counts, load average."""
+    """The machine a record was measured on, taken when the measuring starts (the one
+    description every record carries as its ``environment``; :func:`write_record` adds
+    ``loadavg_at_end``).
+
+    Args:
+        device: where the torch paths run (default cpu).
+
+    Returns:
+        ``cpu_kind``, ``cpu_flags`` (the flags that decide kernels, a list), ``cpu_model``,
+        ``cores`` (logical CPUs), ``available_cores``, ``threads``, ``loadavg_at_start``,
+        ``cpu_capability``, ``device``, ``platform`` and ``versions`` (python and the packages
+        of :data:`VERSIONED` that are installed).
+    """
+    feats = CpuFeatures.detect()
     return {
-        "cpu_kind": cpu_kind(), "cpu_flags": CpuFeatures.detect().describe(),
+        "cpu_kind": cpu_kind(),
+        "cpu_flags": [f.name for f in dataclasses.fields(feats) if getattr(feats, f.name)],
+        "cpu_model": _cpu_model(), "cores": os.cpu_count(), "available_cores": available_cores(),
         "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
-                    "cpu_count": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                     "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
-        "loadavg": _loadavg(), "torch": torch.__version__,
+        "loadavg_at_start": _loadavg(), "loadavg_at_end": None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device": str(device) if device is not None else "cpu",
+        "platform": platform.platform(), "versions": _versions(),
     }
+
+
+def write_record(path: Optional[str], record_type: str, results: dict, env: dict, what: str,
+                 command: Optional[str] = None, **fields) -> dict:
+    """The one record writer: the envelope of ``benchmarks/schema.json`` around ``results``,
+    written atomically to ``path`` (none when ``path`` is empty); returns the record.
+
+    Args:
+        path: ``benchmarks/<kind>/<name>.json`` (:func:`record_path`), or ""/None to write none.
+        record_type: what ``results`` holds (the schema's ``type``: ``benchmark``, ``scale``, ...).
+        results: the figures.
+        env: :func:`environment`, taken when the measuring started; its ``loadavg_at_end`` is
+            filled now when unset.
+        what: one line on what was measured.
+        command: the command line that measured it.
+        fields: other envelope keys (``commit``, ``previous``).
+
+    Raises:
+        ValueError: ``path`` belongs to another CPU kind (:func:`check_record_path`).
+    """
+    env = dict(env)
+    if env.get("loadavg_at_end") is None:
+        env["loadavg_at_end"] = _loadavg() or None
+    env["loadavg_at_start"] = env.get("loadavg_at_start") or None
+    record = {"schema": SCHEMA_VERSION, "type": record_type, "what": what, "command": command,
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), **fields,
+              "environment": env, "results": results}
+    if path:
+        check_record_path(path, env["cpu_kind"])
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_json(path, record, indent=1)
+    return record
 
 
 def default_record_name(parts: Sequence[str], presets: Sequence[str], size: Sequence[int]) -> str:
@@ -244,7 +323,7 @@ def check_record_path(path: str, kind: str) -> None:
     if os.path.exists(path):
         try:
             with open(path) as f:
-                old = (json.load(f).get("meta") or {}).get("cpu_kind")
+                old = (json.load(f).get("environment") or {}).get("cpu_kind")
         except (OSError, ValueError, AttributeError):
             old = None
         if old and old != kind:

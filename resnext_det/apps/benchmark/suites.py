@@ -46,12 +46,10 @@ from __future__ import annotations
 import atexit
 import copy
 import dataclasses
-import datetime
 import importlib.util
 import io
 import logging
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -65,6 +63,7 @@ from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.analysis import FlopCountAnalysis as DetectorFlopCountAnalysis
 from fvcore.nn import FlopCountAnalysis
+from tabulate import tabulate
 
 import resnext_det
 from resnext_det.data.synthetic import synthetic_train_batch
@@ -88,7 +87,6 @@ from .protocol import (
     STOCK_A,
     STOCK_B,
     Protocol,
-    _loadavg as protocol_loadavg,
     environment,
     path_record,
     run_rounds,
@@ -314,7 +312,6 @@ class Bench:
                 "gflops": (gflop / seconds) if (gflop and seconds) else None,
                 "ceiling_gflops": dict(self.ceiling), "image": list(self.args.size),
                 "device": self.device.type, "note": (notes or {}).get(mode, ""),
-                "cpu_kind": self.env["cpu_kind"], "cpu_flags": self.env["cpu_flags"],
             })
             sp = rec["spread"]
             if rec["gflops"] and self.ceiling.get("fp32"):
@@ -324,7 +321,7 @@ class Bench:
                 rec["pct_of_ceiling"] = 100 * rec["gflops"] / self.ceiling[key]
             self.records.append(rec)
             logger.info("%-9s %-12s %-20s %7.3fs [%.3f-%.3f] x%s err=%s", name, preset, mode, seconds,
-                        sp["min"], sp["max"], f"{rec['ratio_vs_stock']:.2f}" if rec["ratio_vs_stock"] else "-", err)
+                        sp["min"], sp["max"], f"{rec['ratio']:.2f}" if rec["ratio"] else "-", err)
         aa = res.aa_ratio
         if not res.settled:
             logger.warning("NOISY: %s %s: A/A control stock_b/stock_a = %s after %d rounds, outside %.2f-%.2f: "
@@ -486,12 +483,11 @@ class Bench:
         med = {k: statistics.median(v) for k, v in res.times.items()}
         self.records.append({
             "name": "bf16_probe", "preset": "conv3x3 256ch g32 64x96", "mode": "bf16",
-            "seconds": med["bf16"], "fp32_s": med["fp32"], "ratio_vs_stock": None,
+            "seconds": med["bf16"], "fp32_s": med["fp32"], "ratio": None,
             "max_rel_err_vs_stock": None, "gflops": None, "ceiling_gflops": dict(self.ceiling),
             "note": "CPU without native bf16 (no AVX512-BF16/AMX): bf16 fast path not benchmarked; "
                     "fp32_s / seconds = how much slower one bf16 layer is (a probe, not a figure vs stock)",
-            "loadavg_before": res.loadavg_before, "loadavg_after": res.loadavg_after,
-            "cpu_kind": self.env["cpu_kind"], "cpu_flags": self.env["cpu_flags"],
+            "loadavg_at_start": res.loadavg_at_start, "loadavg_at_end": res.loadavg_at_end,
         })
 
 
@@ -501,36 +497,24 @@ def _config_topk(config_name):
     return cfg.MODEL.RPN.POST_NMS_TOPK_TEST
 
 
-def _runtime_versions(runtimes):
-    out = {}
-    for r in runtimes:
-        mod = __import__(r)
-        out[r] = getattr(mod, "__version__", None) or getattr(mod, "get_version", lambda: None)()
-    return out
-
-
 def print_table(records, header):
-    lines = [header, "",
-             "| part | preset | mode | s (median) | min-max | x stock | max rel err | GFLOP/s | % ceiling |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        def f(v, fmt):
-            return "" if v is None else format(v, fmt)
-        sp = r.get("spread") or {}
-        lines.append(f"| {r['name']} | {r['preset']} | {r['mode']} | {f(r['seconds'], '.3f')} | "
-                     f"{f(sp.get('min'), '.3f')}-{f(sp.get('max'), '.3f')} | "
-                     f"{f(r['ratio_vs_stock'], '.2f') or ('noisy' if r.get('noisy') else '')} | "
-                     f"{f(r['max_rel_err_vs_stock'], '.1e')} | "
-                     f"{f(r.get('gflops'), '.1f')} | {f(r.get('pct_of_ceiling'), '.0f')} |")
-    return "\n".join(lines)
+    """The paths of a run as a table (median, spread, ratio, error, GFLOP/s, share of the ceiling)."""
+    def f(v, fmt):
+        return "" if v is None else format(v, fmt)
+    rows = [[r["name"], r["preset"], r["mode"], f(r["seconds"], ".3f"),
+             f"{f((r.get('spread') or {}).get('min'), '.3f')}-{f((r.get('spread') or {}).get('max'), '.3f')}",
+             f(r["ratio"], ".2f"), f(r["max_rel_err_vs_stock"], ".1e"), f(r.get("gflops"), ".1f"),
+             f(r.get("pct_of_ceiling"), ".0f")] for r in records]
+    return header + "\n\n" + tabulate(rows, ["part", "preset", "mode", "s (median)", "min-max", "ratio",
+                                            "max rel err", "GFLOP/s", "% ceiling"], tablefmt="github")
 
 
-def measure(args, argv):
-    """Run the parts of ``args`` and return the record (meta, controls, records).
+def measure(args):
+    """Run the parts of ``args``; returns the record's ``results`` (settings, controls, paths)
+    and its ``environment`` (taken before the first part).
 
     Args:
         args: the parsed command line (see :mod:`.cli`).
-        argv: the arguments as given (written into the record's command).
     """
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -565,35 +549,27 @@ def measure(args, argv):
     for preset in args.backbone_presets:
         if "backbone" in args.parts:
             b.backbone(preset)
-    env = b.env
-    meta = {
-        "command": "python tools/benchmark.py " + " ".join(argv),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "cpu_kind": env["cpu_kind"], "cpu_flags": env["cpu_flags"], "threads": env["threads"],
-        "loadavg_at_start": env["loadavg"], "loadavg_at_end": protocol_loadavg(), "wall_s": time.time() - t0,
-        "torch": torch.__version__, "cpu_capability": env["cpu_capability"], "native_bf16": native_bf16,
-        "platform": platform.platform(), "device": str(device),
+    settings = {
+        "wall_s": time.time() - t0, "native_bf16": native_bf16,
         "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "image": list(args.size), "presets": list(args.presets), "parts": list(args.parts), "opts": list(args.opts),
-        "protocol": b.protocol.as_dict(), "gemm_n": n,
+        "protocol": b.protocol.as_dict(), "gemm_n": n, "ceiling_gflops": dict(b.ceiling),
         "published": all(c["settled"] for c in b.controls),
         "noisy_parts": [f"{c['name']} {c['preset']}" for c in b.controls if not c["settled"]],
-        "runtimes": _runtime_versions(b.runtimes), "ceiling_gflops": dict(b.ceiling),
     }
-    return {"format": "resnext-det-benchmark/2", "aa_control": True, "meta": meta, "controls": b.controls,
-            "records": b.records}
+    return {"aa_control": True, "settings": settings, "controls": b.controls, "paths": b.records}, b.env
 
 
-def summary(out):
-    """The printed table, with the conditions and, for noisy runs, what to do."""
-    meta = out["meta"]
-    ceil = meta["ceiling_gflops"]
-    header = (f"{meta['command']} | {meta['date']} | {meta['device']} {meta['cpu_kind']} ({meta['cpu_flags']}) "
-              f"x{meta['threads']['torch_intra_op']} threads | load avg {meta['loadavg_at_start']} -> "
-              f"{meta['loadavg_at_end']} | {meta['image'][0]}x{meta['image'][1]} | GEMM ceiling GFLOP/s fp32 "
-              f"{ceil['fp32']:.0f}, bf16 {ceil['bf16']:.1f} | ratios vs {RATIO_BASIS}")
-    lines = [print_table(out["records"], header), ""]
-    for c in out["controls"]:
+def summary(record):
+    """The printed table of a benchmark record, with the conditions and, for noisy runs, what to do."""
+    env, res = record["environment"], record["results"]
+    ceil, image = res["settings"]["ceiling_gflops"], res["settings"]["image"]
+    header = (f"{record['command']} | {record['date']} | {env['device']} {env['cpu_kind']} "
+              f"({' '.join(env['cpu_flags'])}) x{env['threads']['torch_intra_op']} threads | load avg "
+              f"{env['loadavg_at_start']} -> {env['loadavg_at_end']} | {image[0]}x{image[1]} | GEMM ceiling "
+              f"GFLOP/s fp32 {ceil['fp32']:.0f}, bf16 {ceil['bf16']:.1f} | ratios vs {RATIO_BASIS}")
+    lines = [print_table(res["paths"], header), ""]
+    for c in res["controls"]:
         aa = c["aa_ratio"]
         lines.append(f"A/A {c['name']} {c['preset']}: stock_b/stock_a = {aa:.3f} after {c['rounds']} rounds: "
                      + ("settled" if c["settled"] else

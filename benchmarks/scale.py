@@ -1,4 +1,5 @@
-"""The two-stage plan at COCO size, estimated by simulation: ``python tools/scale.py``.
+"""The two-stage plan at COCO size, estimated by simulation: ``python -m benchmarks.scale``
+(a development tool of the checkout; docs/SCALE.md).
 
 Makes COCO-shaped data without pixels at a fraction of COCO trainval35k (an annotation JSON
 with COCO's image sizes, ~7.3 boxes an image with polygons, empty image files; RPN outputs of
@@ -18,10 +19,11 @@ per process for each step:
 * ``legacy_pickle_write`` / ``legacy_stage2_load`` (``--legacy``): detectron2's single pickle
   written by one process holding everything, and loaded into the dataset list by every worker.
 
-The record goes to ``benchmarks/<cpu kind>/scale-<a>-<b>.json`` with the machine's CPU flags
-and load average, and an extrapolation to full trainval35k on 8 workers: per step, a linear fit
-of each figure over the fractions recorded for this CPU kind (``u`` = the images a process
-handles: all of them for annotations and the legacy paths, its share for the shard paths).
+The record (``benchmarks/schema.json``'s ``scale`` type) goes to
+``benchmarks/<cpu kind>/scale-<a>-<b>.json`` with the machine (the benchmark's ``environment``)
+and an extrapolation to full trainval35k on 8 workers: per step, a linear fit of each figure
+over the fractions recorded for this CPU kind (``u`` = the images a process handles: all of
+them for annotations and the legacy paths, its share for the shard paths).
 """
 from __future__ import annotations
 
@@ -32,12 +34,17 @@ import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import tracemalloc
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
+from tabulate import tabulate
+
+from resnext_det.apps.benchmark.protocol import environment, write_record
 
 __all__ = ["COCO_TRAINVAL35K_IMAGES", "make_coco_like", "run_scale", "main"]
 
@@ -116,7 +123,7 @@ def make_coco_like(out_dir: str, num_images: int, seed: int = 0) -> Dict[str, An
             ann_id += 1
     json_file = os.path.join(out_dir, "annotations.json")
     with open(json_file, "w") as f:
-        json.dump({"info": {"description": "COCO-shaped, no pixels (resnext_det.apps.scale)"},
+        json.dump({"info": {"description": "COCO-shaped, no pixels (benchmarks.scale)"},
                    "images": images, "annotations": anns, "categories": cats}, f)
     return {"json_file": json_file, "image_root": image_root, "images": num_images,
             "annotations": len(anns), "json_bytes": os.path.getsize(json_file)}
@@ -209,9 +216,9 @@ def _worker(opts: Dict[str, Any]) -> None:
     from detectron2.structures import Boxes, Instances
     from detectron2.utils import comm
 
-    from ..data.coco_json import register_coco_checked
-    from ..data.proposals import stores_for
-    from ..engine.plan_runner import _ProposalCollector
+    from resnext_det.data.coco_json import register_coco_checked
+    from resnext_det.data.proposals import stores_for
+    from resnext_det.engine.plan_runner import _ProposalCollector
 
     rank, steps = comm.get_rank(), {}
     name, json_file, image_root = "scale_coco_like", opts["json_file"], opts["image_root"]
@@ -246,7 +253,7 @@ def _worker(opts: Dict[str, Any]) -> None:
     comm.synchronize()
     legacy_pkl = os.path.join(opts["work_dir"], "proposals", name + ".pkl")
     if opts["legacy"] and rank == 0:
-        from ..data.proposals import export_detectron2_pickle
+        from resnext_det.data.proposals import export_detectron2_pickle
 
         with _Step(steps, "legacy_pickle_write"):
             export_detectron2_pickle(manifest, legacy_pkl)
@@ -257,7 +264,7 @@ def _worker(opts: Dict[str, Any]) -> None:
         t0 = time.perf_counter()
         train = get_detection_dataset_dicts([name], filter_empty=True)
         before_stores = _status().get("VmRSS", 0)
-        from ..data.proposals import ProposalMapper
+        from resnext_det.data.proposals import ProposalMapper
 
         tracemalloc.start()  # the proposals' share of the step: stores, index, mapped images
         stores = stores_for([manifest], [name])
@@ -313,7 +320,7 @@ def extrapolate(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     per step, ``wall_s`` and ``extra_peak_mb`` (worst process) fitted over ``u``.
 
     Args:
-        records: scale records (each with ``fraction_value``, ``workers`` and ``steps``).
+        records: scale records' ``results`` (each with ``fraction_value``, ``workers`` and ``steps``).
     """
     out: Dict[str, Any] = {}
     names = sorted({n for r in records for n in r["steps"]})
@@ -366,24 +373,10 @@ def _goals(record: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _machine() -> Dict[str, Any]:
-    from ..hardware import CpuFeatures, cpu_kind, read_cpu_flags
-
-    try:
-        import psutil
-
-        mem = psutil.virtual_memory().total / MB
-    except ImportError:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
-    return {"kind": cpu_kind(), "cpu_features": CpuFeatures.detect().describe(),
-            "cpu_flags": sorted(read_cpu_flags()), "cpus": os.cpu_count(), "mem_total_mb": round(mem),
-            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
-
-
 def run_scale(fraction: fractions.Fraction, *, workers: int = 2, topk: int = 2000, mapper_calls: int = 8,
               legacy: bool = True, out_root: str = "benchmarks", work_dir: Optional[str] = None,
-              keep: bool = False, seed: int = 0) -> Dict[str, Any]:
-    """Measure one fraction and write its record; returns the record.
+              keep: bool = False, seed: int = 0, argv: Optional[List[str]] = None) -> tuple:
+    """Measure one fraction and write its record; returns (the record, its path).
 
     Args:
         fraction: of COCO trainval35k (118287 images).
@@ -395,13 +388,20 @@ def run_scale(fraction: fractions.Fraction, *, workers: int = 2, topk: int = 200
         work_dir: where the data and shards go (default: a temporary folder, removed after).
         keep: keep ``work_dir``.
         seed: the data's random stream.
+        argv: the command line, written into the record.
     """
     from detectron2.data.datasets.coco import load_coco_json
     from detectron2.engine import launch
 
-    from ..data.coco_json import load_coco_json_checked
+    from resnext_det.data.coco_json import load_coco_json_checked
 
-    machine = _machine()
+    env = environment()
+    try:
+        import psutil
+
+        env["mem_total_mb"] = round(psutil.virtual_memory().total / MB)
+    except ImportError:
+        env["mem_total_mb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB)
     own = work_dir is None
     work_dir = work_dir or tempfile.mkdtemp(prefix="resnext_scale_")
     os.makedirs(work_dir, exist_ok=True)
@@ -438,26 +438,25 @@ def run_scale(fraction: fractions.Fraction, *, workers: int = 2, topk: int = 200
     finally:
         if own and not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
-    record = {"tool": "tools/scale.py", "fraction": f"{fraction.numerator}/{fraction.denominator}",
-              "fraction_value": float(fraction), "workers": workers, "machine": machine, "data": data,
+    record = {"fraction": f"{fraction.numerator}/{fraction.denominator}",
+              "fraction_value": float(fraction), "workers": workers, "data": data,
               "launch_wall_s": round(wall, 2), "parent": parent, "steps": steps}
-    record["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    out_dir = os.path.join(out_root, machine["kind"])
-    os.makedirs(out_dir, exist_ok=True)
+    kind = env["cpu_kind"]
+    out_dir = os.path.join(out_root, kind)
     path = os.path.join(out_dir, f"scale-{_label(fraction)}.json")
     others = []
     for p in sorted(glob.glob(os.path.join(out_dir, "scale-*.json"))):
         if p == path:
             continue
         with open(p) as f:
-            r = json.load(f)
-        if r.get("workers") == workers and r.get("data", {}).get("proposals_per_image") == topk:
+            r = json.load(f)["results"]
+        if r["workers"] == workers and r["data"]["proposals_per_image"] == topk:
             others.append(r)
     used = others + [record]
     record["extrapolation"] = {
         "note": ("EXTRAPOLATED, not measured: full COCO trainval35k (118287 images) on 8 worker "
                  "processes, from linear fits y = a + b*u over the fractions "
-                 f"{sorted(r['fraction'] for r in used)} recorded for CPU kind {machine['kind']} "
+                 f"{sorted(r['fraction'] for r in used)} recorded for CPU kind {kind} "
                  f"with {workers} workers (u = the fraction of the images a process handles: all "
                  "for annotations and stage 2's list, its share for stage 1b; one fraction: "
                  "proportional through 0). Annotations' per-step RSS includes the dataset list."),
@@ -465,11 +464,10 @@ def run_scale(fraction: fractions.Fraction, *, workers: int = 2, topk: int = 200
     }
     record["parent"]["annotations_project_first_check"]["peak_is_per_step"] = True
     record["goals"] = _goals(record)
-    from ..io import atomic_write_json
-
-    atomic_write_json(path, record, indent=1)
-    record["path"] = path
-    return record
+    rec = write_record(path, "scale", record, env, command=" ".join(["python -m benchmarks.scale"] + (argv or [])),
+                       what="the two-stage plan's data side at a fraction of COCO trainval35k, by simulation "
+                            f"(COCO-shaped data without pixels, {workers} GLOO workers)")
+    return rec, path
 
 
 def _float16_note(topk: int) -> Dict[str, Any]:
@@ -485,7 +483,7 @@ def _float16_note(topk: int) -> Dict[str, Any]:
 
 
 def main(argv=None) -> int:
-    """``tools/scale.py``: measure each ``--fraction`` and print a summary line per step."""
+    """``python -m benchmarks.scale``: measure each ``--fraction`` and print a table of its steps."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fraction", type=_parse_fraction, action="append",
@@ -502,14 +500,22 @@ def main(argv=None) -> int:
         ap.error(f"--workers {args.workers}: give 1 or more")
     for f in args.fraction or [fractions.Fraction(1, 64)]:
         t0 = time.perf_counter()
-        rec = run_scale(f, workers=args.workers, topk=args.topk, mapper_calls=args.mapper_calls,
-                        legacy=not args.no_legacy, out_root=args.out, work_dir=args.work_dir, keep=args.keep)
-        print(f"fraction {rec['fraction']}: {rec['data']['images']} images, {rec['data']['annotations']} "
-              f"boxes, {rec['data']['proposal_bytes'] / 1e6:.1f} MB of proposals; {time.perf_counter() - t0:.1f} s")
-        for name, per in rec["steps"].items():
+        rec, path = run_scale(f, workers=args.workers, topk=args.topk, mapper_calls=args.mapper_calls,
+                              legacy=not args.no_legacy, out_root=args.out, work_dir=args.work_dir, keep=args.keep,
+                              argv=list(sys.argv[1:] if argv is None else argv))
+        res = rec["results"]
+        print(f"fraction {res['fraction']}: {res['data']['images']} images, {res['data']['annotations']} "
+              f"boxes, {res['data']['proposal_bytes'] / 1e6:.1f} MB of proposals; {time.perf_counter() - t0:.1f} s")
+        rows = []
+        for name, per in res["steps"].items():
             worst = max(per.values(), key=lambda p: p["extra_peak_mb"])
-            print(f"  {name:28s} wall {max(p['wall_s'] for p in per.values()):8.2f} s   peak RSS "
-                  f"{worst['peak_rss_mb']:8.1f} MB (+{worst['extra_peak_mb']:.1f} MB in the step)")
-        print(f"  goals: {json.dumps(rec['goals'])}")
-        print(f"  record: {rec['path']}")
+            rows.append([name, f"{max(p['wall_s'] for p in per.values()):.2f}", f"{worst['peak_rss_mb']:.1f}",
+                         f"+{worst['extra_peak_mb']:.1f}"])
+        print(tabulate(rows, ["step (worst process)", "wall s", "peak RSS MB", "in the step MB"], tablefmt="github"))
+        print(f"goals: {json.dumps(res['goals'])}")
+        print(f"record: {path}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

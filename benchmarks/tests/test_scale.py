@@ -1,4 +1,4 @@
-"""tools/scale.py at a tiny fraction: the record's structure, and that no worker holds all the
+"""benchmarks/scale.py at a tiny fraction: the record's structure, and that no worker holds all the
 proposals (stage 1b streams its share to disk; stage 2 keeps an index and maps the shards)."""
 import json
 import os
@@ -8,12 +8,13 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCHEMA = os.path.join(ROOT, "benchmarks", "schema.json")
 pytestmark = pytest.mark.slow
 
 
 def test_scale_tool_records_each_step_per_process_and_extrapolates(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "scale.py"), "--fraction", "1/200",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--fraction", "1/200",
                         "--topk", "1000", "--out", str(tmp_path / "bench"), "--work-dir", str(tmp_path / "work")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -21,9 +22,13 @@ def test_scale_tool_records_each_step_per_process_and_extrapolates(tmp_path):
 
     path = tmp_path / "bench" / cpu_kind() / "scale-1-200.json"
     assert f"record: {path}" in r.stdout
-    rec = json.load(open(path))
-    assert rec["fraction"] == "1/200" and rec["workers"] == 2 and rec["machine"]["kind"] == cpu_kind()
-    assert rec["machine"]["cpu_flags"] and len(rec["machine"]["load_average_start"]) == 3
+    import jsonschema
+
+    record = json.load(open(path))
+    jsonschema.validate(record, json.load(open(SCHEMA)))
+    env, rec = record["environment"], record["results"]
+    assert rec["fraction"] == "1/200" and rec["workers"] == 2 and env["cpu_kind"] == cpu_kind()
+    assert len(env["loadavg_at_start"]) == 3 and len(env["loadavg_at_end"]) == 3 and env["mem_total_mb"] > 0
     assert rec["data"]["images"] == round(118287 / 200) and rec["data"]["annotations"] > 0
     assert rec["data"]["proposal_rows"] == rec["data"]["images"] * 1000 and rec["data"]["shards"] == 2
     for step in ("annotations_detectron2", "annotations_project", "stage1b_write",
