@@ -1,5 +1,5 @@
-"""The demos' wall time and quality on this machine (benchmarks/<kind>/demos.json). Development
-tool, not part of the package.
+"""The demos' wall time and quality on this machine (benchmarks/<kind>/demos.json, a ``demos``
+record of benchmarks/schema.json). Development tool, not part of the package.
 
     python benchmarks/scripts/demos.py --out benchmarks/avx512_bf16/demos.json
 
@@ -7,7 +7,7 @@ Runs ``tools/train_net.py --demo`` and ``--demo two_stage`` one after the other 
 folder, each started once the 1-minute load average is below 1 (or after 10 minutes of waiting,
 which the record then says), and files wall time, load averages and the plan's figures (from
 plan_state.json and the exported model's evaluation). The record's earlier runs are kept under
-``previous_records``.
+``results.previous_records``.
 """
 import argparse
 import datetime
@@ -55,8 +55,9 @@ def main():
     ap.add_argument("--demos", nargs="+", default=["fpn", "two_stage"])
     a = ap.parse_args()
     sys.path.insert(0, ROOT)
-    from resnext_det.apps.benchmark.protocol import environment
+    from resnext_det.apps.benchmark.protocol import environment, write_record
 
+    env = environment()
     work = tempfile.mkdtemp(prefix="demos_")
     runs = []
     for demo in a.demos:
@@ -74,23 +75,20 @@ def main():
                "exit_status": r.returncode, **(figures(out) if r.returncode == 0 else {"stderr": r.stderr[-2000:]})}
         print(json.dumps(run), flush=True)
         runs.append(run)
-    previous = {}
+    earlier = []
     if os.path.isfile(a.out):
         with open(a.out) as f:
-            previous = json.load(f)
-    record = {"format": "resnext-det-demos/1", "cpu_kind": environment()["cpu_kind"],
-              "what": "CPU demos on the synthetic shapes set (val with empty, landscape and portrait images), "
-                      "benchmarks/scripts/demos.py: each run started when the 1-minute load average was < 1",
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip(),
-              "machine": "2-core " + ("AMD EPYC" if "AMD" in open("/proc/cpuinfo").read() else "CPU") + ", torch "
-                         + __import__("torch").__version__,
-              "cpu_flags": environment()["cpu_flags"], "date": datetime.date.today().isoformat(), "runs": runs,
-              "work_dir": work,
-              "previous_records": ([{k: v for k, v in previous.items() if k != "previous_records"}]
-                                   + previous.get("previous_records", [])) if previous else []}
-    with open(a.out, "w") as f:
-        json.dump(record, f, indent=1)
+            old = json.load(f)
+        earlier = ([{"date": old["date"], "commit": old.get("commit"),
+                     **{k: v for k, v in old["results"].items() if k != "previous_records"}}]
+                   + old["results"].get("previous_records", []))
+    write_record(a.out, "demos", {"runs": runs, "work_dir": work, "previous_records": earlier}, env,
+                 what="CPU demos on the synthetic shapes set (val with empty, landscape and portrait images), "
+                      "each run started when the 1-minute load average was < 1",
+                 command="python benchmarks/scripts/demos.py " + " ".join(sys.argv[1:]),
+                 date=datetime.date.today().isoformat(),
+                 commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                       text=True).stdout.strip())
     print("written", a.out)
 
 

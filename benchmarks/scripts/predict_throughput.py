@@ -1,5 +1,6 @@
-"""tools/predict.py's throughput against detectron2's own demo loop, and over Ray (a record in
-benchmarks/<kind>/predict-throughput.json). Development tool, not part of the package.
+"""tools/predict.py's throughput against detectron2's own demo loop, and over Ray (a
+``predict-throughput`` record of benchmarks/schema.json in benchmarks/<kind>/predict-throughput.json).
+Development tool, not part of the package.
 
     python benchmarks/scripts/predict_throughput.py --images 32 --ray-images 8
 
@@ -78,11 +79,10 @@ def main():
     import torch
     from detectron2.modeling import build_model
 
-    from resnext_det.apps.benchmark.protocol import environment
+    from resnext_det.apps.benchmark.protocol import environment, record_path, write_record
     from resnext_det.apps.stock import stock_equivalent_cfg
     from resnext_det.config import load_config
     from resnext_det.deploy.export import build_export_model, export_onnx
-    from resnext_det.hardware import cpu_kind
 
     env = environment()
     work = tempfile.mkdtemp(prefix="predict_bench_")
@@ -102,10 +102,9 @@ def main():
     scfg.freeze()
     del ours, stock
     pictures = make_pictures(os.path.join(work, "pictures"), a.images)
-    record = {"format": "resnext-det-record/1", "what": __doc__.strip().splitlines()[0], "cpu_kind": cpu_kind(),
-              "environment": env, "images": a.images, "sizes": sorted({tuple(map(int, s)) for s in SIZES}),
-              "model": "X-101-32x4d FPN Faster R-CNN, random weights (seed 0), MIN/MAX_SIZE_TEST 800/1333",
-              "loadavg_at_start": list(os.getloadavg())}
+    record = {"images": a.images, "sizes": sorted({tuple(map(int, s)) for s in SIZES}),
+              "model": "X-101-32x4d FPN Faster R-CNN, random weights (seed 0), MIN/MAX_SIZE_TEST 800/1333"}
+    load_before_loops = list(os.getloadavg())
     stock_a = stock_loop(scfg, pictures, os.path.join(work, "stock_a"))
     ours_s, summary = predict_command(config, os.path.join(work, "pictures"), os.path.join(work, "ours"), onnx_path)
     stock_b = stock_loop(scfg, pictures, os.path.join(work, "stock_b"))
@@ -121,7 +120,7 @@ def main():
             (ours_s - summary["model_load_seconds"]) / summary["predictor_seconds"] - 1, 4),
         "seconds_per_image": {"stock": round((stock_a + stock_b) / 2 / a.images, 3),
                               "predict": round(ours_s / a.images, 3)},
-        "noisy": abs(stock_b / stock_a - 1) > 0.05}
+        "noisy": abs(stock_b / stock_a - 1) > 0.05, "loadavg_at_start": load_before_loops}
     print(json.dumps(record["interleaved"], indent=1), flush=True)
 
     if a.ray_images:
@@ -145,10 +144,11 @@ def main():
             print(name, runs[name], flush=True)
         record["ray"] = {"images": a.ray_images, "ray_init_and_shutdown_s": round(startup, 2), "runs": runs,
                          "ray_version": ray.__version__}
-    record["loadavg_at_end"] = list(os.getloadavg())
-    out = a.out or os.path.join(ROOT, "benchmarks", cpu_kind(), "predict-throughput.json")
-    with open(out, "w") as f:
-        json.dump(record, f, indent=1)
+    out = a.out or record_path(ROOT, env["cpu_kind"], "predict-throughput")
+    write_record(out, "predict-throughput", record, env,
+                 what="tools/predict.py's throughput against detectron2's own demo loop (interleaved, the stock "
+                      "loop twice: the A/A control), and over Ray",
+                 command="python benchmarks/scripts/predict_throughput.py " + " ".join(sys.argv[1:]))
     print("written", out)
 
 
