@@ -98,7 +98,7 @@ def test_default_record_names():
 
 def test_a_named_control_pair_drives_the_rounds_too():
     """Comparing runtime options, the control is two identical sessions of the reference path
-    (tools/measure_deploy.py: spin-off twice, dynamic-shape OpenVINO twice, stock twice)."""
+    (benchmarks/measure_deploy.py: spin-off twice, dynamic-shape OpenVINO twice, stock twice)."""
     clock = ScriptedClock(lambda n, i: 1.3 if (n == "off-b" and i < 3) else {"on": 2.0}.get(n, 1.0))
     names = ("off", "off-b", "on")
     res = run_rounds({n: clock.path(n) for n in names}, Protocol(warmup=0, min_rounds=3, max_seconds=100),
