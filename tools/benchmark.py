@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resnext_det.apps.benchmark import main  # noqa: E402
+from resnext_det.apps.tool import run_tool  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool("benchmark.py", main))

@@ -12,8 +12,6 @@ import logging
 import os
 import sys
 
-from ..._warnings import filter_known_third_party_warnings
-
 from ...hardware import cpu_kind
 from .protocol import check_record_path, default_record_name, record_path, write_record
 
@@ -76,7 +74,6 @@ def main(argv=None):
     Args:
         argv: the command line (default ``sys.argv[1:]``).
     """
-    filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_parser().parse_args(argv)
     root = args.root or repo_root()
