@@ -261,7 +261,7 @@ class _CachedCocoLoader:
 
     The pristine copy is kept pickled: ``pickle.dumps`` once costs ~6 % of detectron2's load and
     ``pickle.loads`` ~50 % of it, where ``copy.deepcopy`` of the dicts cost 110 % (measured on
-    7.4k COCO-shaped images, tools/scale.py data), and the bytes are ~5x smaller than the dicts."""
+    7.4k COCO-shaped images, ``python -m benchmarks.scale`` data), and the bytes are ~5x smaller than the dicts."""
 
     def __init__(self, json_file: str, image_root: str, name: str):
         self.json_file, self.image_root, self.name = json_file, image_root, name

@@ -1,6 +1,6 @@
 """The deployed detector's speed modes, by name, as predictors a timing loop can call: one
 place that says what "openvino-static" or "openvino-int8" means, for
-``tools/measure_deploy.py`` and for the benchmark tool.
+``python -m benchmarks.measure_deploy`` and for the benchmark tool.
 
     preds = build_predictors("out/model.onnx", "out/model_int8.xml", input_format="RGB")
     preds["openvino-static"](image_hwc)   # DeployedPredictor.__call__

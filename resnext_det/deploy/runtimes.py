@@ -10,7 +10,7 @@ than cores make the runtimes' workers wait on each other.
   worker threads spin (``session.intra_op.allow_spinning`` / ``session.inter_op.allow_spinning``)
   is an option: spinning saves a wake-up per operator on an idle machine and burns the
   cores other processes need on a busy one; the default is the measured one for the CPU
-  kind (:mod:`.measured`, ``tools/measure_deploy.py spinning``).
+  kind (:mod:`.measured`, ``python -m benchmarks.measure_deploy spinning``).
 - OpenVINO: ``PERFORMANCE_HINT=LATENCY``. Its CPU plugin silently computes in bf16 on CPUs
   with AVX512-BF16/AMX unless told otherwise, so the precision is always set explicitly
   (``fp32`` by default, for parity) and the precision in effect is logged. ``shape_mode``

@@ -165,7 +165,7 @@ def test_nncf_int8_ir_runs_near_fp32(trained, tmp_path):
     same class, their median at >= 0.85: this briefly trained model's scores are close, so
     int8 may swap near-ties below the top, and which it swaps varies with the thread count),
     and --eval-only runs it. The tiny model's AP (about 2.6) says nothing of int8's AP cost:
-    that is measured on the demo model (tools/measure_deploy.py ap)."""
+    that is measured on the demo model (python -m benchmarks.measure_deploy ap)."""
     import openvino as ov
     from detectron2.structures import pairwise_iou
 
