@@ -1,11 +1,12 @@
 """apps.complexity / tools/complexity.py: figures against the paper and torchvision."""
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from resnext_det.apps.complexity import complexity_table, format_table
+from resnext_det.apps.complexity import DEFAULT_MODELS, complexity_table, format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,10 +27,25 @@ def test_resnet50_counts_and_fc_included():
     assert row.gflops == pytest.approx(4.1, rel=0.02)
 
 
-def test_cli_prints_table_and_json(tmp_path):
+def _data_rows(markdown: str):
+    """The cells of each table row of ``markdown`` whose first cell names a preset."""
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in markdown.splitlines()]
+    return [row for row in rows if row and row[0] in DEFAULT_MODELS]
+
+
+def test_doc_table_is_the_tools_output_for_every_preset(tmp_path):
+    """docs/FAST_PATH.md's command, run: its table's nine rows (params, GFLOPs, paper, diffs)
+    are what the tool prints now, row for row, so a model change that moves a count fails here."""
+    with open(os.path.join(ROOT, "docs", "FAST_PATH.md")) as f:
+        doc = f.read()
+    assert "```sh\npython tools/complexity.py\n```" in doc
     out = tmp_path / "c.json"
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "complexity.py"), "--models",
-                          "X-50-2x40d", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "complexity.py"), "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "| X-50-2x40d | 2x40d |" in res.stdout and "fc" in res.stdout
-    assert out.exists()
+    assert "fc" in res.stdout
+    printed = _data_rows(res.stdout)
+    assert [row[0] for row in printed] == list(DEFAULT_MODELS)
+    assert _data_rows(doc.split("## Complexity", 1)[1].split("\n## ", 1)[0]) == printed
+    with open(out) as f:
+        assert [r["name"] for r in json.load(f)] == list(DEFAULT_MODELS)
