@@ -6,8 +6,9 @@ itself: mutmut writes its ``mutants/`` folder beside the code it mutates), and o
 unit tests that cover it run against each mutant (``MODULE_TESTS`` below: no end-to-end
 training, no export). The result goes to ``benchmarks/<kind>/mutation.json``: per module the
 killed, survived, timed-out and equivalent mutants (each equivalent one with its reason, from
-``tools/mutation_equivalents.json``), the score, the wall time and the machine (CPU flags,
-load average at the start), under ``--phase`` (``before``: the tests as they were; ``after``:
+``tools/mutation_equivalents.json``), the score, the wall time and the load average at its
+start, under ``--phase``, in the one record envelope (``benchmarks/schema.json``, type
+``mutation``, written by ``protocol.write_record``: the machine is its ``environment``) (``before``: the tests as they were; ``after``:
 once the holes were closed). Not part of the test suite: it takes minutes per module.
 
     nice -n 19 python tools/mutation.py --phase after                       # every module
@@ -31,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from resnext_det.hardware import CpuFeatures, cpu_kind  # noqa: E402
+from resnext_det.apps.benchmark.protocol import environment, write_record  # noqa: E402
 
 #: module (relative to resnext_det/) -> the fast unit tests that cover it
 MODULE_TESTS = {
@@ -48,7 +49,10 @@ MODULE_TESTS = {
     "deploy/runtimes.py": ["tests/deploy/test_deploy_bad_inputs.py"],
 }
 EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.json"
-FORMAT = "resnext-det-mutation/1"
+COMMAND = "nice -n 19 python tools/mutation.py --phase PHASE [MODULE ...]"
+WHAT = ("mutation testing of the core modules (killed, surviving and equivalent mutants per module, "
+        "before and after new tests)")
+SCORE = "(killed + timeout) / (mutants - equivalent); 'no tests' counts as survived"
 
 
 def _git(*args) -> str:
@@ -107,6 +111,33 @@ def _results(workdir: Path, module: str):
 def _mutant_names(workdir: Path, module: str):
     meta = workdir / "mutants" / "resnext_det" / (module + ".meta")
     return sorted(json.loads(meta.read_text())["exit_code_by_key"])
+
+
+def _read_results(out: Path) -> dict:
+    """The ``results`` of the record at ``out`` ({} when there is none yet)."""
+    return json.loads(out.read_text())["results"] if out.exists() else {}
+
+
+def write_mutation_record(out: Path, module: str, phase: str, res: dict, env: dict) -> dict:
+    """Put ``module``'s ``phase`` result into the record at ``out`` (keeping its other modules,
+    phases and note) and write it through :func:`protocol.write_record` (type ``mutation``).
+
+    Args:
+        out: ``benchmarks/<kind>/mutation.json``.
+        module: a key of :data:`MODULE_TESTS`.
+        phase: "before" or "after".
+        res: :func:`run_module`'s result, with its ``commit``, ``dirty`` and ``date``.
+        env: :func:`protocol.environment`, taken when the campaign started.
+
+    Returns:
+        the record written.
+    """
+    results = _read_results(out)
+    modules = results.get("modules", {})
+    modules.setdefault(module, {})[phase] = res
+    results.update(score=SCORE, modules=modules)
+    return write_record(str(out), "mutation", results, env, what=WHAT, command=COMMAND,
+                        commit=_git("rev-parse", "--short", "HEAD") or None)
 
 
 def run_module(module: str, workdir: Path, equivalents: dict, previous=None, tests=None, sample=0) -> dict:
@@ -200,21 +231,15 @@ def main(argv=None) -> None:
     if unknown:
         p.error(f"unknown module(s) {unknown}; known: {', '.join(MODULE_TESTS)}")
     equivalents = json.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
-    kind = cpu_kind()
-    out = Path(args.output) if args.output else ROOT / "benchmarks" / kind / "mutation.json"
-    record = json.loads(out.read_text()) if out.exists() else {}
+    env = environment()
+    out = Path(args.output) if args.output else ROOT / "benchmarks" / env["cpu_kind"] / "mutation.json"
     import mutmut
 
-    record.update({
-        "format": FORMAT, "cpu_kind": kind, "cpu_flags": CpuFeatures.detect().describe(),
-        "cores": os.cpu_count(), "tool": f"mutmut {mutmut.__version__}",
-        "command": "nice -n 19 python tools/mutation.py --phase PHASE [MODULE ...]",
-        "score": "(killed + timeout) / (mutants - equivalent); 'no tests' counts as survived",
-    })
-    record.setdefault("modules", {})
+    env["versions"]["mutmut"] = mutmut.__version__
     for module in modules:
         print(f"[mutation] {module}: {args.tests or MODULE_TESTS[module]}", flush=True)
-        previous = record["modules"].get(module, {}).get(args.phase) if args.rescore else None
+        modules_so_far = _read_results(out).get("modules", {})
+        previous = modules_so_far.get(module, {}).get(args.phase) if args.rescore else None
         if args.rescore and not previous:
             p.error(f"--rescore: no {args.phase} result of {module} in {out}")
         res = run_module(module, Path(args.workdir) / module.replace("/", "_").replace(".py", ""), equivalents,
@@ -225,9 +250,7 @@ def main(argv=None) -> None:
             res.update(commit=_git("rev-parse", "--short", "HEAD"),
                        dirty=bool(_git("status", "--porcelain", "--", "resnext_det", "tests")),
                        date=datetime.date.today().isoformat())
-        record["modules"].setdefault(module, {})[args.phase] = res
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        write_mutation_record(out, module, args.phase, res, env)
         if "not_measured" in res:
             print(f"[mutation] {module}: not measured: {res['not_measured']}", flush=True)
             continue
