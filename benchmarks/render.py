@@ -35,6 +35,7 @@ from typing import Dict, List
 from tabulate import tabulate
 
 from resnext_det.apps.benchmark.protocol import STOCK_A, STOCK_B
+from resnext_det.deploy.modes import DEPLOY_MODES, mode_precision
 from resnext_det.engine.fast.auto import CANDIDATES, table_choice
 from resnext_det.hardware import CPU_KINDS
 from resnext_det.io import atomic_open
@@ -55,16 +56,16 @@ PART_LABELS = {"backbone": "backbone (bottom-up, FrozenBN)", "fpn": "FPN detecto
                "openvino-shapes": "OpenVINO static vs dynamic shapes, one image"}
 #: the README summary: (part, path selector, label) at :data:`SUMMARY_PRESET`, :data:`SUMMARY_IMAGE`
 SUMMARY_PRESET, SUMMARY_IMAGE = "X-101-32x4d", (800, 1333)
-_RUNTIME_FP32 = re.compile(r"^(onnxruntime|openvino)(-[a-z]+)?$")  # wrapped fp32 runtime paths
 
 
 def _is_runtime_fp32(mode: str) -> bool:
-    m = _RUNTIME_FP32.match(mode)
-    return bool(m) and not any(t in mode for t in ("raw", "bf16", "int8", "fp16"))
+    """A wrapped runtime mode on the fp32 export, computing in fp32 (never a bare ``-raw`` call)."""
+    return DEPLOY_MODES.get(mode, ("",))[0] == "fp32" and mode_precision(mode) == "fp32"
 
 
 def _is_runtime_int8(mode: str) -> bool:
-    return mode.startswith(("onnxruntime", "openvino")) and "int8" in mode and "raw" not in mode
+    """A wrapped runtime mode on the int8 export."""
+    return DEPLOY_MODES.get(mode, ("",))[0] == "int8"
 
 
 SUMMARY = (

@@ -1,29 +1,70 @@
-"""The deployed detector's speed modes, by name, as predictors a timing loop can call: one
+"""The deployed detector's speed modes, by name, as predictors a timing loop can call: the one
 place that says what "openvino-static" or "openvino-int8" means, for
-``python -m benchmarks.measure_deploy`` and for the benchmark tool.
+``python -m benchmarks.measure_deploy``, the benchmark tool's runtime columns and the records
+they write (``results.paths[].mode``).
 
     preds = build_predictors("out/model.onnx", "out/model_int8.xml", input_format="RGB")
     preds["openvino-static"](image_hwc)   # DeployedPredictor.__call__
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 from .contract import DeployError
 from .predictor import DeployedPredictor
 
-__all__ = ["DEPLOY_MODES", "build_predictors"]
+__all__ = ["DEPLOY_MODES", "RAW_SUFFIX", "build_predictors", "mode_precision", "runtime_modes", "raw_mode",
+           "wrapped_mode"]
 
-# mode -> (which file: fp32 / int8, runtime, runtime options)
+# mode -> (which file: fp32 / int8, runtime, DeployedPredictor options). "int8" is the int8
+# export the caller holds: NNCF's OpenVINO IR (model_int8.xml) or ONNX Runtime's QDQ .onnx.
 DEPLOY_MODES = {
     "onnxruntime": ("fp32", "onnxruntime", {}),
     "onnxruntime-spin": ("fp32", "onnxruntime", {"allow_spinning": True}),
     "onnxruntime-nospin": ("fp32", "onnxruntime", {"allow_spinning": False}),
+    "onnxruntime-int8": ("int8", "onnxruntime", {}),
     "openvino": ("fp32", "openvino", {"shape_mode": "dynamic"}),
     "openvino-static": ("fp32", "openvino", {"shape_mode": "static"}),
+    "openvino-bf16": ("fp32", "openvino", {"shape_mode": "dynamic", "precision": "bf16"}),
     "openvino-int8": ("int8", "openvino", {"shape_mode": "dynamic"}),
     "openvino-int8-static": ("int8", "openvino", {"shape_mode": "static"}),
 }
+#: appended to a runtime's mode for the bare runtime call on the same graph (no resize, no
+#: rescaling): the wrapper's overhead is the ratio of the two
+RAW_SUFFIX = "-raw"
+
+
+def runtime_modes(runtimes: Iterable[str], bf16: bool = False, int8: bool = False) -> List[str]:
+    """The modes that time each runtime on one export: every runtime in fp32, ``openvino-bf16``
+    where OpenVINO is among them and ``bf16``, and each runtime on the int8 export where ``int8``.
+
+    Args:
+        runtimes: "onnxruntime" / "openvino", in the order wanted.
+        bf16: the CPU computes bf16 natively (:func:`resnext_det.engine.fast.cpu_has_native_bf16`).
+        int8: an int8 export is timed too.
+    """
+    runtimes = list(runtimes)
+    modes = list(runtimes)
+    if bf16 and "openvino" in runtimes:
+        modes.append("openvino-bf16")
+    if int8:
+        modes += [f"{r}-int8" for r in runtimes]
+    return modes
+
+
+def mode_precision(mode: str) -> str:
+    """The compute precision ``mode`` asks its runtime for ("fp32" unless the mode names another)."""
+    return DEPLOY_MODES[mode][2].get("precision", "fp32")
+
+
+def raw_mode(mode: str) -> str:
+    """The name of the bare runtime call beside ``mode``."""
+    return mode + RAW_SUFFIX
+
+
+def wrapped_mode(mode: str) -> Optional[str]:
+    """The mode whose bare runtime call ``mode`` is, or None when ``mode`` is no bare call."""
+    return mode[:-len(RAW_SUFFIX)] if mode.endswith(RAW_SUFFIX) else None
 
 
 def build_predictors(fp32_path: str, int8_path: Optional[str] = None, modes: Optional[Iterable[str]] = None,
@@ -33,14 +74,20 @@ def build_predictors(fp32_path: str, int8_path: Optional[str] = None, modes: Opt
 
     Args:
         fp32_path: the fp32 export (``model.onnx``).
-        int8_path: the NNCF int8 IR (``model_int8.xml``); int8 modes need it.
-        modes: names from :data:`DEPLOY_MODES` (default: all that the given files allow).
+        int8_path: the int8 export (NNCF's ``model_int8.xml`` or a QDQ ``.onnx``); int8 modes
+            need it.
+        modes: names from :data:`DEPLOY_MODES` (default: those the given files allow at
+            ``precision``: ONNX Runtime reads no OpenVINO IR, and a mode that names its own
+            precision is run only when asked for).
         input_format: the channel order of the images the predictors will be given.
         num_threads: runtime threads (None: the physical cores available).
-        precision: the runtimes' compute precision (see :class:`DeployedPredictor`).
+        precision: the runtimes' compute precision (see :class:`DeployedPredictor`), where the
+            mode names none.
     """
     if modes is None:
-        modes = [m for m, (f, _, _) in DEPLOY_MODES.items() if f == "fp32" or int8_path]
+        ir = bool(int8_path) and int8_path.endswith(".xml")  # an OpenVINO IR: ONNX Runtime cannot read it
+        modes = [m for m, (f, runtime, options) in DEPLOY_MODES.items() if "precision" not in options
+                 and (f == "fp32" or (int8_path and not (ir and runtime == "onnxruntime")))]
     out = {}
     for mode in modes:
         if mode not in DEPLOY_MODES:
@@ -49,6 +96,6 @@ def build_predictors(fp32_path: str, int8_path: Optional[str] = None, modes: Opt
         if which == "int8" and not int8_path:
             raise DeployError(f"deploy mode {mode!r} needs the int8 model (tools/export.py --int8)")
         out[mode] = DeployedPredictor(int8_path if which == "int8" else fp32_path, runtime=runtime,
-                                      num_threads=num_threads, precision=precision,
-                                      input_format=input_format, **options)
+                                      num_threads=num_threads, input_format=input_format,
+                                      **{"precision": precision, **options})
     return out

@@ -19,8 +19,9 @@ autocast): the record ``benchmarks/<kind>/train-layouts.json`` the rule's table 
 For ``fpn``/``c4``, ``fast`` also includes the fast post-processing (sorted batched NMS, same
 detections) and, on CPU fp32, the fused RPN conv+ReLU.
 
-Runtime modes (the ``deploy`` extra, ``--runtimes``): the same weights exported to ONNX
-(``torch.onnx.export``, opset 17; detectors through :mod:`resnext_det.deploy`) and run by
+Runtime modes (the ``deploy`` extra, ``--runtimes``; named by :mod:`resnext_det.deploy.modes`):
+the same weights exported to ONNX (``torch.onnx.export``, opset 17; detectors through
+:mod:`resnext_det.deploy`) and run by
 ``onnxruntime`` and ``openvino`` (fp32: INFERENCE_PRECISION_HINT f32); on CPUs with native bf16
 also ``openvino-bf16``; with ``--int8`` also ``onnxruntime-int8`` / ``openvino-int8`` (static
 int8 calibrated on random images: speed only). Detector runtime modes go through
@@ -67,9 +68,9 @@ from tabulate import tabulate
 
 import resnext_det
 from resnext_det.data.synthetic import synthetic_train_batch
-from resnext_det.deploy import DeployedPredictor
 from resnext_det.deploy.contract import DeployError
 from resnext_det.deploy.export import onnx_bytes, quiet_export, with_contract
+from resnext_det.deploy.modes import DEPLOY_MODES, build_predictors, raw_mode, runtime_modes, wrapped_mode
 from resnext_det.deploy.quantize import quantize_int8
 from resnext_det.deploy.runtimes import make_runtime
 from resnext_det.engine.fast import (
@@ -350,21 +351,15 @@ class Bench:
         fns = _inference_calls(models, x)
         fns.update(self._backbone_runtimes(default, x))
         self._report("backbone", preset, self._run(fns), gflop, _rel_err)
-    def _runtime_modes(self):
-        """(mode, runtime, precision) of the runtime columns on this machine."""
-        modes = [(r, r, "fp32") for r in self.runtimes]
-        if "openvino" in self.runtimes and cpu_has_native_bf16():
-            modes.append(("openvino-bf16", "openvino", "bf16"))
-        return modes
-
     def _backbone_runtimes(self, model, x):
         if not self.runtimes:
             return {}
         data, names = _backbone_onnx(model, x)
         xn = x.cpu().numpy()
         fns = {}
-        for mode, runtime, precision in self._runtime_modes():
-            runner = make_runtime(runtime, data, precision=precision)
+        for mode in runtime_modes(self.runtimes, bf16=cpu_has_native_bf16()):
+            _, runtime, options = DEPLOY_MODES[mode]
+            runner = make_runtime(runtime, data, **options)
 
             def f(runner=runner):
                 return {k: torch.from_numpy(v) for k, v in zip(names, runner.run_all({"x": xn}))}
@@ -384,24 +379,22 @@ class Bench:
         path = os.path.join(self.tmp, "detector.onnx")
         with open(path, "wb") as f:
             f.write(with_contract(onnx_bytes(copy.deepcopy(model), image), cfg, model))
-        modes = self._runtime_modes()
-        files = {"": path}
+        int8 = None
         if self.args.int8:
             calib = [torch.randint(0, 256, image.shape, generator=torch.Generator().manual_seed(s))
                      .float().numpy() for s in range(3)]
-            files["-int8"] = quantize_int8(path, calib, os.path.join(self.tmp, "detector_int8.onnx"))
-            modes += [(f"{r}-int8", r, "fp32") for r in self.runtimes]
+            int8 = quantize_int8(path, calib, os.path.join(self.tmp, "detector_int8.onnx"))
+        modes = runtime_modes(self.runtimes, bf16=cpu_has_native_bf16(), int8=bool(int8))
+        # hwc is the stock model's input (INPUT.FORMAT order), not a BGR cv2 image: say so,
+        # or the predictor's default BGR would flip it for an RGB model
+        preds = build_predictors(path, int8, modes, input_format=cfg.INPUT.FORMAT)
         hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy().astype(np.uint8))
         chw = np.ascontiguousarray(image.numpy())
         fns = {}
-        for mode, runtime, precision in modes:
-            # hwc is the stock model's input (INPUT.FORMAT order), not a BGR cv2 image: say so,
-            # or the predictor's default BGR would flip it for an RGB model
-            p = DeployedPredictor(files["-int8" if mode.endswith("-int8") else ""], runtime=runtime,
-                                  precision=precision, input_format=cfg.INPUT.FORMAT)
+        for mode, p in preds.items():
             fns[mode] = lambda p=p: [p(hwc)]
             if mode in self.runtimes:  # the bare runtime call, for the wrapper's overhead
-                fns[f"{mode}-raw"] = lambda p=p: p.runner.run(chw)
+                fns[raw_mode(mode)] = lambda p=p: p.runner.run(chw)
         return fns
 
     def detector(self, preset, arch):
@@ -433,9 +426,9 @@ class Bench:
                 if m not in (STOCK_A, STOCK_B, "default") and not m.startswith("fast"):
                     notes[m] = (notes[m] + "; " if notes[m] else "") + tie
         for m in res.times:
-            if m.endswith("-raw"):
+            if wrapped_mode(m):
                 notes[m] = (note + "; " if note else "") + "bare runtime call (no resize / rescaling); " \
-                    f"wrapper overhead = {m[:-4]} / {m}"
+                    f"wrapper overhead = {wrapped_mode(m)} / {m}"
         self._report(arch, preset, res, gflop, _raw_or_det_err, notes,
                      {"post_nms_topk_test": topk or _config_topk(name)} if arch == "c4" else None)
 
