@@ -15,7 +15,7 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.utils.events import EventStorage
 
-from ..config import resolve_resnext_spec
+from ..config import ResNeXtConfigError, resolve_resnext_spec
 
 __all__ = ["stock_equivalent_cfg", "randomize_frozen_bn", "training_iteration", "seeded_global_rng"]
 
@@ -37,11 +37,12 @@ def stock_equivalent_cfg(cfg):
         ``ResNeXtRes5ROIHeads`` -> ``Res5ROIHeads``, ``MODEL.RESNETS`` from the ResNeXt spec.
 
     Raises:
-        ValueError: a block form other than "grouped" (detectron2 has only form (c)).
+        ResNeXtConfigError: a block form other than "grouped" (detectron2 has only form (c)), or a
+            MODEL.BACKBONE.NAME that is not a ResNeXt backbone.
     """
     spec = resolve_resnext_spec(cfg)
     if spec.block_form != "grouped":
-        raise ValueError(
+        raise ResNeXtConfigError(
             f"MODEL.RESNEXT.BLOCK_FORM={spec.block_form!r} has no stock detectron2 equivalent; "
             "use 'grouped'"
         )
@@ -49,7 +50,7 @@ def stock_equivalent_cfg(cfg):
     out.defrost()
     name = out.MODEL.BACKBONE.NAME
     if name not in _STOCK_BACKBONES:
-        raise ValueError(f"MODEL.BACKBONE.NAME={name!r} is not a ResNeXt backbone; use one of {list(_STOCK_BACKBONES)}")
+        raise ResNeXtConfigError(f"MODEL.BACKBONE.NAME={name!r} is not a ResNeXt backbone; use one of {list(_STOCK_BACKBONES)}")
     out.MODEL.BACKBONE.NAME = _STOCK_BACKBONES[name]
     if out.MODEL.ROI_HEADS.NAME == "ResNeXtRes5ROIHeads":
         out.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"

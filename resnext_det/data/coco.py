@@ -22,7 +22,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin import _PREDEFINED_SPLITS_COCO
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
-from ..config import UserInputError
+from ..config import ResNeXtConfigError, UserInputError
 from ..config_plan import COCO_SPLITS
 
 __all__ = [
@@ -50,8 +50,8 @@ def coco_split_names(version: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
             or ``"coco_2017"`` (coco_2017_train / coco_2017_val: the same images).
     """
     if version not in COCO_SPLITS:
-        raise ValueError(f"RESNEXT_PLAN.COCO_SPLITS={version!r} is not valid; use one of "
-                         f"{sorted(COCO_SPLITS)} or '' (DATASETS.TRAIN/TEST as written)")
+        raise ResNeXtConfigError(f"RESNEXT_PLAN.COCO_SPLITS={version!r} is not valid; use one of "
+                                 f"{sorted(COCO_SPLITS)} or '' (DATASETS.TRAIN/TEST as written)")
     return COCO_SPLITS[version]
 
 

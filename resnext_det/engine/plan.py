@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Tuple
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer
 
-from ..config import resolve_resnext_spec
+from ..config import ResNeXtConfigError, resolve_resnext_spec
 from ..config_plan import PLAN_MODES
 from ..data.coco import coco_split_names
 from ..data.synthetic import synthetic_dataset_names
@@ -93,17 +93,17 @@ def resolve_datasets(cfg: CfgNode) -> CfgNode:
         cfg: a config with RESNEXT_PLAN (resnext_det.get_cfg()).
 
     Raises:
-        ValueError: an unknown MODE, or SYNTHETIC and COCO_SPLITS both set.
+        ResNeXtConfigError: an unknown MODE, or SYNTHETIC and COCO_SPLITS both set.
     """
     cfg = cfg.clone()
     cfg.defrost()
     p = cfg.RESNEXT_PLAN
     if p.MODE not in PLAN_MODES:
-        raise ValueError(f"RESNEXT_PLAN.MODE={p.MODE!r} is not valid; use one of {PLAN_MODES}")
+        raise ResNeXtConfigError(f"RESNEXT_PLAN.MODE={p.MODE!r} is not valid; use one of {PLAN_MODES}")
     if p.SYNTHETIC.ENABLED:
         if p.COCO_SPLITS:
-            raise ValueError("RESNEXT_PLAN.SYNTHETIC.ENABLED and RESNEXT_PLAN.COCO_SPLITS="
-                             f"{p.COCO_SPLITS!r} contradict each other; set one of them")
+            raise ResNeXtConfigError("RESNEXT_PLAN.SYNTHETIC.ENABLED and RESNEXT_PLAN.COCO_SPLITS="
+                                     f"{p.COCO_SPLITS!r} contradict each other; set one of them")
         train, val = synthetic_dataset_names(p.SYNTHETIC.NAME)
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (val,)
         if not p.SYNTHETIC.ROOT:

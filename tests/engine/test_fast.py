@@ -23,6 +23,7 @@ from resnext_det.engine.fast import (
     check_autocast_train,
     training_autocast,
 )
+from resnext_det.config import ResNeXtConfigError
 from resnext_det.apps.stock import randomize_frozen_bn, stock_equivalent_cfg, training_iteration
 
 
@@ -129,9 +130,9 @@ def test_bf16_runs_and_keeps_postprocessing_fp32(tiny_resnext_cfg):
 
 def test_invalid_precision_is_an_error(tiny_resnext_cfg):
     model = _model(tiny_resnext_cfg())
-    with pytest.raises(ValueError, match="fp16"):
+    with pytest.raises(ResNeXtConfigError, match="fp16"):
         prepare_for_inference(model, precision="fp16")  # CPU
-    with pytest.raises(ValueError, match="PRECISION"):
+    with pytest.raises(ResNeXtConfigError, match="PRECISION"):
         prepare_for_inference(model, precision="int8")
 
 
@@ -187,10 +188,10 @@ def test_autocast_training_loss_close_to_fp32(tiny_resnext_cfg):
 def test_autocast_train_is_not_a_second_solver_amp(tiny_resnext_cfg):
     """Mixed precision where detectron2 has it (CUDA, fp16 with a grad scaler) is
     SOLVER.AMP.ENABLED; AUTOCAST_TRAIN is bf16 on CPU only."""
-    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
+    with pytest.raises(ResNeXtConfigError, match="SOLVER.AMP.ENABLED"):
         apply_training_switches(_model(tiny_resnext_cfg()),
                                 tiny_resnext_cfg(**{"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN": "fp16"}))
-    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
+    with pytest.raises(ResNeXtConfigError, match="SOLVER.AMP.ENABLED"):
         check_autocast_train("bf16", "cuda")
     assert check_autocast_train("bf16", "cpu") == "bf16" and check_autocast_train("", "cuda") == ""
 

@@ -89,6 +89,11 @@ DRY = ["--dry-run", f"--config={DEMO}"]
     pytest.param(["MODEL.RESNEXT.CARDINALITY", "four"], ["Type mismatch", "MODEL.RESNEXT.CARDINALITY",
                                                          "KEY VALUE pairs"], id="wrong-value-type"),
     pytest.param(["SOLVER.BASE_RL", "0.1"], ["Non-existent key: SOLVER.BASE_RL"], id="unknown-key"),
+    pytest.param(["RESNEXT_PLAN.MODE", "threestage"],
+                 ["RESNEXT_PLAN.MODE='threestage' is not valid", "use one of ('joint', 'two_stage')"],
+                 id="bad-plan-mode"),
+    pytest.param(["RESNEXT_PLAN.SYNTHETIC.ENABLED", "False", "RESNEXT_PLAN.COCO_SPLITS", "coco_2099"],
+                 ["RESNEXT_PLAN.COCO_SPLITS='coco_2099' is not valid", "coco_2014"], id="bad-coco-splits"),
 ])
 def test_config_errors_via_dry_run(cli, opts, fragments):
     _expect(cli(*DRY, *opts), *fragments)

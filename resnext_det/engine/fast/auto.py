@@ -39,6 +39,7 @@ from torch import nn
 
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
+from ...config import ResNeXtConfigError
 from ...hardware import CpuFeatures, cpu_kind, synchronize
 from ...measured_choices import entry_for, load_choice_table, not_measured
 from .folding import fold_frozen_bn_on_the_fly
@@ -78,7 +79,7 @@ def parse_switch(value, key: str) -> Optional[bool]:
         key: the config key, named in the error.
 
     Raises:
-        ValueError: any other value, naming the key and what works.
+        ResNeXtConfigError: any other value, naming the key and what works.
     """
     if isinstance(value, bool):
         return value
@@ -90,8 +91,8 @@ def parse_switch(value, key: str) -> Optional[bool]:
             return True
         if v in _FALSE:
             return False
-    raise ValueError(f"MODEL.RESNEXT.FAST.{key}={value!r} is not valid; use 'auto' (default), "
-                     f"'on'/'off', or True/False")
+    raise ResNeXtConfigError(f"MODEL.RESNEXT.FAST.{key}={value!r} is not valid; use 'auto' (default), "
+                             f"'on'/'off', or True/False")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from ...config import ResNeXtConfigError
+
 __all__ = ["PRECISIONS", "cpu_has_native_bf16", "autocast_dtype", "check_autocast_train", "training_autocast",
            "warn_if_bf16_is_slow"]
 
@@ -34,12 +36,12 @@ def autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
         device_type: "cpu" or "cuda".
 
     Raises:
-        ValueError: unknown precision, or fp16 on CPU (oneDNN has no fp16 conv on CPU worth using).
+        ResNeXtConfigError: unknown precision, or fp16 on CPU (oneDNN has no fp16 conv on CPU worth using).
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"MODEL.RESNEXT.FAST.PRECISION={precision!r} is not valid; use one of {PRECISIONS}")
+        raise ResNeXtConfigError(f"MODEL.RESNEXT.FAST.PRECISION={precision!r} is not valid; use one of {PRECISIONS}")
     if precision == "fp16" and device_type == "cpu":
-        raise ValueError(
+        raise ResNeXtConfigError(
             "MODEL.RESNEXT.FAST.PRECISION='fp16' is not valid on CPU; use 'bf16' on CPU "
             "(fp16 or bf16 on CUDA) or 'fp32'"
         )
@@ -77,19 +79,19 @@ def check_autocast_train(value: str, device_type: str) -> str:
         "" (off) or "bf16".
 
     Raises:
-        ValueError: naming ``SOLVER.AMP.ENABLED`` for "fp16" or any value on CUDA; otherwise
+        ResNeXtConfigError: naming ``SOLVER.AMP.ENABLED`` for "fp16" or any value on CUDA; otherwise
             listing the valid values.
     """
     if value in ("", "fp32"):
         return ""
     if value == "fp16" or (value in PRECISIONS and device_type != "cpu"):
-        raise ValueError(
+        raise ResNeXtConfigError(
             f"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN={value!r} on {device_type}: mixed-precision training "
             "there is detectron2's SOLVER.AMP.ENABLED True (AMPTrainer: fp16 autocast with a grad "
             "scaler, CUDA); set that and leave AUTOCAST_TRAIN '' (AUTOCAST_TRAIN 'bf16' is for CPU "
             "training only)")
     if value != "bf16":
-        raise ValueError(f"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN={value!r} is not valid; use '' (off) or 'bf16' (CPU)")
+        raise ResNeXtConfigError(f"MODEL.RESNEXT.FAST.AUTOCAST_TRAIN={value!r} is not valid; use '' (off) or 'bf16' (CPU)")
     return value
 
 
