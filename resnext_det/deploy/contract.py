@@ -192,13 +192,8 @@ def _contract_of(model, path: str) -> Contract:
     if CONTRACT_KEY not in props:
         raise _file_error(path, "an ONNX model without resnext_det's preprocessing contract in its "
                                 f"metadata ({CONTRACT_KEY!r}: not exported by this project)")
-    contract = _contract_from_json(props[CONTRACT_KEY], path)
-    names_in = [i.name for i in model.graph.input]
-    names_out = [o.name for o in model.graph.output]
-    if names_in != [INPUT_NAME] or tuple(names_out) != OUTPUT_NAMES:
-        raise _file_error(path, f"graph inputs {names_in} / outputs {names_out}; expected "
-                                f"[{INPUT_NAME!r}] / {list(OUTPUT_NAMES)}")
-    return contract
+    return _checked_contract(path, props[CONTRACT_KEY], [i.name for i in model.graph.input],
+                             [o.name for o in model.graph.output])
 
 
 def read_contract_bytes(data: bytes) -> Contract:
@@ -221,13 +216,19 @@ def model_format(path: str) -> str:
     return fmt
 
 
-def _contract_from_json(text: str, path: str) -> Contract:
+def _checked_contract(path: str, text: str, names_in: List[str], names_out: List[str]) -> Contract:
+    """The contract stored as JSON ``text`` in an export (ONNX or IR) whose graph has the
+    exported detector's input and output names."""
     try:
         data = json.loads(text)
         fields = {f.name for f in dataclasses.fields(Contract)}
-        return Contract(**{k: v for k, v in data.items() if k in fields})
+        contract = Contract(**{k: v for k, v in data.items() if k in fields})
     except (ValueError, TypeError) as e:
         raise _file_error(path, f"its {CONTRACT_KEY!r} metadata is unreadable ({e})") from None
+    if names_in != [INPUT_NAME] or tuple(names_out) != OUTPUT_NAMES:
+        raise _file_error(path, f"graph inputs {names_in} / outputs {names_out}; expected "
+                                f"[{INPUT_NAME!r}] / {list(OUTPUT_NAMES)}")
+    return contract
 
 
 def load_openvino_ir(path: str):
@@ -259,12 +260,8 @@ def load_openvino_ir(path: str):
     if not model.has_rt_info(IR_CONTRACT_PATH):
         raise _file_error(path, "an OpenVINO IR without resnext_det's preprocessing contract in its "
                                 f"rt_info ({'/'.join(IR_CONTRACT_PATH)}: not exported by this project)")
-    contract = _contract_from_json(model.get_rt_info(IR_CONTRACT_PATH).astype(str), path)
-    names_in = [i.get_any_name() for i in model.inputs]
-    names_out = [o.get_any_name() for o in model.outputs]
-    if names_in != [INPUT_NAME] or tuple(names_out) != OUTPUT_NAMES:
-        raise _file_error(path, f"graph inputs {names_in} / outputs {names_out}; expected "
-                                f"[{INPUT_NAME!r}] / {list(OUTPUT_NAMES)}")
+    contract = _checked_contract(path, model.get_rt_info(IR_CONTRACT_PATH).astype(str),
+                                 [i.get_any_name() for i in model.inputs], [o.get_any_name() for o in model.outputs])
     return model, contract
 
 
