@@ -28,8 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 BASE_LR = 0.01
 
-# 32 training images, 30 iterations of 2 images, a checkpoint every 5 iterations and an LR
-# step at iteration 18 (inside the run, so a resumed scheduler must know where it is).
+# 32 training images, 2 per iteration, an LR step inside the run (so a resumed scheduler must
+# know where it is); the killed runs below shorten it (EXACT_OPTS), the diverging one too.
 RUN_OPTS = TINY_OPTS + [
     "MODEL.FPN.OUT_CHANNELS", "32", "RESNEXT_PLAN.SYNTHETIC.NUM_TRAIN", "32",
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", str(BASE_LR), "SOLVER.MAX_ITER", "30",
@@ -117,96 +117,6 @@ def _finish(out, min_start, opts=()):
     assert f"Resuming at iteration {k + 1}: data stream seed 0, skipping {2 * (k + 1)} images" in r.text
     assert (out / "model_final.pth").is_file()
     return k, r
-
-
-@pytest.mark.slow
-def test_sigkill_mid_iteration_then_resume_continues_iteration_lr_and_data(tmp_path):
-    out = tmp_path / "run"
-    run = Run(out, _args())
-    _wait_for(lambda: (out / "model_0000004.pth").is_file() and (out / "last_checkpoint").is_file(), run)
-    run.kill()  # somewhere inside iteration 5..9 (or the next checkpoint's save)
-    assert run.wait() == -signal.SIGKILL
-    assert not (out / "model_final.pth").exists()
-    killed_at = torch.load(_last_checkpoint(out), map_location="cpu", weights_only=False)
-    assert killed_at["iteration"] in (4, 9, 14) and killed_at["iteration"] < 29
-    assert killed_at["sampler"]["seed"] == 0  # the data stream is part of the checkpoint
-    _all_checkpoints_load(out)
-
-    k, r = _finish(out, min_start=5)
-    # the LR at iteration 19 (after the step at 18) is what the uninterrupted schedule gives;
-    # a scheduler restarted at 0 after resuming at k+1 <= 15 would still be at BASE_LR
-    by_iter = {m["iteration"]: m for m in _metrics(out) if "lr" in m}
-    assert math.isclose(by_iter[19]["lr"], BASE_LR * 0.1, rel_tol=1e-6), by_iter[19]
-    assert math.isclose(by_iter[29]["lr"], BASE_LR * 0.1, rel_tol=1e-6)
-    assert max(by_iter) == 29
-    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
-    assert final["iteration"] == 29 and final["sampler"]["seed"] == 0
-    assert json.load(open(out / "plan_state.json"))["finished"] == ["detector"]
-    assert (out / "inference" / "eval_results.json").is_file()
-
-
-@pytest.mark.slow
-def test_sigkill_during_checkpoint_saves_then_resume(tmp_path):
-    """Killed the moment a 'Saving checkpoint' line appears (the save is in progress), twice;
-    every checkpoint on disk stays loadable and --resume finishes. Whether a kill lands
-    inside torch.save is timing; tests/test_io.py covers that case deterministically."""
-    out = tmp_path / "run"
-    opts = ["SOLVER.MAX_ITER", "16", "SOLVER.STEPS", "(12,)"]
-    first = Run(out, _args(*opts), kill_on=lambda line: "Saving checkpoint to" in line
-                and "model_0000004" in line)
-    assert first.wait() == -signal.SIGKILL, first.text[-3000:]
-    assert first.killed_on is not None
-    # the kill may land before the rename (no checkpoint yet: restart from 0) or after it
-    if (out / "last_checkpoint").is_file():
-        _all_checkpoints_load(out)
-    second = Run(out, _args(*opts, flags=["--resume"]), kill_on=lambda line: "Saving checkpoint to" in line
-                 and "model_0000009" in line)
-    assert second.wait() == -signal.SIGKILL, second.text[-3000:]
-    names = _all_checkpoints_load(out)
-    assert "model_0000004.pth" in names
-    assert _last_checkpoint(out).is_file()  # the pointer never names a missing/broken file
-    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    k, r = _finish(out, min_start=5, opts=opts)
-    assert k in (4, 9)
-    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
-    assert final["iteration"] == 15
-    print("temporary files left by the kills (harmless, never read):", leftovers)
-
-
-@pytest.mark.slow
-def test_two_stage_kill_in_stage_2_does_not_rerun_stage_1(tmp_path):
-    out = tmp_path / "two"
-    opts = ["SOLVER.WARMUP_ITERS", "1",
-            "SOLVER.CHECKPOINT_PERIOD", "3"]
-    for stage in ("RPN", "FAST_RCNN"):
-        opts += [f"RESNEXT_PLAN.{stage}.MAX_ITER", "4" if stage == "RPN" else "12",
-                 f"RESNEXT_PLAN.{stage}.STEPS", "(3,)", f"RESNEXT_PLAN.{stage}.IMS_PER_BATCH", "2"]
-    opts += TINY_OPTS[:-2]  # all but its CHECKPOINT_PERIOD
-    stage2 = out / "stage2_fast_rcnn"
-    conf = ["--config", "demo_tiny_X_C4_two_stage_synthetic.yaml"]
-    run = Run(out, conf + opts)
-    # the checkpointer writes the model file, then the last_checkpoint tag naming it
-    _wait_for(lambda: (stage2 / "last_checkpoint").is_file(), run)
-    run.kill()
-    assert run.wait() == -signal.SIGKILL
-    k = torch.load(_last_checkpoint(stage2), map_location="cpu", weights_only=False)["iteration"]
-    state = json.load(open(out / "plan_state.json"))
-    assert state["finished"] == ["rpn", "proposals"]
-    stage1_final = out / "stage1_rpn" / "model_final.pth"
-    proposals = sorted(p for p in (out / "stage1_rpn" / "proposals").rglob("*") if p.is_file())
-    assert any(p.name == "manifest.json" for p in proposals) and any(p.suffix == ".npy" for p in proposals)
-    before = {p: p.stat().st_mtime_ns for p in [stage1_final] + proposals}
-
-    r = Run(out, ["--resume"] + conf + opts)
-    assert r.wait() == 0, r.text[-4000:]
-    assert "Plan stage 1/3 'rpn' already finished: skipped (resume)" in r.text
-    assert "Plan stage 2/3 'proposals' already finished: skipped (resume)" in r.text
-    assert "Plan stage 3/3 'fast_rcnn' (train)" in r.text
-    assert "Starting training from iteration 0" not in r.text  # stage 2 continues, too
-    assert f"Starting training from iteration {k + 1}" in r.text
-    assert {p: p.stat().st_mtime_ns for p in before} == before  # stage 1 files untouched
-    assert json.load(open(out / "plan_state.json"))["finished"] == ["rpn", "proposals", "fast_rcnn"]
-    assert (stage2 / "model_final.pth").is_file()
 
 
 @pytest.mark.slow
@@ -312,9 +222,11 @@ def _kill_rng(test_name):
     return random.Random(seed), seed
 
 
-def _kill_at_random_moment_after(run, first_checkpoint, rng):
-    _wait_for(lambda: first_checkpoint.is_file(), run)
-    delay = rng.uniform(0.0, 0.6)  # anywhere in the following iterations (or a save)
+def _kill_at_random_moment_after(run, first_checkpoint, rng, span=0.6):
+    # the checkpointer writes the model file, then the last_checkpoint tag naming it
+    _wait_for(lambda: first_checkpoint.is_file() and (first_checkpoint.parent / "last_checkpoint").is_file(),
+              run)
+    delay = rng.uniform(0.0, span)  # anywhere in the following iterations (or a save)
     print(f"killing {delay:.3f} s after {first_checkpoint.name}")
     time.sleep(delay)
     assert run.proc.poll() is None, "the run finished before the kill:\n" + run.text[-2000:]
@@ -323,7 +235,8 @@ def _kill_at_random_moment_after(run, first_checkpoint, rng):
 
 
 # 16 iterations of 2 images with flips and two train sizes (augmentation draws), a checkpoint
-# every 4 and an evaluation at 8 (evaluation must not move the random streams).
+# every 4 and an evaluation at 8 (evaluation must not move the random streams); the LR steps
+# at 10, inside the run.
 EXACT_OPTS = ["SOLVER.MAX_ITER", "16", "SOLVER.STEPS", "(10,)", "SOLVER.CHECKPOINT_PERIOD", "4",
               "TEST.EVAL_PERIOD", "8", "INPUT.MIN_SIZE_TRAIN", "(48, 64)", "INPUT.RANDOM_FLIP", "horizontal"]
 
@@ -339,40 +252,124 @@ def uninterrupted_run(tmp_path_factory):
     return out / "model_final.pth"
 
 
+def _assert_schedule_continued(out, uninterrupted_run, k):
+    """The LR schedule went on from the checkpoint: the resumed run ends after the step at 10
+    and its scheduler counted all 16 iterations, as the uninterrupted run's did. A scheduler
+    restarted at 0 when resuming at k + 1 would have counted 16 - (k + 1)."""
+    by_iter = {m["iteration"]: m for m in _metrics(out) if "lr" in m}
+    assert max(by_iter) == 15 and math.isclose(by_iter[15]["lr"], BASE_LR * 0.1, rel_tol=1e-6), by_iter
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    ref = torch.load(uninterrupted_run, map_location="cpu", weights_only=False)
+    assert final["iteration"] == 15 and final["sampler"]["seed"] == 0
+    sched = final["trainer"]["hooks"]["LRScheduler"]
+    assert sched["last_epoch"] == 16 != 16 - (k + 1), sched
+    assert sched == ref["trainer"]["hooks"]["LRScheduler"]
+    assert all(math.isclose(g["lr"], BASE_LR * 0.1, rel_tol=1e-6)
+               for g in final["trainer"]["_trainer"]["optimizer"]["param_groups"])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resume_after_sigkill_ends_bit_identical_to_uninterrupted_run(tmp_path, workers, uninterrupted_run):
-    opts = EXACT_OPTS + ["DATALOADER.NUM_WORKERS", str(workers)]
-    rng, _ = _kill_rng(f"bit_identical_workers{workers}")
+def test_sigkill_mid_iteration_then_resume_continues_iteration_lr_and_data_bit_identical(tmp_path,
+                                                                                       uninterrupted_run):
+    """Killed at a seeded random moment after checkpoint 3 (inside the next iterations or a
+    save; data loaded in the main process); --resume continues at the iteration, the LR
+    schedule and the data position of the last checkpoint, and ends with the uninterrupted
+    run's weights and momentum buffers, bit for bit."""
+    opts = EXACT_OPTS + ["DATALOADER.NUM_WORKERS", "0"]
+    rng, _ = _kill_rng("bit_identical_workers0")
     out = tmp_path / "killed"
     run = Run(out, _args(*opts))
     _kill_at_random_moment_after(run, out / "model_0000003.pth", rng)
-    resumed = Run(out, _args(*opts, flags=["--resume"]))
-    assert resumed.wait() == 0, resumed.text[-3000:]
-    assert "Starting training from iteration 0" not in resumed.text
+    assert not (out / "model_final.pth").exists()
+    killed_at = torch.load(_last_checkpoint(out), map_location="cpu", weights_only=False)
+    assert killed_at["iteration"] in (3, 7, 11)
+    assert killed_at["sampler"]["seed"] == 0  # the data stream is part of the checkpoint
+    _all_checkpoints_load(out)
+
+    k, r = _finish(out, min_start=4, opts=opts)
+    _assert_schedule_continued(out, uninterrupted_run, k)
+    assert json.load(open(out / "plan_state.json"))["finished"] == ["detector"]
+    assert (out / "inference" / "eval_results.json").is_file()
     _assert_bit_identical(uninterrupted_run, out / "model_final.pth")
 
 
 @pytest.mark.slow
-def test_two_stage_plan_resume_after_sigkill_ends_bit_identical(tmp_path):
-    """Killed once in stage 1 (RPN) and once in stage 2 (Fast R-CNN): both stages' final
-    weights equal the uninterrupted plan's, bit for bit."""
+def test_sigkill_during_checkpoint_saves_then_resume_bit_identical(tmp_path, uninterrupted_run):
+    """Killed the moment a 'Saving checkpoint' line appears (the save is in progress), twice:
+    in the first run at checkpoint 3, in the resumed one at 7; the data are loaded by one
+    worker process. Every checkpoint on disk stays loadable, --resume finishes, and the final
+    weights and momentum buffers equal the uninterrupted run's (data in the main process) bit
+    for bit. Whether a kill lands inside torch.save is timing; tests/test_io.py covers that
+    case deterministically."""
+    out = tmp_path / "run"
+    opts = EXACT_OPTS + ["DATALOADER.NUM_WORKERS", "1"]
+    first = Run(out, _args(*opts), kill_on=lambda line: "Saving checkpoint to" in line
+                and "model_0000003" in line)
+    assert first.wait() == -signal.SIGKILL, first.text[-3000:]
+    assert first.killed_on is not None
+    # the kill may land before the rename (no checkpoint yet: restart from 0) or after it
+    if (out / "last_checkpoint").is_file():
+        _all_checkpoints_load(out)
+    second = Run(out, _args(*opts, flags=["--resume"]), kill_on=lambda line: "Saving checkpoint to" in line
+                 and "model_0000007" in line)
+    assert second.wait() == -signal.SIGKILL, second.text[-3000:]
+    assert second.killed_on is not None
+    names = _all_checkpoints_load(out)
+    assert "model_0000003.pth" in names
+    assert _last_checkpoint(out).is_file()  # the pointer never names a missing/broken file
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    k, r = _finish(out, min_start=4, opts=opts)
+    assert k in (3, 7)
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 15
+    print("temporary files left by the kills (harmless, never read):", leftovers)
+    _assert_bit_identical(uninterrupted_run, out / "model_final.pth")
+
+
+def _two_stage_opts():
+    """Two stages of 12 iterations of 2 images, a checkpoint every 3 (2, 5, 8), the LR step at
+    8 (inside each stage); flips on."""
     opts = ["SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "3"]
     for stage in ("RPN", "FAST_RCNN"):
-        opts += [f"RESNEXT_PLAN.{stage}.MAX_ITER", "8", f"RESNEXT_PLAN.{stage}.STEPS", "(5,)",
+        opts += [f"RESNEXT_PLAN.{stage}.MAX_ITER", "12", f"RESNEXT_PLAN.{stage}.STEPS", "(8,)",
                  f"RESNEXT_PLAN.{stage}.IMS_PER_BATCH", "2"]
-    opts += TINY_OPTS[:-2] + ["INPUT.RANDOM_FLIP", "horizontal"]
+    return opts + TINY_OPTS[:-2] + ["INPUT.RANDOM_FLIP", "horizontal"]  # (all but its CHECKPOINT_PERIOD)
+
+
+@pytest.mark.slow
+def test_two_stage_plan_resume_after_sigkill_ends_bit_identical(tmp_path):
+    """Killed once in stage 1 (RPN) and once in stage 2 (Fast R-CNN), each at a seeded random
+    moment after the stage's checkpoint 2 (nine iterations before its end); the resume after
+    the stage-2 kill skips stage 1 and the proposals (their files untouched) and continues
+    stage 2 at its last checkpoint; both stages' final weights equal the uninterrupted plan's,
+    bit for bit."""
+    opts = _two_stage_opts()
     conf = ["--config", "demo_tiny_X_C4_two_stage_synthetic.yaml"]
     ref = Run(tmp_path / "ref", conf + opts)
     assert ref.wait() == 0, ref.text[-3000:]
     rng, _ = _kill_rng("two_stage_bit_identical")
     out = tmp_path / "killed"
+    stage2 = out / "stage2_fast_rcnn"
     first = Run(out, conf + opts)
-    _kill_at_random_moment_after(first, out / "stage1_rpn" / "model_0000002.pth", rng)
+    _kill_at_random_moment_after(first, out / "stage1_rpn" / "model_0000002.pth", rng, span=0.3)
     second = Run(out, ["--resume"] + conf + opts)
-    _kill_at_random_moment_after(second, out / "stage2_fast_rcnn" / "model_0000002.pth", rng)
+    _kill_at_random_moment_after(second, stage2 / "model_0000002.pth", rng, span=0.3)
+    k = torch.load(_last_checkpoint(stage2), map_location="cpu", weights_only=False)["iteration"]
+    assert json.load(open(out / "plan_state.json"))["finished"] == ["rpn", "proposals"]
+    stage1_final = out / "stage1_rpn" / "model_final.pth"
+    proposals = sorted(p for p in (out / "stage1_rpn" / "proposals").rglob("*") if p.is_file())
+    assert any(p.name == "manifest.json" for p in proposals) and any(p.suffix == ".npy" for p in proposals)
+    before = {p: p.stat().st_mtime_ns for p in [stage1_final] + proposals}
+
     last = Run(out, ["--resume"] + conf + opts)
     assert last.wait() == 0, last.text[-3000:]
+    assert "Plan stage 1/3 'rpn' already finished: skipped (resume)" in last.text
+    assert "Plan stage 2/3 'proposals' already finished: skipped (resume)" in last.text
+    assert "Plan stage 3/3 'fast_rcnn' (train)" in last.text
+    assert "Starting training from iteration 0" not in last.text  # stage 2 continues, too
+    assert f"Starting training from iteration {k + 1}" in last.text
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # stage 1 files untouched
+    assert json.load(open(out / "plan_state.json"))["finished"] == ["rpn", "proposals", "fast_rcnn"]
     for stage in ("stage1_rpn", "stage2_fast_rcnn"):
         _assert_bit_identical(tmp_path / "ref" / stage / "model_final.pth", out / stage / "model_final.pth")
 
