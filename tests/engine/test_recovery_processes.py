@@ -1,11 +1,14 @@
 """Issue 28: exact resume with several training processes (GLOO on CPU) and aspect-ratio
 grouping over images of both orientations, flips and multi-size resizing on.
 
-Each test runs ``tools/train_net.py --num-gpus N`` (N CPU processes) on a tiny COCO-layout set
-written here (landscape, portrait and square images), SIGKILLs the whole run or one of its
-worker processes at a seeded random moment (tests/engine/test_recovery.py's helpers: the seed
-is printed, RESNEXT_DET_KILL_SEED replays another), runs ``--resume`` and compares every tensor
-of the final checkpoint (and the momentum buffers) with the uninterrupted run's.
+The test runs the two-stage plan with ``tools/train_net.py --num-gpus 2`` (two CPU processes) on
+a tiny COCO-layout set written here (landscape, portrait and square images), SIGKILLs the whole
+run (in stage 1 at a seeded random moment, in the proposals step), then one of its training
+processes alone (in stage 2, at a seeded random moment: the run stops with one line), runs
+``--resume`` after each, and compares every tensor of both stages' final checkpoints (and the
+momentum buffers) with the uninterrupted run's (tests/engine/test_recovery.py's helpers: the
+seed is printed, RESNEXT_DET_KILL_SEED replays another). One process's kills and resumes of
+the joint and the two-stage plans are in tests/engine/test_recovery.py.
 """
 import json
 import os
@@ -66,19 +69,7 @@ def both_orientations(tmp_path_factory):
     return datasets
 
 
-# 16 iterations of 4 images (2 per process), a checkpoint every 4 iterations, an LR step at 10;
-# flips and two train sizes; aspect-ratio grouping on (detectron2's default, set explicitly).
-OPTS = TINY_OPTS + [
-    "MODEL.FPN.OUT_CHANNELS", "32", "RESNEXT_PLAN.SYNTHETIC.ENABLED", "False",
-    "DATASETS.TRAIN", "('coco_2014_train',)", "DATASETS.TEST", "('coco_2014_minival',)",
-    "MODEL.ROI_HEADS.NUM_CLASSES", "80", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.01",
-    "SOLVER.MAX_ITER", "16", "SOLVER.STEPS", "(10,)", "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.CHECKPOINT_PERIOD", "4", "TEST.EVAL_PERIOD", "0", "INPUT.MIN_SIZE_TRAIN", "(48, 64)",
-    "INPUT.RANDOM_FLIP", "horizontal", "DATALOADER.ASPECT_RATIO_GROUPING", "True",
-]
-
-
-def _args(processes, *flags, config="demo_tiny_X_FPN_synthetic.yaml", opts=OPTS):
+def _args(processes, *flags, config, opts):
     return list(flags) + ["--num-gpus", str(processes), "--config", config] + list(opts)
 
 
@@ -131,58 +122,6 @@ def _after_checkpoint(run, checkpoint, rng, span=1.0):
     assert run.proc.poll() is None, "the run finished before the kill:\n" + run.text[-2000:]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(both_orientations, tmp_path_factory):
-    """The reference: two processes, never killed."""
-    out = tmp_path_factory.mktemp("procs") / "ref"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DETECTRON2_DATASETS", str(both_orientations))  # Run passes os.environ on
-        ref = Run(out, _args(2))
-        assert ref.wait() == 0, ref.text[-3000:]
-    return out / "model_final.pth"
-
-
-@pytest.mark.slow
-def test_two_processes_killed_whole_then_one_process_resume_bit_identical(tmp_path, both_orientations,
-                                                                         uninterrupted, monkeypatch):
-    """Two processes, images of both orientations grouped by aspect ratio: the whole run is
-    SIGKILLed at a random moment, --resume; then one training process alone is SIGKILLed (the
-    run stops with one line, no hang), --resume again; the final weights and momentum buffers
-    equal the uninterrupted run's bit for bit."""
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(both_orientations))
-    rng, _ = _kill_rng("two_processes_whole_then_one")
-    out = tmp_path / "killed"
-    first = Run(out, _args(2))
-    # kill moments within 0.5 s of a checkpoint (a save and the next iterations): on a fast,
-    # idle machine a longer wait could reach the last checkpoint, leaving nothing to kill later
-    _after_checkpoint(first, out / "model_0000003.pth", rng, span=0.5)
-    _kill_whole_run(first)
-    second = Run(out, _args(2, "--resume"))
-    ckpt = torch.load(out / (out / "last_checkpoint").read_text().strip(), weights_only=False)
-    k = ckpt["iteration"]
-    assert k + 4 < 15, f"the first kill came after checkpoint {k}: no later checkpoint to kill after"
-    # the checkpoint holds each process's data position, with what waits in its buckets
-    positions = ckpt["sampler"]["processes"]
-    assert len(positions) == 2 and len(ckpt["rng"]["processes"]) == 2
-    assert sum(p["drawn"] - sum(map(len, p["buckets"])) for p in positions) == 4 * (k + 1)
-    _after_checkpoint(second, out / f"model_{k + 4:07d}.pth", rng, span=0.2)
-    assert f"Starting training from iteration {k + 1}" in second.text
-    victim = _training_processes(second, 2)[-1]
-    print(f"killing training process pid {victim} alone")
-    os.kill(victim, signal.SIGKILL)
-    t0 = time.time()
-    rc = second.wait(timeout=120)
-    print(f"the run stopped {time.time() - t0:.1f} s after the kill, exit status {rc}")
-    assert rc == 1, second.text[-3000:]
-    assert "train_net.py: error: training process" in second.text and "--resume" in second.text
-    assert "Traceback" not in second.text.split("train_net.py: error:")[-1]
-    assert not (out / "model_final.pth").exists()
-    last = Run(out, _args(2, "--resume"))
-    assert last.wait() == 0, last.text[-3000:]
-    assert "Starting training from iteration 0" not in last.text
-    _assert_bit_identical(uninterrupted, out / "model_final.pth")
-
-
 class WholeRun(Run):
     """A run whose kill (also on a matching line: ``kill_on``) SIGKILLs all its processes."""
 
@@ -195,6 +134,9 @@ class WholeRun(Run):
 
 
 def _two_stage_opts():
+    """Two stages of 8 iterations of 4 images (2 per process), a checkpoint every 3 (2, 5), the
+    LR step at 5; flips, two train sizes, aspect-ratio grouping on (detectron2's default, set
+    explicitly)."""
     opts = ["SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "3"]
     for stage in ("RPN", "FAST_RCNN"):
         opts += [f"RESNEXT_PLAN.{stage}.MAX_ITER", "8", f"RESNEXT_PLAN.{stage}.STEPS", "(5,)",
@@ -210,28 +152,49 @@ def _two_stage_opts():
 @pytest.mark.slow
 def test_two_processes_two_stage_plan_killed_in_each_stage_bit_identical(tmp_path, both_orientations,
                                                                         monkeypatch):
-    """The two-stage plan on two processes, the whole run SIGKILLed in stage 1 (RPN), in stage
-    1b (proposals) and in stage 2 (Fast R-CNN), --resume after each: both trained stages' final
-    weights equal the uninterrupted plan's, bit for bit."""
+    """The two-stage plan on two processes, images of both orientations grouped by aspect
+    ratio. The whole run is SIGKILLed in stage 1 (RPN) at a random moment, and in stage 1b
+    (proposals); in stage 2 (Fast R-CNN) one training process alone is SIGKILLed at a random
+    moment (the run stops with one line, no hang); --resume after each: both trained stages'
+    final weights and momentum buffers equal the uninterrupted plan's, bit for bit."""
     monkeypatch.setenv("DETECTRON2_DATASETS", str(both_orientations))
     args = _args(2, config="demo_tiny_X_C4_two_stage_synthetic.yaml", opts=_two_stage_opts())
     ref = Run(tmp_path / "ref", args)
     assert ref.wait() == 0, ref.text[-3000:]
     rng, _ = _kill_rng("two_processes_two_stage")
     out = tmp_path / "killed"
+    stage1, stage2 = out / "stage1_rpn", out / "stage2_fast_rcnn"
     first = WholeRun(out, args)
-    _after_checkpoint(first, out / "stage1_rpn" / "model_0000002.pth", rng)
-    first.kill()
-    assert first.wait() == -signal.SIGKILL
+    # kill moments within 0.3 s of a checkpoint (a save and the next iterations): on a fast,
+    # idle machine a longer wait could reach the stage's end
+    _after_checkpoint(first, stage1 / "model_0000002.pth", rng, span=0.3)
+    _kill_whole_run(first)
+    # the checkpoint holds each process's data position, with what waits in its buckets
+    ckpt = torch.load(stage1 / (stage1 / "last_checkpoint").read_text().strip(), weights_only=False)
+    k = ckpt["iteration"]
+    positions = ckpt["sampler"]["processes"]
+    assert len(positions) == 2 and len(ckpt["rng"]["processes"]) == 2
+    assert sum(p["drawn"] - sum(map(len, p["buckets"])) for p in positions) == 4 * (k + 1)
+
     second = WholeRun(out, ["--resume"] + args, kill_on=lambda line: "Computing proposals for" in line)
     assert second.wait() == -signal.SIGKILL, second.text[-3000:]
     assert json.load(open(out / "plan_state.json"))["finished"] == ["rpn"]
-    third = WholeRun(out, ["--resume"] + args)
-    _after_checkpoint(third, out / "stage2_fast_rcnn" / "model_0000002.pth", rng)
-    third.kill()
-    assert third.wait() == -signal.SIGKILL
+
+    third = Run(out, ["--resume"] + args)
+    _after_checkpoint(third, stage2 / "model_0000002.pth", rng, span=0.2)
     assert "Plan stage 1/3 'rpn' already finished: skipped (resume)" in third.text
     assert "Plan stage 2/3 'proposals' (" in third.text  # killed in 1b: redone
+    victim = _training_processes(third, 2)[-1]
+    print(f"killing training process pid {victim} alone")
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.time()
+    rc = third.wait(timeout=120)
+    print(f"the run stopped {time.time() - t0:.1f} s after the kill, exit status {rc}")
+    assert rc == 1, third.text[-3000:]
+    assert "train_net.py: error: training process" in third.text and "--resume" in third.text
+    assert "Traceback" not in third.text.split("train_net.py: error:")[-1]
+    assert not (stage2 / "model_final.pth").exists()
+
     last = Run(out, ["--resume"] + args)
     assert last.wait() == 0, last.text[-3000:]
     assert "Starting training from iteration 0" not in last.text
