@@ -2,8 +2,8 @@
 re-encoded with EXIF orientation and odd modes), folders, globs and a video; each picture's
 detections are those of the predictor on detectron2's ``read_image`` of it; unreadable files
 are listed with their reason and the run goes on; a SIGKILLed run started again ends with the
-same predictions.json; video frames give what single pictures give; Ray actors give what one
-process gives. The model is a tiny FPN with random weights (detections are plentiful and
+same predictions.json (started as tools/demo.py, then again without Ray imported); video
+frames give what single pictures give; Ray actors give what one process gives. The model is a tiny FPN with random weights (detections are plentiful and
 arbitrary: these tests check the plumbing; tests/deploy/test_predict_ap.py checks the AP)."""
 import io
 import json
@@ -85,6 +85,20 @@ def photos(tmp_path_factory):
 BAD = {"zero.jpg", "notes.jpg", "truncated.jpg"}
 
 
+@pytest.fixture(scope="module")
+def photos_run(model, photos, tmp_path_factory):
+    """(exit status, printed lines, output folder) of one local run over the photos folder
+    (ONNX Runtime): the real-photos test checks it, the Ray test compares with it."""
+    from contextlib import redirect_stdout
+
+    _, _, onnx_path = model
+    out = tmp_path_factory.mktemp("photos_run") / "out"
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        rc = _run(onnx_path, [photos], out, "--runtime", "onnxruntime")
+    return rc, printed.getvalue().strip().splitlines(), out
+
+
 def _run(model_file, inputs, out, *extra):
     return predict_app.cli(["--config-file", CONFIG, "--input", *map(str, inputs), "--output", str(out), *extra]
                            + TINY + ["MODEL.WEIGHTS", model_file])
@@ -129,7 +143,7 @@ def test_inputs_files_folders_globs(tmp_path):
                                                      [f"{tmp_path.name}/c/x.jpg"], [f"{tmp_path.name}/v.mp4"]]
 
 
-def test_real_photos_every_form_and_bad_files(model, photos, tmp_path, capsys):
+def test_real_photos_every_form_and_bad_files(model, photos, photos_run):
     """Each picture: read as detectron2's read_image reads it (EXIF orientation, gray, RGBA,
     16-bit, 4000 px), its detections those of DeployedPredictor on that array, drawn at its size;
     each bad file in failures.json with its reason; exit status 1; a summary line."""
@@ -140,8 +154,8 @@ def test_real_photos_every_form_and_bad_files(model, photos, tmp_path, capsys):
     from resnext_det.deploy.parity import compare_detections
 
     _, _, onnx_path = model
-    out = tmp_path / "out"
-    assert _run(onnx_path, [photos], out, "--runtime", "onnxruntime") == 1
+    rc, printed, out = photos_run
+    assert rc == 1
     results, images, failures = _load(out)
     assert sorted(os.path.basename(f["file_name"]) for f in failures) == sorted(BAD)
     reasons = {os.path.basename(f["file_name"]): f["reason"] for f in failures}
@@ -167,23 +181,25 @@ def test_real_photos_every_form_and_bad_files(model, photos, tmp_path, capsys):
     # EXIF orientation 6: the 512x400 astronaut is stored sideways and read upright, 400 wide
     astro = next(im for im in images["images"] if "astronaut" in im["file_name"])
     assert (astro["height"], astro["width"]) == (400, 512)
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    line = printed[-1]
     assert line.startswith("predict.py: 6 pictures, 0 video frames, 3 failed") and "runtime onnxruntime" in line
 
 
 def test_killed_run_started_again_ends_with_the_same_predictions(model, photos, tmp_path):
     """SIGKILL once the first shard (2 pictures) is written; the second run skips it and ends
-    with the uninterrupted run's predictions.json, each picture once."""
+    with the uninterrupted run's predictions.json, each picture once. The killed run is
+    tools/demo.py with detectron2 demo's flags (demo.py is predict.py); the second run, a fresh
+    process without --ray, imports nothing of Ray (the optional extra)."""
     _, _, onnx_path = model
     inputs = [photos / "coffee.png", photos / "chelsea_gray.png", photos / "camera16.png",
               photos / "astronaut_exif6.jpg", photos / "sub" / "rocket_rgba.png"]
     whole = tmp_path / "whole"
     assert _run(onnx_path, inputs, whole, "--shard-size", "2", "--runtime", "openvino") == 0
     killed = tmp_path / "killed"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "predict.py"), "--config-file", CONFIG, "--input",
-           *map(str, inputs), "--output", str(killed), "--shard-size", "2", "--runtime", "openvino"] + \
-        TINY + ["MODEL.WEIGHTS", onnx_path]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = ["--config-file", CONFIG, "--input", *map(str, inputs), "--output", str(killed), "--shard-size", "2",
+            "--runtime", "openvino"] + TINY + ["MODEL.WEIGHTS", onnx_path]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--confidence-threshold", "0.5",
+                             *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = killed / "shards" / "000000.json"
     deadline = time.time() + 120
     while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -191,14 +207,21 @@ def test_killed_run_started_again_ends_with_the_same_predictions(model, photos, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert first.exists() and not (killed / "predictions.json").exists()
-    assert _run(onnx_path, inputs, killed, "--shard-size", "2", "--runtime", "openvino") == 0
+    code = ("import sys; from resnext_det.apps import predict; "
+            f"rc = predict.cli({argv!r}); "
+            "print('RAY', any(m == 'ray' or m.startswith('ray.') for m in sys.modules), rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().splitlines()[-1] == "RAY False 0", r.stdout[-2000:] + r.stderr[-2000:]
+    assert " of 3 shards already done" in r.stderr, r.stderr[-2000:]
     assert _load(killed) == _load(whole)
     assert len({im["file_name"] for im in _load(killed)[1]["images"]}) == 5
 
 
 def test_video_frames_give_what_single_pictures_give(model, tmp_path):
     """A video whose frames alternate between objects and empty frames: frame by frame, the
-    detections of the predictor on that frame alone; the drawn video has every frame."""
+    detections of the predictor on that frame alone (a fresh predictor per frame; they load
+    OpenVINO's compiled model from a cache instead of compiling it again, as a later predictor
+    with cache_dir does); the drawn video has every frame."""
     import cv2
     from conftest import rectangles_image
 
@@ -218,11 +241,12 @@ def test_video_frames_give_what_single_pictures_give(model, tmp_path):
     cap = cv2.VideoCapture(str(clip))
     frames = [cap.read()[1] for _ in range(6)]
     cap.release()
-    single = DeployedPredictor(onnx_path, runtime="openvino")
+    cache = str(tmp_path / "ov_cache")
+    single = DeployedPredictor(onnx_path, runtime="openvino", cache_dir=cache)
     for im, frame in zip(images["images"], frames):
         rows = [r for r in results if r["image_id"] == im["id"]]
         got = _arrays(rows)
-        fresh = DeployedPredictor(onnx_path, runtime="openvino")(frame)["instances"]
+        fresh = DeployedPredictor(onnx_path, runtime="openvino", cache_dir=cache)(frame)["instances"]
         for ref in (single(frame)["instances"], fresh):
             cmp = compare_detections(ref, got, box_tol=0.01, score_tol=1e-5)
             assert cmp["ok"], f"frame {im['frame']}: {cmp['why']}"
@@ -272,21 +296,35 @@ def test_eager_checkpoint_and_clear_errors(model, photos, tmp_path, capsys):
     assert (out / "predictions.json").read_bytes() == before
 
 
-def test_demo_py_is_predict():
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--help"], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0 and "--confidence-threshold" in r.stdout and "--input" in r.stdout
+def _actor_processes(root):
+    """The PredictActor worker processes below pid ``root`` (Ray's raylet, a child of the
+    command, starts them; their title names the class), read from /proc."""
+    parent, title = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                parent[int(pid)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title[int(pid)] = f.read()
+        except (OSError, IndexError, ValueError):
+            pass
+
+    def below(pid):
+        while pid in parent and pid != root:
+            pid = parent[pid]
+        return pid == root
+
+    return sorted(pid for pid, t in title.items() if b"PredictActor" in t and below(pid))
 
 
 @pytest.mark.slow
-def test_ray_actors_give_what_one_process_gives(model, photos, tmp_path):
-    """A local Ray instance, 2 actors x 1 CPU; one actor SIGKILLed while it works: Ray retries its
-    batch and the run ends with the one-process predictions.json, each picture once."""
+def test_ray_actors_give_what_one_process_gives(model, photos, photos_run, tmp_path):
+    """A local Ray instance, 2 actors x 1 CPU, shards of 2 pictures; one actor SIGKILLed once
+    pictures are being drawn: Ray retries its batch and the run ends with the one-process
+    predictions.json (the real-photos run, 64-picture shards), each picture once."""
     pytest.importorskip("ray", reason="the ray extra (pip install -e .[ray]); tools/install.sh installs it")
     _, _, onnx_path = model
-    inputs = [photos]
-    local = tmp_path / "local"
-    _run(onnx_path, inputs, local, "--runtime", "onnxruntime", "--shard-size", "2")
+    _, _, local = photos_run
     out = tmp_path / "ray"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "predict.py"), "--config-file", CONFIG, "--input",
            str(photos), "--output", str(out), "--runtime", "onnxruntime", "--shard-size", "2", "--ray",
@@ -296,9 +334,9 @@ def test_ray_actors_give_what_one_process_gives(model, photos, tmp_path):
     killed = None
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline and killed is None:
-        ps = subprocess.run(["pgrep", "-f", "PredictActor"], capture_output=True, text=True).stdout.split()
+        ps = _actor_processes(proc.pid)
         if ps and (out / "pictures").exists():
-            killed = int(ps[0])
+            killed = ps[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.05)
     output, _ = proc.communicate(timeout=300)
@@ -306,15 +344,3 @@ def test_ray_actors_give_what_one_process_gives(model, photos, tmp_path):
     assert killed is not None, output[-3000:]
     assert _load(out) == _load(local)
     assert "2 actors x 1 CPUs" in output
-
-
-def test_ray_is_imported_only_with_the_flag(model, photos, tmp_path):
-    """A local run imports nothing of Ray (the optional extra)."""
-    _, _, onnx_path = model
-    code = ("import sys; from resnext_det.apps import predict; "
-            f"rc = predict.cli(['--config-file', {CONFIG!r}, '--input', {str(photos / 'coffee.png')!r}, "
-            f"'--output', {str(tmp_path / 'out')!r}, '--runtime', 'onnxruntime'] + {TINY!r} + "
-            f"['MODEL.WEIGHTS', {onnx_path!r}]); "
-            "print('RAY', any(m == 'ray' or m.startswith('ray.') for m in sys.modules), rc)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.stdout.strip().splitlines()[-1] == "RAY False 0", r.stderr[-2000:]
