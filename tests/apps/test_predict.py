@@ -3,8 +3,9 @@ re-encoded with EXIF orientation and odd modes), folders, globs and a video; eac
 detections are those of the predictor on detectron2's ``read_image`` of it; unreadable files
 are listed with their reason and the run goes on; a SIGKILLed run started again ends with the
 same predictions.json (started as tools/demo.py, then again without Ray imported); video
-frames give what single pictures give; Ray actors give what one process gives. The model is a tiny FPN with random weights (detections are plentiful and
-arbitrary: these tests check the plumbing; tests/deploy/test_predict_ap.py checks the AP)."""
+frames give what single pictures give; Ray actors give what one process gives. The model is a
+tiny FPN with random weights (detections are plentiful and arbitrary: these tests check the
+plumbing; tests/deploy/test_predict_ap.py checks the AP)."""
 import io
 import json
 import os
