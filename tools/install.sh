@@ -15,11 +15,11 @@ PY=${PYTHON:-python3}
 PIP="$PY -m pip --disable-pip-version-check"
 log() { echo "[install] $*"; }
 
-have() { "$PY" -c "import $1" >/dev/null 2>&1; }
+# (each check is one interpreter start: importing torch costs seconds)
 
 # 1. torch + torchvision (pinned to the releases this platform ships).
-if have torch && have torchvision; then
-  log "torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
+if TORCH_VERSION=$("$PY" -c 'import torch, torchvision; print(torch.__version__)' 2>/dev/null); then
+  log "torch $TORCH_VERSION already installed"
 else
   log "installing torch 2.14.1 + torchvision 0.29.1"
   $PIP install -q torch==2.14.1 torchvision==0.29.1
@@ -27,8 +27,8 @@ fi
 
 # 2. detectron2: the official source install first; when no git host can be reached, the
 #    PyPI redistribution of its Python package (sal-detectron2), without its C++ extension.
-if have detectron2; then
-  log "detectron2 already importable from $("$PY" -c 'import detectron2,os; print(os.path.dirname(detectron2.__file__))' 2>/dev/null)"
+if D2_DIR=$("$PY" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))' 2>/dev/null); then
+  log "detectron2 already importable from $D2_DIR"
 else
   log "trying the official detectron2 source install (git)"
   if timeout 600 $PIP install -q --no-build-isolation \
