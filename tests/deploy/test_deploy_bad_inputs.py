@@ -268,14 +268,26 @@ def test_ir_files_bad_input(exported, tmp_path):
 
 
 def test_int8_ir_refuses_onnxruntime(exported, tmp_path):
+    """An OpenVINO IR as --int8 writes it (model_int8.xml + .bin, the contract with precision
+    int8) is refused by ONNX Runtime and run in OpenVINO by default. The refusal goes by the
+    file's format, so the IR is the export converted as it is, without NNCF's quantization
+    (seconds of work; test_deploy_parity checks NNCF's int8 IR from tools/export.py --int8)."""
+    import openvino as ov
+
+    from resnext_det.deploy import read_contract
+    from resnext_det.deploy.contract import save_openvino_ir
     from resnext_det.deploy.quantize import quantize_int8_nncf
 
-    g = np.random.default_rng(0)
-    images = [g.integers(0, 256, (3, 64, w)).astype(np.float32) for w in (64, 96)]
-    xml = quantize_int8_nncf(exported, images, str(tmp_path / "model_int8.xml"))
+    contract = read_contract(exported)
+    contract.precision = "int8"
+    xml = save_openvino_ir(ov.convert_model(exported), contract, str(tmp_path / "model_int8.xml"))
     with pytest.raises(DeployError, match=r"runs in OpenVINO only"):
         DeployedPredictor(xml, runtime="onnxruntime")
     p = DeployedPredictor(xml)
     assert p.runtime == "openvino" and "OpenVINO IR" in p.runtime_reason
+    assert p.contract.precision == "int8"
+    g = np.random.default_rng(0)
+    images = [g.integers(0, 256, (3, 64, w)).astype(np.float32) for w in (64, 96)]
     with pytest.raises(DeployError, match=r"--int8-preset 'fast'"):
         quantize_int8_nncf(exported, images, str(tmp_path / "x.xml"), preset="fast")
+    assert not (tmp_path / "x.xml").exists()
