@@ -195,10 +195,10 @@ def test_killed_run_started_again_ends_with_the_same_predictions(model, photos, 
     inputs = [photos / "coffee.png", photos / "chelsea_gray.png", photos / "camera16.png",
               photos / "astronaut_exif6.jpg", photos / "sub" / "rocket_rgba.png"]
     whole = tmp_path / "whole"
-    assert _run(onnx_path, inputs, whole, "--shard-size", "2", "--runtime", "openvino") == 0
+    assert _run(onnx_path, inputs, whole, "--shard-size", "2", "--runtime", "onnxruntime") == 0
     killed = tmp_path / "killed"
     argv = ["--config-file", CONFIG, "--input", *map(str, inputs), "--output", str(killed), "--shard-size", "2",
-            "--runtime", "openvino"] + TINY + ["MODEL.WEIGHTS", onnx_path]
+            "--runtime", "onnxruntime"] + TINY + ["MODEL.WEIGHTS", onnx_path]
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--confidence-threshold", "0.5",
                              *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = killed / "shards" / "000000.json"
