@@ -320,9 +320,10 @@ def _actor_processes(root):
 
 @pytest.mark.slow
 def test_ray_actors_give_what_one_process_gives(model, photos, photos_run, tmp_path):
-    """A local Ray instance, 2 actors x 1 CPU, shards of 2 pictures; one actor SIGKILLed once
-    pictures are being drawn: Ray retries its batch and the run ends with the one-process
-    predictions.json (the real-photos run, 64-picture shards), each picture once."""
+    """A local Ray instance, 2 actors x 1 CPU, shards of 2 pictures; every actor SIGKILLed once
+    pictures are being drawn (so a batch in flight is lost, whichever actor holds it): Ray
+    retries it and the run ends with the one-process predictions.json (the real-photos run,
+    64-picture shards), each picture once."""
     pytest.importorskip("ray", reason="the ray extra (pip install -e .[ray]); tools/install.sh installs it")
     _, _, onnx_path = model
     _, _, local = photos_run
@@ -337,8 +338,9 @@ def test_ray_actors_give_what_one_process_gives(model, photos, photos_run, tmp_p
     while proc.poll() is None and time.time() < deadline and killed is None:
         ps = _actor_processes(proc.pid)
         if ps and (out / "pictures").exists():
-            killed = ps[0]
-            os.kill(killed, signal.SIGKILL)
+            killed = ps  # every actor: whichever holds a batch, its batch must be retried
+            for pid in ps:
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, output[-3000:]  # 1: the bad files
