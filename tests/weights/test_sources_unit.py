@@ -307,3 +307,109 @@ def test_converter_output_gets_torchvision_meta_and_tables_stay_intact(tmp_path)
     assert meta["source"] == "torchvision" and meta["architecture"]["preset"] == "X-50-32x4d"
     meta["pixel_mean"][0] = -1.0  # a caller changing its copy does not change the next file's
     assert read_checkpoint(str(tmp_path / "conv.pkl"))["meta"]["pixel_mean"][0] == pytest.approx(123.675)
+
+
+# ----------------------------------------------------------------------------- progress bars, log lines
+def test_progress_bars_name_their_step(tmp_path, capsys):
+    """progress=True shows a bar named for its step (tqdm, on stderr) while renaming a torchvision
+    or Caffe2 file and while writing one; progress=False shows none."""
+    torch.save(_tiny_tv().state_dict(), tmp_path / "tv.pth")
+    with open(tmp_path / "c2.pkl", "wb") as f:
+        pickle.dump(_c2_blobs(), f, protocol=2)
+    for name in ("tv.pth", "c2.pkl"):
+        capsys.readouterr()
+        read_checkpoint(str(tmp_path / name))
+        assert capsys.readouterr().err == "", name
+        ckpt = read_checkpoint(str(tmp_path / name), progress=True)
+        err = capsys.readouterr().err
+        assert "renaming: " in err and "tensor" in err, name
+    save_converted(ckpt["model"], ckpt["meta"], str(tmp_path / "out.pth"), progress=True)
+    assert "writing: " in capsys.readouterr().err
+
+
+def test_progress_log_gives_the_size_in_mib_and_the_reading_time(tmp_path, caplog):
+    import logging
+    import re
+    import time
+
+    path = str(tmp_path / "big.pth")
+    # 2**18 float32 = 1 MiB of data (the file holds a little more: the zip's headers)
+    torch.save({"model": {"stem.conv1.weight": torch.zeros(2 ** 18)}}, path)
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="resnext_det.weights.sources"):
+        read_checkpoint(path, progress=True)
+    wall = time.perf_counter() - t0
+    assert f"Reading {path} (1.0 MiB, torch-zip) ..." in caplog.text
+    (seconds,) = re.findall(r"Read in (\d+\.\d)s; converting \.\.\.", caplog.text)
+    assert 0.0 <= float(seconds) <= wall + 0.05  # the time it took (rounded to 0.1 s)
+
+
+def test_unknown_torchvision_names_message_in_full(tmp_path):
+    sd = dict(_tiny_tv().state_dict())
+    sd["layer1.0.se.fc1.weight"] = torch.zeros(1)
+    path = str(tmp_path / "se.pth")
+    torch.save(sd, path)
+    with pytest.raises(WeightsError) as e:
+        read_checkpoint(path)
+    assert str(e.value) == (
+        f"{path}: 1 tensors have names outside the torchvision/timm ResNet layout (e.g. ['layer1.0.se.fc1.weight']); "
+        "only plain ResNet/ResNeXt bottleneck models (conv1, bn1, layerN.i.convK/bnK, downsample.0/1, fc) "
+        "convert. Deep-stem / SE / BasicBlock variants are not ResNeXt backbones this project builds.")
+
+
+# ----------------------------------------------------------------------------- Torch7 (reader stubbed)
+def _t7_file(tmp_path):
+    """The smallest Torch7 file (the Lua table {[1] = 7}): sniffed and read as Torch7."""
+    import struct
+
+    path = tmp_path / "m.t7"
+    path.write_bytes(struct.pack("<iii", 3, 1, 1) + struct.pack("<id", 1, 1.0) + struct.pack("<id", 1, 7.0))
+    return str(path)
+
+
+@pytest.mark.parametrize("stride_in_1x1", [True, False, None])
+def test_torch7_branch(stride_in_1x1, tmp_path, monkeypatch):
+    """A .t7 file goes to the Torch7 reader (stubbed here: test_weights.py converts real ones);
+    its names are kept as they come, with torchvision's convention and the stride the file
+    tells (None: the convention's False)."""
+    from resnext_det.weights import sources
+
+    seen = []
+    sd = _d2_names()
+
+    def reader(obj, path):
+        seen.append((obj, path))
+        return sd, stride_in_1x1
+
+    monkeypatch.setattr(sources, "torch7_to_detectron2", reader)
+    path = _t7_file(tmp_path)
+    ckpt = read_checkpoint(path, "X-50-32x4d")
+    assert seen == [([7], path)]
+    assert ckpt["model"] is sd and ckpt["matching_heuristics"] is True and ckpt["__author__"] == "torch7"
+    meta = ckpt["meta"]
+    assert (meta["source"], meta["convention"], meta["original_file"]) == ("torch7", "torch7", "m.t7")
+    assert meta["input_format"] == "RGB" and meta["pixel_mean"] == [123.675, 116.28, 103.53]
+    assert meta["stride_in_1x1"] is (stride_in_1x1 is True)
+    assert meta["architecture"]["preset"] == "X-50-32x4d"
+    with pytest.raises(WeightsError, match=r"m\.t7: the weights are X-50-32x4d, not preset 'X-101-32x4d'"):
+        read_checkpoint(path, "X-101-32x4d")
+
+
+# ----------------------------------------------------------------------------- wrappers, writing
+def test_blobs_wrapper_entries_are_carried_without_the_blobs(tmp_path):
+    """A 'blobs' wrapper holding detectron2 names: its other entries come with the checkpoint,
+    the blobs only as the model."""
+    blobs = {k: v.numpy() for k, v in _d2_names().items()}
+    with open(tmp_path / "b.pkl", "wb") as f:
+        pickle.dump({"blobs": blobs, "iteration": 3}, f, protocol=2)
+    ckpt = read_checkpoint(str(tmp_path / "b.pkl"))
+    assert sorted(ckpt) == ["__author__", "iteration", "matching_heuristics", "meta", "model"]
+    assert ckpt["iteration"] == 3 and sorted(ckpt["model"]) == sorted(blobs)
+
+
+def test_save_converted_keeps_tensors_as_they_are(tmp_path):
+    """A .pth keeps each tensor itself: bfloat16 (which numpy cannot hold) stays bfloat16."""
+    sd = {"w": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)}
+    data = torch.load(save_converted(sd, None, str(tmp_path / "bf16.pth")), weights_only=True)
+    assert data["model"]["w"].dtype == torch.bfloat16
+    assert data["model"]["w"].tolist() == [1.5, -2.0]
