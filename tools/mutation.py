@@ -38,15 +38,14 @@ from resnext_det.apps.benchmark.protocol import environment, write_record  # noq
 MODULE_TESTS = {
     "weights/sources.py": ["tests/weights/test_sources_unit.py", "tests/weights/test_names.py",
                            "tests/weights/test_weights.py"],
-    "weights/safe_io.py": ["tests/weights/test_safe_io_unit.py", "tests/weights/test_weights.py"],
+    "weights/safe_io.py": ["tests/weights/test_safe_io_unit.py"],
     "data/sampler.py": ["tests/data/test_sampler.py"],
     "data/proposals.py": ["tests/data/test_proposals.py"],
     "modeling/blocks.py": ["tests/modeling/test_blocks.py"],
     "config.py": ["tests/test_config.py"],
     "deploy/contract.py": ["tests/deploy/test_contract_unit.py"],
-    # the deploy runtime modules: their unit tests come with the deploy fix (tests/deploy/)
-    "deploy/predictor.py": ["tests/deploy/test_deploy_bad_inputs.py"],
-    "deploy/runtimes.py": ["tests/deploy/test_deploy_bad_inputs.py"],
+    "deploy/predictor.py": ["tests/deploy/test_predictor_unit.py"],
+    "deploy/runtimes.py": ["tests/deploy/test_runtimes_unit.py"],
 }
 EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.json"
 COMMAND = "nice -n 19 python tools/mutation.py --phase PHASE [MODULE ...]"
