@@ -201,3 +201,135 @@ def test_safetensors_and_torch7(tmp_path):
     with pytest.raises(WeightsError, match=r"cut\.t7: the file is truncated or corrupted") as e:
         safe_load(cut)
     assert str(e.value).endswith("; download or convert it again")
+
+
+# ----------------------------------------------------------------------------- more rules and their edges
+def test_sniff_format_edges(tmp_path):
+    # the smallest safetensors header: its length (1) and '{' in exactly 9 bytes
+    assert sniff_format(_file(tmp_path, "s.bin", struct.pack("<Q", 1) + b"{")) == "safetensors"
+    # exactly 8 bytes of a Torch7 table, object #1
+    assert sniff_format(_file(tmp_path, "t.bin", struct.pack("<ii", 3, 1))) == "torch7"
+    # a header length past 2**63 is a huge length, not a negative one
+    huge = _file(tmp_path, "h.bin", struct.pack("<Q", 2 ** 64 - 1) + b'{"a": 1}')
+    with pytest.raises(WeightsError, match=r"h\.bin: not a checkpoint this project can read"):
+        sniff_format(huge)
+
+
+def test_python2_strings_decode_as_latin1(tmp_path):
+    """A Python 2 pickle (Detectron's .pkl files) holds array buffers as str (BINSTRING): each
+    byte becomes the character of that code point, so every byte value comes back."""
+    every_byte = bytes(range(256))
+    data = b"\x80\x02T" + struct.pack("<I", 256) + every_byte + b"."
+    assert load_restricted_pickle(_file(tmp_path, "py2str.pkl", data)) == every_byte.decode("latin1")
+
+
+def test_codecs_encode_arguments(tmp_path):
+    import codecs
+
+    data = pickle.dumps(_Call(codecs.encode, "abc"), protocol=2)  # no encoding named: latin-1
+    assert load_restricted_pickle(_file(tmp_path, "one.pkl", data)) == b"abc"
+    data = pickle.dumps(_Call(codecs.encode, "a\u20ac", "latin1", "replace"), protocol=2)  # errors= honoured
+    assert load_restricted_pickle(_file(tmp_path, "rep.pkl", data)) == b"a?"
+
+
+def test_numpy_1x_module_names_resolve_without_numpy_core(monkeypatch):
+    """On numpy 1.x (no numpy._core) the allow-list takes numpy.core's functions."""
+    from resnext_det.weights import safe_io
+
+    real, asked = safe_io.importlib.import_module, []
+
+    def import_module(name):
+        asked.append(name)
+        if name.startswith("numpy._core"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name)
+
+    monkeypatch.setattr(safe_io.importlib, "import_module", import_module)
+    module = safe_io._np_core("multiarray")
+    assert asked == ["numpy._core.multiarray", "numpy.core.multiarray"]
+    assert module.__name__ == "numpy.core.multiarray" and module._reconstruct is np.core.multiarray._reconstruct
+
+
+def test_a_pickled_number_is_returned_as_it_is(tmp_path):
+    """Only torch's magic number opens a legacy torch file; any other number is the content."""
+    assert safe_load(_file(tmp_path, "n.pkl", pickle.dumps(7, protocol=2))) == 7
+
+
+def _rezip(src, dst, change):
+    """The torch zip file ``src`` written again at ``dst`` with ``change(name, bytes)`` applied."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        items = {n: change(n, z.read(n)) for n in z.namelist()}
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as z:
+        for n, b in items.items():
+            z.writestr(n, b)
+    return str(dst)
+
+
+def test_torch_refusals_name_the_file_and_the_whole_global(tmp_path):
+    import xml.sax.saxutils
+
+    from resnext_det.weights import safe_io
+
+    for payload, module, name in ((_Call(xml.sax.saxutils.escape, "x"), "xml.sax.saxutils", "escape"),
+                                  # the loader's own latin-1 stand-in is for .pkl files only
+                                  (_Call(safe_io._latin1_encode, "x", "latin1"), "resnext_det.weights.safe_io",
+                                   "_latin1_encode")):
+        path = str(tmp_path / f"{name}.pth")
+        torch.save({"x": payload}, path)
+        with pytest.raises(ForbiddenGlobalError) as e:
+            safe_load(path)
+        assert (e.value.path, e.value.module, e.value.name) == (path, module, name)
+        assert str(e.value).startswith(f"{path}: refused to load: the file asks for the global '{module}.{name}'")
+
+
+def test_torch_refuses_what_it_cannot_name(tmp_path):
+    """An opcode torch's weights-only unpickler does not run (protocol 0's INT): refused in the
+    project's words, without torch's advice to turn weights_only off."""
+    torch.save({"w": torch.zeros(1)}, tmp_path / "ok.pth")
+    path = _rezip(tmp_path / "ok.pth", tmp_path / "op.pth",
+                  lambda n, b: b"\x80\x02I7\n." if n.endswith("/data.pkl") else b)
+    with pytest.raises(WeightsError) as e:
+        safe_load(path)
+    assert str(e.value) == (f"{path}: refused to load: the file holds objects a weights file never needs; nothing "
+                            "from the file was executed. Re-save the weights as a plain state dict of tensors.")
+
+
+def test_torch_file_saved_on_a_gpu_loads_on_the_cpu(tmp_path):
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "cpu.pth")
+    # the same file as a CUDA machine writes it: the storage's location says cuda:0
+    path = _rezip(tmp_path / "cpu.pth", tmp_path / "gpu.pth",
+                  lambda n, b: b.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+                  if n.endswith("/data.pkl") else b)
+    got = safe_load(path)["w"]
+    assert got.device == torch.device("cpu") and got.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_torch_files_stay_weights_only_when_the_environment_says_otherwise(tmp_path, monkeypatch):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off torch.load's default safety, not an explicit one."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    path = str(tmp_path / "evil.pth")
+    torch.save({"x": _Call(os.getcwd)}, path)
+    with pytest.raises(ForbiddenGlobalError) as e:
+        safe_load(path)
+    assert (e.value.module, e.value.name) == ("posix", "getcwd")
+
+
+def test_damaged_files_name_the_library_error(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "new.pth")
+    data = (tmp_path / "new.pth").read_bytes()
+    with pytest.raises(WeightsError, match=r"the file is truncated or corrupted \(RuntimeError: PytorchStreamReader "
+                                           r"failed reading zip archive"):
+        safe_load(_file(tmp_path, "cut.pth", data[: len(data) // 2]))
+    save_file({"w": torch.ones(2, 2)}, str(tmp_path / "m.safetensors"))
+    data = (tmp_path / "m.safetensors").read_bytes()
+    with pytest.raises(WeightsError, match=r"the file is truncated or corrupted \(SafetensorError: "):
+        safe_load(_file(tmp_path, "cut.safetensors", data[:-3]))
+    cut = _file(tmp_path, "cut.t7", struct.pack("<iii", 3, 1, 1) + struct.pack("<i", 1))
+    with pytest.raises(WeightsError) as e:
+        safe_load(cut)
+    assert str(e.value) == (f"{cut}: the file is truncated or corrupted (error: unpack requires a buffer of 8 "
+                            "bytes); download or convert it again")
