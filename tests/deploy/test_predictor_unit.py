@@ -126,12 +126,13 @@ def test_smallest_image(export):
 # ----------------------------------------------------------------------------- settings
 def test_settings_logged_and_kept(export, caplog):
     with caplog.at_level(logging.INFO, logger="resnext_det.deploy.predictor"):
-        p = DeployedPredictor(export, runtime="onnxruntime", num_threads=2, allow_spinning=False)
+        # 3 threads: more than this 2-core machine's default, so the number given shows
+        p = DeployedPredictor(export, runtime="onnxruntime", num_threads=3, allow_spinning=False)
     assert (p.path, p.runtime, p.precision_used, p.input_format) == (export, "onnxruntime", "fp32", "BGR")
     assert p.runtime_reason == "runtime onnxruntime: named by the caller"
-    assert p.contract.min_size_test == 64 and p.runner.num_threads == 2 and p.runner.allow_spinning is False
-    assert f"Deployed model {export}: onnxruntime, 2 threads, spinning off, precision fp32 (weights fp32)" \
-        in caplog.text
+    assert p.contract.min_size_test == 64 and p.runner.num_threads == 3 and p.runner.allow_spinning is False
+    assert caplog.messages == [f"Deployed model {export}: onnxruntime, 3 threads, spinning off, precision fp32 "
+                               "(weights fp32)"]
     ov = DeployedPredictor(export, runtime="openvino", num_threads=1, precision="bf16", shape_mode="static",
                            cache_size=2)
     assert ov.runner.config["INFERENCE_PRECISION_HINT"] == "bf16"
@@ -169,7 +170,9 @@ def test_a_graph_the_runtime_refuses_is_named_in_one_line(tmp_path, runtime):
     with pytest.raises(DeployError) as e:
         DeployedPredictor(path, runtime=runtime, num_threads=1)
     text = str(e.value)
-    assert text.startswith(f"{path}: {runtime} cannot load it: ") and "\n" not in text
+    # the runtime's exception in one line: its type and its message's first line
+    what = {"onnxruntime": "Fail: [ONNXRuntimeError] : 1 : FAIL : Load model from ", "openvino": "RuntimeError: "}
+    assert text.startswith(f"{path}: {runtime} cannot load it: {what[runtime]}") and "\n" not in text
 
 
 # ----------------------------------------------------------------------------- the runtime choice
@@ -182,7 +185,7 @@ def test_runtime_for_onnx(export, monkeypatch, caplog):
         for auto in (None, "auto"):
             assert DeployedPredictor.runtime_for(export, auto) == ("onnxruntime",
                                                                    "runtime onnxruntime fp32: measured here")
-    assert caplog.text.count(f"{export}: runtime onnxruntime fp32: measured here") == 2
+    assert caplog.messages == [f"{export}: runtime onnxruntime fp32: measured here"] * 2
     p = DeployedPredictor(export, num_threads=1)
     assert p.runtime == "onnxruntime" and p.runtime_reason == "runtime onnxruntime fp32: measured here"
 
@@ -204,7 +207,7 @@ def test_runtime_for_an_ir(ir, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="resnext_det.deploy.predictor"):
         for auto in (None, "auto"):
             assert DeployedPredictor.runtime_for(ir, auto) == ("openvino", reason)
-    assert caplog.text.count(f"{ir}: {reason}") == 2
+    assert caplog.messages == [f"{ir}: {reason}"] * 2
     assert DeployedPredictor.runtime_for(ir, "openvino") == ("openvino", "runtime openvino: named by the caller")
     with pytest.raises(DeployError) as e:
         DeployedPredictor.runtime_for(ir, "onnxruntime")
@@ -213,3 +216,14 @@ def test_runtime_for_an_ir(ir, monkeypatch, caplog):
     p = DeployedPredictor(ir, num_threads=1)
     assert p.runtime == "openvino" and p.runtime_reason == reason
     assert p(_bgr())["instances"].scores.tolist() == [30.0, 20.0, 10.0]
+
+
+def test_instances_hold_detectron2s_types_whatever_the_runtime_answers_in(export):
+    """float32 boxes and scores, int64 classes, as detectron2's Instances hold them."""
+    p = DeployedPredictor(export, runtime="onnxruntime", num_threads=1)
+    p.runner = SimpleNamespace(run=lambda x: (np.array([[1.0, 2.0, 3.0, 4.0]], np.float64), np.array([0.5]),
+                                              np.array([2], np.int32)))
+    inst = p.run_resized(np.ones((3, 8, 8), np.float32))
+    assert inst.pred_boxes.tensor.dtype == torch.float32 and inst.pred_boxes.tensor.tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert inst.scores.dtype == torch.float32 and inst.scores.tolist() == [0.5]
+    assert inst.pred_classes.dtype == torch.int64 and inst.pred_classes.tolist() == [2]
