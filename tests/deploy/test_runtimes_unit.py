@@ -231,9 +231,10 @@ def test_make_runtime_names_a_missing_runtime(graph_bytes, runtime, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- old exports
-def _old_export():
-    """y = [] if sum(x) > 0 else [5]: an If whose 'then' branch is a zero-element constant, the
-    pattern exports written before the empty-branch rewrite hold (see test_graph_fix.py)."""
+def _old_export(outputs=("y",)):
+    """Each output = [] if sum(x) > 0 else [5]: an If whose 'then' branch is a zero-element
+    constant, the pattern exports written before the empty-branch rewrite hold (see
+    test_graph_fix.py)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -245,11 +246,11 @@ def _old_export():
 
     nodes = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
              helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
-             helper.make_node("Greater", ["total", "zero"], ["positive"]),
-             helper.make_node("If", ["positive"], ["y"], then_branch=branch("then", [0], []),
-                              else_branch=branch("else", [1], [5.0]))]
+             helper.make_node("Greater", ["total", "zero"], ["positive"])]
+    nodes += [helper.make_node("If", ["positive"], [y], then_branch=branch(f"{y}_then", [0], []),
+                               else_branch=branch(f"{y}_else", [1], [5.0])) for y in outputs]
     graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["k"])])
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["k"]) for y in outputs])
     return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -267,3 +268,86 @@ def test_openvino_rewrites_an_old_export_at_load_and_says_so_for_a_file(tmp_path
         for x, want in (([1.0, 2.0], []), ([-1.0, 0.0], [5.0]), ([3.0, 0.0], [])):
             assert runner.run_all({"x": np.array(x, np.float32)})[0].tolist() == want, (x, said)
     assert path.read_bytes() == before  # the file is left as it was
+
+
+def test_openvino_refuses_an_ir_of_an_old_export(tmp_path):
+    import openvino as ov
+
+    onnx_path = tmp_path / "old.onnx"
+    onnx_path.write_bytes(_old_export(("y", "w")).SerializeToString())
+    xml = str(tmp_path / "old.xml")
+    # converted as it was, not rewritten (and not compressed, which would put a Convert after it)
+    ov.save_model(ov.Core().read_model(str(onnx_path)), xml, compress_to_fp16=False)
+    with pytest.raises(DeployError) as e:
+        OpenVINORunner(xml, num_threads=1, shape_mode="dynamic")
+    assert str(e.value) == (
+        f"{xml}: this OpenVINO IR was converted from a graph exported before empty NMS results were rewritten "
+        "(w, y); OpenVINO would give images with nothing to detect the previous image's detections. Re-export it: "
+        "python tools/export.py --config-file CFG --output DIR --int8 MODEL.WEIGHTS W")
+
+
+# ----------------------------------------------------------------------------- more settings
+def test_run_answers_by_output_name(graph_bytes):
+    """run() gives (boxes, scores, classes) by name whatever order the graph lists them in;
+    run_all() gives the graph's order."""
+    model = detector_graph()
+    outputs = list(model.graph.output)
+    del model.graph.output[:]
+    model.graph.output.extend(reversed(outputs))  # classes, scores, boxes
+    for runner in (OnnxRuntimeRunner(model.SerializeToString(), num_threads=1, allow_spinning=False),
+                   OpenVINORunner(model.SerializeToString(), num_threads=1, shape_mode="dynamic")):
+        _check_answer(runner.run(image_chw()))
+        classes, scores, boxes = runner.run_all({"image": image_chw()})
+        _check_answer((boxes, scores, classes))
+
+
+def test_onnxruntime_asks_for_the_cpu_provider_by_name(graph_bytes, monkeypatch):
+    """A GPU build of onnxruntime would take its CUDA provider first if none were named."""
+    import onnxruntime as ort
+
+    real, asked = ort.InferenceSession, []
+
+    def session(model, sess_options=None, providers=None):
+        asked.append(providers)
+        return real(model, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    OnnxRuntimeRunner(graph_bytes, num_threads=1, allow_spinning=False)
+    assert asked == [["CPUExecutionProvider"]]
+
+
+class _Type:
+    """What OpenVINO answers for INFERENCE_PRECISION_HINT: a Type, named by get_type_name()."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def get_type_name(self):
+        return self.name
+
+    def __str__(self):
+        return f"<Type: '{self.name}'>"
+
+
+@pytest.mark.parametrize("hint,used", [
+    (_Type("f32"), "fp32"), (_Type("bf16"), "bf16"), (_Type("f16"), "fp16"),  # CPUs with native fp16
+    (_Type("u8"), "<Type: 'u8'>"),  # another type: as OpenVINO prints it
+    ("f16", "fp16"), ("f64", "f64"),  # older OpenVINO answered with text
+])
+def test_openvino_names_the_precision_in_effect(graph_bytes, monkeypatch, hint, used):
+    class Compiled:
+        def get_property(self, key):
+            assert key == "INFERENCE_PRECISION_HINT"
+            return hint
+
+    monkeypatch.setattr(OpenVINORunner, "_compile", lambda self, model: (Compiled(), None))
+    assert OpenVINORunner(graph_bytes, num_threads=1, shape_mode="dynamic").precision_used == used
+
+
+def test_defaults_of_make_runtime_and_the_smallest_cache(graph_bytes):
+    runner = make_runtime("onnxruntime", graph_bytes, 1, allow_spinning=False)  # precision fp32
+    assert runner.precision_used == "fp32"
+    one = make_runtime("openvino", graph_bytes, 1, shape_mode="static", cache_size=1)
+    _check_answer(one.run(image_chw()))
+    _check_answer(one.run(image_chw(h=8, w=2)), h=8, w=2)
+    assert one.compiles == 3 and len(one._static) == 1
