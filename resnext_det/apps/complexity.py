@@ -1,11 +1,10 @@
 """Parameters and FLOPs of the ResNeXt presets as ImageNet classifiers, next to the paper's.
 
-The counted network is the paper's classifier: this project's bottom-up ResNeXt
-(stem, res2..res5, BN with affine parameters, as torchvision counts them) + global average
-pooling + a 1000-class fc. **The fc (2048*1000 + 1000 = 2,049,000 parameters) is included
-in the parameter counts**, as in the paper's Table 1 and torchvision. FLOPs are fvcore's
-count at 224x224, batch 1: one multiply-add = one FLOP (the paper's convention); fvcore
-also counts the BN (one per element) and the pooling, which adds well under 1%.
+The counted network is the paper's classifier: the bottom-up ResNeXt (BN with affine parameters,
+as torchvision counts them) + global average pooling + a 1000-class fc. **The fc (2,049,000
+parameters) is included in the parameter counts**, as in the paper's Table 1 and torchvision.
+FLOPs are fvcore's count at 224x224, batch 1: one multiply-add = one FLOP (the paper's
+convention); fvcore also counts BN and pooling, well under 1%.
 """
 from __future__ import annotations
 
@@ -25,9 +24,7 @@ from .tool import run_tool
 
 __all__ = ["PAPER", "ComplexityRow", "classifier_from_preset", "count", "complexity_table", "format_table", "TABLE2_FAMILY"]
 
-# name -> (params in millions, GFLOPs) as printed in the paper (Table 1 and Sec. 3/5.1).
-# "~" figures: the paper only says "about" (101-layer models: ~44M / 7.8G; Table 2's family is
-# built to match ResNet-50's complexity).
+# name -> (params in millions, GFLOPs, "~" where the paper only says "about") (Table 1, Sec. 3/5.1)
 PAPER = {
     "R-50": (25.5, 4.1, ""),
     "X-50-32x4d": (25.0, 4.2, ""),
@@ -76,7 +73,6 @@ class ComplexityRow:
 
 def count(model: nn.Module, size: int = 224):
     """(parameters, fvcore GFLOPs at size x size, batch 1) of a classifier."""
-
     params = sum(p.numel() for p in model.parameters())
     flops = FlopCountAnalysis(model, torch.zeros(1, 3, size, size))
     flops.unsupported_ops_warnings(False)
@@ -86,11 +82,7 @@ def count(model: nn.Module, size: int = 224):
 
 
 def complexity_table(names: Sequence[str] = DEFAULT_MODELS, size: int = 224) -> List[ComplexityRow]:
-    """One :class:`ComplexityRow` per preset name (see ``resnext_det.PRESETS``).
-
-    Raises:
-        ResNeXtConfigError: an unknown name (the known ones listed).
-    """
+    """One :class:`ComplexityRow` per preset name; ResNeXtConfigError lists the known ones."""
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
         raise ResNeXtConfigError(f"unknown preset(s) {unknown}; known presets: {', '.join(PRESETS)}")

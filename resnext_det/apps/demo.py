@@ -1,8 +1,5 @@
-"""Demo pictures: detections drawn on val images, and losses / AP over iterations.
-
-Both read what a training run leaves behind (``model_final.pth``, ``metrics.json``), so
-they work on any finished output folder, not only the demo's.
-"""
+"""Demo pictures: detections drawn on val images, and losses / AP over iterations, from what any
+finished training run leaves behind (``model_final.pth``, ``metrics.json``)."""
 from __future__ import annotations
 
 import json
@@ -15,9 +12,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.visualizer import Visualizer
-# matplotlib's object-oriented API, not pyplot: no global backend to select (pyplot would
-# want a display, or matplotlib.use("Agg") as a process-wide side effect) and no figure
-# registry to close; Figure.savefig renders with Agg by itself
+# matplotlib's object-oriented API, not pyplot: no process-wide backend to select, no figure registry
 from matplotlib.figure import Figure
 
 from ..weights import load_checkpoint
@@ -28,27 +23,17 @@ __all__ = ["draw_detections", "plot_metrics", "read_metrics"]
 
 def draw_detections(cfg, dataset_name: str, out_dir: str, *, num_images: int = 6,
                     score_thresh: float = 0.5, model=None) -> List[str]:
-    """Draw the model's detections (and the ground-truth boxes, thin) on val images.
-
-    Args:
-        cfg: the config of the detector (MODEL.WEIGHTS is loaded when ``model`` is None).
-        dataset_name: a registered dataset (its first ``num_images`` images are drawn).
-        out_dir: where ``detections_<i>.png`` and a grid ``detections.png`` are written.
-        num_images: how many images.
-        score_thresh: detections below it are not drawn.
-        model: an already built and loaded model (eval mode), optional.
-
-    Returns:
-        the PNG paths, the grid first.
-    """
+    """Draw the detections scoring ``score_thresh`` or more (and the ground-truth boxes, dashed) on the
+    first ``num_images`` of ``dataset_name`` into ``out_dir/detections_<i>.png`` and a grid
+    ``detections.png``; returns the paths, the grid first. ``model``: built and loaded (else
+    ``cfg.MODEL.WEIGHTS`` is)."""
     if model is None:
         model = ResNeXtTrainer.build_model(cfg)
         load_checkpoint(model, cfg, cfg.MODEL.WEIGHTS)
     model.eval()
     meta = MetadataCatalog.get(dataset_name)
     dicts = DatasetCatalog.get(dataset_name)[:num_images]
-    # the test loader applies the config's test-time resize (and precomputed proposals,
-    # from shards or a pickle: the trainer's loader reads both)
+    # the test loader applies the config's test-time resize (and precomputed proposals)
     loader = ResNeXtTrainer.build_test_loader(cfg, dataset_name)
     os.makedirs(out_dir, exist_ok=True)
     paths, tiles = [], []
@@ -86,13 +71,8 @@ def draw_detections(cfg, dataset_name: str, out_dir: str, *, num_images: int = 6
 
 def read_metrics(metrics_json: str) -> List[Dict]:
     """The records of a detectron2 ``metrics.json`` (one JSON object per line)."""
-    out = []
     with open(metrics_json) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                out.append(json.loads(line))
-    return out
+        return [json.loads(line) for line in f if line.strip()]
 
 
 _LOSSES = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
@@ -101,19 +81,12 @@ _LOSSES = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_l
 def plot_metrics(metrics_files: Dict[str, str], out_png: str,
                  ap_keys: Sequence[str] = ("bbox/AP", "bbox/AP50"),
                  figures: Optional[Dict[str, float]] = None) -> str:
-    """Plot losses (one panel per training stage) and each stage's quality into one PNG.
-
-    Args:
-        metrics_files: stage name -> path of its ``metrics.json``.
-        out_png: output path.
-        ap_keys: evaluation metrics to plot (over iterations) in the last panel.
-        figures: further figures drawn as labelled horizontal lines in the last panel,
-            in percent (e.g. ``{"stage 1 RPN AR@100 x100": 78.0, "oracle AP": 90.1}``).
-    """
+    """Plot losses (one panel per stage of ``metrics_files``: name -> ``metrics.json``) and, in the
+    last panel, each stage's ``ap_keys`` over iterations and ``figures`` (percent) as labelled
+    horizontal lines, into one PNG."""
     stages = {name: read_metrics(p) for name, p in metrics_files.items() if os.path.isfile(p)}
     fig = Figure(figsize=(5.5 * (len(stages) + 1), 4))
-    axes = fig.subplots(1, len(stages) + 1, squeeze=False)
-    axes = axes[0]
+    axes = fig.subplots(1, len(stages) + 1, squeeze=False)[0]
     ap_ax = axes[-1]
     for ax, (name, recs) in zip(axes, stages.items()):
         for key in _LOSSES:

@@ -1,6 +1,5 @@
-"""COCO evaluation of an exported model through a runtime (``train_net.py --eval-only
-MODEL.WEIGHTS out/model.onnx``, or an int8 ``model_int8.xml``): detectron2's ``inference_on_dataset`` with the project's
-evaluator, the runtime in place of the eager model."""
+"""COCO evaluation of an exported model (``train_net.py --eval-only MODEL.WEIGHTS out/model.onnx``, or
+``model_int8.xml``): detectron2's ``inference_on_dataset`` with the runtime in place of the eager model."""
 from __future__ import annotations
 
 import logging
@@ -24,14 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 def is_exported_model(path: str) -> bool:
-    """True when MODEL.WEIGHTS names an exported model (``.onnx``, or an OpenVINO IR ``.xml``)
-    rather than a checkpoint."""
+    """True when MODEL.WEIGHTS names an exported model (``.onnx`` or OpenVINO ``.xml``), not a checkpoint."""
     return os.path.splitext(str(path))[1].lower() in MODEL_FORMATS
 
 
 def check_exported_model(cfg, path: str) -> None:
-    """The file is one of our exports and its contract matches ``cfg`` (format, mean/std,
-    resize rule, number of classes); otherwise one error naming the file and the keys."""
+    """Refuse (DeployError naming the keys) a file whose contract does not match ``cfg``."""
     contract = read_contract(path)
     bad = contract.mismatches(cfg)
     if bad:
@@ -40,8 +37,7 @@ def check_exported_model(cfg, path: str) -> None:
 
 
 class _RuntimeModel:
-    """detectron2's model calling convention (list of dicts in, list of dicts out) on a
-    :class:`DeployedPredictor`, so ``inference_on_dataset`` runs it as it runs the eager one."""
+    """detectron2's model calling convention on a :class:`DeployedPredictor`, for ``inference_on_dataset``."""
 
     def __init__(self, predictor: DeployedPredictor):
         self.predictor = predictor
@@ -52,21 +48,10 @@ class _RuntimeModel:
 
 def evaluate_exported(cfg, path: Optional[str] = None, runtime: Optional[str] = None,
                       num_threads: Optional[int] = None, precision: str = "fp32", **runtime_options) -> Dict:
-    """COCO box AP of an exported model on each of ``cfg.DATASETS.TEST``.
-
-    Args:
-        cfg: the config the model was exported from (datasets, evaluator, OUTPUT_DIR).
-        path: the ``.onnx`` or ``.xml`` file (default ``cfg.MODEL.WEIGHTS``).
-        runtime: "onnxruntime", "openvino", or None / "auto" (the runtime measured fastest on
-            this CPU kind; see :class:`DeployedPredictor`).
-        num_threads: runtime threads (None: the physical cores available).
-        precision: see :class:`DeployedPredictor`.
-        **runtime_options: ``allow_spinning`` / ``shape_mode`` (see :class:`DeployedPredictor`).
-
-    Returns:
-        ``{dataset: {"bbox": {...}}}`` as detectron2's test loop returns; also written to
-        ``<OUTPUT_DIR>/inference/eval_results.json`` with the runtime and precision.
-    """
+    """COCO box AP of the exported model ``path`` (default ``cfg.MODEL.WEIGHTS``) on each of
+    ``cfg.DATASETS.TEST``, run as :class:`DeployedPredictor` takes the other arguments. Returns
+    ``{dataset: {"bbox": {...}}}`` as detectron2's test loop does; also written to
+    ``<OUTPUT_DIR>/inference/eval_results.json`` with the runtime and precision."""
     path = path or cfg.MODEL.WEIGHTS
     check_exported_model(cfg, path)
     predictor = DeployedPredictor(path, runtime=runtime, num_threads=num_threads, precision=precision,
@@ -96,19 +81,10 @@ def evaluate_exported(cfg, path: Optional[str] = None, runtime: Optional[str] = 
 
 
 def export_and_evaluate(cfg, output_dir: str, runtime: str = "onnxruntime") -> Dict:
-    """Export the plan's trained detector to ``output_dir/model.onnx`` and return its COCO
-    results through ``runtime`` (what the demo prints beside the eager AP). Results go to
-    ``output_dir/inference/``, never over the eager evaluation's files.
-
-    Args:
-        cfg: the train_net config (joint or two-stage plan; MODEL.WEIGHTS the final stage's
-            weights, or empty for where the plan wrote them), datasets registered.
-        output_dir: folder for the export and its evaluation.
-        runtime: "onnxruntime" or "openvino".
-
-    Returns:
-        ``{"path": model.onnx, "results": {...}}``.
-    """
+    """Export the plan's trained detector (``cfg``: the train_net config, datasets registered; empty
+    MODEL.WEIGHTS: where the plan wrote them) to ``output_dir/model.onnx`` and return ``{"path",
+    "results"}``: its COCO results through ``runtime`` (what the demo prints beside the eager AP),
+    written to ``output_dir/inference/``, never over the eager evaluation's files."""
     cfg, model = plan_export_target(cfg)
     if model is None and not cfg.MODEL.WEIGHTS:
         cfg = cfg.clone()

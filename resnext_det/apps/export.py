@@ -38,16 +38,8 @@ __all__ = ["get_parser", "cli", "main", "export_target", "plan_export_target", "
 
 
 def build_two_stage_detector(stages, weights: str = "") -> TwoStageDetector:
-    """The deployed form of a two-stage plan (``build_plan(cfg)``) from its trained weights.
-
-    Args:
-        stages: the plan's stages (rpn, proposals, fast_rcnn).
-        weights: the stage-2 (Fast R-CNN) weights; default ``<stage 2>/model_final.pth``.
-            Stage 1's are ``<stage 1>/model_final.pth`` (where the plan wrote them).
-
-    Raises:
-        FileNotFoundError: a stage's weights are missing (named, with the stage).
-    """
+    """The deployed form of a two-stage plan (``build_plan(cfg)``): stage 1's weights from where the
+    plan wrote them, stage 2's ``weights`` (default: the same). FileNotFoundError names a missing one."""
     by = {s.name: s for s in stages}
     rpn_cfg = by["rpn"].cfg.clone()
     rpn_cfg.defrost()
@@ -72,15 +64,9 @@ def build_two_stage_detector(stages, weights: str = "") -> TwoStageDetector:
 
 
 def plan_export_target(cfg):
-    """What to export for a plan config: ``(cfg of the deployed detector, model or None)``.
-
-    Joint plan: the final stage's config, the model built from it (None here). Two-stage
-    plan: stage 2's config (making its own proposals) and the :class:`TwoStageDetector` of
-    both trained stages (MODEL.WEIGHTS: stage 2's file; default where the plan wrote it).
-
-    Args:
-        cfg: a train_net config (RESNEXT_PLAN), datasets registered.
-    """
+    """What to export for a train_net config (datasets registered): ``(cfg of the deployed detector,
+    model or None)``. Joint plan: the final stage's config, None (built from it). Two-stage plan:
+    stage 2's config (making its own proposals) and the :class:`TwoStageDetector` of both stages."""
     stages = build_plan(cfg)
     scfg = final_stage(stages).cfg.clone()
     scfg.defrost()
@@ -120,17 +106,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def export_target(config_file: str, opts=(), *, demo: str = ""):
-    """What ``tools/export.py`` exports for a config: ``(cfg, model or None)`` as
-    :func:`plan_export_target` gives them, with the datasets registered (the export image, the
-    calibration images). Exporting trains nothing: a plan whose weights are missing is refused
-    by name (run the training first).
-
-    Args:
-        config_file: a path or a shipped config's name; "" with ``demo``.
-        opts: trailing ``KEY VALUE`` overrides.
-        demo: a demo's name (``fpn``, ``two_stage``): its config and its OUTPUT_DIR, as
-            ``tools/train_net.py --demo`` uses them.
-    """
+    """What ``tools/export.py`` exports for a config: :func:`plan_export_target`, datasets registered
+    (the export and calibration images). Exporting trains nothing: missing weights are refused by
+    name. ``demo`` (``fpn``, ``two_stage``): that demo's config and OUTPUT_DIR, as ``train_net.py
+    --demo`` uses them (``config_file`` may then be "")."""
     if demo:
         cfg = load_config(config_file or get_config_file(DEMO_CONFIGS[demo]), opts)
         if "OUTPUT_DIR" not in list(opts)[::2]:

@@ -78,15 +78,8 @@ def _kind(path: str) -> str:
 
 
 def collect_inputs(inputs: Sequence[str]) -> List[WorkItem]:
-    """Files, folders (recursively: their pictures and videos) and globs, in a stable order,
-    each file once.
-
-    Args:
-        inputs: what ``--input`` got.
-
-    Raises:
-        PredictError: an input that is no file, no folder and matches nothing (named).
-    """
+    """``--input``'s files, folders (recursively: their pictures and videos) and globs, in a stable
+    order, each file once; PredictError names an input that is no file or folder and matches nothing."""
     items: List[WorkItem] = []
     seen = set()
 
@@ -190,13 +183,9 @@ def class_names_of(names: Sequence[str], num_classes: int) -> List[str]:
 
 def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_threads: Optional[int] = None,
                     cache_dir: Optional[str] = None) -> Predictor:
-    """The predictor for ``cfg.MODEL.WEIGHTS``: an exported model through its runtime
-    (``auto``: the one measured fastest on this CPU kind), a checkpoint through detectron2's
-    ``DefaultPredictor`` (``eager``).
-
-    Raises:
-        PredictError: no weights (with how to get a model), a runtime that cannot run them.
-    """
+    """The predictor for ``cfg.MODEL.WEIGHTS``: an exported model through its runtime (``auto``: the
+    one measured fastest on this CPU kind), a checkpoint through detectron2's ``DefaultPredictor``
+    (``eager``). PredictError: no weights (with how to get a model), a runtime that cannot run them."""
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         raise PredictError("no model: give MODEL.WEIGHTS (a checkpoint, or an exported model.onnx / .xml). "
@@ -250,8 +239,8 @@ def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_thr
 
 # -- reading ----------------------------------------------------------------------------------
 def read_picture(path: str) -> np.ndarray:
-    """An HxWx3 uint8 BGR picture, read as detectron2's ``read_image`` reads it (EXIF
-    orientation applied, grayscale / RGBA / 16-bit converted by PIL)."""
+    """An HxWx3 uint8 BGR picture, read by detectron2's ``read_image`` (EXIF orientation applied,
+    grayscale / RGBA / 16-bit converted by PIL)."""
     from detectron2.data.detection_utils import read_image
 
     img = read_image(path, format="BGR")
@@ -340,8 +329,7 @@ class Drawer:
 
 
 def predict_picture(predict, drawer: Drawer, image_bgr: np.ndarray, item: WorkItem, output: str) -> Dict:
-    """One picture: its detections (``predict(image) -> Instances``) drawn into
-    ``output/pictures/<name>.jpg``; returns its shard entry."""
+    """One picture's detections drawn into ``output/pictures/<name>.jpg``; returns its shard entry."""
     instances = predict(image_bgr)
     _write_picture(os.path.join(output, "pictures", os.path.splitext(item.name)[0] + ".jpg"),
                    drawer(image_bgr, instances))
@@ -477,8 +465,7 @@ def _progress(total: int, done: int):
 
 
 def run_local(predictor: Predictor, shards, todo, output: str, threshold: float) -> Tuple[int, int]:
-    """Predict the pictures and video frames of shards ``todo`` (indices) in this process;
-    returns (pictures and frames predicted, failures)."""
+    """Predict the pictures and frames of shards ``todo`` in this process; returns (predicted, failures)."""
     drawer = Drawer(predictor.class_names, threshold)
     collector = ShardCollector(output, shards)
     q: "queue.Queue" = queue.Queue(maxsize=QUEUE_DEPTH)
@@ -530,8 +517,8 @@ def run_local(predictor: Predictor, shards, todo, output: str, threshold: float)
 
 
 def merge(output: str, shards, class_names: List[str]) -> Dict:
-    """``predictions.json``, ``images.json`` and ``failures.json`` from every shard, ids given in
-    the inputs' order (the same whether the run was interrupted or not)."""
+    """``predictions.json``, ``images.json`` and ``failures.json`` from every shard, ids in the inputs'
+    order (the same whether the run was interrupted or not)."""
     images, results, failures = [], [], []
     for index in range(len(shards)):
         with open(_shard_path(output, index)) as f:
@@ -554,12 +541,8 @@ def merge(output: str, shards, class_names: List[str]) -> Dict:
 
 
 def score_predictions(output: str, ground_truth: str) -> Dict[str, float]:
-    """COCO box AP of ``output``'s predictions against a COCO ground-truth file: images matched
-    by file name (the last path parts), categories by name.
-
-    Returns:
-        pycocotools' 12 summary figures by name (AP, AP50, ..., in percent).
-    """
+    """COCO box AP of ``output``'s predictions against a COCO ground-truth file (images matched by
+    base file name, categories by name): pycocotools' 12 summary figures by name, in percent."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

@@ -29,15 +29,8 @@ BATCH_SIZE = 4  # pictures per map_batches call: small, so the actors share the 
 
 
 class PredictActor:
-    """One model in one Ray actor: reads, predicts and draws a batch of pictures.
-
-    Args:
-        weights: the exported model (``.onnx`` / ``.xml``).
-        runtime, precision: as ``DeployedPredictor`` takes them.
-        threads: runtime threads (the actor's CPUs).
-        output: the run's ``--output`` folder (pictures go to ``output/pictures/``).
-        threshold: ``--confidence-threshold`` for drawing.
-    """
+    """One exported model in one Ray actor (``threads``: its CPUs): reads, predicts and draws a batch
+    of pictures into ``output/pictures/``."""
 
     def __init__(self, weights: str, runtime: str, precision: str, threads: int, output: str, threshold: float):
         self.predictor = DeployedPredictor(weights, runtime=runtime, num_threads=threads, precision=precision)
@@ -77,8 +70,7 @@ class RayPlan:
             raise PredictError("--ray needs Ray: pip install -e .[ray] (or pip install 'ray[data]')") from None
         contract = read_contract(weights)
         self.class_names = class_names_of(contract.class_names, contract.num_classes)
-        # the runtime every actor will take (the measured choice is per CPU kind: on a cluster of
-        # mixed machines each actor logs its own)
+        # the runtime every actor takes (the measured choice is per CPU kind: on mixed machines each logs its own)
         self.runtime, _ = DeployedPredictor.runtime_for(weights, None if args.runtime == "auto" else args.runtime)
 
     def local_predictor(self):
@@ -97,8 +89,7 @@ class RayPlan:
             extra = {"num_cpus": available_cores(), "_node_ip_address": "127.0.0.1"} if local else {}
             ray.init(address=None if local else args.ray, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, configure_logging=False, **extra)
-        # Ray Data's bars and INFO lines off: the command shows its own progress bar (set after
-        # ray.data is imported, which configures its loggers)
+        # Ray Data's bars and INFO lines off (after ray.data is imported, which configures its loggers)
         context = ray.data.DataContext.get_current()
         for name in ("ray.data", "ray"):
             logging.getLogger(name).setLevel(logging.ERROR)

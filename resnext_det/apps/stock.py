@@ -1,10 +1,8 @@
 """The stock detectron2 equivalent of a ResNeXt config: the baseline every speed claim is against.
 
-detectron2 builds grouped-conv ResNets itself (``build_resnet_backbone`` with
-``MODEL.RESNETS.NUM_GROUPS/WIDTH_PER_GROUP``) and its C4 head is ``Res5ROIHeads``.
-:func:`stock_equivalent_cfg` rewrites a ``MODEL.RESNEXT`` config into that form, keeping
-every other setting (FPN, RPN, heads, input), so the two models have the same parameter
-names and shapes and ``load_state_dict`` works across them.
+detectron2 builds grouped-conv ResNets itself (``MODEL.RESNETS.NUM_GROUPS/WIDTH_PER_GROUP``);
+:func:`stock_equivalent_cfg` rewrites a ``MODEL.RESNEXT`` config into that form, keeping every
+other setting, so the two models share parameter names and shapes (``load_state_dict`` works across).
 """
 from __future__ import annotations
 
@@ -26,26 +24,13 @@ _STOCK_BACKBONES = {
 
 
 def stock_equivalent_cfg(cfg):
-    """A copy of ``cfg`` that builds the same network with detectron2's own ResNet code.
-
-    Args:
-        cfg: a config with ``MODEL.RESNEXT`` whose backbone is one of this project's
-            (``build_resnext_backbone`` / ``build_resnext_fpn_backbone``).
-
-    Returns:
-        a new config: ``MODEL.BACKBONE.NAME`` -> detectron2's ResNet builders,
-        ``ResNeXtRes5ROIHeads`` -> ``Res5ROIHeads``, ``MODEL.RESNETS`` from the ResNeXt spec.
-
-    Raises:
-        ResNeXtConfigError: a block form other than "grouped" (detectron2 has only form (c)), or a
-            MODEL.BACKBONE.NAME that is not a ResNeXt backbone.
-    """
+    """A copy of ``cfg`` that builds the same network with detectron2's own ResNet code (its
+    builders, ``Res5ROIHeads``, ``MODEL.RESNETS`` from the ResNeXt spec). ResNeXtConfigError: a
+    block form other than "grouped" (detectron2 has only form (c)), or no ResNeXt backbone."""
     spec = resolve_resnext_spec(cfg)
     if spec.block_form != "grouped":
-        raise ResNeXtConfigError(
-            f"MODEL.RESNEXT.BLOCK_FORM={spec.block_form!r} has no stock detectron2 equivalent; "
-            "use 'grouped'"
-        )
+        raise ResNeXtConfigError(f"MODEL.RESNEXT.BLOCK_FORM={spec.block_form!r} has no stock detectron2 "
+                                 "equivalent; use 'grouped'")
     out = cfg.clone()
     out.defrost()
     name = out.MODEL.BACKBONE.NAME
@@ -85,15 +70,10 @@ def randomize_frozen_bn(model, generator: torch.Generator):
 
 @contextlib.contextmanager
 def seeded_global_rng(seed: int) -> Iterator[None]:
-    """Inside the block torch's global RNG (CPU, and CUDA when initialized) starts from
-    ``seed``; after it the caller's RNG state is back as it was. For code that draws from the
-    global stream and cannot take a generator (detectron2's RPN/RoI samplers, module init).
-
-    Args:
-        seed: the seed inside the block.
-    """
-    # CUDA only when already initialized: forking would initialize it, and seeding it
-    # uninitialized would queue a seed that outlives the block
+    """Inside the block torch's global RNG (CPU, and CUDA when initialized) starts from ``seed``;
+    after it the caller's state is back. For code that cannot take a generator (detectron2's
+    samplers, module init)."""
+    # CUDA only when initialized: forking would initialize it, seeding it uninitialized outlives the block
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
         torch.default_generator.manual_seed(seed)
@@ -103,21 +83,9 @@ def seeded_global_rng(seed: int) -> Iterator[None]:
 
 
 def training_iteration(model, optimizer, data) -> float:
-    """One training iteration of ``model`` on ``data`` (forward with losses, backward,
-    ``optimizer`` step), as the stock-vs-ours timings run it.
-
-    The forward draws from torch's global RNG seeded with 1 (the RPN and RoI samplers draw
-    from it, so every model compared samples the same anchors and proposals); the caller's
-    RNG state is restored afterwards (:func:`seeded_global_rng`).
-
-    Args:
-        model: a detectron2 model (put in training mode).
-        optimizer: the optimizer stepping ``model``'s parameters.
-        data: a list of detectron2 input dicts with instances.
-
-    Returns:
-        the total loss before the step.
-    """
+    """One training iteration (forward, backward, ``optimizer`` step) as the stock-vs-ours timings
+    run it; returns the total loss before the step. The forward runs under
+    ``seeded_global_rng(1)``, so every model compared samples the same anchors and proposals."""
     model.train()
     # detectron2's models log to the current storage while training
     with seeded_global_rng(1), EventStorage(0):

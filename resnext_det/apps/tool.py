@@ -19,14 +19,8 @@ def tool_error(prog: str, message: Any) -> None:
 
 def run_tool(prog: str, main: Callable[[Optional[Sequence[str]]], Any],
              argv: Optional[Sequence[str]] = None) -> int:
-    """Run a command line's ``main(argv)``; returns the process's exit status.
-
-    Args:
-        prog: the tool's file name (``"export.py"``), which starts the error line.
-        main: the tool; it returns its exit status as an int, or anything else (None, its
-            result) for 0, and raises one of ``USER_ERRORS`` for bad input.
-        argv: the arguments (None: ``sys.argv[1:]``, as argparse reads them).
-    """
+    """Run a command line's ``main(argv)``; returns the exit status: ``main``'s if an int, else 0,
+    and 2 after ``PROG: error:`` for one of ``USER_ERRORS``."""
     filter_known_third_party_warnings()  # a command line: its process, not the library, gets the filters
     try:
         status = main(argv)

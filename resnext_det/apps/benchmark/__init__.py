@@ -2,9 +2,8 @@
 protocol for every speed figure and the one record writer (:mod:`.protocol`), the parts it
 measures (:mod:`.suites`) and the command line (:mod:`.cli`, ``tools/benchmark.py``).
 
-Nothing in ``engine/`` or ``deploy/`` imports this package (it imports them): the training
-``auto`` rule reads a JSON table rendered from the records (``benchmarks/render.py``, a
-development tool of the checkout), not this code.
+Nothing in ``engine/`` or ``deploy/`` imports this package: the training ``auto`` rule reads a
+JSON table rendered from the records (``benchmarks/render.py``), not this code.
 """
 from .cli import main
 from .suites import matmul_ceiling, runtime_gemm_ceiling, runtimes_available

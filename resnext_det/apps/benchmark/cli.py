@@ -69,11 +69,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    """Measure and write the record (``benchmarks/schema.json``'s ``benchmark`` type); returns it.
-
-    Args:
-        argv: the command line (default ``sys.argv[1:]``).
-    """
+    """Measure and write the record (``benchmarks/schema.json``'s ``benchmark`` type); returns it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_parser().parse_args(argv)
     root = args.root or repo_root()

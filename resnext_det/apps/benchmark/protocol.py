@@ -50,16 +50,8 @@ VERSIONED = ("torch", "torchvision", "detectron2", "sal-detectron2", "onnxruntim
 
 @dataclasses.dataclass
 class Protocol:
-    """How long a run goes on.
-
-    Args:
-        min_rounds: rounds always run (the median of fewer means little).
-        max_seconds: wall-time limit of one run's timed rounds; no round starts that would pass it
-            (estimated from the rounds so far), except the first ``min_rounds``.
-        max_rounds: a hard cap on the rounds.
-        warmup: untimed calls of each path before the rounds (first-call allocations, JIT, caches).
-        band: the A/A band.
-    """
+    """How long a run goes on: at least ``min_rounds``; no later round starts that would pass
+    ``max_seconds`` (estimated from the rounds so far); ``warmup`` untimed calls of each path first."""
 
     min_rounds: int = 3
     max_seconds: float = 900.0
@@ -120,8 +112,7 @@ class Rounds:
         return statistics.median(self.times[self.pair[0]] + self.times[self.pair[1]])
 
     def ratio(self, name: str) -> Optional[float]:
-        """Reference (the pair's times pooled) / median of ``name``; None when the run is not
-        settled (not published)."""
+        """Reference (:attr:`stock_s`) / median of ``name``; None unless settled (not published)."""
         if not self.settled:
             return None
         return self.stock_s / statistics.median(self.times[name])
@@ -135,16 +126,8 @@ class Rounds:
 
 
 def path_record(name: str, preset: str, mode: str, res: "Rounds") -> dict:
-    """The record of one path of a run: its median and spread and its ratio to the control
-    pair's pooled times (None unless the run's control settled; the control, with the loads,
-    is the run's :meth:`Rounds.control`). Parts add their own keys.
-
-    Args:
-        name: the part (``backbone``, ``fpn``, ``c4``, ``train``).
-        preset: the backbone preset.
-        mode: the path (``stock_a``, ``fast``, ``openvino``, ...).
-        res: the run (:func:`run_rounds`).
-    """
+    """The record of path ``mode`` of part ``name`` (``backbone``, ``fpn``, ...): median, spread and
+    :meth:`Rounds.ratio`; the control is the run's :meth:`Rounds.control`. Parts add their own keys."""
     sp = spread(res.times[mode])
     return {"name": name, "preset": preset, "mode": mode, "seconds": sp["median"],
             "spread": {k: sp[k] for k in ("min", "q1", "q3", "max")}, "times": sp["times"],
@@ -162,21 +145,10 @@ def run_rounds(fns: Mapping[str, Callable[[], object]], protocol: Protocol,
                sync: Callable[[], None] = lambda: None,
                clock: Callable[[], float] = time.perf_counter,
                pair: Tuple[str, str] = (STOCK_A, STOCK_B)) -> Rounds:
-    """Time ``fns`` under the protocol (module docstring).
-
-    Args:
-        fns: name -> a call to time (its last output is kept, for accuracy checks); include
-            :data:`STOCK_A` and :data:`STOCK_B` for the control (without them the run stops at
-            ``min_rounds`` and publishes no ratio).
-        protocol: rounds, time limit, warm-up, band.
-        sync: called before and after each timed call (CUDA: ``torch.cuda.synchronize``).
-        clock: the timer (a test may inject one).
-        pair: the two paths of the A/A control (two instances of the reference: stock, or
-            e.g. two identical runtime sessions when runtime options are compared).
-
-    Returns:
-        the times, last outputs, number of rounds, wall time and load averages.
-    """
+    """Time ``fns`` (name -> call; the last output of each is kept) under the protocol (module
+    docstring). ``pair``: the two paths of the A/A control (stock, or e.g. two identical runtime
+    sessions); without them the run stops at ``min_rounds`` and publishes no ratio. ``sync`` is called
+    around each timed call (CUDA: ``torch.cuda.synchronize``)."""
     names = list(fns)
     outs: Dict[str, object] = {}
     before = _loadavg()
@@ -229,19 +201,8 @@ def _versions() -> dict:
 
 
 def environment(device: Optional[torch.device] = None) -> dict:
-    """The machine a record was measured on, taken when the measuring starts (the one
-    description every record carries as its ``environment``; :func:`write_record` adds
-    ``loadavg_at_end``).
-
-    Args:
-        device: where the torch paths run (default cpu).
-
-    Returns:
-        ``cpu_kind``, ``cpu_flags`` (the flags that decide kernels, a list), ``cpu_model``,
-        ``cores`` (logical CPUs), ``available_cores``, ``threads``, ``loadavg_at_start``,
-        ``cpu_capability``, ``device``, ``platform`` and ``versions`` (python and the packages
-        of :data:`VERSIONED` that are installed).
-    """
+    """The machine every record carries as its ``environment``, taken when the measuring starts
+    (:func:`write_record` adds ``loadavg_at_end``); ``cores`` counts logical CPUs."""
     feats = CpuFeatures.detect()
     return {
         "cpu_kind": cpu_kind(),
@@ -259,22 +220,10 @@ def environment(device: Optional[torch.device] = None) -> dict:
 
 def write_record(path: Optional[str], record_type: str, results: dict, env: dict, what: str,
                  command: Optional[str] = None, **fields) -> dict:
-    """The one record writer: the envelope of ``benchmarks/schema.json`` around ``results``,
-    written atomically to ``path`` (none when ``path`` is empty); returns the record.
-
-    Args:
-        path: ``benchmarks/<kind>/<name>.json`` (:func:`record_path`), or ""/None to write none.
-        record_type: what ``results`` holds (the schema's ``type``: ``benchmark``, ``scale``, ...).
-        results: the figures.
-        env: :func:`environment`, taken when the measuring started; its ``loadavg_at_end`` is
-            filled now when unset.
-        what: one line on what was measured.
-        command: the command line that measured it.
-        fields: other envelope keys (``commit``, ``previous``).
-
-    Raises:
-        ValueError: ``path`` belongs to another CPU kind (:func:`check_record_path`).
-    """
+    """The one record writer: the envelope of ``benchmarks/schema.json`` (``record_type`` its
+    ``type``, ``fields`` other keys such as ``commit``) around ``results``, written atomically to
+    ``path`` unless it is empty; returns the record. ``env`` (:func:`environment`) gets its
+    ``loadavg_at_end`` now when unset. Raises ValueError for another CPU kind's path."""
     env = dict(env)
     if env.get("loadavg_at_end") is None:
         env["loadavg_at_end"] = _loadavg() or None
@@ -310,12 +259,7 @@ def record_path(root: str, kind: str, name: str) -> str:
 
 
 def check_record_path(path: str, kind: str) -> None:
-    """Refuse to write a ``kind`` record where another kind's belongs or already is.
-
-    Raises:
-        ValueError: the path is under ``benchmarks/<other kind>/`` or the file there holds a
-            record of another kind.
-    """
+    """Refuse (ValueError) to write a ``kind`` record where another kind's belongs or already is."""
     parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
     if parent in CPU_KINDS and parent != kind:
         raise ValueError(f"{path} is under benchmarks/{parent}/ but this CPU is {kind}: "

@@ -117,8 +117,7 @@ def matmul_ceiling(dtype, device, n=2048, reps=5):
 
 def _gemm_onnx(n):
     """An ONNX graph computing A @ B with B an n x n constant (the runtimes' GEMM rate)."""
-    # lazy: onnx is the optional deploy extra (resnext_det.deploy.contract's note); without it
-    # the benchmark runs the torch modes only
+    # lazy: onnx is the optional deploy extra; without it the benchmark runs the torch modes only
     from onnx import TensorProto, helper, numpy_helper
 
     b = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype("float32"), "B")
@@ -137,11 +136,7 @@ def runtime_gemm_ceiling(runtime, precision="fp32", n=2048, reps=5):
     a = np.random.default_rng(1).standard_normal((n, n)).astype("float32")
     for _ in range(2):
         runner.run_all({"A": a})
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        runner.run_all({"A": a})
-        ts.append(time.perf_counter() - t)
+    ts = [_timed(lambda: runner.run_all({"A": a}), "cpu")[0] for _ in range(reps)]
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
@@ -153,8 +148,7 @@ def runtimes_available(names):
 
 
 class _OutputsAsTuple(torch.nn.Module):
-    """A backbone whose dict of feature maps is returned as a tuple in ``names`` order (what
-    an ONNX graph can return)."""
+    """A backbone returning its feature maps as a tuple in ``names`` order (what ONNX can return)."""
 
     def __init__(self, backbone, names):
         super().__init__()
@@ -212,9 +206,8 @@ def _rel_err(ref, out):
 
 
 def _det_err(ref, out):
-    """Box-set distance: for each output box the nearest reference box (max abs coordinate
-    difference), the worst of those over max |ref box|. Order-free: with random heads, near-equal
-    scores legitimately swap ranks under float rounding."""
+    """For each output box the nearest reference box (max abs coordinate difference), the worst over
+    max |ref box|. Order-free: with random heads, near-equal scores swap ranks under float rounding."""
     a, b = ref[0]["instances"].pred_boxes.tensor, out[0]["instances"].pred_boxes.tensor
     if len(a) != len(b) or len(a) == 0:
         return None
@@ -223,8 +216,7 @@ def _det_err(ref, out):
 
 
 def _raw_or_det_err(ref, out):
-    """_det_err, also for a bare runtime output ``(boxes, scores, classes)`` (boxes in the
-    input image's pixels, which here is the original size)."""
+    """_det_err, also for a bare runtime output ``(boxes, scores, classes)`` (here at the original size)."""
     if isinstance(out, (tuple, list)) and len(out) == 3 and not isinstance(out[0], dict):
         inst = Instances(ref[0]["instances"].image_size)
         inst.pred_boxes = Boxes(torch.as_tensor(out[0]))
@@ -261,24 +253,18 @@ def _inference_calls(models, inputs):
 
 
 # --------------------------------------------------------------------------- suites
-def _two_stocks(build, state_dict):
-    """stock_a and stock_b: two separate instances with the same weights (the A/A control)."""
+def _two_stocks(build, default):
+    """stock_a and stock_b, two instances with ``default``'s weights (the A/A control), then ``default``."""
     out = {}
     for name in (STOCK_A, STOCK_B):
-        m = build()
-        m.load_state_dict(state_dict)
-        out[name] = m
-    return out
+        out[name] = build()
+        out[name].load_state_dict(default.state_dict())
+    return {**out, "default": default}
 
 
 class Bench:
-    """One benchmark session: the ceiling, then each part as a :mod:`.protocol` run, its records
-    appended to :attr:`records` and its control to :attr:`controls`.
-
-    Args:
-        args: the parsed command line (size, presets, protocol settings, runtimes, ...).
-        device: where the torch paths run.
-    """
+    """One benchmark session (``args``: the parsed command line): each part a :mod:`.protocol` run,
+    its records appended to :attr:`records` and its control to :attr:`controls`."""
 
     def __init__(self, args, device):
         self.args, self.device = args, device
@@ -329,12 +315,12 @@ class Bench:
                            "its ratios are not published; re-run on an idle machine (nothing else running)",
                            name, preset, f"{aa:.3f}" if aa else "-", res.rounds, *res.band)
 
-    def _fast_variants(self, default, prep):
-        models = {"fast": prep(copy.deepcopy(default), "fp32")}
+    def _fast_variants(self, default):
+        models = {"fast": prepare_for_inference(copy.deepcopy(default), "fp32", self.device)}
         for p in self.precisions:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                models[f"fast-{p}"] = prep(copy.deepcopy(default), p)
+                models[f"fast-{p}"] = prepare_for_inference(copy.deepcopy(default), p, self.device)
         return models
 
     def backbone(self, preset):
@@ -342,15 +328,15 @@ class Bench:
         shape = ShapeSpec(channels=3)
         default = _randomize(build_backbone(cfg, shape)).to(self.device).eval().bottom_up
         models = _two_stocks(lambda: build_backbone(stock_equivalent_cfg(cfg), shape).bottom_up.to(self.device)
-                             .eval(), default.state_dict())
-        models["default"] = default
-        models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
+                             .eval(), default)
+        models.update(self._fast_variants(default))
         h, w = self.args.size
         x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
         gflop = _fvcore_gflop(models[STOCK_A], x)
         fns = _inference_calls(models, x)
         fns.update(self._backbone_runtimes(default, x))
         self._report("backbone", preset, self._run(fns), gflop, _rel_err)
+
     def _backbone_runtimes(self, model, x):
         if not self.runtimes:
             return {}
@@ -367,8 +353,7 @@ class Bench:
         return fns
 
     def _detector_runtimes(self, cfg, model, image):
-        """DeployedPredictor modes (wrapped) and bare runtime calls (``-raw``) on the exported
-        ``model``; int8 modes with ``--int8``."""
+        """DeployedPredictor modes and bare runtime calls (``-raw``) on the exported ``model``."""
         if not self.runtimes:
             return {}
         cfg = cfg.clone()
@@ -403,9 +388,8 @@ class Bench:
         cfg = _cfg(name, preset, self.device, topk, self.args.opts)
         with seeded_global_rng(0):  # the same random weights every run; the caller's stream untouched
             default = _randomize(build_model(cfg)).eval()
-        models = _two_stocks(lambda: build_model(stock_equivalent_cfg(cfg)).eval(), default.state_dict())
-        models["default"] = default
-        models.update(self._fast_variants(default, lambda m, p: prepare_for_inference(m, p, self.device)))
+        models = _two_stocks(lambda: build_model(stock_equivalent_cfg(cfg)).eval(), default)
+        models.update(self._fast_variants(default))
         h, w = self.args.size
         image = torch.randint(0, 256, (3, h, w), generator=torch.Generator().manual_seed(0)).float()
         inputs = [{"image": image.to(self.device), "height": h, "width": w}]
@@ -433,13 +417,12 @@ class Bench:
                      {"post_nms_topk_test": topk or _config_topk(name)} if arch == "c4" else None)
 
     def train(self, preset):
-        """One training iteration per candidate layout of the training ``auto`` rule (and
-        ``default``: this project's model with every switch off), against the two stocks."""
+        """One training iteration per candidate layout of the training ``auto`` rule (and ``default``:
+        every switch off), against the two stocks."""
         cfg = _cfg("faster_rcnn_X50_32x4d_FPN.yaml", preset, self.device, opts=self.args.opts)
         with seeded_global_rng(0):  # the same random weights every run; the caller's stream untouched
             default = _randomize(build_model(cfg))
-        models = _two_stocks(lambda: build_model(stock_equivalent_cfg(cfg)), default.state_dict())
-        models["default"] = default
+        models = _two_stocks(lambda: build_model(stock_equivalent_cfg(cfg)), default)
         autocast = "bf16" if self.device.type == "cuda" or (cpu_has_native_bf16() and self.args.bf16_train) else ""
         for cand, (cl, fold) in CANDIDATES.items():
             if cand != "stock":
@@ -503,12 +486,8 @@ def print_table(records, header):
 
 
 def measure(args):
-    """Run the parts of ``args``; returns the record's ``results`` (settings, controls, paths)
-    and its ``environment`` (taken before the first part).
-
-    Args:
-        args: the parsed command line (see :mod:`.cli`).
-    """
+    """Run the parts of ``args`` (:mod:`.cli`); returns the record's ``results`` and its
+    ``environment`` (taken before the first part)."""
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
