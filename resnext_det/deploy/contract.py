@@ -1,15 +1,12 @@
-"""The preprocessing contract of an exported detector, stored in the model file: an ONNX
-file's ``metadata_props`` or an OpenVINO IR's ``rt_info`` (the NNCF int8 model, ``.xml`` +
-``.bin``).
+"""The preprocessing contract of an exported detector, stored in the model file: an ONNX file's
+``metadata_props`` or an OpenVINO IR's ``rt_info`` (the NNCF int8 model, ``.xml`` + ``.bin``).
 
-One place knows the metadata keys and the two file formats (:func:`model_format`,
-:func:`read_contract`). The graph itself takes one image, CHW float32, already
-resized (shortest edge to ``min_size_test``, longest at most ``max_size_test``) and in
-``input_format`` channel order; it normalises with ``pixel_mean``/``pixel_std``, pads to
+The graph takes one image, CHW float32, already resized (shortest edge to ``min_size_test``,
+longest at most ``max_size_test``) and in ``input_format`` channel order; it normalises, pads to
 ``size_divisibility``, runs the detector and NMS, and returns ``boxes`` (N x 4, XYXY, in the
-resized image's pixels), ``scores`` (N) and ``classes`` (N, int64). Rescaling the boxes to
-the original image and clipping (detectron2's ``detector_postprocess``) is the one
-post-step every runtime shares (:mod:`resnext_det.deploy.predictor`).
+resized image's pixels), ``scores`` (N) and ``classes`` (N, int64). Rescaling and clipping
+(detectron2's ``detector_postprocess``) is the one post-step every runtime shares
+(:mod:`resnext_det.deploy.predictor`).
 """
 from __future__ import annotations
 
@@ -20,12 +17,9 @@ from typing import Dict, List
 
 from ..config import UserInputError
 
-# onnx, onnxruntime and openvino (the optional ``deploy`` extra) are imported inside the
-# functions that use them, here and in this package's other modules: tools/train_net.py
-# imports resnext_det.deploy (to evaluate .onnx files), so the package must import without
-# them. Start-up saved where they are installed (python -X importtime, after importing
-# resnext_det.cli): onnx 0.02 s, onnxruntime 0.03 s, onnxruntime.quantization 0.08 s,
-# openvino 0.06 s.
+# onnx, onnxruntime and openvino (the optional ``deploy`` extra) are imported inside the functions
+# that use them, in this whole package: tools/train_net.py imports resnext_det.deploy, so it must
+# import without them (also saves start-up: onnx 0.02 s, onnxruntime 0.03 s, openvino 0.06 s).
 
 __all__ = ["Contract", "DeployError", "CONTRACT_KEY", "read_contract", "load_onnx", "load_openvino_ir",
            "save_openvino_ir", "model_format", "MODEL_FORMATS"]
@@ -44,33 +38,21 @@ INPUT_FORMATS = ("BGR", "RGB")
 
 
 class DeployError(UserInputError, RuntimeError):
-    """An export, a deployed model file or a deployed-model input that cannot work; the
-    message names the file, key or value and what would work."""
+    """An export, a deployed model file or input that cannot work; the message names it and what would."""
 
 
 def short_error(e: BaseException) -> str:
-    """``"TypeName: first line of the message"``: what a one-line error says of a library's
-    exception (runtimes and exporters raise multi-line C++ traces)."""
+    """``"TypeName: first line of the message"`` (runtimes and exporters raise multi-line C++ traces)."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 @dataclasses.dataclass
 class Contract:
-    """What a caller must do to an image before the graph, and what the graph returns.
-
-    Args:
-        input_format: channel order the graph expects ("RGB" or "BGR", INPUT.FORMAT).
-        pixel_mean, pixel_std: MODEL.PIXEL_MEAN/STD (applied inside the graph; recorded so a
-            reader can check them against a config).
-        min_size_test, max_size_test: INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (resize rule).
-        size_divisibility: padding multiple applied inside the graph.
-        num_classes: MODEL.ROI_HEADS.NUM_CLASSES.
-        class_names: the test set's ``thing_classes`` when known, else empty.
-        meta_architecture: e.g. "GeneralizedRCNN (FPN)".
-        precision: "fp32" or "int8" (how the weights are stored).
-        config: the full config as YAML (for reference and checks).
-    """
+    """What a caller must do to an image before the graph, and what the graph returns. Fields are
+    the config's keys of the same meaning (``input_format`` = INPUT.FORMAT; ``pixel_mean/std`` are
+    applied inside the graph, recorded for checks); ``precision``: how the weights are stored
+    ("fp32", "int8"); ``config``: the full config as YAML."""
 
     input_format: str
     pixel_mean: List[float]
@@ -92,16 +74,8 @@ class Contract:
     @classmethod
     def from_cfg(cls, cfg, size_divisibility: int, class_names=(), opset: int = 17,
                  meta_architecture: str = "") -> "Contract":
-        """The contract of a detectron2 config (the exported model's).
-
-        Args:
-            cfg: the exported detector's config.
-            size_divisibility: its backbone's padding multiple.
-            class_names: the label names (metadata).
-            opset: the ONNX opset of the export.
-            meta_architecture: the exported model's class when it is not the config's
-                ``MODEL.META_ARCHITECTURE`` (a two-stage plan's ``TwoStageDetector``).
-        """
+        """The contract of the exported detector's config; ``meta_architecture``: the model's class when
+        not the config's (a two-stage plan's ``TwoStageDetector``)."""
         return cls(
             input_format=cfg.INPUT.FORMAT,
             pixel_mean=[float(v) for v in cfg.MODEL.PIXEL_MEAN],
@@ -153,19 +127,8 @@ def _file_error(path: str, why: str) -> DeployError:
 
 
 def load_onnx(path: str):
-    """Load and structurally check an exported model file.
-
-    Args:
-        path: the ``.onnx`` file.
-
-    Returns:
-        ``(onnx.ModelProto, Contract)``.
-
-    Raises:
-        FileNotFoundError: no such file (the message names it).
-        DeployError: empty, truncated or not ONNX, or an ONNX file without this project's
-            contract (a foreign export).
-    """
+    """``(onnx.ModelProto, Contract)`` of an ``.onnx`` export, checked. FileNotFoundError; DeployError:
+    empty, truncated or not ONNX, or without this project's contract (a foreign export)."""
     import onnx  # lazy: the optional deploy extra (see the note at the top)
 
     if not os.path.isfile(path):
@@ -204,11 +167,7 @@ def read_contract_bytes(data: bytes) -> Contract:
 
 
 def model_format(path: str) -> str:
-    """"onnx" or "openvino_ir" by the file's suffix.
-
-    Raises:
-        DeployError: another suffix (the message names the file and the two that work).
-    """
+    """"onnx" or "openvino_ir" by the file's suffix (DeployError for another)."""
     fmt = MODEL_FORMATS.get(os.path.splitext(str(path))[1].lower())
     if fmt is None:
         raise DeployError(f"{path}: not an exported model file; give model.onnx (tools/export.py) or "
@@ -217,8 +176,7 @@ def model_format(path: str) -> str:
 
 
 def _checked_contract(path: str, text: str, names_in: List[str], names_out: List[str]) -> Contract:
-    """The contract stored as JSON ``text`` in an export (ONNX or IR) whose graph has the
-    exported detector's input and output names."""
+    """The contract stored as JSON ``text`` in an export whose graph has the detector's input and output names."""
     try:
         data = json.loads(text)
         fields = {f.name for f in dataclasses.fields(Contract)}
@@ -232,19 +190,8 @@ def _checked_contract(path: str, text: str, names_in: List[str], names_out: List
 
 
 def load_openvino_ir(path: str):
-    """Read and check an exported OpenVINO IR (``.xml`` with its ``.bin``).
-
-    Args:
-        path: the ``.xml`` file.
-
-    Returns:
-        ``(openvino.Model, Contract)``.
-
-    Raises:
-        FileNotFoundError: no ``.xml`` or no ``.bin`` beside it (named).
-        DeployError: OpenVINO cannot read it, or an IR without this project's contract or
-            with other inputs/outputs than the exported detector's.
-    """
+    """``(openvino.Model, Contract)`` of an exported IR (``.xml`` with its ``.bin``), checked as
+    :func:`load_onnx` checks (FileNotFoundError also for a missing ``.bin``)."""
     import openvino as ov  # lazy: the optional deploy extra (see the note at the top)
 
     if not os.path.isfile(path):
@@ -288,19 +235,14 @@ def save_openvino_ir(model, contract: Contract, path: str) -> str:
 
 
 def read_contract(path: str) -> Contract:
-    """The contract stored in an exported file, ONNX or OpenVINO IR (see :func:`load_onnx`
-    and :func:`load_openvino_ir` for the errors)."""
+    """The contract stored in an exported file, ONNX or OpenVINO IR (errors: :func:`load_onnx`)."""
     if model_format(path) == "openvino_ir":
         return load_openvino_ir(path)[1]
     return load_onnx(path)[1]
 
 
 def expected_image_message(input_format: str) -> str:
-    """What ``DeployedPredictor`` accepts, for error messages.
-
-    Args:
-        input_format: the predictor's ``input_format`` (what its caller gives, not the model's).
-    """
+    """What ``DeployedPredictor`` with ``input_format`` (its caller's, not the model's) accepts."""
     how = ("cv2.imread's order; input_format='RGB' for RGB arrays" if input_format == "BGR"
            else "as set by input_format='RGB'; the default is BGR, cv2.imread's order")
     return f"an HxWx3 uint8 numpy array in {input_format} channel order ({how}; H, W >= 1)"

@@ -55,16 +55,14 @@ def _boxes_scores_classes(model, inputs):
 
 
 def eager_detections(model: nn.Module, image_chw: torch.Tensor):
-    """``(boxes, scores, classes)`` of the eager model on one resized CHW image (what the graph
-    computes)."""
+    """``(boxes, scores, classes)`` of the eager model on one resized CHW image (what the graph computes)."""
     with torch.no_grad():
         return tuple(t.numpy() for t in _boxes_scores_classes(model, [{"image": image_chw}]))
 
 
 @contextlib.contextmanager
 def quiet_export():
-    """Silence the known, harmless messages of tracing detectron2 and of the TorchScript-based
-    exporter, by category and module only (the caller's filters are restored after)."""
+    """Silence the known, harmless messages of tracing detectron2 and of the TorchScript-based exporter."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
@@ -86,10 +84,8 @@ def quiet_export():
 
 @contextlib.contextmanager
 def _stderr_held():
-    """Hold what is written to file descriptor 2 while exporting: on a failure the exporter's
-    C++ side dumps the whole TorchScript graph there ("Torch IR graph at exception"), which
-    would drown the one-line error. Replayed when the export succeeds, dropped when it fails
-    (the DeployError says what and why)."""
+    """Hold file descriptor 2 while exporting: on a failure the exporter's C++ side dumps the whole
+    TorchScript graph there, drowning the one-line error. Replayed on success, dropped on failure."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -128,8 +124,7 @@ def check_exportable(cfg) -> None:
 
 
 def build_export_model(cfg) -> nn.Module:
-    """The detector of ``cfg`` with ``cfg.MODEL.WEIGHTS`` loaded (project checkpointer: any
-    supported format, clear errors), in eval mode. Random weights when WEIGHTS is empty."""
+    """The detector of ``cfg`` with ``cfg.MODEL.WEIGHTS`` loaded (random when empty), in eval mode."""
     check_exportable(cfg)
     w = cfg.MODEL.WEIGHTS
     if w and "://" not in w and not os.path.isfile(w):
@@ -143,20 +138,9 @@ def build_export_model(cfg) -> nn.Module:
 
 
 def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_OPSET) -> bytes:
-    """Trace ``model`` (a GeneralizedRCNN in eval mode) on one image and export it.
-
-    Args:
-        model: the detector (a ``GeneralizedRCNN`` or a :class:`TwoStageDetector`).
-        image_chw: one resized CHW float image in the model's format (fixes nothing but the
-            batch: height and width stay dynamic).
-        opset: ONNX opset (>= 16).
-
-    Returns:
-        the serialized ONNX model (no metadata yet).
-
-    Raises:
-        DeployError: the exporter refuses the model (unsupported operator, ...), named.
-    """
+    """The serialized ONNX model (no metadata yet) of a ``GeneralizedRCNN`` or
+    :class:`TwoStageDetector`, traced on one resized CHW image (height and width stay dynamic);
+    DeployError when the exporter refuses it."""
     if not isinstance(model, (GeneralizedRCNN, TwoStageDetector)):
         raise DeployError(f"only a detectron2 GeneralizedRCNN (or a two-stage plan's TwoStageDetector) "
                           f"can be exported, got {type(model).__name__}")
@@ -193,9 +177,8 @@ def _class_names(cfg):
 
 
 def export_image(cfg, image_path: Optional[str] = None) -> np.ndarray:
-    """The image the export is traced and checked on: ``image_path``, else the first image of
-    the test set when it is registered and on disk, else a fixed synthetic image (HxWx3 uint8,
-    the config's format, original size)."""
+    """The image (HxWx3 uint8, the config's format) the export is traced and checked on:
+    ``image_path``, else the test set's first when on disk, else a fixed synthetic image."""
     if image_path:
         if not os.path.isfile(image_path):
             raise FileNotFoundError(f"--image {image_path!r} not found")
@@ -215,8 +198,7 @@ def export_image(cfg, image_path: Optional[str] = None) -> np.ndarray:
 
 
 def resize_for_graph(cfg, img: np.ndarray) -> np.ndarray:
-    """An HxWx3 image resized by the test-time rule (INPUT.MIN/MAX_SIZE_TEST), as the graph's
-    3xHxW float32 input."""
+    """An HxWx3 image resized by the test-time rule, as the graph's 3xHxW float32 input."""
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     out = aug.get_transform(img).apply_image(img)
     return np.ascontiguousarray(out.astype(np.float32).transpose(2, 0, 1))
@@ -244,8 +226,8 @@ def with_contract(data: bytes, cfg, model: nn.Module, opset: int = DEFAULT_OPSET
 
 def verify_against_eager(model, data: bytes, images, runtime: str = "onnxruntime",
                          box_tol: float = BOX_TOL_PX, score_tol: float = SCORE_TOL) -> Dict:
-    """Run the exported bytes and the eager model on each CHW image; raise DeployError naming
-    the image size and the difference when they disagree. Returns the worst differences."""
+    """The worst differences of the exported bytes vs the eager model on each CHW image; DeployError
+    naming the image size and the difference when they disagree."""
     runner = make_runtime(runtime, data, precision="fp32")
     worst = {"max_box_diff": 0.0, "max_score_diff": 0.0, "detections": []}
     for image in images:
@@ -263,25 +245,14 @@ def verify_against_eager(model, data: bytes, images, runtime: str = "onnxruntime
 
 def export_onnx(cfg, output_dir: str, *, model: Optional[nn.Module] = None, image_path: Optional[str] = None,
                 opset: int = DEFAULT_OPSET, filename: str = MODEL_FILE) -> Dict:
-    """Export the detector of ``cfg`` to ``output_dir/model.onnx`` with its contract.
+    """Export the detector of ``cfg`` (or ``model``, already built) to ``output_dir/model.onnx`` with
+    its contract; returns the report (path, contract, parity, size), also written to
+    ``export.json`` beside it.
 
-    Steps, each failing with one :class:`DeployError` line: build and load
-    (``cfg.MODEL.WEIGHTS``), trace + ``torch.onnx.export``, store the contract in
-    ``metadata_props``, ``onnx.checker``, compare with eager (ONNX Runtime) on the export
-    image and on the same image at another, not 32-divisible size; only then is the file
-    written (atomically: a temporary file renamed into place). ``export.json`` beside it
-    records the contract and the parity figures.
-
-    Args:
-        cfg: the detector's config (MODEL.WEIGHTS the trained weights).
-        output_dir: folder for ``model.onnx``.
-        model: an already built detector to export instead of building ``cfg``'s.
-        image_path: image to trace and check on (default: first test image, else synthetic).
-        opset: ONNX opset (>= 16).
-        filename: file name inside ``output_dir``.
-
-    Returns:
-        the report dict (path, contract, parity, size).
+    Steps, each failing with one :class:`DeployError` line: build and load, trace +
+    ``torch.onnx.export``, store the contract, ``onnx.checker``, compare with eager (ONNX Runtime)
+    on the export image (:func:`export_image`) and on it at another, not 32-divisible size; only
+    then is the file written (atomically).
     """
     model = build_export_model(cfg) if model is None else model.eval()
     img = export_image(cfg, image_path)

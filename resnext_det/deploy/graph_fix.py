@@ -52,14 +52,7 @@ def empty_branch_constants(proto) -> List[str]:
 
 def rewrite_empty_branch_constants(proto) -> int:
     """Rewrite (in place) every zero-element ``Constant`` inside an ``If`` branch of an ONNX
-    model as ``ConstantOfShape(dims * cast(condition))`` (see the module docstring).
-
-    Args:
-        proto: an ``onnx.ModelProto``.
-
-    Returns:
-        how many constants were rewritten (0: the graph had none, or was rewritten before).
-    """
+    model as ``ConstantOfShape(dims * cast(condition))``; returns how many (0: none, or done before)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -93,10 +86,9 @@ def rewrite_empty_branch_constants(proto) -> int:
 
 
 def empty_branch_constants_ir(model) -> List[str]:
-    """Names of the ``If`` ops of an ``openvino.Model`` that show the defect: a branch whose
-    result is a ``Constant`` of lower rank than the ``If``'s output (OpenVINO's ONNX reader
-    turns a zero-element constant into a one-element scalar). An IR converted from a graph
-    exported before :func:`rewrite_empty_branch_constants` existed has them."""
+    """Names of the ``If`` ops of an ``openvino.Model`` that show the defect: a branch whose result is
+    a ``Constant`` of lower rank than the ``If``'s output (OpenVINO's reader makes a zero-element
+    constant a scalar), as in an IR converted from a graph exported before the rewrite."""
     found = []
 
     def walk(m):

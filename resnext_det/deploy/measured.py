@@ -1,14 +1,11 @@
-"""The deploy defaults chosen by measurement, per CPU kind: which runtime
-``DeployedPredictor(path)`` and ``train_net.py --eval-only`` use when none is named, whether
-ONNX Runtime's threads spin, OpenVINO's shape mode, and whether a lower precision was measured
-much faster on this kind (said in the log line; fp32 stays the default).
+"""The deploy defaults chosen by measurement, per CPU kind: the runtime used when none is named,
+whether ONNX Runtime's threads spin, OpenVINO's shape mode, and whether a lower precision was
+measured much faster on this kind (said in the log line; fp32 stays the default).
 
-The figures live in ``measured_runtimes.json`` beside this module, rendered from the deploy
-records ``benchmarks/<kind>/`` by ``benchmarks/choices.py`` (never edited by hand), read through
-the package's one loader (:mod:`resnext_det.measured_choices`): one entry per CPU kind
-(:func:`resnext_det.hardware.cpu_kind`), each naming its records. A machine takes its own kind's
-entry only; a kind with no entry (or a key its entry lacks) takes :data:`DEFAULTS`, and the log
-line says that no measurement stands behind it. Tests check the logic on hand-made tables.
+The figures live in ``measured_runtimes.json`` beside this module, rendered from the deploy records
+by ``benchmarks/choices.py`` (never edited by hand), one entry per CPU kind. A machine takes its own
+kind's entry only; a kind with no entry (or a key its entry lacks) takes :data:`DEFAULTS`, and the
+log line says that no measurement stands behind it.
 """
 from __future__ import annotations
 
@@ -52,16 +49,8 @@ class RuntimeChoice:
 
 
 def load_table(path: Optional[str] = None) -> dict:
-    """The measured-defaults table (``{"kinds": {kind: entry}}``), checked.
-
-    Args:
-        path: a JSON file (default: the one shipped in the package; a missing file reads as no
-            kind measured).
-
-    Raises:
-        DeployError: unreadable JSON, an unknown kind, or a value outside what works (each
-            named with the file and key).
-    """
+    """The measured-defaults table (``{"kinds": {kind: entry}}``; default the shipped one, a missing
+    file reads as none measured), checked: DeployError names the file and key of a bad value."""
     path = path or TABLE_PATH
     try:
         table = load_choice_table(path)
@@ -92,20 +81,9 @@ def _source(entry: dict) -> str:
 
 def choose_runtime(kind: Optional[str] = None, table: Optional[dict] = None,
                    available: Optional[Iterable[str]] = None) -> RuntimeChoice:
-    """The runtime measured fastest on this CPU kind, with the line that says so.
-
-    Args:
-        kind: a CPU kind (default: this machine's, :func:`resnext_det.hardware.cpu_kind`).
-        table: a table as :func:`load_table` returns (default: the shipped one).
-        available: installed runtimes (default: :func:`installed_runtimes`).
-
-    Returns:
-        a :class:`RuntimeChoice`. A kind without a measurement gets OpenVINO fp32 when it is
-        installed, else ONNX Runtime; a measured runtime that is not installed gets the other.
-
-    Raises:
-        DeployError: neither runtime is installed (names the extra to install).
-    """
+    """The runtime measured fastest on CPU ``kind`` (default this machine's) with the line that says
+    so. A kind without a measurement gets OpenVINO fp32 when installed, else ONNX Runtime; a
+    measured runtime that is not installed gets the other; DeployError when neither is."""
     kind = kind or cpu_kind()
     table = load_table() if table is None else table
     available = tuple(installed_runtimes() if available is None else available)
@@ -139,13 +117,7 @@ def _hint(entry: dict, available: Tuple[str, ...]) -> str:
 
 
 def default_option(key: str, kind: Optional[str] = None, table: Optional[dict] = None):
-    """A runtime option's default for this CPU kind: ``(value, why)``.
-
-    Args:
-        key: "onnxruntime_allow_spinning" or "openvino_shape_mode".
-        kind: a CPU kind (default: this machine's).
-        table: a table as :func:`load_table` returns (default: the shipped one).
-    """
+    """``(value, why)``: the default of option ``key`` for CPU ``kind`` (default this machine's)."""
     if key not in ("onnxruntime_allow_spinning", "openvino_shape_mode"):
         raise DeployError(f"{key!r} is not a measured option; use onnxruntime_allow_spinning or "
                           "openvino_shape_mode")

@@ -1,7 +1,6 @@
-"""The deployed detector's speed modes, by name, as predictors a timing loop can call: the one
-place that says what "openvino-static" or "openvino-int8" means, for
-``python -m benchmarks.measure_deploy``, the benchmark tool's runtime columns and the records
-they write (``results.paths[].mode``).
+"""The deployed detector's speed modes, by name, as predictors a timing loop can call: the one place
+that says what "openvino-static" or "openvino-int8" means, for ``benchmarks.measure_deploy``, the
+benchmark tool and the records they write (``results.paths[].mode``).
 
     preds = build_predictors("out/model.onnx", "out/model_int8.xml", input_format="RGB")
     preds["openvino-static"](image_hwc)   # DeployedPredictor.__call__
@@ -16,8 +15,7 @@ from .predictor import DeployedPredictor
 __all__ = ["DEPLOY_MODES", "RAW_SUFFIX", "build_predictors", "mode_precision", "runtime_modes", "raw_mode",
            "wrapped_mode"]
 
-# mode -> (which file: fp32 / int8, runtime, DeployedPredictor options). "int8" is the int8
-# export the caller holds: NNCF's OpenVINO IR (model_int8.xml) or ONNX Runtime's QDQ .onnx.
+# mode -> (which file: fp32 / int8 (NNCF's model_int8.xml or a QDQ .onnx), runtime, DeployedPredictor options)
 DEPLOY_MODES = {
     "onnxruntime": ("fp32", "onnxruntime", {}),
     "onnxruntime-spin": ("fp32", "onnxruntime", {"allow_spinning": True}),
@@ -29,20 +27,14 @@ DEPLOY_MODES = {
     "openvino-int8": ("int8", "openvino", {"shape_mode": "dynamic"}),
     "openvino-int8-static": ("int8", "openvino", {"shape_mode": "static"}),
 }
-#: appended to a runtime's mode for the bare runtime call on the same graph (no resize, no
-#: rescaling): the wrapper's overhead is the ratio of the two
+#: appended to a runtime's mode for the bare runtime call on the same graph: the ratio is the wrapper's overhead
 RAW_SUFFIX = "-raw"
 
 
 def runtime_modes(runtimes: Iterable[str], bf16: bool = False, int8: bool = False) -> List[str]:
     """The modes that time each runtime on one export: every runtime in fp32, ``openvino-bf16``
-    where OpenVINO is among them and ``bf16``, and each runtime on the int8 export where ``int8``.
-
-    Args:
-        runtimes: "onnxruntime" / "openvino", in the order wanted.
-        bf16: the CPU computes bf16 natively (:func:`resnext_det.engine.fast.cpu_has_native_bf16`).
-        int8: an int8 export is timed too.
-    """
+    where OpenVINO is among them and ``bf16`` (the CPU has it natively), and each runtime on the
+    int8 export where ``int8``."""
     runtimes = list(runtimes)
     modes = list(runtimes)
     if bf16 and "openvino" in runtimes:
@@ -70,20 +62,8 @@ def wrapped_mode(mode: str) -> Optional[str]:
 def build_predictors(fp32_path: str, int8_path: Optional[str] = None, modes: Optional[Iterable[str]] = None,
                      input_format: str = "BGR", num_threads: Optional[int] = None,
                      precision: str = "fp32") -> Dict[str, DeployedPredictor]:
-    """One :class:`DeployedPredictor` per mode.
-
-    Args:
-        fp32_path: the fp32 export (``model.onnx``).
-        int8_path: the int8 export (NNCF's ``model_int8.xml`` or a QDQ ``.onnx``); int8 modes
-            need it.
-        modes: names from :data:`DEPLOY_MODES` (default: those the given files allow at
-            ``precision``: ONNX Runtime reads no OpenVINO IR, and a mode that names its own
-            precision is run only when asked for).
-        input_format: the channel order of the images the predictors will be given.
-        num_threads: runtime threads (None: the physical cores available).
-        precision: the runtimes' compute precision (see :class:`DeployedPredictor`), where the
-            mode names none.
-    """
+    """One :class:`DeployedPredictor` per mode (default: those the given files allow; a mode naming its
+    own precision only when asked for); ``precision`` applies where the mode names none."""
     if modes is None:
         ir = bool(int8_path) and int8_path.endswith(".xml")  # an OpenVINO IR: ONNX Runtime cannot read it
         modes = [m for m, (f, runtime, options) in DEPLOY_MODES.items() if "precision" not in options

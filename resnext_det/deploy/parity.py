@@ -22,18 +22,10 @@ def _arrays(d):
 
 
 def compare_detections(ref, got, box_tol: float = BOX_TOL_PX, score_tol: float = SCORE_TOL) -> Dict:
-    """Match each reference detection to one detection of ``got`` (same class, box within
-    ``box_tol`` px in every coordinate, score within ``score_tol``).
-
-    Args:
-        ref, got: detectron2 ``Instances`` or ``(boxes, scores, classes)`` array tuples.
-        box_tol: max abs box-coordinate difference (pixels).
-        score_tol: max abs score difference.
-
-    Returns:
-        dict with ``ok``, ``count_ref``, ``count_got``, ``max_box_diff``, ``max_score_diff``
-        (over matched pairs; inf when some detection has no match) and ``why`` (empty if ok).
-    """
+    """Match each detection of ``ref`` to one of ``got`` (``Instances`` or ``(boxes, scores,
+    classes)``): same class, box within ``box_tol`` px in every coordinate, score within
+    ``score_tol``. Returns ``ok``, ``count_ref``, ``count_got``, ``max_box_diff``,
+    ``max_score_diff`` (over matched pairs; inf when one has no match) and ``why``."""
     rb, rs, rc = _arrays(ref)
     gb, gs, gc = _arrays(got)
     out = {"count_ref": int(len(rb)), "count_got": int(len(gb)), "max_box_diff": 0.0,

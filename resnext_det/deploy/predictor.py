@@ -42,29 +42,23 @@ logger = logging.getLogger(__name__)
 
 
 class DeployedPredictor:
-    """An exported detector (``tools/export.py``) run by an inference runtime.
+    """An exported detector (``model.onnx``, ``model_int8.onnx``, or ``model_int8.xml``: OpenVINO only)
+    run by an inference runtime.
 
     Args:
-        path: the exported ``model.onnx``, or an int8 export (``model_int8.xml``, OpenVINO
-            only; ``model_int8.onnx`` from ``--int8-runtime onnxruntime``).
-        runtime: "onnxruntime", "openvino", or None / "auto": the runtime measured fastest on
-            this CPU kind (:func:`resnext_det.deploy.measured.choose_runtime`; an OpenVINO IR:
-            openvino), logged with its reason and kept on ``self.runtime_reason``.
+        runtime: "onnxruntime", "openvino", or None / "auto": the runtime measured fastest on this
+            CPU kind (:func:`.measured.choose_runtime`), logged and kept on ``self.runtime_reason``.
         num_threads: runtime threads; None = the physical cores available.
-        precision: "fp32" (default, exact parity with eager), "bf16" (OpenVINO, CPUs with
-            native bf16) or "default" (the runtime's own choice). The precision in effect is
-            logged and kept on ``self.precision_used``.
-        input_format: channel order of the images given to ``__call__``: "BGR" (default,
-            ``cv2.imread``'s order, what detectron2's ``DefaultPredictor`` takes) or "RGB". They
-            are flipped to the model's INPUT.FORMAT (``self.contract.input_format``) when it
-            differs. ``run_resized`` and ``inference`` take images already in the model's format.
-        **runtime_options: the runtime's own options (None = the measured default):
-            ``allow_spinning`` (ONNX Runtime), ``shape_mode`` "dynamic"/"static",
-            ``cache_size`` and ``cache_dir`` (OpenVINO); see :mod:`resnext_det.deploy.runtimes`.
+        precision: "fp32" (default, exact parity with eager), "bf16" (OpenVINO, CPUs with native
+            bf16) or "default" (the runtime's choice); the one in effect is ``self.precision_used``.
+        input_format: channel order of the images given to ``__call__``: "BGR" (default, as
+            ``DefaultPredictor``) or "RGB"; flipped to the model's INPUT.FORMAT when it differs.
+            ``run_resized`` and ``inference`` take images already in the model's format.
+        **runtime_options: the runtime's own (None = the measured default): ``allow_spinning``,
+            ``shape_mode``, ``cache_size``, ``cache_dir``; see :func:`.runtimes.make_runtime`.
 
-    Raises:
-        FileNotFoundError / DeployError: a missing, empty, truncated or foreign file (named);
-            an ``input_format`` other than "BGR"/"RGB" (named).
+    Raises FileNotFoundError / DeployError for a missing, empty, truncated or foreign file, or
+    another ``input_format`` (named).
     """
 
     def __init__(self, path: str, runtime: Optional[str] = None, num_threads: Optional[int] = None,
@@ -84,8 +78,7 @@ class DeployedPredictor:
         except DeployError:
             raise
         except Exception as e:  # the runtime refuses the graph
-            raise DeployError(f"{path}: {runtime} cannot load it: "
-                              f"{short_error(e)}") from None
+            raise DeployError(f"{path}: {runtime} cannot load it: {short_error(e)}") from None
         self.runtime = runtime
         self.precision_used = self.runner.precision_used
         logger.info("Deployed model %s: %s, %s, precision %s (weights %s)", path, runtime,
@@ -93,8 +86,7 @@ class DeployedPredictor:
 
     @staticmethod
     def runtime_for(path: str, runtime: Optional[str]):
-        """(runtime, reason) for the model at ``path``: ``runtime`` when named, else the one
-        measured fastest on this CPU kind; an OpenVINO IR runs in OpenVINO (logged)."""
+        """(runtime, reason): ``runtime`` when named, else an IR's OpenVINO or the one measured fastest."""
         ir = model_format(path) == "openvino_ir"
         if runtime not in (None, "auto") + RUNTIMES:
             raise DeployError(f"runtime={runtime!r} is not valid; use one of {RUNTIMES}, or None / 'auto' "
@@ -114,12 +106,8 @@ class DeployedPredictor:
 
     # -- the graph on an already resized CHW image (what the test data loader gives) --------
     def run_resized(self, image_chw) -> Instances:
-        """Detections in the resized image's coordinates.
-
-        Args:
-            image_chw: 3xHxW float tensor/array, resized per the contract, in the model's
-                INPUT.FORMAT (``input_format`` does not apply here).
-        """
+        """Detections in the coordinates of ``image_chw`` (3xHxW float, resized per the contract, in
+        the model's INPUT.FORMAT)."""
         x = image_chw.numpy() if isinstance(image_chw, torch.Tensor) else np.asarray(image_chw)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 3 or x.shape[0] != 3 or min(x.shape[1:]) < 1:
@@ -132,20 +120,9 @@ class DeployedPredictor:
         return inst
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
-        """Detect objects in one image.
-
-        Args:
-            original_image: HxWx3 uint8 numpy array in ``self.input_format`` channel order
-                (BGR unless set otherwise).
-
-        Raises:
-            DeployError: another kind of image, or a model whose INPUT.FORMAT is neither RGB
-                nor BGR (named).
-
-        Returns:
-            ``{"instances": Instances}`` in the original image's coordinates (pred_boxes,
-            scores, pred_classes), as detectron2's ``DefaultPredictor`` returns them.
-        """
+        """``{"instances": Instances}`` of an HxWx3 uint8 image in ``self.input_format``, in its
+        coordinates, as ``DefaultPredictor`` returns them. DeployError: another kind of image, or a
+        model whose INPUT.FORMAT is neither RGB nor BGR."""
         img = original_image
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 \
                 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
@@ -168,10 +145,8 @@ class DeployedPredictor:
 
     # -- detectron2's model calling convention, for inference_on_dataset ---------------------
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
-        """Like ``GeneralizedRCNN.forward`` in eval mode on detectron2's test-loader dicts
-        (``image`` resized CHW tensor, optional ``height``/``width`` of the original). The
-        loader reads images in the config's INPUT.FORMAT, which ``evaluate_exported``
-        (--eval-only) checks equals the model's: no flip here, whatever ``input_format`` says."""
+        """Like ``GeneralizedRCNN.forward`` in eval mode on test-loader dicts. The loader reads the
+        config's INPUT.FORMAT, which ``evaluate_exported`` checks is the model's: no flip here."""
         out = []
         for d in batched_inputs:
             inst = self.run_resized(d["image"].float())

@@ -1,20 +1,15 @@
 """Post-training static int8 of an exported detector, calibrated on images of the training set
 pre-processed by the export's own contract. Two routes:
 
-- :func:`quantize_int8_nncf` (``tools/export.py --int8``, the default): OpenVINO's
-  recommended route, NNCF post-training quantization of the OpenVINO model, written as an
-  OpenVINO IR (``model_int8.xml`` + ``.bin``) with the contract in its rt_info. Quantized:
-  the network (backbone, FPN, RPN head, box head: convolutions, matrix products and the
-  element-wise ops between them). Left in fp32: the post-processing (anchor decoding,
-  clipping, NMS, top-k, RoI level assignment, box decoding): NNCF would otherwise put
-  quantizers on box coordinates (we saw it on the decoding adds and the level assignment's
-  sqrt), which moves boxes for no speed. Those nodes are found from the graph
-  (:func:`postprocessing_nodes`) and given to NNCF as its ignored scope.
-- :func:`quantize_int8` (``--int8 --int8-runtime onnxruntime``): ONNX Runtime's
-  ``quantize_static``, QDQ form, convolutions and the box head's matrix products (weights
-  per output channel, symmetric; activations from MinMax), written as ``model_int8.onnx``.
-  Kept for measurement: ONNX Runtime has no int8 kernel for grouped convolutions other
-  than depthwise, which ResNeXt is made of.
+- :func:`quantize_int8_nncf` (``tools/export.py --int8``, the default): NNCF post-training
+  quantization of the OpenVINO model, written as an IR (``model_int8.xml`` + ``.bin``). The
+  network is quantized; the post-processing (anchor and box decoding, clipping, NMS, top-k, RoI
+  level assignment) is left in fp32 (:func:`postprocessing_nodes`, NNCF's ignored scope): NNCF
+  would otherwise quantize box coordinates, which moves boxes for no speed.
+- :func:`quantize_int8` (``--int8-runtime onnxruntime``): ONNX Runtime's ``quantize_static``, QDQ,
+  convolutions and matrix products (weights per channel, symmetric; activations MinMax), written
+  as ``model_int8.onnx``. Kept for measurement: ONNX Runtime has no int8 kernel for grouped
+  convolutions other than depthwise, which ResNeXt is made of.
 """
 from __future__ import annotations
 
@@ -44,8 +39,7 @@ NNCF_PRESETS = ("performance", "mixed")
 
 
 def calibration_images(cfg, num_images: int) -> List[np.ndarray]:
-    """``num_images`` images of ``cfg.DATASETS.TRAIN`` (evenly spread over the set), resized
-    per the test-time rule, as 3xHxW float32 arrays in the config's format."""
+    """``num_images`` images evenly spread over ``cfg.DATASETS.TRAIN``, as the graph's inputs."""
     if num_images < 1:
         raise DeployError(f"--calib-images {num_images} is not valid; use a positive number (e.g. 32)")
     dicts = []
@@ -68,11 +62,8 @@ def calibration_images(cfg, num_images: int) -> List[np.ndarray]:
 
 
 class _NoPreprocessAdvice(logging.Filter):
-    """Installed on the root logger around the one ``quantize_static`` call only. Drops ONNX
-    Runtime's quantizer messages that do not apply here: its advice to run its shape
-    pre-processing (the exported graph has dynamic shapes that step cannot fix), and its note
-    on each conv/GEMM whose bias is computed in the graph (FrozenBN folded by the exporter): it
-    leaves that bias in float, which is right."""
+    """Around ``quantize_static`` only: drops its advice to run shape pre-processing (cannot fix
+    dynamic shapes) and its note on each bias computed in the graph (left in float, which is right)."""
 
     _KNOWN = (re.compile(r"^Expected bias '.*' to be an initializer$"),
               re.compile(r"^Bias of Gemm node '.*' is not constant\. Please exclude this node"))
@@ -99,23 +90,14 @@ class _Reader:
 
 
 def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "") -> str:
-    """Quantize an exported fp32 model; writes ``model_int8.onnx`` beside it (atomically).
-
-    Args:
-        fp32_path: ``model.onnx`` written by :func:`resnext_det.deploy.export_onnx`.
-        images: calibration images (3xHxW float32, see :func:`calibration_images`).
-        output_path: destination (default: ``model_int8.onnx`` in the same folder).
-
-    Returns:
-        the path written. The contract metadata is carried over with ``precision: int8``.
-    """
-    # lazy: the optional deploy extra (see resnext_det.deploy.contract's note)
-    import onnx
+    """Quantize an exported ``model.onnx`` on :func:`calibration_images`; writes ``output_path``
+    (default ``model_int8.onnx`` beside it) atomically, the contract with ``precision: int8``."""
+    import onnx  # lazy: the optional deploy extra
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     proto, contract = load_onnx(fp32_path)
     output_path = output_path or os.path.join(os.path.dirname(fp32_path), INT8_FILE)
-    # the detection tail (after the last box-head MatMul/Gemm) stays fp32: only these op types
+    # only these op types: the detection tail (after the last box-head MatMul/Gemm) stays fp32
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "int8.onnx")
         quiet = _NoPreprocessAdvice()
@@ -127,8 +109,7 @@ def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         except Exception as e:
-            raise DeployError(f"int8 quantization of {fp32_path} failed: "
-                              f"{short_error(e)}") from None
+            raise DeployError(f"int8 quantization of {fp32_path} failed: {short_error(e)}") from None
         finally:
             logging.getLogger().removeFilter(quiet)
         q = onnx.load(out)
@@ -144,22 +125,16 @@ def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "
     return output_path
 
 
-# Where box coordinates, not features, enter an op: walking back from these inputs reaches
-# the post-processing (decoding, clipping, level assignment) but no feature map, because the
-# walk stops at the layers that make the deltas and logits (and at ShapeOf, which reads a
-# shape, not values).
+# Where box coordinates, not features, enter an op: walking back from these inputs reaches the
+# post-processing but no feature map (the walk stops at the layers making deltas and logits).
 _COORDINATE_INPUTS = {"ROIAlign": (1, 2), "NonMaxSuppression": (0, 1), "TopK": (0,),
                       "ScatterNDUpdate": (1,), "Gather": (1,), "GatherND": (1,), "Result": (0,)}
 _NETWORK_OPS = {"Convolution", "GroupConvolution", "MatMul", "Parameter", "Constant"}
 
 
 def postprocessing_nodes(model) -> List[str]:
-    """Names of the nodes of an ``openvino.Model`` of the exported detector that compute on
-    boxes and scores rather than on features (what NNCF is told to leave in fp32).
-
-    Args:
-        model: the detector as an ``openvino.Model`` (``ov.convert_model(model.onnx)``).
-    """
+    """Names of the nodes of the exported detector as an ``openvino.Model`` that compute on boxes
+    and scores rather than on features (what NNCF is told to leave in fp32)."""
     seen, stack = set(), []
     for op in model.get_ordered_ops():
         inputs = _COORDINATE_INPUTS.get(op.get_type_name())
@@ -181,29 +156,15 @@ def postprocessing_nodes(model) -> List[str]:
 
 def quantize_int8_nncf(fp32_path: str, images: List[np.ndarray], output_path: str = "",
                        preset: str = "performance", subset_size: Optional[int] = None) -> str:
-    """NNCF post-training int8 of an exported fp32 model, written as an OpenVINO IR.
-
-    Args:
-        fp32_path: ``model.onnx`` written by :func:`resnext_det.deploy.export_onnx`.
-        images: calibration images (3xHxW float32, see :func:`calibration_images`).
-        output_path: the ``.xml`` to write (default ``model_int8.xml`` beside ``fp32_path``;
-            the weights go to the ``.bin`` beside it).
-        preset: NNCF's "performance" (symmetric activations, its default) or "mixed"
-            (asymmetric activations: for inputs with negative values).
-        subset_size: images NNCF takes statistics on (default: all of ``images``).
-
-    Returns:
-        the ``.xml`` path. The contract is carried over with ``precision: int8``; run it with
-        ``DeployedPredictor(path, runtime="openvino")``.
-
-    Raises:
-        DeployError: no images, a bad preset, nncf not installed, or NNCF failing (named).
-    """
+    """NNCF post-training int8 of an exported ``model.onnx``, written as an OpenVINO IR ``output_path``
+    (default ``model_int8.xml`` beside it), the contract with ``precision: int8``; returns its path.
+    ``preset``: NNCF's "performance" (symmetric activations) or "mixed" (asymmetric: for inputs
+    with negative values); ``subset_size``: images NNCF takes statistics on (default all)."""
     if preset not in NNCF_PRESETS:
         raise DeployError(f"--int8-preset {preset!r} is not valid; use one of {NNCF_PRESETS}")
     if not images:
         raise DeployError("int8 calibration needs at least one image (--calib-images)")
-    try:  # lazy: the optional deploy extra (see resnext_det.deploy.contract's note)
+    try:  # lazy: the optional deploy extra
         import nncf
         import openvino as ov
     except ImportError as e:
@@ -219,8 +180,7 @@ def quantize_int8_nncf(fp32_path: str, images: List[np.ndarray], output_path: st
     level = nncf_logger.level
     nncf_logger.setLevel(logging.WARNING)  # its INFO lines name every node left out; restored after
     try:
-        # np.errstate: NNCF's statistics sum activations in float32, which overflow on untrained
-        # (random) detectors; the min/max ranges it keeps are unaffected (scoped, restored after)
+        # NNCF's float32 sums of activations overflow on random detectors; the min/max ranges are unaffected
         with np.errstate(over="ignore"):
             q = nncf.quantize(model, nncf.Dataset(list(images), lambda x: {INPUT_NAME: x}),
                               preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
@@ -228,8 +188,7 @@ def quantize_int8_nncf(fp32_path: str, images: List[np.ndarray], output_path: st
                               # validate=False: names from this graph, some of them not quantizable
                               ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
     except Exception as e:
-        raise DeployError(f"NNCF int8 quantization of {fp32_path} failed: "
-                          f"{short_error(e)}") from None
+        raise DeployError(f"NNCF int8 quantization of {fp32_path} failed: {short_error(e)}") from None
     finally:
         nncf_logger.setLevel(level)
     contract.precision = "int8"

@@ -5,20 +5,15 @@ Threads: one per physical core this process may use (:func:`resnext_det.hardware
 affinity set, hyper-threads counted once, cgroup quota), not ``os.cpu_count()``: more threads
 than cores make the runtimes' workers wait on each other.
 
-- ONNX Runtime: CPU execution provider, all graph optimisations, sequential execution; fp32
-  as stored (an ONNX Runtime int8 export runs its quantized operators). Whether its idle
-  worker threads spin (``session.intra_op.allow_spinning`` / ``session.inter_op.allow_spinning``)
-  is an option: spinning saves a wake-up per operator on an idle machine and burns the
-  cores other processes need on a busy one; the default is the measured one for the CPU
-  kind (:mod:`.measured`, ``python -m benchmarks.measure_deploy spinning``).
-- OpenVINO: ``PERFORMANCE_HINT=LATENCY``. Its CPU plugin silently computes in bf16 on CPUs
-  with AVX512-BF16/AMX unless told otherwise, so the precision is always set explicitly
-  (``fp32`` by default, for parity) and the precision in effect is logged. ``shape_mode``
-  "dynamic" compiles once for any image size; "static" compiles for each input shape met
-  (``Model.reshape`` + ``compile_model``; the graph pads inside, so the shape is the resized
-  image's) and keeps the last few compiled shapes (LRU): static shapes let the plugin pick
-  kernels and memory plans for the size, at a compile per new shape. Reads ONNX files and
-  OpenVINO IR (``.xml``, the NNCF int8 export).
+- ONNX Runtime: CPU execution provider, all graph optimisations, sequential execution; fp32 as
+  stored (an int8 export runs its quantized operators). ``allow_spinning``: idle worker threads
+  spin, saving a wake-up per operator on an idle machine and burning the cores others need on a
+  busy one; the default is the one measured for the CPU kind (:mod:`.measured`).
+- OpenVINO: ``PERFORMANCE_HINT=LATENCY``. Its CPU plugin silently computes in bf16 on CPUs with
+  AVX512-BF16/AMX unless told otherwise, so the precision is always set explicitly (``fp32`` by
+  default, for parity) and logged. ``shape_mode`` "dynamic" compiles once for any image size;
+  "static" compiles for each resized input shape met and keeps the last few (LRU), letting the
+  plugin pick kernels and memory plans for the size. Reads ONNX files and IR (``.xml``).
 """
 from __future__ import annotations
 
@@ -40,8 +35,7 @@ RUNTIMES = ("onnxruntime", "openvino")
 RUNTIME_PRECISIONS = ("fp32", "bf16", "default")
 SHAPE_MODES = ("dynamic", "static")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
-# compiled shapes kept by a static-shape OpenVINO runner: a test set resized by the contract's
-# rule has few distinct sizes (landscape/portrait at one shortest edge); each costs a compile
+# compiled shapes kept in static mode: the contract's resize gives few sizes (landscape/portrait)
 STATIC_CACHE_SIZE = 4
 
 
@@ -55,24 +49,14 @@ def _threads(num_threads: Optional[int]) -> int:
 
 
 class OnnxRuntimeRunner:
-    """ONNX Runtime CPU session on a model file or serialized bytes.
-
-    Args:
-        model: path or bytes.
-        num_threads: intra-op threads (None: the physical cores available).
-        precision: only "fp32"/"default" (ONNX Runtime's CPU provider has no reduced-precision
-            mode for fp32 graphs; export with --int8 --int8-runtime onnxruntime for a quantized graph).
-        allow_spinning: whether idle worker threads spin (True) or sleep (False); None: the
-            measured default for this CPU kind (:func:`resnext_det.deploy.measured.default_option`).
-    """
+    """ONNX Runtime CPU session on a model file or bytes; ``precision`` "fp32"/"default" only (no
+    reduced-precision mode for fp32 graphs); options as :func:`make_runtime` takes them."""
 
     name = "onnxruntime"
 
     def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32",
                  allow_spinning: Optional[bool] = None):
-        # lazy: the optional deploy extra, and a user may install one runtime only
-        # (resnext_det.deploy.contract's note has the measured import times)
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: the optional deploy extra (a user may install one runtime only)
 
         if precision not in ("fp32", "default"):
             raise DeployError(f"precision={precision!r} is not available in ONNX Runtime's CPU "
@@ -111,30 +95,14 @@ class OnnxRuntimeRunner:
 
 
 class OpenVINORunner:
-    """OpenVINO CPU compiled model on a model file or serialized ONNX bytes.
-
-    Args:
-        model: path or bytes.
-        num_threads: inference threads (None: the physical cores available).
-        precision: "fp32" (INFERENCE_PRECISION_HINT f32), "bf16", or "default" (OpenVINO's
-            own choice: bf16 on AVX512-BF16/AMX CPUs, f32 elsewhere).
-        shape_mode: "dynamic" (one compiled model for any size) or "static" (compiled per
-            input shape, ``cache_size`` shapes kept); None: the measured default for this
-            CPU kind (:func:`resnext_det.deploy.measured.default_option`).
-        cache_size: compiled shapes kept in static mode (least recently used dropped).
-        cache_dir: a folder for OpenVINO's compiled-model cache (its ``CACHE_DIR``): a later
-            predictor of the same model, precision and threads loads the compiled form instead
-            of compiling again (about 5x faster to start). None: no cache.
-    """
+    """OpenVINO CPU compiled model on a model file or ONNX bytes; options as :func:`make_runtime`."""
 
     name = "openvino"
 
     def __init__(self, model, num_threads: Optional[int] = None, precision: str = "fp32",
                  shape_mode: Optional[str] = None, cache_size: int = STATIC_CACHE_SIZE,
                  cache_dir: Optional[str] = None):
-        # lazy: the optional deploy extra, and a user may install one runtime only
-        # (resnext_det.deploy.contract's note has the measured import times)
-        import openvino as ov
+        import openvino as ov  # lazy: the optional deploy extra (a user may install one runtime only)
 
         if precision not in RUNTIME_PRECISIONS:
             raise DeployError(f"precision={precision!r} is not valid; use one of {RUNTIME_PRECISIONS}")
@@ -164,8 +132,7 @@ class OpenVINORunner:
         self._said_full = False
         # static mode: input shape -> (compiled model, infer request), most recent last
         self._static = collections.OrderedDict()
-        # the dynamic model: always compiled (precision and thread figures are read from it;
-        # static mode compiles per shape on first use)
+        # the dynamic model: always compiled (the precision in effect is read from it)
         self.compiled, self.request = self._compile(self.model)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision_used = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
@@ -247,15 +214,17 @@ def _read_openvino_model(core, model):
 
 def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precision: str = "fp32",
                  **options):
-    """One runner (see the module docstring).
+    """One runner (module docstring) of ``model``: ONNX path or bytes, or an IR ``.xml`` (OpenVINO).
 
     Args:
-        runtime: "onnxruntime" or "openvino".
-        model: ONNX file path or serialized bytes (OpenVINO also an IR ``.xml``).
         num_threads: threads (None: the physical cores available).
-        precision: "fp32", "bf16" (OpenVINO) or "default".
-        **options: the runtime's own options: ``allow_spinning`` (ONNX Runtime),
-            ``shape_mode`` / ``cache_size`` / ``cache_dir`` (OpenVINO). None values mean the default.
+        precision: "fp32", "bf16" (OpenVINO) or "default" (the runtime's choice: OpenVINO's is bf16
+            on AVX512-BF16/AMX CPUs).
+        **options: the runtime's own; None means the measured default for this CPU kind.
+            ONNX Runtime: ``allow_spinning`` (idle threads spin). OpenVINO: ``shape_mode``
+            ("dynamic"/"static"), ``cache_size`` (compiled shapes kept in static mode, LRU),
+            ``cache_dir`` (OpenVINO's compiled-model cache: a later predictor of the same model,
+            precision and threads starts about 5x faster).
     """
     runners = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
     own = {"onnxruntime": ("allow_spinning",), "openvino": ("shape_mode", "cache_size", "cache_dir")}

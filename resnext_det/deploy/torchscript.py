@@ -1,18 +1,14 @@
 """TorchScript export of a detector with this backbone, through detectron2's ``TracingAdapter``.
 
-Works for the default model and for one prepared by
-:func:`resnext_det.engine.fast.prepare_for_inference` (folded, channels_last, fused).
-
-Example::
+Works for the default model and for one prepared by :func:`resnext_det.engine.fast.prepare_for_inference`::
 
     traced, adapter = trace_detector(model, image)          # image: CHW float tensor
     traced.save("model.ts")                                 # loads without detectron2
     instances = run_traced(traced, adapter, image)          # == model([{"image": image}])[0]["instances"]
 
-A traced graph is specialised to what it saw: control flow that depends on data is
-frozen. Faster R-CNN's is shape-generic in detectron2 (it is written for tracing), but
-trace with an image of the size you will deploy (detectron2's own advice), and the
-batch is one image.
+A traced graph is specialised to what it saw (data-dependent control flow is frozen): detectron2's
+Faster R-CNN is written for tracing, but trace with an image of the size you will deploy; the batch
+is one image.
 """
 from __future__ import annotations
 
@@ -30,23 +26,15 @@ __all__ = ["trace_detector", "run_traced", "export_torchscript"]
 
 
 def _inference_func(model, inputs):
-    # do_postprocess=False: boxes in the (resized) input image's coordinates, no
-    # rescaling to a requested height/width (that is plain arithmetic, done outside).
+    # do_postprocess=False: boxes in the input image's coordinates; rescaling is done outside
     instances = model.inference(inputs, do_postprocess=False)[0]
     return [{"instances": instances}]
 
 
 def trace_detector(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.ScriptModule, TracingAdapter]:
-    """Trace a detectron2 ``GeneralizedRCNN`` to TorchScript.
-
-    Args:
-        model: the detector (eval mode is set), default or fast-path prepared.
-        image: one CHW image tensor in the model's input format (as in ``{"image": ...}``).
-
-    Returns:
-        ``(traced, adapter)``: ``traced(image)`` returns a tuple of tensors;
-        ``adapter.outputs_schema(...)`` rebuilds ``[{"instances": Instances}]``.
-    """
+    """Trace a detectron2 ``GeneralizedRCNN`` (set to eval) on one CHW image to TorchScript; returns
+    ``(traced, adapter)``: ``traced(image)`` gives a tuple of tensors, ``adapter.outputs_schema``
+    rebuilds ``[{"instances": Instances}]`` from it."""
     if not isinstance(model, GeneralizedRCNN):
         raise TypeError(f"trace_detector expects a detectron2 GeneralizedRCNN, got {type(model).__name__}")
     model.eval()
@@ -60,20 +48,10 @@ def trace_detector(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.Scr
 
 def run_traced(traced: torch.jit.ScriptModule, adapter: TracingAdapter, image: torch.Tensor,
                height: Optional[int] = None, width: Optional[int] = None):
-    """Run a traced detector on one CHW image; returns detectron2 ``Instances`` as the eager
-    model returns them for ``{"image": image, "height": height, "width": width}``.
-
-    The graph stops before detectron2's post-processing (plain arithmetic, kept out of the
-    trace); :func:`detector_postprocess` is applied here as ``GeneralizedRCNN`` applies it:
-    boxes rescaled to ``height`` x ``width`` (default: the image's own size), clipped, and
-    empty boxes dropped.
-
-    Args:
-        traced: from :func:`trace_detector` (or ``torch.jit.load`` of a saved one).
-        adapter: the ``TracingAdapter`` from :func:`trace_detector` (its output schema).
-        image: one CHW image tensor in the model's input format.
-        height, width: the size to report boxes in (the original image's size).
-    """
+    """Run a traced detector (:func:`trace_detector`, or ``torch.jit.load`` of a saved one) on one
+    CHW image; returns ``Instances`` as the eager model does for ``{"image", "height", "width"}``:
+    :func:`detector_postprocess` is applied here, boxes rescaled to ``height`` x ``width``
+    (default: the image's size) and clipped."""
     with torch.no_grad():
         flat = traced(image)
     instances = adapter.outputs_schema(flat)[0]["instances"]

@@ -1,11 +1,9 @@
 """The paper's two-stage plan (RPN and Fast R-CNN trained as separate networks, Appendix B)
 deployed as one graph.
 
-In training, stage 2 reads stage 1's proposals from files. Deployed, a detector must make
-its own: :class:`TwoStageDetector` runs the stage-1 network (its own backbone + RPN, top
-``RESNEXT_PLAN.PROPOSALS.TOPK_TEST`` proposals, as the plan's proposal files hold) and feeds
-them to the stage-2 network (its own backbone + RoI head) in one forward, so the export,
-the runtimes and the predictor treat it as any other detector: one file, one call.
+In training, stage 2 reads stage 1's proposals from files. Deployed, :class:`TwoStageDetector`
+runs the stage-1 network (the top ``RESNEXT_PLAN.PROPOSALS.TOPK_TEST`` proposals, as the plan's
+files hold) and feeds them to the stage-2 network in one forward: one file, one call.
 """
 from __future__ import annotations
 
@@ -13,18 +11,12 @@ import torch
 from detectron2.structures import ImageList
 from torch import nn
 
-
 __all__ = ["TwoStageDetector"]
 
 
 class TwoStageDetector(nn.Module):
-    """Stage-1 RPN network + stage-2 Fast R-CNN network, each with its own backbone.
-
-    Args:
-        rpn_network: detectron2 ``ProposalNetwork`` (backbone + RPN).
-        detector: ``GeneralizedRCNN`` whose RoI head classifies the proposals (its own
-            proposal generator, ``PrecomputedProposals``, is not used).
-    """
+    """Stage-1 ``ProposalNetwork`` + stage-2 ``GeneralizedRCNN`` (its RoI head classifies the
+    proposals; its own proposal generator is not used), each with its own backbone."""
 
     def __init__(self, rpn_network: nn.Module, detector: nn.Module):
         super().__init__()
