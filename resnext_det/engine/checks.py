@@ -1,7 +1,4 @@
-"""Checks run before training starts, so bad values fail in seconds with a clear message.
-
-Each error names the config key or file, the value, and what would work.
-"""
+"""Checks run before training starts; each error names the key or file, the value, and what would work."""
 from __future__ import annotations
 
 import os
@@ -21,11 +18,7 @@ class TrainingConfigError(UserInputError, ValueError):
 
 
 def validate_solver(cfg, world_size: int = 1) -> None:
-    """Validate ``SOLVER.*`` for a run on ``world_size`` worker processes.
-
-    Raises:
-        TrainingConfigError: naming the key, the value and what would work.
-    """
+    """Validate ``SOLVER.*`` for a run on ``world_size`` worker processes."""
     s = cfg.SOLVER
     if not (isinstance(s.IMS_PER_BATCH, int) and s.IMS_PER_BATCH > 0):
         raise TrainingConfigError(f"SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH!r} must be a positive integer")
@@ -49,8 +42,7 @@ def validate_solver(cfg, world_size: int = 1) -> None:
 
 
 class _ProposalUnpickler(RestrictedUnpickler):
-    """The project's restricted unpickler (no code in the file runs) that also admits
-    detectron2's ``BoxMode`` enum (the ``bbox_mode`` entry of detectron2's proposal files)."""
+    """The project's restricted unpickler, also admitting detectron2's ``BoxMode`` (``bbox_mode``)."""
 
     def find_class(self, module, name):
         if (module, name) == ("detectron2.structures.boxes", "BoxMode"):
@@ -69,18 +61,8 @@ def load_proposal_file(path: str):
 
 
 def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Optional[str] = None) -> None:
-    """Verify that a precomputed-proposals file covers every image of a dataset.
-
-    Args:
-        proposal_file: a shard manifest (:mod:`resnext_det.data.proposals`: only its indexes
-            are read) or a detectron2 proposal pickle (dict with ``ids``, ``boxes``,
-            ``objectness_logits``), read with the project's restricted unpickler.
-        image_ids: the dataset's image ids.
-        dataset: the dataset name, for the message.
-
-    Raises:
-        TrainingConfigError: file missing/unreadable, or images without proposals.
-    """
+    """Verify that a proposal file (shard manifest: indexes only; or detectron2 pickle) covers every
+    image id of ``dataset`` (:class:`TrainingConfigError` otherwise)."""
     where = f" (DATASETS.PROPOSAL_FILES for {dataset})" if dataset else ""
     if not os.path.isfile(proposal_file):
         raise TrainingConfigError(f"proposal file {proposal_file!r}{where} does not exist; run the RPN "
@@ -98,7 +80,7 @@ def check_proposal_file(proposal_file: str, image_ids: Iterable, dataset: Option
         raise TrainingConfigError(f"{proposal_file!r}{where} is not a proposal file: expected a dict with "
                                   "'ids', 'boxes' and 'objectness_logits'")
     have = {str(i) for i in data["ids"]}
-    want = [i for i in image_ids]
+    want = list(image_ids)
     missing = [i for i in want if str(i) not in have]
     if missing:
         raise TrainingConfigError(

@@ -2,25 +2,15 @@
 a machine that cannot start, or fails later, stops every machine within ``timeout`` seconds
 with one line naming it, instead of a silent wait for torch's 30-minute distributed timeout.
 
-Design. Machine 0's launcher process (the ``train_net.py`` process that calls detectron2's
-``launch``, not one of its workers) hosts a ``torch.distributed.TCPStore`` at ``--dist-url``;
-the launchers of the other machines connect to it, and so do the workers: the workers'
-``tcp://`` rendezvous connects as a client when ``TORCHELASTIC_USE_AGENT_STORE`` and
-``MASTER_ADDR``/``MASTER_PORT`` name that store (torch's own mechanism, the one torchrun's
-agent uses; :meth:`MachineGroup.worker_env`). One port, and the store outlives a worker that
-dies. In it, under ``resnext_det/machines/``, each launcher keeps
-
-* ``beat/<r>``: a counter it increments every second (a thread) -- its sign of life;
-* ``ready/<r>``: its data are prepared and checked (it joins the workers' rendezvous next);
-* ``failed/<r>``: why it stops (one line), set by the machine that fails;
-* ``done/<r>``: its workers finished.
-
-A watchdog thread in every launcher polls these keys every second and stops its machine (its
-worker processes are terminated, exit status 1) with one line when another machine posts
-``failed``, has not joined ``timeout`` s after this one started waiting, stops beating for
-``timeout`` s, or (machine 0, which holds the store) is gone. A worker that fails writes its
-reason in a local folder (:func:`write_worker_failure`); its launcher posts it, unless the
-error was a lost connection to a peer (then the watchdog names the peer that failed).
+Machine 0's launcher process hosts a ``torch.distributed.TCPStore`` at ``--dist-url``; the other
+launchers connect to it, and so do the workers' ``tcp://`` rendezvous (torch's
+``TORCHELASTIC_USE_AGENT_STORE`` mechanism, :meth:`MachineGroup.worker_env`): one port, and
+the store outlives a dying worker. Under ``resnext_det/machines/`` each launcher keeps
+``beat/<r>`` (a counter bumped every second), ``ready/<r>`` (data prepared), ``failed/<r>``
+(why it stops, one line) and ``done/<r>``. A watchdog thread stops its machine (workers
+terminated, exit status 1) when another posts ``failed``, has not joined or stops beating for
+``timeout`` s, or machine 0 is gone. A failing worker writes its reason locally
+(:func:`write_worker_failure`) for its launcher to post, unless it lost a peer.
 """
 from __future__ import annotations
 
@@ -75,16 +65,9 @@ def _say(msg: str, stream=None) -> None:
 
 
 class MachineGroup:
-    """The launcher side of one machine of ``num_machines``; see the module docstring.
-
-    Args:
-        dist_url: ``tcp://HOST:PORT`` (the same on every machine; HOST is machine 0).
-        num_machines: N.
-        machine_rank: this machine, 0 ... N-1.
-        timeout: seconds a machine waits for another to join, or for its next sign of life,
-            before it stops the run.
-        say: where progress lines go (default: stdout, prefixed ``train_net.py:``).
-    """
+    """The launcher side of machine ``machine_rank`` of ``num_machines`` (module docstring).
+    ``dist_url`` is ``tcp://HOST:PORT`` of machine 0; ``timeout``: seconds to wait for a peer to
+    join or give its next sign of life; ``say``: where progress lines go (default stdout)."""
 
     def __init__(self, dist_url: str, num_machines: int, machine_rank: int,
                  timeout: float = DEFAULT_TIMEOUT, say: Optional[Callable[[str], None]] = None):
@@ -125,8 +108,8 @@ class MachineGroup:
                              timeout=timedelta(seconds=timeout))
 
     def connect(self) -> "MachineGroup":
-        """Machine 0 starts the store; the others connect to it, saying what they wait for
-        every 10 s, for at most ``timeout`` s. Then the heartbeat and the watchdog start."""
+        """Machine 0 starts the store, the others connect (for at most ``timeout`` s); then the
+        heartbeat and the watchdog start."""
         self._started = time.monotonic()
         if self.rank == 0:
             try:
@@ -166,15 +149,14 @@ class MachineGroup:
             time.sleep(0.5)
 
     def worker_env(self) -> Dict[str, str]:
-        """The environment variables under which the workers' ``tcp://`` rendezvous connects
-        to this store (hosted by machine 0's launcher) instead of starting its own."""
+        """The environment under which the workers' rendezvous uses machine 0's store."""
         return {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": self.host,
                 "MASTER_PORT": str(self.port)}
 
     # -- the threads -----------------------------------------------------------------------
     def _machine_0_gone(self) -> bool:
-        """Machines 1 ... N-1: machine 0's port refuses connections (its launcher is gone). A
-        plain socket: torch's store client would log each failure with its C++ stack."""
+        """Machines 1 ... N-1: machine 0's port refuses connections (a plain socket: torch's
+        client would log each failure with its C++ stack)."""
         if self.rank == 0:
             return False
         try:
@@ -225,8 +207,7 @@ class MachineGroup:
                 said = time.monotonic()
 
     def _judge(self, store, seen):
-        """((the line that stops the run, the machines that are gone) or None, what this
-        machine waits for)."""
+        """((line that stops the run, machines gone) or None, what this machine waits for)."""
         now = time.monotonic()
         waiting = []
         for r in self._others():
@@ -255,9 +236,8 @@ class MachineGroup:
         return None, waiting
 
     def stop_run(self, line: str, gone=()) -> None:
-        """Another machine failed: one line on stderr, this machine's workers terminated,
-        and the process exits with status 1 (called from the watchdog thread). ``gone``: the
-        machines that will not read the store again (machine 0 does not wait for them)."""
+        """One line on stderr, this machine's workers terminated, exit status 1 (from the
+        watchdog thread). ``gone``: machines that will not read the store again."""
         self._stopping.set()
         self._watching.clear()
         self._stop.set()
@@ -288,9 +268,8 @@ class MachineGroup:
             self._token = None
 
     def sees_folder_of_machine_0(self, folder: str) -> bool:
-        """Whether ``folder`` here is the folder machine 0 calls ``folder`` (a shared one):
-        machine 0 writes a token file in it and posts its name; the others look for it.
-        Machine 0 removes it once every machine is ready (:meth:`wait_until_ready`)."""
+        """Whether ``folder`` is shared with machine 0 (it writes a token file there, removed
+        once every machine is ready, and posts its name)."""
         key = f"{_PREFIX}folder_token"
         if self.rank == 0:
             self._token = os.path.join(folder, f".machine0-{os.getpid()}-{time.time_ns()}")
@@ -303,8 +282,7 @@ class MachineGroup:
         return os.path.isfile(os.path.join(folder, self._store.get(key).decode()))
 
     def fail(self, reason: str) -> None:
-        """This machine fails: post why (one line) for the others; machine 0, which holds the
-        store, waits until they have read it (at most ``min(timeout, 10)`` s)."""
+        """Post why this machine fails; machine 0 waits until the others have read it."""
         self._watching.clear()
         self._stop.set()
         self._drop_token()
@@ -318,8 +296,7 @@ class MachineGroup:
             self._linger()
 
     def _linger(self, gone: int = 0):
-        """Machine 0 keeps the store up until every other machine (but ``gone`` of them) has
-        left, so they read why the run stops (at most ``min(timeout, 10)`` s)."""
+        """Machine 0 keeps the store up until the others (but ``gone``) left, at most 10 s."""
         deadline = time.monotonic() + min(self.timeout, 10.0)
         try:
             store = self._store or self._client(5.0)
@@ -340,8 +317,7 @@ class MachineGroup:
             pass
 
     def finish(self) -> None:
-        """This machine's workers ended well: post ``done``; machine 0 keeps the store (and
-        its watchdog) until every machine is done, then everything stops."""
+        """Post ``done``; machine 0 keeps the store (and watchdog) until every machine is done."""
         self._store.set(self._key("done", self.rank), "1")
         if self.rank == 0:
             keys = [self._key("done", r) for r in range(self.n)]
@@ -352,13 +328,11 @@ class MachineGroup:
         self.leave()
 
     def is_stopping(self) -> bool:
-        """Whether the watchdog is stopping the run (its line printed, this machine's workers
-        being terminated): the workers' failure that follows is its doing, not theirs."""
+        """Whether the watchdog is stopping the run (so the workers' failure is its doing)."""
         return self._stopping.is_set()
 
     def await_verdict(self) -> None:
-        """A local worker lost its peers: give the watchdog up to ``timeout`` + 5 s to name the
-        machine that failed (it exits the process); returns if it names none."""
+        """Give the watchdog up to ``timeout`` + 5 s to name the failed peer (it exits the process)."""
         deadline = time.monotonic() + self.timeout + 5.0
         while time.monotonic() < deadline and self._watching.is_set():
             time.sleep(0.2)
@@ -387,8 +361,8 @@ def is_lost_peer(e: BaseException) -> bool:
 
 def write_worker_failure(folder: str, rank: int, e: BaseException, *, user_error: bool,
                          exit_code: int, traceback_dir: str = "") -> None:
-    """A worker's error, for its launcher: ``<folder>/rank<rank>.json``. Errors other than the
-    user's (a bug, a lost peer) keep their traceback in ``<traceback_dir>/error.rank<rank>.txt``."""
+    """A worker's error for its launcher in ``<folder>/rank<rank>.json``; non-user errors keep their
+    traceback in ``<traceback_dir>/error.rank<rank>.txt``."""
     reason = one_line(e)
     if not user_error:
         reason = f"{type(e).__name__}: {reason}"

@@ -3,24 +3,14 @@
 ``MODE: "joint"``  -> one stage ``detector`` (train, then COCO AP), in ``OUTPUT_DIR``.
 ``MODE: "two_stage"`` (the paper, Appendix B; RPN and Fast R-CNN share no features):
 
-1. ``rpn``       train an RPN-only network (``ProposalNetwork``) from ``MODEL.WEIGHTS``
-                 -> ``OUTPUT_DIR/stage1_rpn``
-2. ``proposals`` compute its proposals on the training and test sets
-                 -> ``OUTPUT_DIR/stage1_rpn/proposals/<dataset>/manifest.json`` and one
-                 shard per worker (:mod:`resnext_det.data.proposals`; detectron2's ``.pkl``
-                 beside it with ``RESNEXT_PLAN.PROPOSALS.EXPORT_PKL``),
-                 and measure stage 1: proposal recall on the test set (AR@100, AR@1000,
-                 recall at IoU 0.5 and 0.7)
-3. ``fast_rcnn`` train Fast R-CNN on those proposals (``PrecomputedProposals``), again from
-                 ``MODEL.WEIGHTS``, then COCO box AP -> ``OUTPUT_DIR/stage2_fast_rcnn``;
-                 with ``RESNEXT_PLAN.ORACLE_EVAL`` also the AP with the ground-truth boxes
-                 as proposals (the ceiling a perfect stage 1 would give)
+1. ``rpn``       train an RPN-only network from ``MODEL.WEIGHTS`` -> ``OUTPUT_DIR/stage1_rpn``
+2. ``proposals`` its proposals on the training and test sets (shard manifests under
+                 ``stage1_rpn/proposals/<dataset>/``) and their recall on the test set
+3. ``fast_rcnn`` train Fast R-CNN on them (``PrecomputedProposals``) from ``MODEL.WEIGHTS``,
+                 then COCO box AP -> ``OUTPUT_DIR/stage2_fast_rcnn``
 
-With ``RESNEXT_PLAN.PRETRAIN.ENABLED`` every stage starts from the miniature "ImageNet"
-model of :mod:`resnext_det.engine.pretrain` (a torchvision-format file) as ``MODEL.WEIGHTS``.
-
-This module only describes the plan (what ``train_net.py --dry-run`` prints). Running it,
-``plan_state.json`` and resume live in :mod:`resnext_det.engine.plan_runner`.
+With ``RESNEXT_PLAN.PRETRAIN.ENABLED`` the stages start from :mod:`resnext_det.engine.pretrain`'s
+model. Running the plan lives in :mod:`resnext_det.engine.plan_runner`.
 """
 from __future__ import annotations
 
@@ -55,19 +45,8 @@ _PAPER_STAGE = {"rpn": 1, "proposals": 1, "fast_rcnn": 2}
 
 @dataclasses.dataclass
 class Stage:
-    """One step of the plan.
-
-    Attributes:
-        name: ``detector``, ``rpn``, ``proposals`` or ``fast_rcnn``.
-        kind: ``train`` (a DefaultTrainer run) or ``proposals`` (inference writing proposal files).
-        cfg: the stage's full detectron2 config, for ``SOLVER.REFERENCE_WORLD_SIZE`` workers.
-        evaluate: COCO box AP on ``DATASETS.TEST`` at the end of the stage.
-        outputs: files the stage produces (proposal files: dataset name -> path).
-        recall_datasets: (proposals) datasets on which proposal recall is measured.
-        oracle_eval: (train) also box AP with ground-truth boxes as proposals.
-        shuffled_eval: (train) also box AP with each test image given another image's
-            proposals (the control: what stage 2 scores without its own proposals).
-    """
+    """One step of the plan: ``kind`` ``train`` or ``proposals``; ``cfg`` for
+    ``SOLVER.REFERENCE_WORLD_SIZE`` workers; ``outputs``: proposal files by dataset."""
 
     name: str
     kind: str
@@ -84,17 +63,8 @@ class Stage:
 
 
 def resolve_datasets(cfg: CfgNode) -> CfgNode:
-    """A copy of ``cfg`` with the plan's inputs filled in (nothing is read or written):
-    DATASETS.TRAIN/TEST from RESNEXT_PLAN.COCO_SPLITS or RESNEXT_PLAN.SYNTHETIC, and with
-    RESNEXT_PLAN.PRETRAIN enabled and MODEL.WEIGHTS empty, MODEL.WEIGHTS = the file the
-    pretraining writes.
-
-    Args:
-        cfg: a config with RESNEXT_PLAN (resnext_det.get_cfg()).
-
-    Raises:
-        ResNeXtConfigError: an unknown MODE, or SYNTHETIC and COCO_SPLITS both set.
-    """
+    """A copy of ``cfg`` with DATASETS.TRAIN/TEST from RESNEXT_PLAN.COCO_SPLITS or SYNTHETIC and,
+    with PRETRAIN and no MODEL.WEIGHTS, the pretraining's file as MODEL.WEIGHTS (no I/O)."""
     cfg = cfg.clone()
     cfg.defrost()
     p = cfg.RESNEXT_PLAN
@@ -111,7 +81,6 @@ def resolve_datasets(cfg: CfgNode) -> CfgNode:
     elif p.COCO_SPLITS:
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = coco_split_names(p.COCO_SPLITS)
     if p.PRETRAIN.ENABLED and not cfg.MODEL.WEIGHTS:
-        # weights given explicitly (e.g. --eval-only MODEL.WEIGHTS model_final.pth) win
         cfg.MODEL.WEIGHTS = pretrained_weights_path(cfg)
     return cfg
 
@@ -128,7 +97,6 @@ def _apply_solver(cfg: CfgNode, node: CfgNode) -> None:
 
 
 def _proposal_file(proposals_dir: str, dataset: str) -> str:
-    # a shard manifest (resnext_det.data.proposals); the shards lie beside it
     return os.path.join(proposals_dir, dataset, "manifest.json")
 
 
@@ -138,11 +106,7 @@ def exported_proposal_pickle(proposals_dir: str, dataset: str) -> str:
 
 
 def build_plan(cfg: CfgNode) -> List[Stage]:
-    """The stages of ``cfg``'s plan, each with its full config (see module docstring).
-
-    Args:
-        cfg: a config with MODEL.RESNEXT and RESNEXT_PLAN (resnext_det.get_cfg()).
-    """
+    """The stages of ``cfg``'s plan, each with its full config."""
     base = resolve_datasets(cfg)
     p = base.RESNEXT_PLAN
     if p.MODE == "joint":
@@ -154,8 +118,7 @@ def build_plan(cfg: CfgNode) -> List[Stage]:
     rpn.OUTPUT_DIR = os.path.join(base.OUTPUT_DIR, "stage1_rpn")
     _apply_solver(rpn, p.RPN)
     rpn.TEST.EVAL_PERIOD = 0
-    # No evaluation inside stage 1 (detectron2 would run one after the last iteration): its
-    # quality is measured once, by the proposals step, on the very proposals stage 2 uses.
+    # stage 1 is measured once, by the proposals step, on the very proposals stage 2 uses
     rpn.DATASETS.TEST = ()
 
     datasets = list(dict.fromkeys(list(base.DATASETS.TRAIN) + list(base.DATASETS.TEST)))
@@ -191,15 +154,8 @@ def final_stage(stages: List[Stage]) -> Stage:
 
 
 def plan_summary(cfg: CfgNode, world_size: int = 1) -> Dict[str, Any]:
-    """The resolved plan as plain data (what ``train_net.py --dry-run`` prints as YAML).
-
-    Solver values are those used on ``world_size`` workers: detectron2's
-    ``auto_scale_workers`` scales batch, LR and schedule from ``SOLVER.REFERENCE_WORLD_SIZE``.
-
-    Args:
-        cfg: the full config.
-        world_size: number of training processes.
-    """
+    """The resolved plan as plain data (``train_net.py --dry-run``), with the solver values
+    detectron2's ``auto_scale_workers`` gives ``world_size`` workers."""
     stages = build_plan(cfg)
     out: Dict[str, Any] = {
         "config": {"mode": cfg.RESNEXT_PLAN.MODE, "output_dir": cfg.OUTPUT_DIR,
@@ -244,11 +200,9 @@ def plan_summary(cfg: CfgNode, world_size: int = 1) -> Dict[str, Any]:
                 "MOMENTUM": s.MOMENTUM, "WEIGHT_DECAY": s.WEIGHT_DECAY,
                 "CHECKPOINT_PERIOD": s.CHECKPOINT_PERIOD,
             }
-            if m.META_ARCHITECTURE == "ProposalNetwork":
+            if m.META_ARCHITECTURE == "ProposalNetwork" or m.PROPOSAL_GENERATOR.NAME == "RPN":
                 d["rpn_batch_size_per_image"] = m.RPN.BATCH_SIZE_PER_IMAGE
-            else:
-                if m.PROPOSAL_GENERATOR.NAME == "RPN":
-                    d["rpn_batch_size_per_image"] = m.RPN.BATCH_SIZE_PER_IMAGE
+            if m.META_ARCHITECTURE != "ProposalNetwork":
                 d["roi_batch_size_per_image"] = m.ROI_HEADS.BATCH_SIZE_PER_IMAGE
             d["evaluate"] = "COCO box AP on " + ", ".join(c.DATASETS.TEST) if st.evaluate else None
             if st.oracle_eval:

@@ -1,21 +1,13 @@
 """Running the plan of :mod:`resnext_det.engine.plan`: stages in order, resume-at-stage, and
 each stage's quality measured and recorded.
 
-Which stages are finished, and their results, are kept in ``OUTPUT_DIR/plan_state.json``
-(written atomically); with ``resume=True`` finished stages are skipped and the unfinished
-training stage continues from its last checkpoint.
+Finished stages and their results are kept in ``OUTPUT_DIR/plan_state.json``; per stage:
 
-Results recorded per stage (``plan_state.json`` ``results``):
-
-* ``proposals``: per dataset, the proposal count and, on the test sets, ``recall``:
-  ``AR@100`` / ``AR@1000`` (COCO average recall over IoU 0.5:0.95, detectron2's
-  ``COCOEvaluator``, as fractions) and ``recall@100_IoU0.5`` ... (the fraction of
-  ground-truth boxes with a proposal among the top k at that IoU), plus detectron2's
-  ``box_proposals`` dict (percent, incl. small/medium/large);
-* ``fast_rcnn`` / ``detector``: the COCO results (``bbox``: AP, AP50 ...); with
-  ``RESNEXT_PLAN.ORACLE_EVAL`` also ``oracle``: the same model's results with the
-  ground-truth boxes as its proposals; with ``RESNEXT_PLAN.SHUFFLED_EVAL`` also
-  ``shuffled``: its results with each test image given another image's stage-1 proposals.
+* ``proposals``: per dataset, the proposal count and, on test sets, ``recall`` (``AR@100`` /
+  ``AR@1000`` as fractions, ``recall@100_IoU0.5`` ...) and detectron2's ``box_proposals`` (percent);
+* ``fast_rcnn`` / ``detector``: the COCO results, with ``oracle`` (ground-truth boxes as
+  proposals, ``RESNEXT_PLAN.ORACLE_EVAL``) and ``shuffled`` (each test image given another
+  image's proposals, ``RESNEXT_PLAN.SHUFFLED_EVAL``).
 """
 from __future__ import annotations
 
@@ -60,10 +52,7 @@ RECALL_TOPK = (100, 1000)
 
 
 class PlanState:
-    """``OUTPUT_DIR/plan_state.json``: which stages finished, and their results.
-
-    Written with a temporary file and ``os.replace``, so a kill never leaves half a file.
-    """
+    """``OUTPUT_DIR/plan_state.json`` (written atomically): which stages finished, and their results."""
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, STATE_FILE)
@@ -90,18 +79,9 @@ class PlanState:
 
 
 def register_datasets(cfg: CfgNode) -> CfgNode:
-    """Register the plan's datasets (making SYNTHETIC ones if missing); trains nothing.
-
-    Idempotent; run in every worker process (registrations do not cross process spawns).
-    Processes that share SYNTHETIC.ROOT (several machines on one folder) take turns under a
-    lock (``<ROOT>/.prepare.lock``): the first makes the set, the others reuse it.
-
-    Args:
-        cfg: the full config.
-
-    Returns:
-        ``cfg`` with its dataset names resolved (:func:`~.plan.resolve_datasets`).
-    """
+    """Register the plan's datasets (making SYNTHETIC ones if missing); returns ``cfg`` with its
+    dataset names resolved. Idempotent, run in every worker process; processes sharing
+    SYNTHETIC.ROOT take turns under ``<ROOT>/.prepare.lock``."""
     cfg = resolve_datasets(cfg)
     s = cfg.RESNEXT_PLAN.SYNTHETIC
     if s.ENABLED:
@@ -114,21 +94,9 @@ def register_datasets(cfg: CfgNode) -> CfgNode:
 
 
 def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
-    """Make the plan's inputs ready: :func:`register_datasets` and, with
-    ``RESNEXT_PLAN.PRETRAIN.ENABLED``, train (or reuse) the miniature "ImageNet" model the
-    stages start from.
-
-    Idempotent; run in every worker process (registrations do not cross process spawns),
-    and by the launcher of every machine before its workers start (``--num-machines``).
-    Processes that share the weights' folder take turns under a lock (``<file>.lock``): the
-    first trains, the others reuse its file.
-
-    Args:
-        cfg: the full config.
-
-    Returns:
-        the pretraining's results (``{}`` without PRETRAIN).
-    """
+    """:func:`register_datasets` and, with ``RESNEXT_PLAN.PRETRAIN.ENABLED``, train (or reuse,
+    under ``<file>.lock``) the miniature "ImageNet" model; returns the pretraining's results
+    (``{}`` without). Idempotent, run in every worker process and by each machine's launcher."""
     cfg = register_datasets(cfg)
     if (cfg.RESNEXT_PLAN.PRETRAIN.ENABLED and cfg.MODEL.WEIGHTS == pretrained_weights_path(cfg)
             and comm.is_main_process()):  # (explicit MODEL.WEIGHTS: nothing to pretrain)
@@ -138,16 +106,8 @@ def prepare_datasets(cfg: CfgNode) -> Dict[str, Any]:
 
 
 class _ProposalCollector(DatasetEvaluator):
-    """Writes ProposalNetwork outputs as proposal shards: each worker streams its images'
-    proposals into its own shard (memory constant in the dataset size; no process gathers
-    all proposals), rank 0 writes the manifest (``path``) once every shard is there.
-
-    Args:
-        dataset_name: the dataset (for messages and the manifest).
-        path: the manifest's path (``<dir>/manifest.json``); shards go to its folder.
-        export_pkl: also write detectron2's classic proposal pickle there (rank 0; it holds
-            all proposals in memory, as detectron2's own loader does).
-    """
+    """Writes ProposalNetwork outputs as proposal shards (one per worker, memory constant), then
+    rank 0 the manifest ``path`` and, with ``export_pkl``, detectron2's proposal pickle."""
 
     def __init__(self, dataset_name: str, path: str, export_pkl: str = ""):
         self.dataset_name, self.path, self.export_pkl = dataset_name, path, export_pkl
@@ -194,17 +154,9 @@ def _gt_boxes(dataset_dict: dict) -> np.ndarray:
 
 
 class ProposalRecall(DatasetEvaluator):
-    """Recall of proposals: the fraction of ground-truth boxes (non-crowd) that some proposal
-    among the top ``k`` (by objectness) covers at IoU >= t, for k in ``topk`` and t in ``ious``.
-
-    The RPN's outputs are in original image coordinates (detectron2 rescales them), as the
-    dataset's boxes are.
-
-    Args:
-        dataset_name: a registered dataset with annotations.
-        topk: proposal counts.
-        ious: IoU thresholds.
-    """
+    """The fraction of non-crowd ground-truth boxes that some proposal among the top ``k`` (by
+    objectness) covers at IoU >= t, for k in ``topk`` and t in ``ious`` (both in original
+    image coordinates)."""
 
     def __init__(self, dataset_name: str, topk=RECALL_TOPK, ious=RECALL_IOUS):
         self._gt = {d["image_id"]: _gt_boxes(d) for d in DatasetCatalog.get(dataset_name)}
@@ -242,20 +194,9 @@ class ProposalRecall(DatasetEvaluator):
 
 def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
     """Run the stage-1 RPN on each dataset of ``stage``, write its proposal shards and manifest
-    (:mod:`resnext_det.data.proposals`; also detectron2's pickle with
-    ``RESNEXT_PLAN.PROPOSALS.EXPORT_PKL``), and
-    on ``stage.recall_datasets`` measure the proposals' recall (one pass per dataset).
-
-    Progress (images done, ETA) is logged by detectron2's ``inference_on_dataset``.
-
-    Args:
-        stage: the plan's ``proposals`` stage.
-        trainer_cls: builds the model and the test loaders.
-
-    Returns:
-        ``{dataset: {"images", "proposals_per_image"[, "recall", "box_proposals",
-        "proposal_recall"]}}``.
-    """
+    (and detectron2's pickle with ``RESNEXT_PLAN.PROPOSALS.EXPORT_PKL``), and measure recall on
+    ``stage.recall_datasets``. Returns ``{dataset: {"images", "proposals_per_image"[, "recall",
+    "box_proposals", "proposal_recall"]}}``."""
     cfg = stage.cfg
     model = trainer_cls.build_model(cfg)
     load_checkpoint(model, cfg, cfg.MODEL.WEIGHTS)
@@ -267,7 +208,6 @@ def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
                   if cfg.RESNEXT_PLAN.PROPOSALS.EXPORT_PKL else "")
         evaluators = [_ProposalCollector(dataset, path, export)]
         if dataset in stage.recall_datasets:
-            # detectron2's COCO average recall of a ProposalNetwork (AR@100, AR@1000, by size)
             evaluators += [COCOEvaluator(dataset, tasks=("bbox",), distributed=True,
                                          output_dir=None, use_fast_impl=False),
                            ProposalRecall(dataset)]
@@ -290,15 +230,8 @@ def _format_recall(r: Dict[str, float]) -> str:
 
 
 def check_stage_proposals(cfg: CfgNode) -> None:
-    """For a stage trained on precomputed proposals (``MODEL.LOAD_PROPOSALS``): every train
-    and test proposal file exists and covers its dataset's images.
-
-    Args:
-        cfg: the stage's config.
-
-    Raises:
-        TrainingConfigError: naming the file, the dataset and the fix.
-    """
+    """With ``MODEL.LOAD_PROPOSALS``: every train and test proposal file exists and covers its
+    dataset's images (:class:`TrainingConfigError` naming the file, dataset and fix)."""
     if not cfg.MODEL.LOAD_PROPOSALS:
         return
     for kind in ("TRAIN", "TEST"):
@@ -314,13 +247,8 @@ def check_stage_proposals(cfg: CfgNode) -> None:
 
 
 def write_gt_proposals(dataset_name: str, path: str) -> str:
-    """A detectron2 proposal file whose proposals are the dataset's ground-truth boxes
-    (objectness 1): what a perfect stage 1 would give.
-
-    Args:
-        dataset_name: a registered dataset with annotations.
-        path: the ``.pkl`` to write (atomically).
-    """
+    """Write (atomically) a detectron2 proposal file ``path`` of the dataset's ground-truth boxes
+    (objectness 1): what a perfect stage 1 would give."""
     dicts = DatasetCatalog.get(dataset_name)
     boxes = [_gt_boxes(d) for d in dicts]
     data = {"ids": [d["image_id"] for d in dicts], "boxes": boxes,
@@ -330,13 +258,8 @@ def write_gt_proposals(dataset_name: str, path: str) -> str:
 
 
 def write_shuffled_proposals(proposal_file: str, path: str) -> str:
-    """``proposal_file`` with each image given the next image's proposals (the last image
-    the first's): proposals that say nothing about the image they are used on.
-
-    Args:
-        proposal_file: a detectron2 proposal file (stage 1's).
-        path: the ``.pkl`` to write (atomically).
-    """
+    """Write ``proposal_file`` to ``path`` with each image given the next image's proposals
+    (the last the first's): proposals that say nothing about their image."""
     data = load_proposal_file(proposal_file)
     n = len(data["ids"])
     if n < 2:
@@ -348,9 +271,8 @@ def write_shuffled_proposals(proposal_file: str, path: str) -> str:
 
 
 def _evaluate_with_proposals(cfg: CfgNode, model, trainer_cls, name: str, kind: str, write) -> Dict[str, Any]:
-    """``trainer_cls.test`` of ``model`` with each test set's proposals replaced by the file
-    ``write(dataset, its proposal file, new path)`` makes: ``<OUTPUT_DIR>/<name>/<dataset>_<kind>_proposals.pkl``
-    (results under ``<OUTPUT_DIR>/<name>/inference/``)."""
+    """``trainer_cls.test`` of ``model`` with each test set's proposals replaced by what
+    ``write(dataset, source file, path)`` writes under ``<OUTPUT_DIR>/<name>/``."""
     ocfg = cfg.clone()
     ocfg.defrost()
     ocfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, name)
@@ -367,30 +289,15 @@ def _evaluate_with_proposals(cfg: CfgNode, model, trainer_cls, name: str, kind: 
 
 
 def evaluate_with_gt_proposals(cfg: CfgNode, model, trainer_cls) -> Dict[str, Any]:
-    """COCO results of a Fast R-CNN ``model`` (``PrecomputedProposals``) given the
-    ground-truth boxes as proposals: the ceiling of the two-stage plan's stage 2.
-
-    Files go to ``<OUTPUT_DIR>/oracle/`` (proposal files, ``inference/``).
-
-    Args:
-        cfg: the stage's config (``MODEL.LOAD_PROPOSALS``).
-        model: the trained model.
-        trainer_cls: its ``test`` runs the evaluation.
-    """
+    """COCO results of a Fast R-CNN ``model`` given the ground-truth boxes as proposals (the
+    ceiling of stage 2); files go to ``<OUTPUT_DIR>/oracle/``."""
     return _evaluate_with_proposals(cfg, model, trainer_cls, "oracle", "gt",
                                     lambda dataset, _, path: write_gt_proposals(dataset, path))
 
 
 def evaluate_with_shuffled_proposals(cfg: CfgNode, model, trainer_cls) -> Dict[str, Any]:
-    """COCO results of a Fast R-CNN ``model`` given, for each test image, another image's
-    stage-1 proposals (:func:`write_shuffled_proposals`): the control that shows how much
-    stage 2 owes to its own proposals. Files go to ``<OUTPUT_DIR>/shuffled/``.
-
-    Args:
-        cfg: the stage's config (``MODEL.LOAD_PROPOSALS``, ``DATASETS.PROPOSAL_FILES_TEST``).
-        model: the trained model.
-        trainer_cls: its ``test`` runs the evaluation.
-    """
+    """COCO results of a Fast R-CNN ``model`` given each test image another image's proposals
+    (the control); files go to ``<OUTPUT_DIR>/shuffled/``."""
     return _evaluate_with_proposals(cfg, model, trainer_cls, "shuffled", "shuffled",
                                     lambda _, source, path: write_shuffled_proposals(source, path))
 
@@ -404,12 +311,8 @@ def _eval_results(stage: Stage) -> Dict[str, Any]:
 
 
 def stage_figures(results: Dict[str, Any]) -> Dict[str, float]:
-    """The headline figure of each stage from ``plan_state.json`` results (flat, for printing
-    and plotting): ``rpn_AR@100`` ... (fractions), ``box_AP``, ``oracle_box_AP``, ``shuffled_box_AP`` (percent).
-
-    Args:
-        results: ``PlanState.data["results"]``.
-    """
+    """The headline figures of ``PlanState.data["results"]``, flat: ``rpn_AR@100`` ... (fractions),
+    ``box_AP``, ``oracle_box_AP``, ``shuffled_box_AP`` (percent)."""
     out: Dict[str, float] = {}
     for res in results.get("proposals", {}).values():
         if isinstance(res, dict) and "recall" in res:
@@ -427,18 +330,9 @@ def stage_figures(results: Dict[str, Any]) -> Dict[str, float]:
 
 
 def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[str, Any]:
-    """Run every stage of ``cfg``'s plan; returns ``{stage name: results}``.
-
-    Each stage's figures are logged when it ends, and all of them again at the end.
-
-    Args:
-        cfg: the full config (datasets must already be registered: :func:`prepare_datasets`).
-        resume: skip stages that ``plan_state.json`` marks finished and continue the
-            unfinished training stage from its last checkpoint. Without it, everything reruns.
-        trainer_cls: the trainer (default :class:`resnext_det.engine.trainer.ResNeXtTrainer`),
-            built by :func:`~resnext_det.engine.trainer.build_trainer` (several CPU worker
-            processes need another construction).
-    """
+    """Run every stage of ``cfg``'s plan (datasets registered by :func:`prepare_datasets`);
+    returns ``{stage name: results}``. ``resume`` skips finished stages and continues the
+    unfinished one from its last checkpoint; ``trainer_cls`` defaults to ``ResNeXtTrainer``."""
     trainer_cls = trainer_cls or ResNeXtTrainer
     stages = build_plan(cfg)
     state = PlanState(cfg.OUTPUT_DIR)
@@ -478,7 +372,7 @@ def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[st
 def _train(stage: Stage, trainer_cls, resume: bool) -> Dict[str, Any]:
     check_stage_proposals(stage.cfg)
     if stage.evaluate and comm.is_main_process():
-        # the final evaluation rewrites it; a stale one must not pass for this run's
+        # a stale result must not pass for this run's
         stale = os.path.join(stage.output_dir, "inference", EVAL_RESULTS)
         if os.path.isfile(stale):
             os.unlink(stale)

@@ -1,18 +1,11 @@
 """A miniature "ImageNet": the config's ResNeXt trained as a classifier on crops of the
 synthetic shapes, saved in torchvision's format.
 
-On COCO, each stage of the paper's plan starts from ImageNet weights (e.g. torchvision's
-``resnext101_32x4d``), loaded through ``MODEL.WEIGHTS`` with the input convention those
-weights imply (RGB, torchvision's mean/std, stride on the 3x3). The demo does the same in
-miniature: :func:`pretrain_classifier` trains the backbone described by ``MODEL.RESNEXT``
-(res2..res5, BatchNorm, plus global pooling and an ``fc`` layer, as a torchvision ResNet)
-to tell the shapes (and plain background) apart on crops cut from the synthetic *training*
-images, and writes a bare torchvision state dict (``conv1``, ``bn1``, ``layer1..4``,
-``fc``). The detectors then load it like any torchvision file: the project's checkpointer
-recognises the format and checks ``INPUT.FORMAT`` / ``PIXEL_MEAN`` / ``PIXEL_STD``.
-
-The file is a pure function of the config values that shape it (architecture, data,
-pretraining schedule, seed); a manifest beside it lets a rerun (or ``--resume``) reuse it.
+On COCO each stage starts from ImageNet weights; the demo does the same in miniature:
+:func:`pretrain_classifier` trains ``MODEL.RESNEXT``'s backbone (BatchNorm, pooling, ``fc``) to
+tell the shapes and background apart on crops of the synthetic training images and writes a
+bare torchvision state dict, which the detectors load like any torchvision file. The file is a
+pure function of the config values that shape it; a manifest beside it lets a rerun reuse it.
 """
 from __future__ import annotations
 
@@ -57,13 +50,8 @@ _FILE_NAME = "tiny_resnext_torchvision.pth"
 
 
 def build_classifier(cfg: CfgNode, num_classes: int) -> ResNeXtClassifier:
-    """The classifier the miniature ImageNet trains: ``cfg``'s ResNeXt with res5 always built
-    and BatchNorm (as an ImageNet model is trained), pooled, and an ``fc``.
-
-    Args:
-        cfg: a config with ``MODEL.RESNEXT`` (the architecture).
-        num_classes: outputs of ``fc``.
-    """
+    """``cfg``'s ResNeXt with res5 and BatchNorm (as ImageNet models are trained), pooled, and an
+    ``fc`` of ``num_classes`` outputs."""
     spec = resolve_resnext_spec(cfg, out_features=["res5"])
     if spec.block_form != "grouped":
         raise ResNeXtConfigError(
@@ -72,15 +60,9 @@ def build_classifier(cfg: CfgNode, num_classes: int) -> ResNeXtClassifier:
     return ResNeXtClassifier(build_resnext(dataclasses.replace(spec, norm="BN", freeze_at=0)), num_classes)
 
 
-# detectron2 names (the project's ResNet) -> torchvision ResNet names. The inverse of
-# resnext_det.weights.sources' torchvision reader; tests load the result through it.
 def to_torchvision_state_dict(model: ResNeXtClassifier) -> Dict[str, torch.Tensor]:
-    """``model``'s weights under torchvision's ResNet names (``conv1``, ``bn1``,
-    ``layer1..4``, ``fc``), as ``torchvision.models.resnext50_32x4d().state_dict()`` has them.
-
-    Args:
-        model: a trained :class:`ResNeXtClassifier`.
-    """
+    """``model``'s weights under torchvision's ResNet names (``conv1``, ``bn1``, ``layer1..4``,
+    ``fc``); the inverse of resnext_det.weights.sources' torchvision reader."""
     out = {}
     for name, tensor in model.backbone.state_dict().items():
         tv_name = to_torchvision_name(name)
@@ -98,8 +80,7 @@ def _square(cx: float, cy: float, side: float) -> Tuple[int, int, int, int]:
 
 
 def _cut(image: np.ndarray, box: Tuple[int, int, int, int], size: int) -> np.ndarray:
-    """The square ``box`` of ``image`` (padded with the image's mean colour where it leaves
-    the image), resized to ``size`` x ``size``."""
+    """The square ``box`` of ``image`` (padded with its mean colour), resized to ``size``."""
     x0, y0, x1, y1 = box
     h, w = image.shape[:2]
     pad = max(0, -x0, -y0, x1 - w, y1 - h)
@@ -115,18 +96,10 @@ def _cut(image: np.ndarray, box: Tuple[int, int, int, int], size: int) -> np.nda
 
 def shape_crops(dataset_dicts: List[dict], *, crop_size: int, crops_per_object: int,
                 seed: int) -> Tuple[np.ndarray, np.ndarray, int]:
-    """Classification crops from detection images: each object cut with some context and
-    jitter (label = its class), plus as many background crops (label = number of classes).
-
-    Args:
-        dataset_dicts: detectron2 dataset dicts (images read in RGB).
-        crop_size: crops are resized to crop_size x crop_size.
-        crops_per_object: jittered crops per object (and background crops per image).
-        seed: the crops are a pure function of the data and the seed.
-
-    Returns:
-        ``(crops uint8 (N, size, size, 3) RGB, labels int64 (N,), number of classes)``.
-    """
+    """Classification crops of detection images: ``crops_per_object`` jittered crops per object
+    (label = its class) and per image of background (label = number of classes); a pure
+    function of the data and ``seed``. Returns ``(uint8 RGB (N, size, size, 3), int64 labels
+    (N,), number of classes)``."""
     rng = np.random.default_rng(seed)
     class_ids = sorted({a["category_id"] for d in dataset_dicts for a in d.get("annotations", [])})
     background = len(class_ids)
@@ -202,17 +175,9 @@ def _manifest(cfg: CfgNode) -> Dict[str, Any]:
 def pretrain_classifier(cfg: CfgNode) -> Dict[str, Any]:
     """Train the miniature "ImageNet" model of ``cfg`` (or reuse an identical earlier one).
 
-    Crops come from ``DATASETS.TRAIN`` (the detector's training images; top-1 is measured
-    on crops of ``DATASETS.TEST``), so the datasets must be registered. Plain PyTorch SGD
-    (momentum 0.9, weight decay 1e-4, cosine LR, random horizontal flips), batch
-    ``RESNEXT_PLAN.PRETRAIN.IMS_PER_BATCH``, ``EPOCHS`` passes over the crops.
-
-    Args:
-        cfg: a config with ``RESNEXT_PLAN.PRETRAIN`` and resolved ``DATASETS``.
-
-    Returns:
-        ``{"weights": path of the torchvision file, "top1": val accuracy (%),
-        "num_crops": ..., "seconds": ..., "reused": bool}`` (also in ``<file>.json``).
+    Crops of the registered ``DATASETS.TRAIN`` (top-1 on ``DATASETS.TEST``); plain SGD
+    (momentum 0.9, weight decay 1e-4, cosine LR, horizontal flips). Returns ``{"weights",
+    "top1" (%), "num_crops", "seconds", "reused", ...}`` (also in ``<file>.json``).
     """
     path = pretrained_weights_path(cfg)
     info_path = path + ".json"

@@ -1,20 +1,11 @@
 """ResNeXtTrainer: detectron2's DefaultTrainer with COCO evaluation, the project's
 checkpointer and (optionally) the fast inference path for evaluation.
 
-It overrides only DefaultTrainer's documented hooks: ``build_model`` (seeded from SEED),
-``build_optimizer`` (solver check, training speed switches), ``build_train_loader``
-(checked mapper, resumable sampler), ``build_hooks`` (the project's checkpointer with the
-data position and random streams in every checkpoint; no checkpoint of non-finite weights),
-``build_evaluator`` and ``test``. The training step, ``resume_or_load``, ``train``, the
-writers (ETA and losses on the console, ``metrics.json``, TensorBoard events) and the other
-hooks are detectron2's. Several CPU processes (GLOO) need one more change, kept apart in
-:class:`ResNeXtCpuWorkersTrainer` (through :func:`build_trainer`).
-
-Kill safety: checkpoints and ``last_checkpoint`` are written atomically (the project's
-checkpointer); every process's data position (the sampler's seed, the keys it drew, those
-waiting in aspect-ratio buckets: :class:`DataPosition`) and random streams are part of every
-checkpoint (:class:`PerProcessState`), so ``--resume`` continues with the same iteration,
-learning rate, data position and random streams in each process.
+Only DefaultTrainer's documented hooks are overridden; the training step, ``train``, the
+writers and the other hooks are detectron2's. Several CPU (GLOO) processes need
+:class:`ResNeXtCpuWorkersTrainer` (through :func:`build_trainer`). Checkpoints are written
+atomically and hold every process's data position (:class:`DataPosition`) and random
+streams (:class:`PerProcessState`), so ``--resume`` continues exactly.
 """
 from __future__ import annotations
 
@@ -70,10 +61,8 @@ def _unwrap(model):
 
 def apply_recorded_training_switches(model, cfg):
     """``MODEL.RESNEXT.FAST.*_TRAIN`` applied to ``model``; what ``auto`` chose is recorded in
-    ``<OUTPUT_DIR>/training_layout.json`` when a run starts and reused by every later start in
-    that folder (``--resume``), so a resumed run computes exactly what the run it continues
-    computed (``auto`` decides partly by a timing probe, which may differ between starts).
-    Explicit ``on``/``off`` values always win over the record."""
+    ``<OUTPUT_DIR>/training_layout.json`` at the first start and reused on ``--resume`` (its
+    timing probe may decide otherwise next time). Explicit ``on``/``off`` win over the record."""
     fast = cfg.MODEL.RESNEXT.FAST
     path = os.path.join(cfg.OUTPUT_DIR, TRAINING_LAYOUT)
     recorded = {}
@@ -99,10 +88,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class RandomStreams:
-    """The training process's random streams (torch CPU and CUDA, numpy, Python) as a
-    checkpointable: saved in every checkpoint and restored on ``--resume``, so the draws a
-    resumed run makes (RPN anchor and RoI sampling, any global-stream augmentation) are the
-    ones the uninterrupted run made."""
+    """The process's random streams (torch CPU and CUDA, numpy, Python) as a checkpointable,
+    so a resumed run draws what the uninterrupted run drew."""
 
     # Held as tensors, ints and lists only, so the checkpoint stays loadable by a plain
     # torch.load(weights_only=True) and by stock detectron2 (numpy objects would not be).
@@ -130,8 +117,7 @@ class RandomStreams:
 
 @contextlib.contextmanager
 def preserved_random_streams():
-    """Run the body without moving the process's random streams (evaluation during training
-    must not change what the next training iteration draws)."""
+    """Run the body without moving the process's random streams."""
     saved = RandomStreams().state_dict()
     try:
         yield
@@ -140,13 +126,8 @@ def preserved_random_streams():
 
 
 def validate_for_workers(cfg, world_size: int) -> None:
-    """``validate_solver`` for ``cfg`` as it will run on ``world_size`` workers: the values
-    as written (split over ``SOLVER.REFERENCE_WORLD_SIZE`` workers when set) and after
-    detectron2's linear scaling to ``world_size``.
-
-    Raises:
-        TrainingConfigError: naming the key, the value and what would work.
-    """
+    """``validate_solver`` for ``cfg`` as written (over ``SOLVER.REFERENCE_WORLD_SIZE`` workers
+    when set) and after detectron2's linear scaling to ``world_size``."""
     ref = int(cfg.SOLVER.REFERENCE_WORLD_SIZE)
     validate_solver(cfg, ref if ref > 0 else world_size)
     if ref > 0 and ref != world_size:
@@ -154,9 +135,8 @@ def validate_for_workers(cfg, world_size: int) -> None:
 
 
 class _QuietExpectedErrors(logging.Filter):
-    """Drops detectron2's "Exception during training:" traceback for errors this trainer
-    reports itself as one clear line (non-finite losses, the project's input errors), and for
-    a lost connection to another worker (the launcher names the machine that failed)."""
+    """Drops detectron2's "Exception during training:" traceback for errors reported as one
+    line elsewhere (non-finite losses, input errors, a lost peer)."""
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
@@ -165,20 +145,13 @@ class _QuietExpectedErrors(logging.Filter):
 
 
 class PerProcessState:
-    """A checkpointable holding one state per training process (each process's data position,
-    random streams and so on), in the one checkpoint file detectron2's Checkpointer writes.
+    """A checkpointable holding one state per training process, in the one checkpoint file.
 
-    Only process 0 writes checkpoints, so before each save every process calls
-    :meth:`gather` (a collective; :class:`_GatherPerProcessState` does it, on every process,
-    in the iteration whose end is saved), which hands each process's ``local.state_dict()`` to
-    process 0. The saved state is process 0's own at the top level (what a one-process run
-    reads) plus ``"processes"``: the list of all of them, by rank. On load each process takes
-    its own entry; a checkpoint written by another number of processes (or without that list)
-    gives every process the top-level state, and ``local`` is told so
-    (``load_state_dict(state, exact=False)``).
-
-    Args:
-        local: this process's part (``state_dict()``, ``load_state_dict(state, exact)``).
+    Before each save every process calls :meth:`gather` (a collective) to hand its
+    ``local.state_dict()`` to process 0, which saves its own state at the top level plus
+    ``"processes"`` (all of them, by rank). On load each process takes its own entry; with
+    another number of processes (or no list) every process gets the top-level state, with
+    ``local.load_state_dict(state, exact=False)``.
     """
 
     def __init__(self, local):
@@ -186,7 +159,6 @@ class PerProcessState:
         self._gathered: Optional[list] = None
 
     def gather(self) -> None:
-        """Every process: send this process's state to process 0 (kept there for the save)."""
         states = comm.gather(self.local.state_dict(), dst=0)
         self._gathered = states if comm.is_main_process() else None
 
@@ -212,13 +184,10 @@ class PerProcessState:
 
 
 class DataPosition:
-    """This process's place in the training data (the local part of a :class:`PerProcessState`):
-    the sampler's seed, the images all processes' finished iterations consumed
-    (``(iteration + 1) * SOLVER.IMS_PER_BATCH`` after ``iteration``), and this process's
-    :class:`GroupedBatchSampler` state after the batches the model took (keys drawn, keys
-    waiting in partly filled aspect-ratio buckets), not after what the loader read ahead.
-    Loading it (detectron2's ``resume_or_load`` loads every checkpointable) makes the batches
-    continue there; the data loader's iterator is created at the first step, after that."""
+    """This process's place in the training data (local part of a :class:`PerProcessState`):
+    the sampler's seed, the images all processes consumed and this process's
+    :class:`GroupedBatchSampler` state after the batches the model took (not what the loader
+    read ahead)."""
 
     def __init__(self, batches: GroupedBatchSampler, trainer, ims_per_batch: int):
         self._batches, self._loop, self._ims_per_batch = batches, trainer, int(ims_per_batch)
@@ -251,15 +220,14 @@ class DataPosition:
 
 
 class _ProcessRandomStreams(RandomStreams):
-    """RandomStreams as the local part of a :class:`PerProcessState` (each process's own)."""
+    """RandomStreams as the local part of a :class:`PerProcessState`."""
 
     def load_state_dict(self, state: dict, exact: bool = True) -> None:
         super().load_state_dict(state)
 
 
 class _GatherPerProcessState(d2_hooks.HookBase):
-    """On every process, in each iteration after which the periodic checkpointer saves (placed
-    just before it): :meth:`PerProcessState.gather` of each such checkpointable."""
+    """:meth:`PerProcessState.gather` on every process in each iteration that is saved."""
 
     def __init__(self, checkpointer, period: int):
         self._checkpointer, self._period = checkpointer, int(period)
@@ -273,8 +241,7 @@ class _GatherPerProcessState(d2_hooks.HookBase):
 
 
 class ResNeXtTrainer(DefaultTrainer):
-    """DefaultTrainer + COCO box AP (pycocotools, no C++ extension needed) + results JSON,
-    exactly resumable; only detectron2's documented hooks are overridden."""
+    """DefaultTrainer + COCO box AP (pycocotools) + results JSON, exactly resumable."""
 
     @property
     def sampler(self) -> Optional[ResumableTrainingSampler]:
@@ -283,35 +250,26 @@ class ResNeXtTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """detectron2's, after seeding the random streams from ``SEED`` (when >= 0): each
-        trainer (each stage of a plan) starts from the same random state whatever ran before
-        it in this process (a resumed plan skips finished stages)."""
+        """detectron2's, after seeding the random streams from ``SEED`` (when >= 0), so each
+        stage of a plan starts alike whatever ran before it."""
         if cfg.SEED >= 0:
             seed_all_rng(cfg.SEED + comm.get_rank())
         return super().build_model(cfg)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """detectron2's, after two things that must precede it: the SOLVER values are
-        checked (:class:`TrainingConfigError` in seconds, not mid-run) and
-        ``MODEL.RESNEXT.FAST.{CHANNELS_LAST_TRAIN, AUTOCAST_TRAIN, FOLD_FROZEN_BN_TRAIN}`` are
-        applied to ``model`` in place (:func:`apply_recorded_training_switches`), so the
-        optimizer's state follows the parameters' memory format."""
+        """detectron2's, after checking SOLVER and applying the training switches in place
+        (so the optimizer's state follows the parameters' memory format)."""
         validate_for_workers(cfg, comm.get_world_size())
         apply_recorded_training_switches(model, cfg)
         return super().build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """detectron2's ``build_detection_train_loader`` with the checked mapper (errors name
-        the image file), a keyed :class:`ResumableTrainingSampler` (seed ``cfg.SEED`` when
-        >= 0, else a random one shared by all workers) and a :class:`PositionSeededDataset`
-        (each image's augmentation seeded from its place in the stream), so a resumed run
-        draws exactly the images and augmentations the uninterrupted run drew. Batches come
-        from a :class:`GroupedBatchSampler` (``DATALOADER.ASPECT_RATIO_GROUPING``: detectron2's
-        two orientation buckets, decided from the dataset's image sizes), whose state is saved
-        per process. The sampler is attached as ``loader.resnext_sampler``, the batch sampler as
-        ``loader.resnext_batches``."""
+        """detectron2's train loader with the checked mapper, a keyed
+        :class:`ResumableTrainingSampler`, a :class:`PositionSeededDataset` and a
+        :class:`GroupedBatchSampler`, so a resumed run draws the same images and augmentations.
+        Attaches ``loader.resnext_sampler`` and ``loader.resnext_batches``."""
         mapper = checked_mapper(cfg, True)
         stores = proposal_stores(cfg, cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN)
         if stores is not None:  # shards: each image's proposals read when it is mapped
@@ -340,10 +298,7 @@ class ResNeXtTrainer(DefaultTrainer):
             return loader
         batches = GroupedBatchSampler(sampler, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(),
                                       [is_landscape(d) for d in dicts] if grouping else None)
-        # batches of keys made in this process (the data loader's workers only map them), as
-        # detectron2's train loader would: no collation, its worker seeding; the loader's own
-        # seed, so that creating its iterator draws nothing from the process's torch stream
-        # (a resumed run creates it at another point of that stream)
+        # the loader's own generator: creating its iterator draws nothing from the torch stream
         loader = torch.utils.data.DataLoader(
             PositionSeededDataset(dicts, mapper, sampler), batch_sampler=batches,
             num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=trivial_batch_collator,
@@ -353,9 +308,7 @@ class ResNeXtTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        """detectron2's; with ``MODEL.LOAD_PROPOSALS`` and shard manifests, the dataset is built
-        without proposals and a :class:`~resnext_det.data.proposals.ProposalMapper` around
-        detectron2's test ``DatasetMapper`` reads each image's when it is mapped."""
+        """detectron2's; with proposal shard manifests a ``ProposalMapper`` reads each image's."""
         files = cfg.DATASETS.PROPOSAL_FILES_TEST
         stores = None
         if cfg.MODEL.LOAD_PROPOSALS and dataset_name in cfg.DATASETS.TEST:
@@ -367,11 +320,8 @@ class ResNeXtTrainer(DefaultTrainer):
                                            mapper=ProposalMapper(DatasetMapper(cfg, False), stores))
 
     def build_hooks(self):
-        """detectron2's hooks, saving with the project's checkpointer (atomic writes, every
-        weight format, the input-format check), which replaces detectron2's here, before the
-        hooks that use it are built, and saves every process's data position and random
-        streams in every checkpoint (:class:`PerProcessState`); its periodic checkpointer
-        refuses to save non-finite weights."""
+        """detectron2's hooks with the project's checkpointer (set before the hooks that use it),
+        per-process data position and random streams, and no save of non-finite weights."""
         self.checkpointer = make_checkpointer(self.model, self.cfg, trainer=weakref.proxy(self))
         batches = getattr(self.data_loader, "resnext_batches", None)
         if batches is not None:
@@ -380,8 +330,7 @@ class ResNeXtTrainer(DefaultTrainer):
         self.checkpointer.add_checkpointable("rng", PerProcessState(_ProcessRandomStreams()))
         hooks = [_FiniteCheckpointer(h.checkpointer, h.period, max_to_keep=h.max_to_keep)
                  if isinstance(h, d2_hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
-        # the per-process state reaches process 0 just before it saves (the checkpointer hook
-        # exists on process 0 only; the others gather at the same place among their hooks)
+        # gather just before the checkpointer hook (which exists on process 0 only)
         at = next((i for i, h in enumerate(hooks) if isinstance(h, (d2_hooks.PeriodicCheckpointer,
                                                                     d2_hooks.EvalHook))), len(hooks))
         hooks.insert(at, _GatherPerProcessState(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
@@ -397,8 +346,7 @@ class ResNeXtTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """detectron2's test loop; uses the fast inference path when
-        ``MODEL.RESNEXT.FAST.INFERENCE`` and writes the metrics to
+        """detectron2's test loop (fast path when ``MODEL.RESNEXT.FAST.INFERENCE``); metrics go to
         ``<OUTPUT_DIR>/inference/eval_results.json``."""
         fast = cfg.MODEL.RESNEXT.FAST
         if fast.INFERENCE:
@@ -417,15 +365,8 @@ class ResNeXtTrainer(DefaultTrainer):
 
 
 def proposal_stores(cfg, datasets, files):
-    """The proposal stores of ``datasets`` when ``cfg`` loads precomputed proposals from shard
-    manifests (:mod:`resnext_det.data.proposals`); None with detectron2 pickles (detectron2
-    loads those into the dataset itself) or without ``MODEL.LOAD_PROPOSALS``.
-
-    Args:
-        cfg: the stage's config.
-        datasets: dataset names.
-        files: their proposal files (``DATASETS.PROPOSAL_FILES_TRAIN`` / ``_TEST``).
-    """
+    """The proposal stores of ``datasets`` (one file each) when ``cfg`` loads proposals from shard
+    manifests; None with detectron2 pickles or without ``MODEL.LOAD_PROPOSALS``."""
     if not cfg.MODEL.LOAD_PROPOSALS:
         return None
     if len(files) != len(datasets):
@@ -435,8 +376,7 @@ def proposal_stores(cfg, datasets, files):
 
 
 def _without_proposal_loading(cfg, stores):
-    """``cfg`` as detectron2's loader builders must see it when a mapper attaches the proposals:
-    the dataset list is built without reading any proposal file."""
+    """``cfg`` without proposal loading when a mapper attaches the proposals."""
     if stores is None:
         return cfg
     cfg = cfg.clone()
@@ -451,21 +391,9 @@ def runs_on_cpu_workers(cfg) -> bool:
 
 
 def build_trainer(trainer_cls, cfg):
-    """``trainer_cls(cfg)``; when several CPU processes train together
-    (:func:`runs_on_cpu_workers`), ``ResNeXtTrainer`` becomes
-    :class:`ResNeXtCpuWorkersTrainer`, and another class must derive from that one.
-
-    Args:
-        trainer_cls: ResNeXtTrainer or a subclass.
-        cfg: the training config.
-
-    Returns:
-        an instance of ``trainer_cls`` (or of ResNeXtCpuWorkersTrainer, see above).
-
-    Raises:
-        TrainingConfigError: several CPU processes and a ``trainer_cls`` that builds
-            detectron2's DefaultTrainer (which cannot be built there), naming what would work.
-    """
+    """``trainer_cls(cfg)``; on several CPU processes ``ResNeXtTrainer`` becomes
+    :class:`ResNeXtCpuWorkersTrainer`, and other classes must derive from it
+    (:class:`TrainingConfigError` otherwise)."""
     if not runs_on_cpu_workers(cfg):
         return trainer_cls(cfg)
     if trainer_cls is ResNeXtTrainer:
@@ -482,16 +410,10 @@ def build_trainer(trainer_cls, cfg):
 class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
     """ResNeXtTrainer for several CPU (GLOO) training processes.
 
-    Why its own constructor: ``DefaultTrainer.__init__`` calls ``create_ddp_model(model,
-    broadcast_buffers=False)``, which adds ``device_ids=[local_rank]``, and DDP raises for any
-    ``device_ids`` on a CPU module ("device_ids ... only work with ... GPU modules"); no hook
-    of detectron2's runs between building the model and that call. ``__init__`` below builds
-    what detectron2/engine/defaults.py ``DefaultTrainer.__init__`` builds, in its order and with
-    the same hooks (a subclass's overrides all apply), giving DDP no ``device_ids``. The step
-    trainer goes where DefaultTrainer keeps it (``self._trainer``), so DefaultTrainer's
-    ``run_step``, ``state_dict``, ``load_state_dict`` and its ``model``, ``data_loader`` and
-    ``optimizer`` properties work unchanged. tests/engine/test_trainer.py fails when
-    detectron2's constructor or ``create_ddp_model`` changes shape.
+    ``DefaultTrainer.__init__`` gives DDP ``device_ids=[local_rank]``, which a CPU module
+    refuses, and no hook runs in between; ``__init__`` builds what DefaultTrainer's builds, in
+    its order and with the same hooks, without ``device_ids`` (tests/engine/test_trainer.py
+    notices when detectron2's constructor changes shape).
     """
 
     def __init__(self, cfg):
@@ -510,7 +432,6 @@ class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
 
 
 def last_losses(trainer) -> str:
-    """The loss terms of the last iteration ``trainer`` recorded, as one line."""
     try:
         latest = trainer.storage.latest()
     except Exception:  # no storage yet
@@ -524,7 +445,6 @@ def last_losses(trainer) -> str:
 
 
 def recovery_hint(trainer) -> str:
-    """What to do after ``trainer`` diverged: the last good checkpoint and what to change."""
     ckpt = trainer.checkpointer
     last = ckpt.get_checkpoint_file() if ckpt.has_checkpoint() else None
     where = (f"The last good checkpoint {last} is unchanged (no checkpoint is written after a "
@@ -536,10 +456,9 @@ def recovery_hint(trainer) -> str:
 
 @contextlib.contextmanager
 def clear_training_errors(trainer):
-    """Around ``trainer.train()``: a non-finite loss raises :class:`NonFiniteLossError`
-    naming the iteration, the loss terms and the last checkpoint (nothing is saved on that
-    path); the project's input errors are logged as one line; neither gets detectron2's
-    "Exception during training" traceback."""
+    """Around ``trainer.train()``: a non-finite loss raises :class:`NonFiniteLossError` naming the
+    iteration, loss terms and last checkpoint; input errors are logged as one line; neither
+    gets detectron2's traceback."""
     quiet = _QuietExpectedErrors()
     _train_logger.addFilter(quiet)
     try:
@@ -561,8 +480,7 @@ def clear_training_errors(trainer):
 
 
 class _FiniteCheckpointer(d2_hooks.PeriodicCheckpointer):
-    """detectron2's periodic checkpointer hook that never saves NaN/inf weights: a diverged
-    step must not replace the last good checkpoint."""
+    """detectron2's periodic checkpointer that never saves NaN/inf weights."""
 
     def after_step(self):
         it = int(self.trainer.iter)

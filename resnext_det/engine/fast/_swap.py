@@ -1,28 +1,26 @@
-"""Replace submodules in place: the one way the fast path changes a model's structure."""
+"""Replace submodules in place (the one way the fast path changes a model's structure), and a
+tensor's memory format."""
 from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
 from torch import nn
 
 
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def replace_submodules(model: nn.Module, make: Callable[[nn.Module], Optional[nn.Module]]) -> int:
-    """Swap every submodule ``m`` of ``model`` for ``make(m)`` (setattr on its parent), when
-    ``make`` returns a module; ``None`` keeps ``m``. Modules are visited parents first, and a
-    replacement's own children are not visited again.
+    """Swap every submodule ``m`` of ``model`` for ``make(m)`` when that is not None (parents
+    first; a replacement's children are not visited); returns how many were replaced.
 
-    The replacement is registered under the same attribute name, so a replacement that keeps
-    its original's parameters under the same attribute names keeps every parameter name.
-    (detectron2 modules that also keep a plain-list alias of a child, like ``FPN.lateral_convs``,
-    would still call the old child: the fast path only swaps blocks, convs inside blocks, the
-    RPN head and whole trunks, none of which is aliased that way.)
-
-    Args:
-        model: the root module (never replaced itself).
-        make: the factory; called once per visited submodule.
-
-    Returns:
-        the number of submodules replaced.
+    The replacement takes the same attribute name, so parameter names can be kept. A plain-list
+    alias of a child (like ``FPN.lateral_convs``) would still call the old one: the fast path
+    swaps nothing aliased that way.
     """
     n = 0
     for name, child in list(model.named_children()):

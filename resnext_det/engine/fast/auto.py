@@ -1,27 +1,16 @@
 """``auto`` for the training layout switches (CHANNELS_LAST_TRAIN, FOLD_FROZEN_BN_TRAIN).
 
-Whether channels_last and FrozenBN folding speed training up depends on the CPU kind (measured:
-faster on one kind, slower on another), so ``auto`` decides from what was measured and shipped,
-never from figures written into this file:
+Whether they speed training up depends on the CPU kind, so ``auto`` follows what was measured:
 
-- :data:`MEASURED_LAYOUTS` (``measured_layouts.json`` beside this module) holds, per CPU kind
-  (:func:`resnext_det.hardware.cpu_kind`), the measured training-iteration ratio of each
-  candidate layout vs stock detectron2, the noise margin of that run and the record it comes
-  from. ``benchmarks/choices.py`` renders it from the A/A-controlled records
-  ``benchmarks/<kind>/train-layouts.json`` (written by ``python tools/benchmark.py --parts
-  train``); it is read through the package's one loader of measured choices
-  (:mod:`resnext_det.measured_choices`), so nothing here parses records and a machine takes its
-  own kind's entry only.
-- The rule (:func:`choose_training_layout`, a pure function of the table): the fastest
-  candidate measured faster than stock by more than the run's noise; stock where this kind was
-  not measured, where its run was noisy (A/A control outside its band), and on CUDA. A record
-  without an A/A control is followed only beyond a wider margin: the stock path's own spread
-  over the rounds (the table says which and the log line repeats it).
-- The fold probe stays as a guard: when the table's choice folds FrozenBN, one forward+backward
-  of a copy of one of the model's own grouped blocks, with and without the fold, one thread,
-  timed by the thread's CPU time (robust to other processes), may turn the fold off when it is
-  at least :data:`PROBE_MARGIN` slower on this very CPU (another model of the same kind). It
-  never turns on what the table did not choose.
+- :data:`MEASURED_LAYOUTS` holds, per CPU kind, each candidate's measured training-iteration
+  ratio vs stock, the run's noise margin and its record (rendered by ``benchmarks/choices.py``
+  from ``benchmarks/<kind>/train-layouts.json``, read through :mod:`resnext_det.measured_choices`).
+- The rule (:func:`choose_training_layout`): the fastest candidate faster than stock by more
+  than the noise; stock where the kind was not measured, its run was noisy, and on CUDA. A
+  record without an A/A control needs the wider margin of stock's own spread.
+- A guard: when the table folds FrozenBN, a one-thread probe of one of the model's grouped
+  blocks (thread CPU time) turns the fold off when it is :data:`PROBE_MARGIN` slower; it never
+  turns on what the table did not choose.
 
 The decision is logged in one line naming the record it followed.
 """
@@ -70,17 +59,9 @@ _FALSE = ("false", "off", "0", "no", "")
 
 
 def parse_switch(value, key: str) -> Optional[bool]:
-    """A training switch value: True/False, or None for ``auto``.
-
-    Args:
-        value: True, False, "auto", or "true"/"false"/"on"/"off" in any case (a YAML/command-line
-            string; on the command line ``True`` would be refused by yacs, which keeps the default's
-            type: write ``true`` or ``on``).
-        key: the config key, named in the error.
-
-    Raises:
-        ResNeXtConfigError: any other value, naming the key and what works.
-    """
+    """A training switch value (bool, "auto", or "true"/"false"/"on"/"off" in any case): True/False,
+    or None for ``auto``; :class:`ResNeXtConfigError` naming ``key`` otherwise. (On the command
+    line yacs refuses ``True`` for a string key: write ``true`` or ``on``.)"""
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -105,11 +86,7 @@ class LayoutChoice:
 
 
 def load_measured_layouts(path: Optional[str] = None) -> dict:
-    """The measured-layouts table (see the module docstring); no kind measured when it is missing.
-
-    Args:
-        path: the JSON file; default :data:`MEASURED_LAYOUTS`, the one shipped in the package.
-    """
+    """The measured-layouts table (default :data:`MEASURED_LAYOUTS`); empty when missing."""
     return load_choice_table(path or MEASURED_LAYOUTS)
 
 
@@ -124,16 +101,8 @@ def _name(channels_last: bool, fold: bool) -> str:
 
 def table_choice(cl: Optional[bool], fold: Optional[bool], entry: Optional[Mapping], kind: str
                   ) -> Tuple[str, str]:
-    """The candidate the table's ``entry`` for ``kind`` picks, and why.
-
-    Args:
-        cl, fold: the explicit switches (None: ``auto``; an auto switch defaults to off).
-        entry: the table's entry for the kind, or None when the kind was not measured.
-        kind: the CPU kind (named in the reason).
-
-    Returns:
-        (candidate name of :data:`CANDIDATES`, one-line reason naming the record).
-    """
+    """(candidate name, one-line reason) the table's ``entry`` (None: not measured) picks for
+    ``kind``, given the explicit switches ``cl``, ``fold`` (None: ``auto``, which defaults to off)."""
     allowed = [k for k, (c, f) in CANDIDATES.items() if (cl is None or c == cl) and (fold is None or f == fold)]
     baseline = _name(bool(cl), bool(fold))  # the explicit switches as given, the auto ones off
     if entry is None:
@@ -162,18 +131,9 @@ def choose_training_layout(channels_last: Optional[bool], fold_frozen_bn: Option
                            margin: float = PROBE_MARGIN) -> LayoutChoice:
     """Resolve ``auto`` (None) switches from the measured table; explicit True/False are kept.
 
-    Args:
-        channels_last, fold_frozen_bn: True/False, or None for ``auto``.
-        device_type: "cpu" or "cuda" (the table holds CPU kinds only).
-        features: the CPU's flags (default: this machine's); decide ``kind`` when it is not given.
-        kind: the CPU kind to look up (default: :func:`resnext_det.hardware.cpu_kind` of ``features``).
-        table: the measured-layouts table (default: the shipped one, :func:`load_measured_layouts`).
-        probe: seconds per candidate name (the two of :func:`probe_pair` for the chosen layout
-            are used), or None when no probe ran.
-        margin: the probe turns the chosen fold off only when it shows it this fraction slower.
-
-    Returns:
-        the resolved switches and a one-line reason naming the record followed.
+    ``kind`` defaults to :func:`~resnext_det.hardware.cpu_kind` of ``features`` (default: this
+    machine's), ``table`` to the shipped one. ``probe``: seconds per candidate name (those of
+    :func:`probe_pair`), or None; it turns the fold off when it is ``margin`` slower.
     """
     if channels_last is not None and fold_frozen_bn is not None:
         return LayoutChoice(channels_last, fold_frozen_bn, "set in the config")
@@ -197,8 +157,7 @@ def choose_training_layout(channels_last: Optional[bool], fold_frozen_bn: Option
 
 
 def _probe_block(model: nn.Module) -> Optional[Tuple[str, BottleneckBlock]]:
-    """A representative trainable grouped bottleneck: the second block of the first stage
-    that has a grouped 3x3 conv and trainable weights (stride 1, identity shortcut)."""
+    """A representative trainable grouped bottleneck (stride 1, identity shortcut if any)."""
     first = None
     for name, m in model.named_modules():
         if (isinstance(m, BottleneckBlock) and m.conv2.groups > 1 and m.conv2.weight.requires_grad):
@@ -225,19 +184,9 @@ def _feature_size(name: str, cfg) -> Tuple[int, int]:
 def probe_training_layouts(model: nn.Module, cfg=None, *, rounds: int = 3,
                            candidates: Optional[Mapping[str, Tuple[bool, bool]]] = None
                            ) -> Optional[Dict[str, float]]:
-    """Time one forward+backward of a copy of one of the model's grouped bottleneck blocks in
-    each candidate layout (best of ``rounds``, candidates interleaved, after one warm-up).
-
-    Args:
-        model: the model about to be trained (not changed).
-        cfg: its config (INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN set the probe's feature size).
-        rounds: timed rounds per candidate.
-        candidates: name -> (channels_last, fold); default :data:`CANDIDATES`.
-
-    Returns:
-        seconds per candidate; None when the model has no trainable grouped ``BottleneckBlock``
-        (nothing representative to time).
-    """
+    """Seconds of one forward+backward of a copy of one of ``model``'s grouped bottleneck blocks
+    per candidate layout (default :data:`CANDIDATES`; best of ``rounds``, interleaved, after a
+    warm-up; feature size from ``cfg``'s INPUT sizes); None without a trainable grouped block."""
     found = _probe_block(model)
     if found is None:
         return None
@@ -263,10 +212,8 @@ def probe_training_layouts(model: nn.Module, cfg=None, *, rounds: int = 3,
                 p.grad = None
 
         runs[cand] = run
-    # On CPU: one thread, timed by the thread's own CPU time. Other processes on a shared
-    # machine then cost the probe nothing (wall time with 2 OpenMP threads on a loaded 2-core
-    # host was seen to vary 3x between identical runs: a descheduled thread stalls the other at
-    # every barrier); the per-core cost of each layout is what differs between CPU kinds.
+    # On CPU: one thread, timed by its own CPU time, so other processes cost the probe nothing
+    # (wall time with 2 threads on a loaded host varied 3x between identical runs).
     on_cpu = device.type == "cpu"
     clock = time.thread_time if on_cpu else time.perf_counter
     threads = torch.get_num_threads()
@@ -292,21 +239,9 @@ def resolve_training_layout(model: nn.Module, cfg, channels_last, fold_frozen_bn
                             features: Optional[CpuFeatures] = None,
                             probe: Union[bool, Mapping[str, float], None] = None,
                             table: Optional[Mapping] = None) -> LayoutChoice:
-    """Resolve the two layout switches for ``model`` (``auto`` -> the measured table, the fold
-    guarded by the probe) and log the decision in one line when anything was ``auto``.
-
-    Args:
-        model: the model about to be trained.
-        cfg: its config (or None).
-        channels_last, fold_frozen_bn: True/False/"auto"/"on"/"off" (see :func:`parse_switch`).
-        features: injected CPU features (default: this machine's).
-        probe: None or True: run the probe when the table's choice folds FrozenBN; False: no
-            probe; a mapping: injected probe times (seconds per candidate).
-        table: injected measured-layouts table (default: the shipped one).
-
-    Returns:
-        the resolved choice.
-    """
+    """Resolve the two layout switches (:func:`parse_switch` values) for ``model`` and log the
+    decision when anything was ``auto``. ``probe``: None/True runs it when the table folds,
+    False runs none, a mapping gives its times."""
     cl = parse_switch(channels_last, "CHANNELS_LAST_TRAIN")
     fold = parse_switch(fold_frozen_bn, "FOLD_FROZEN_BN_TRAIN")
     if cl is not None and fold is not None:
@@ -316,7 +251,6 @@ def resolve_training_layout(model: nn.Module, cfg, channels_last, fold_frozen_bn
     kw = dict(device_type=device.type, features=features, table=table)
     choice = choose_training_layout(cl, fold, **kw, probe=probe if isinstance(probe, Mapping) else None)
     if fold is None and choice.fold_frozen_bn and probe in (None, True):
-        # the probe only guards a fold the table chose: time that layout with and without it
         times = probe_training_layouts(model, cfg, candidates={k: CANDIDATES[k] for k in
                                                                probe_pair(choice.channels_last)})
         choice = choose_training_layout(cl, fold, **kw, probe=times)

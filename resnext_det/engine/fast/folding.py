@@ -12,7 +12,7 @@ from torch import nn
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 
-from ._swap import replace_submodules
+from ._swap import memory_format_of, replace_submodules
 
 __all__ = ["fold_frozen_bn", "FrozenBNFoldedConv2d", "fold_frozen_bn_on_the_fly"]
 
@@ -24,26 +24,10 @@ def _is_foldable_norm(norm: nn.Module) -> bool:
     return isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats
 
 
-def _memory_format_of(t: torch.Tensor) -> torch.memory_format:
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 @torch.no_grad()
 def fold_frozen_bn(model: nn.Module) -> int:
-    """Fold each conv's FrozenBN into the conv (in place): ``w' = w*s``, ``b' = (b-mean)*s + beta``.
-
-    ``s = gamma / sqrt(var + eps)``, computed in float64. The conv's ``norm`` becomes None, so
-    each folded conv is a plain detectron2 ``Conv2d`` with a bias.
-
-    Args:
-        model: any module; every detectron2 ``Conv2d`` with a foldable ``norm`` (FrozenBN, or a
-            BatchNorm2d in eval mode) is changed.
-
-    Returns:
-        the number of convs folded.
-    """
+    """Fold the FrozenBN (or eval-mode BatchNorm2d) of each detectron2 ``Conv2d`` into it, in place
+    and in float64: ``w' = w*s``, ``b' = (b-mean)*s + beta``, ``norm`` None. Returns the count."""
     count = 0
     for module in model.modules():
         if not isinstance(module, Conv2d) or module.norm is None or not _is_foldable_norm(module.norm):
@@ -54,7 +38,7 @@ def fold_frozen_bn(model: nn.Module) -> int:
         bias = module.bias.double() if module.bias is not None else torch.zeros_like(scale)
         new_bias = (bias - norm.running_mean.double()) * scale + norm.bias.double()
         new_w = (w.double() * scale.reshape(-1, 1, 1, 1)).to(w.dtype)
-        module.weight = nn.Parameter(new_w.contiguous(memory_format=_memory_format_of(w)),
+        module.weight = nn.Parameter(new_w.contiguous(memory_format=memory_format_of(w)),
                                      requires_grad=w.requires_grad)
         module.bias = nn.Parameter(new_bias.to(w.dtype), requires_grad=w.requires_grad)
         module.norm = None
@@ -63,26 +47,18 @@ def fold_frozen_bn(model: nn.Module) -> int:
 
 
 class FrozenBNFoldedConv2d(Conv2d):
-    """A detectron2 ``Conv2d`` + ``FrozenBatchNorm2d`` computed as ONE conv with the FrozenBN
-    folded into its weight and bias at every call (for training).
+    """A detectron2 ``Conv2d`` + ``FrozenBatchNorm2d`` computed as ONE conv, the FrozenBN folded into
+    its weight and bias at every call (for training).
 
-    It holds the original's ``weight``, ``bias`` and ``norm`` (the same objects, under the
-    same names), so ``state_dict`` keys, loaded checkpoints and the optimizer's parameters are
-    unchanged, and a FrozenBN loaded later is used. Autograd carries ``dL/dw = s * dL/dw'`` to
-    the real weight. What it saves is FrozenBN's two full passes over the activation in the
-    forward (``x*scale + bias``) and one (``grad*scale``) in the backward, for one weight-sized
-    multiply. Equal to the unfolded conv up to float rounding. Tracing, scripting and empty
-    inputs take detectron2's own conv-then-norm path.
+    It holds the original's ``weight``, ``bias`` and ``norm`` objects under the same names, so
+    state_dict keys and the optimizer's parameters are unchanged. It saves FrozenBN's passes
+    over the activation for one weight-sized multiply. Tracing, scripting and empty inputs take
+    detectron2's conv-then-norm path.
     """
 
     @classmethod
     def from_conv(cls, conv: Conv2d) -> "FrozenBNFoldedConv2d":
-        """The folded form of ``conv`` (whose ``norm`` must be a ``FrozenBatchNorm2d``),
-        sharing its parameters and norm.
-
-        Args:
-            conv: a detectron2 ``Conv2d`` with a ``FrozenBatchNorm2d`` norm.
-        """
+        """The folded form of ``conv`` (norm a ``FrozenBatchNorm2d``), sharing its parameters."""
         if not isinstance(conv.norm, FrozenBatchNorm2d):
             raise TypeError(f"FrozenBNFoldedConv2d needs a Conv2d with FrozenBatchNorm2d, got norm={conv.norm!r}")
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
@@ -114,14 +90,7 @@ class FrozenBNFoldedConv2d(Conv2d):
 
 def fold_frozen_bn_on_the_fly(model: nn.Module) -> int:
     """Swap every detectron2 ``Conv2d`` + ``FrozenBatchNorm2d`` of ``model`` for a
-    :class:`FrozenBNFoldedConv2d` (in place; parameter names unchanged).
-
-    Args:
-        model: a model about to be trained.
-
-    Returns:
-        the number of folded convs in the model (already-swapped ones included).
-    """
+    :class:`FrozenBNFoldedConv2d` in place; returns the number of folded convs in the model."""
     def make(m: nn.Module) -> Optional[nn.Module]:
         if type(m) is Conv2d and isinstance(m.norm, FrozenBatchNorm2d):
             return FrozenBNFoldedConv2d.from_conv(m)

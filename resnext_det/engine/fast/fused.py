@@ -1,12 +1,10 @@
-"""oneDNN fused blocks for CPU fp32 inference: detectron2's bottleneck, stem and RPN head
-computed with fused conv+ReLU and conv+add+ReLU kernels
-(``torch.ops.mkldnn._convolution_pointwise``), which save the separate ReLU and residual
-passes over memory. Same arithmetic, so fp32 outputs change only by rounding.
+"""oneDNN fused blocks for CPU fp32 inference: detectron2's bottleneck, stem and RPN head with
+fused conv+ReLU and conv+add+ReLU kernels (``torch.ops.mkldnn._convolution_pointwise``), saving
+the separate ReLU and residual passes (outputs change only by rounding).
 
-Each class subclasses detectron2's own (``isinstance`` holds) and is built from a folded
-original (FrozenBN already folded into its convs) by taking over its convs; any call the
-fused kernels cannot serve (autograd, autocast, non-CPU, non-fp32, tracing for export) runs
-detectron2's own forward on the same convs.
+Each class subclasses detectron2's own and takes over a folded original's convs; calls the
+fused kernels cannot serve (autograd, autocast, non-CPU, non-fp32, tracing) run detectron2's
+forward on the same convs.
 """
 from __future__ import annotations
 
@@ -47,9 +45,7 @@ def _conv_add_relu(x, other, conv):
 
 
 def _can_fuse(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    # The fused oneDNN ops have no autograd: only used where no gradient can be asked for.
-    # The TorchScript tracer cannot record their ``Scalar?[]`` argument: a traced model
-    # (export) keeps the folded, channels_last, unfused convs.
+    # The fused ops have no autograd, and the tracer cannot record their ``Scalar?[]`` argument.
     return (not torch.jit.is_tracing() and not torch.jit.is_scripting() and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 4
             and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
@@ -62,28 +58,18 @@ def _plain(conv: Optional[nn.Module]) -> bool:
 
 
 class FusedBottleneckBlock(BottleneckBlock):
-    """detectron2's ``BottleneckBlock`` (folded) with oneDNN fused kernels: conv1+ReLU,
-    conv2+ReLU, conv3+shortcut-add+ReLU."""
+    """detectron2's ``BottleneckBlock`` (folded convs; ``shortcut`` None for identity) with fused
+    conv1+ReLU, conv2+ReLU, conv3+shortcut-add+ReLU."""
 
     def __init__(self, conv1: Conv2d, conv2: Conv2d, conv3: Conv2d, shortcut: Optional[Conv2d],
                  stride: int):
-        """
-        Args:
-            conv1, conv2, conv3, shortcut: the folded convs of a ``BottleneckBlock`` (bias, no
-                norm, no activation); ``shortcut`` None for an identity shortcut.
-            stride: the block's stride.
-        """
         CNNBlockBase.__init__(self, conv1.in_channels, conv3.out_channels, stride)
         self.conv1, self.conv2, self.conv3 = conv1, conv2, conv3
         self.shortcut = shortcut
 
     @classmethod
     def from_block(cls, block: BottleneckBlock) -> "FusedBottleneckBlock":
-        """The fused form of a folded ``BottleneckBlock``, holding the same convs.
-
-        Args:
-            block: a ``BottleneckBlock`` whose convs are folded (see :func:`fusable`).
-        """
+        """The fused form of a folded ``BottleneckBlock``, holding the same convs."""
         return cls(block.conv1, block.conv2, block.conv3, block.shortcut, block.stride)
 
     @staticmethod
@@ -106,10 +92,6 @@ class FusedStem(BasicStem):
     """detectron2's ``BasicStem`` (folded) with a oneDNN fused conv+ReLU before the max-pool."""
 
     def __init__(self, conv1: Conv2d):
-        """
-        Args:
-            conv1: the stem's folded 7x7 conv (bias, no norm, no activation).
-        """
         CNNBlockBase.__init__(self, conv1.in_channels, conv1.out_channels, 4)
         self.conv1 = conv1
 
@@ -130,11 +112,6 @@ class FusedRPNHead(StandardRPNHead):
     kernel; the two 1x1 predictors are unchanged."""
 
     def __init__(self, conv: Conv2d, objectness_logits: nn.Module, anchor_deltas: nn.Module):
-        """
-        Args:
-            conv: the head's 3x3 conv (ReLU activation, no norm).
-            objectness_logits, anchor_deltas: the head's 1x1 predictors.
-        """
         nn.Module.__init__(self)  # StandardRPNHead.__init__ would build new layers
         self.conv, self.objectness_logits, self.anchor_deltas = conv, objectness_logits, anchor_deltas
 
@@ -157,15 +134,8 @@ class FusedRPNHead(StandardRPNHead):
 
 
 def fuse_blocks(model: nn.Module) -> int:
-    """Swap each folded ``BottleneckBlock``, ``BasicStem`` and ``StandardRPNHead`` of ``model``
-    for its fused class, in place (no-op without oneDNN's fused ops).
-
-    Args:
-        model: a model after :func:`~resnext_det.engine.fast.folding.fold_frozen_bn`.
-
-    Returns:
-        the number of fused modules in the model.
-    """
+    """Swap each folded ``BottleneckBlock``, ``BasicStem`` and ``StandardRPNHead`` of ``model`` for its
+    fused class in place (no-op without oneDNN's fused ops); returns the number of fused modules."""
     if not pointwise_available():
         return 0
 

@@ -1,10 +1,8 @@
 """Memory format and reduced precision of the conv trunks.
 
-channels_last needs no wrapper: once a conv's weight is stored NHWC, oneDNN (and cuDNN) pick
-their NHWC kernels and return NHWC activations, so the layout flows from the first conv on.
-Reduced precision needs a scope: :func:`autocast_trunk` wraps a trunk (the backbone, the C4
-head's res5) in an :class:`AutocastTrunk`, which runs the trunk under ``torch.autocast`` and
-returns fp32 outputs, so box decoding, NMS, RoIAlign, the box head and the losses stay fp32.
+channels_last needs no wrapper: NHWC weights make oneDNN/cuDNN return NHWC activations.
+Reduced precision needs a scope: :class:`AutocastTrunk` runs a trunk (backbone, C4 res5) under
+``torch.autocast`` and returns fp32, so the heads, NMS and losses stay fp32.
 """
 from __future__ import annotations
 
@@ -19,14 +17,7 @@ _CHILD = "trunk"  # the wrapped module's attribute name (absent from state_dict 
 
 
 def to_fp32(out):
-    """Floating tensors in ``out`` cast to fp32.
-
-    Args:
-        out: a tensor, or dicts/lists/tuples of them (other values pass through).
-
-    Returns:
-        ``out`` with the same structure, floating tensors in fp32.
-    """
+    """``out`` (tensors in dicts/lists/tuples) with its floating tensors cast to fp32."""
     if isinstance(out, torch.Tensor):
         return out.float() if out.is_floating_point() else out
     if isinstance(out, dict):
@@ -37,8 +28,7 @@ def to_fp32(out):
 
 
 def _drop_child_level(module, state_dict, prefix, local_metadata) -> None:
-    # state_dict post-hook: "<prefix>trunk.x" -> "<prefix>x". This module's entries are the
-    # last ones written, so popping and re-inserting them keeps the order.
+    # state_dict post-hook: "<prefix>trunk.x" -> "<prefix>x" (they are written last: order kept)
     inner = prefix + _CHILD + "."
     for key in [k for k in state_dict if k.startswith(inner)]:
         state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
@@ -46,28 +36,19 @@ def _drop_child_level(module, state_dict, prefix, local_metadata) -> None:
 
 def _add_child_level(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                      error_msgs) -> None:
-    # load_state_dict pre-hook, the inverse of _drop_child_level (keys already carrying the
-    # level, e.g. from torch.save(model.state_dict()) of an older wrapper, pass unchanged)
+    # load_state_dict pre-hook, the inverse (keys already carrying the level pass unchanged)
     inner = prefix + _CHILD + "."
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
         state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
 
 
 class AutocastTrunk(nn.Module):
-    """A trunk run under ``torch.autocast(device_type, dtype)``, its input made channels_last
-    first when ``channels_last`` is set, its floating outputs cast back to fp32.
+    """A trunk run under ``torch.autocast(device_type, dtype)`` (``dtype`` None: no autocast), a 4-D
+    input made channels_last first when ``channels_last``, floating outputs cast back to fp32.
 
-    The trunk is the child ``trunk``; ``state_dict()`` and ``load_state_dict()`` leave that
-    level out (two state-dict hooks), so checkpoints keep the stock model's keys and load into
-    either form; ``named_parameters()`` does show it. Attributes the wrapper lacks are read
-    from the trunk: detectron2 reads ``size_divisibility``, ``padding_constraints`` and
-    ``output_shape()`` of the backbone it calls.
-
-    Args:
-        trunk: the module to run (an ``AutocastTrunk`` is unwrapped first: re-set, not nested).
-        device_type: "cpu" or "cuda".
-        dtype: torch.bfloat16 / torch.float16, or None (no autocast; only the layout).
-        channels_last: convert a 4-D input to channels_last before the trunk runs.
+    ``state_dict()``/``load_state_dict()`` leave the child level ``trunk`` out, so checkpoints
+    keep the stock keys. Missing attributes are read from the trunk (detectron2 reads
+    ``size_divisibility``, ``output_shape()`` ...). An ``AutocastTrunk`` given is re-set, not nested.
     """
 
     def __init__(self, trunk: nn.Module, device_type: str, dtype: Optional[torch.dtype],
@@ -107,31 +88,13 @@ class AutocastTrunk(nn.Module):
 
 def autocast_trunk(module: nn.Module, device_type: str, dtype: Optional[torch.dtype],
                    channels_last: bool = False) -> AutocastTrunk:
-    """``module`` wrapped in an :class:`AutocastTrunk` (same parameter objects, no copy).
-    Swap the result in where ``module`` was.
-
-    Args:
-        module: a trunk (backbone, C4 res5) or an ``AutocastTrunk`` made earlier (re-set).
-        device_type: "cpu" or "cuda".
-        dtype: torch.bfloat16 / torch.float16, or None (no autocast; only the layout).
-        channels_last: convert a 4-D input to channels_last before the trunk runs.
-
-    Returns:
-        the wrapper.
-    """
+    """``module`` wrapped in an :class:`AutocastTrunk` (same parameter objects); swap it in."""
     return AutocastTrunk(module, device_type, dtype, channels_last)
 
 
 def trunks_of(model: nn.Module) -> List[Tuple[Optional[nn.Module], str, nn.Module]]:
-    """The conv trunks that run under reduced precision.
-
-    Args:
-        model: a detectron2 model or a bare backbone.
-
-    Returns:
-        ``(parent, attribute, trunk)`` for the backbone (parent None when ``model`` is itself
-        a bare backbone) and the C4 head's res5.
-    """
+    """``(parent, attribute, trunk)`` of the backbone (parent None for a bare backbone) and the C4
+    head's res5: the trunks that run under reduced precision."""
     parts: List[Tuple[Optional[nn.Module], str, nn.Module]] = []
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module) and not isinstance(model, AutocastTrunk):
@@ -147,17 +110,8 @@ def trunks_of(model: nn.Module) -> List[Tuple[Optional[nn.Module], str, nn.Modul
 
 def autocast_trunks(model: nn.Module, device_type: str, dtype: Optional[torch.dtype],
                     channels_last: bool = False) -> nn.Module:
-    """Give every trunk of ``model`` (see :func:`trunks_of`) its autocast scope, in place.
-
-    Args:
-        model: a detectron2 model or a bare backbone.
-        device_type: "cpu" or "cuda".
-        dtype: torch.bfloat16 / torch.float16, or None (no autocast; only the layout).
-        channels_last: convert a 4-D input to channels_last before each trunk runs.
-
-    Returns:
-        ``model``, or for a bare backbone its :class:`AutocastTrunk`.
-    """
+    """Wrap every trunk of ``model`` (:func:`trunks_of`) in place; returns ``model``, or for a bare
+    backbone its :class:`AutocastTrunk`."""
     root = model
     for parent, name, trunk in trunks_of(model):
         new = autocast_trunk(trunk, device_type, dtype, channels_last)

@@ -29,15 +29,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
-    """The autocast dtype for a precision name on a device type; None means fp32 (no autocast).
-
-    Args:
-        precision: "fp32", "bf16" or "fp16".
-        device_type: "cpu" or "cuda".
-
-    Raises:
-        ResNeXtConfigError: unknown precision, or fp16 on CPU (oneDNN has no fp16 conv on CPU worth using).
-    """
+    """The autocast dtype of a precision name on a device type; None means fp32. fp16 is refused
+    on CPU (oneDNN has no fp16 conv there worth using)."""
     if precision not in PRECISIONS:
         raise ResNeXtConfigError(f"MODEL.RESNEXT.FAST.PRECISION={precision!r} is not valid; use one of {PRECISIONS}")
     if precision == "fp16" and device_type == "cpu":
@@ -49,14 +42,8 @@ def autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
 
 
 def warn_if_bf16_is_slow(dtype: Optional[torch.dtype], device_type: str, what: str) -> None:
-    """Warn when bf16 is asked for on a CPU without native bf16 (oneDNN's reference kernels
-    there are several times slower than fp32).
-
-    Args:
-        dtype: the autocast dtype about to be used (None: fp32).
-        device_type: "cpu" or "cuda".
-        what: the setting that asked for it, named in the warning.
-    """
+    """Warn, naming the setting ``what``, when bf16 is asked for on a CPU without native bf16
+    (oneDNN's reference kernels there are several times slower than fp32)."""
     if dtype == torch.bfloat16 and device_type == "cpu" and not cpu_has_native_bf16():
         warnings.warn(
             f"{what}: this CPU has no native bf16 (AVX512-BF16/AMX); oneDNN falls back to "
@@ -66,22 +53,9 @@ def warn_if_bf16_is_slow(dtype: Optional[torch.dtype], device_type: str, what: s
 
 
 def check_autocast_train(value: str, device_type: str) -> str:
-    """``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` checked: it is for what detectron2's own
-    ``SOLVER.AMP`` cannot do, bf16 on CPU (detectron2's ``AMPTrainer`` is CUDA-only). On CUDA
-    mixed precision is ``SOLVER.AMP.ENABLED`` (fp16 autocast around the whole step, with a grad
-    scaler), and fp16 without that grad scaler is not offered.
-
-    Args:
-        value: the key's value: "" (off), "fp32" (off) or "bf16".
-        device_type: where the model trains: "cpu" or "cuda".
-
-    Returns:
-        "" (off) or "bf16".
-
-    Raises:
-        ResNeXtConfigError: naming ``SOLVER.AMP.ENABLED`` for "fp16" or any value on CUDA; otherwise
-            listing the valid values.
-    """
+    """``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` checked: "" or "bf16" (off for "" / "fp32"). It is for
+    bf16 on CPU, which detectron2's CUDA-only ``SOLVER.AMP`` cannot do; fp16 or any value on
+    CUDA is refused, naming ``SOLVER.AMP.ENABLED``."""
     if value in ("", "fp32"):
         return ""
     if value == "fp16" or (value in PRECISIONS and device_type != "cpu"):
@@ -97,19 +71,10 @@ def check_autocast_train(value: str, device_type: str) -> str:
 
 @contextlib.contextmanager
 def training_autocast(cfg=None, device_type: str = "cpu", precision: Optional[str] = None) -> Iterator[None]:
-    """Context manager for a trainer that prefers to autocast the whole ``model(data)`` call.
-
-    A no-op when ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` (or ``precision``) is "" / "fp32".
-    Unlike :func:`~resnext_det.engine.fast.apply_training_switches` it also autocasts the heads;
-    detectron2 keeps the loss computations in fp32 either way (``smooth_l1``/``cross_entropy``
-    autocast to fp32).
-
-    Args:
-        cfg: a config with ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` (see :func:`check_autocast_train`).
-        device_type: "cpu" or "cuda".
-        precision: overrides the config: "", "fp32", "bf16", "fp16".
-    """
-    if precision is None:  # from the config: checked as the trainer checks it
+    """Autocast a whole ``model(data)`` call (heads too, unlike
+    :func:`~resnext_det.engine.fast.apply_training_switches`; losses stay fp32) at
+    ``MODEL.RESNEXT.FAST.AUTOCAST_TRAIN`` or ``precision``; a no-op for "" / "fp32"."""
+    if precision is None:
         value = str(cfg.MODEL.RESNEXT.FAST.AUTOCAST_TRAIN) if cfg is not None else ""
         precision = check_autocast_train(value, device_type)
     dtype = autocast_dtype(precision or "fp32", device_type)

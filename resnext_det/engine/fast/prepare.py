@@ -24,20 +24,8 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class FastReport:
-    """What the fast path did to a model (returned by the ``*_with_report`` functions; the
-    model itself carries no record of it).
-
-    Attributes:
-        mode: "inference" or "training".
-        precision: "fp32", "bf16" or "fp16".
-        channels_last: conv weights stored NHWC.
-        folded: FrozenBN folded into their convs once (inference).
-        fused_blocks: modules swapped for oneDNN fused classes (inference, CPU fp32).
-        folded_on_the_fly: convs folding their FrozenBN on the fly (training).
-        layout_reason: why the training layout was chosen (``auto``'s log line).
-        matrix_roi_align: RoI poolers' RoIAlign modules computing as a sparse matrix product
-            (training, CPU: :mod:`.roi_align`).
-    """
+    """What the fast path did to a model (``mode`` "inference" or "training"); the counts are of
+    convs folded once, modules fused, convs folded on the fly and RoIAlign modules swapped."""
 
     mode: str
     precision: str
@@ -59,17 +47,8 @@ def _resolve_device(model: nn.Module, device) -> torch.device:
 def prepare_for_inference(model: nn.Module, precision: str = "fp32",
                           device: Optional[Union[str, torch.device]] = None, *,
                           channels_last: bool = True, fuse: bool = True) -> nn.Module:
-    """Prepare a trained detectron2 model (or a bare backbone) for fast inference, in place;
-    :func:`prepare_for_inference_with_report` without the report (it is logged).
-
-    Args:
-        model, precision, device, channels_last, fuse: as
-            :func:`prepare_for_inference_with_report`.
-
-    Returns:
-        the prepared model (use the return value: a bare backbone in bf16/fp16 comes back
-        wrapped).
-    """
+    """:func:`prepare_for_inference_with_report` without the report (use the return value: a bare
+    backbone in bf16/fp16 comes back wrapped)."""
     return prepare_for_inference_with_report(model, precision, device, channels_last=channels_last,
                                              fuse=fuse)[0]
 
@@ -80,35 +59,17 @@ def prepare_for_inference_with_report(model: nn.Module, precision: str = "fp32",
                                       fuse: bool = True) -> Tuple[nn.Module, FastReport]:
     """Prepare a trained detectron2 model (or a bare backbone) for fast inference, in place.
 
-    1. FrozenBN folded into the convs (:func:`~.folding.fold_frozen_bn`, float64): each such
-       conv becomes a ``Conv2d`` with a bias.
-    2. channels_last conv weights (oneDNN's NHWC kernels are much faster on CPU, especially
-       for the grouped 3x3 conv; cuDNN's tensor-core kernels want NHWC). The FPN, RPN and RoI
-       heads keep the channels_last feature maps (measured: converting them to NCHW for
-       RoIAlign costs as much as RoIAlign's own internal conversion saves).
-    3. On CPU, fp32: bottlenecks, stem and RPN head swapped for their oneDNN fused classes
-       (:mod:`.fused`).
-    4. ``precision`` "bf16"/"fp16": the backbone and the C4 res5 head are wrapped in
-       :class:`~.layout.AutocastTrunk` (same state_dict keys) with fp32 outputs, so box
-       decoding, NMS, RoIAlign, the box predictor and detectron2's post-processing stay fp32.
+    1. FrozenBN folded into the convs (float64).
+    2. ``channels_last`` conv weights (oneDNN's NHWC kernels are much faster on CPU, especially
+       for the grouped 3x3; the heads keep NHWC maps: converting them for RoIAlign cost as much
+       as it saved).
+    3. On CPU in fp32, with ``fuse``: the oneDNN fused blocks (:mod:`.fused`).
+    4. ``precision`` "bf16" (CPU with AVX512-BF16/AMX, or CUDA) / "fp16" (CUDA): the trunks wrapped
+       in :class:`~.layout.AutocastTrunk`, so everything after them stays fp32.
 
-    Post-processing is detectron2's own. Puts the model in eval mode. In fp32 the outputs equal
-    the unprepared model's up to float rounding. Process-wide settings (``cudnn.benchmark``)
-    are left to the caller (the command line applies ``CUDNN_BENCHMARK``).
-
-    Args:
-        model: a ``GeneralizedRCNN`` (FPN or C4), a ``Backbone``, or any module whose
-            convs are detectron2 ``Conv2d`` with FrozenBN.
-        precision: "fp32"; "bf16" (CPU with AVX512-BF16/AMX, or CUDA); "fp16" (CUDA only).
-        device: move the model there first (default: where its parameters are).
-        channels_last: store conv weights and feature maps NHWC (default True).
-        fuse: on CPU, use the oneDNN fused blocks (fp32, no-grad calls only; anything else runs
-            detectron2's forward on the same folded convs).
-
-    Returns:
-        ``(model, report)``: the prepared model, the same object except that a bare backbone
-        run in bf16/fp16 is returned wrapped in an ``AutocastTrunk`` (same parameters), and a
-        :class:`FastReport` of what was done.
+    Eval mode, moved to ``device`` (default: where its parameters are); fp32 outputs equal the
+    unprepared model's up to rounding; ``cudnn.benchmark`` is left to the caller. Returns
+    ``(model, FastReport)``, the model the same object but a bare backbone in bf16/fp16.
     """
     dev = _resolve_device(model, device)
     dtype = autocast_dtype(precision, dev.type)
@@ -133,15 +94,7 @@ def apply_training_switches(model: nn.Module, cfg=None, *, channels_last=None,
                             autocast: Optional[str] = None, fold_frozen_bn=None,
                             cpu_features: Optional[CpuFeatures] = None,
                             probe: Union[bool, Mapping[str, float], None] = None) -> nn.Module:
-    """:func:`apply_training_switches_with_report` without the report.
-
-    Args:
-        model, cfg, channels_last, autocast, fold_frozen_bn, cpu_features, probe: as
-            :func:`apply_training_switches_with_report`.
-
-    Returns:
-        the model to train (the same object, unless it is a bare backbone given ``autocast``).
-    """
+    """:func:`apply_training_switches_with_report` without the report."""
     return apply_training_switches_with_report(
         model, cfg, channels_last=channels_last, autocast=autocast, fold_frozen_bn=fold_frozen_bn,
         cpu_features=cpu_features, probe=probe)[0]
@@ -156,41 +109,16 @@ def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_
     """Apply the training speed switches to a model, in place; its state_dict keys stay
     detectron2's, so checkpoints stay interchangeable with the stock path.
 
-    - channels_last: conv weights (and their gradients / optimizer state) NHWC.
-    - fold_frozen_bn: each ``Conv2d`` + ``FrozenBatchNorm2d`` becomes a
-      :class:`~.folding.FrozenBNFoldedConv2d` (one conv, FrozenBN folded on the fly; same
-      parameters, gradients equal up to rounding).
-    - matrix_roi_align: on the CPU, the RoI poolers' RoIAlign computed as a sparse matrix
-      product (:class:`~.roi_align.MatrixROIAlign`: torchvision's values up to rounding, a
-      backward over whole channel rows); ``auto`` = on for CPU training, off on CUDA.
-    - autocast ("bf16" / "fp16"): the backbone and C4 res5 are wrapped in
-      :class:`~.layout.AutocastTrunk` with fp32 outputs, so the heads and losses stay fp32.
-      From a config (``AUTOCAST_TRAIN``) only bf16 on CPU: mixed precision on CUDA is
-      detectron2's ``SOLVER.AMP.ENABLED`` (its ``AMPTrainer``, with a grad scaler).
+    Each keyword, when given, overrides its ``MODEL.RESNEXT.FAST.*_TRAIN`` key of ``cfg``:
 
-    ``auto`` (the config default of the two layout switches) picks what was measured faster on
-    this CPU kind (:mod:`.auto`: the shipped measured table, the fold guarded by a short probe),
-    logged in one line naming the record it followed.
+    - channels_last: conv weights (and gradients, optimizer state) NHWC.
+    - fold_frozen_bn: :class:`~.folding.FrozenBNFoldedConv2d` (same parameters).
+    - matrix_roi_align: RoIAlign as a sparse matrix product (:mod:`.roi_align`); ``auto``: on CPU.
+    - autocast ("" / "bf16" / "fp16"): the trunks in :class:`~.layout.AutocastTrunk`; from a
+      config only bf16 on CPU (CUDA has ``SOLVER.AMP.ENABLED``); ValueError otherwise.
 
-    Args:
-        model: the detectron2 model about to be trained.
-        cfg: a config with ``MODEL.RESNEXT.FAST`` (CHANNELS_LAST_TRAIN, FOLD_FROZEN_BN_TRAIN,
-            AUTOCAST_TRAIN); the keyword arguments, when given, take precedence.
-        channels_last: override ``CHANNELS_LAST_TRAIN``: True, False or "auto".
-        autocast: override ``AUTOCAST_TRAIN``: "" (off), "bf16" or "fp16" (any device).
-        fold_frozen_bn: override ``FOLD_FROZEN_BN_TRAIN``: True, False or "auto".
-        matrix_roi_align: override ``MATRIX_ROI_ALIGN_TRAIN``: True, False or "auto".
-        cpu_features: for ``auto``: the CPU features to decide by (default: this machine's).
-        probe: for ``auto``: None runs the fold probe (when the table chose the fold), False
-            skips it, a mapping gives its times.
-
-    Returns:
-        ``(model, report)``: the model to train (the same object, unless it is a bare backbone
-        given ``autocast``) and a :class:`FastReport` of the choices.
-
-    Raises:
-        ValueError: an invalid ``autocast``, or ``AUTOCAST_TRAIN`` asking for what
-            ``SOLVER.AMP.ENABLED`` does (see :func:`~.precision.check_autocast_train`).
+    ``auto`` layout switches follow :mod:`.auto` (``cpu_features``, ``probe`` as there). Returns
+    ``(model, FastReport)``, the model the same object but a bare backbone given ``autocast``.
     """
     fast = cfg.MODEL.RESNEXT.FAST if cfg is not None else None
     if channels_last is None:

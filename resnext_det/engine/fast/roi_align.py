@@ -1,21 +1,14 @@
 """RoIAlign for CPU training as a sparse matrix product (``MODEL.RESNEXT.FAST.MATRIX_ROI_ALIGN_TRAIN``).
 
-RoIAlign is linear in its input: for given boxes, ``out = A @ x`` where ``x`` is the feature
-map as an ``(N*H*W, C)`` matrix and ``A`` is a sparse ``(R*ph*pw, N*H*W)`` matrix holding the
-bilinear weights of every sampling point (divided by the bin's sample count). The gradient is
-then ``A^T @ grad_out``. torchvision's CPU backward instead walks every output element on one
-thread, recomputing the box geometry each time and scattering scalars into the input's
-gradient; in the two-stage demo's Fast R-CNN step that backward was one of the three largest
-costs (docs/DEMOS.md). Building ``A`` once per call with tensor ops and multiplying with
-``torch.sparse.mm`` does the same arithmetic over whole channel rows.
+RoIAlign is linear in its input: ``out = A @ x`` with ``x`` the feature map as ``(N*H*W, C)``
+rows and ``A`` a sparse ``(R*ph*pw, N*H*W)`` matrix of the sampling points' bilinear weights
+(divided by the bin's sample count), so the gradient is ``A^T @ grad_out`` over whole channel
+rows. torchvision's CPU backward walks every output element on one thread, one of the three
+largest costs of the two-stage demo's Fast R-CNN step (docs/DEMOS.md).
 
-:func:`roi_align_matrix` follows torchvision's CPU kernel (``roi_align_kernel.cpp``: the box
-scaling and ``aligned`` half-pixel offset, the adaptive sampling grid when
-``sampling_ratio`` <= 0, the boundary rules of ``bilinear_interpolate``), so outputs and
-gradients equal torchvision's up to float summation order (tests/engine/test_roi_align.py
-compares both on random and edge-case boxes). :class:`MatrixROIAlign` is detectron2's
-``ROIAlign`` with that path for calls that need a gradient; every other call (inference,
-``torch.no_grad``) is detectron2's own.
+:func:`roi_align_matrix` follows torchvision's CPU kernel (``roi_align_kernel.cpp``: scaling,
+``aligned`` offset, adaptive grid, ``bilinear_interpolate``'s boundary rules), so results equal
+torchvision's up to summation order.
 """
 from __future__ import annotations
 
@@ -25,20 +18,15 @@ import torch
 from detectron2.layers import ROIAlign
 from torch import nn
 
-from ._swap import replace_submodules
+from ._swap import memory_format_of, replace_submodules
 
 __all__ = ["roi_align_matrix", "MatrixROIAlign", "use_matrix_roi_align"]
 
 
 def _axis_samples(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, n_bins: int,
                   g_max: int, size: int):
-    """One axis of every box's sampling points, over (roi, bin, sample) padded to ``g_max``
-    samples per bin, with torchvision's ``bilinear_interpolate`` rules along that axis.
-
-    Returns:
-        (use, low, high, w_low, w_high): ``use`` marks the points that exist (within the box's
-        grid) and fall inside the map's margin; the two neighbouring cells and their weights.
-    """
+    """One axis of every box's sampling points over (roi, bin, sample), padded to ``g_max``:
+    (use: the point exists and is inside the margin, low, high cells, their weights)."""
     dtype = start.dtype
     k = torch.arange(g_max, dtype=dtype)
     v = (start[:, None, None] + torch.arange(n_bins, dtype=dtype)[None, :, None] * bin_size[:, None, None]
@@ -57,18 +45,9 @@ def _axis_samples(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tenso
 def roi_align_matrix(rois: torch.Tensor, spatial_scale: float, output_size: Tuple[int, int],
                      sampling_ratio: int, aligned: bool, input_shape: Tuple[int, int, int, int]
                      ) -> torch.Tensor:
-    """The sparse matrix ``A`` with ``roi_align(x, rois)`` = ``A @ x_rows`` (see the module
-    docstring), coalesced.
-
-    Args:
-        rois: ``(R, 5)`` boxes, ``(batch index, x0, y0, x1, y1)`` in input-image coordinates.
-        spatial_scale, output_size, sampling_ratio, aligned: as torchvision's ``roi_align``.
-        input_shape: ``(N, C, H, W)`` of the feature map.
-
-    Returns:
-        a coalesced sparse COO tensor of shape ``(R*ph*pw, N*H*W)``, rows in ``(roi, ph, pw)``
-        order, columns in ``(n, y, x)`` order, dtype of ``rois``.
-    """
+    """The coalesced sparse ``A`` with ``roi_align(x, rois) = A @ x_rows`` (arguments as torchvision's
+    ``roi_align``; ``input_shape`` ``(N, C, H, W)``): rows in ``(roi, ph, pw)`` order, columns in
+    ``(n, y, x)`` order, dtype of ``rois``."""
     n_img, _, height, width = input_shape
     ph, pw = output_size
     r = rois.shape[0]
@@ -117,18 +96,13 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(n * h * w, c)
 
 
-def _memory_format(x: torch.Tensor):
-    return torch.channels_last if (x.dim() == 4 and not x.is_contiguous()
-                                   and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
-
-
 class _MatrixROIAlignFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rois, spatial_scale, output_size, sampling_ratio, aligned):
         n, c, h, w = x.shape
         ph, pw = output_size
         r = rois.shape[0]
-        fmt = _memory_format(x)
+        fmt = memory_format_of(x)
         a = roi_align_matrix(rois.detach(), spatial_scale, output_size, sampling_ratio, aligned, (n, c, h, w))
         ctx.a, ctx.shape, ctx.fmt = a, (n, c, h, w), fmt
         out = torch.sparse.mm(a, _as_rows(x)).reshape(r, ph, pw, c).permute(0, 3, 1, 2)
@@ -143,9 +117,7 @@ class _MatrixROIAlignFunction(torch.autograd.Function):
 
 
 class MatrixROIAlign(ROIAlign):
-    """detectron2's ``ROIAlign`` computing, for calls that need a gradient on the CPU, the
-    same values as a sparse matrix product whose backward runs over whole channel rows
-    (module docstring). Other calls (inference, ``torch.no_grad``, CUDA) are detectron2's."""
+    """detectron2's ``ROIAlign``, as a sparse matrix product for CPU calls that need a gradient."""
 
     def forward(self, input, rois):
         if not (torch.is_grad_enabled() and input.requires_grad and input.device.type == "cpu"
@@ -159,12 +131,8 @@ class MatrixROIAlign(ROIAlign):
 
 
 def use_matrix_roi_align(model: nn.Module) -> int:
-    """Swap every detectron2 ``ROIAlign`` in ``model`` (the RoI poolers' level poolers) for a
-    :class:`MatrixROIAlign` with the same settings, in place.
-
-    Returns:
-        the number of modules swapped (0 when the model pools no RoIs, e.g. an RPN-only network).
-    """
+    """Swap every detectron2 ``ROIAlign`` in ``model`` for a :class:`MatrixROIAlign`, in place;
+    returns how many."""
     def make(m):
         if type(m) is ROIAlign:
             return MatrixROIAlign(m.output_size, m.spatial_scale, m.sampling_ratio, m.aligned)
