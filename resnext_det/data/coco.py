@@ -1,12 +1,8 @@
 """COCO 2014/2017 splits on top of detectron2's builtin datasets, and the pre-training file check.
 
-detectron2 registers ``coco_2014_train``, ``coco_2014_valminusminival``,
-``coco_2014_minival``, ``coco_2017_train``, ``coco_2017_val``... when
-``detectron2.data`` is imported, under ``$DETECTRON2_DATASETS`` (default
-``./datasets``) as it was *at import time*. :func:`register_coco_splits` re-points
-the builtins at the current root when they differ, and :func:`check_dataset_files`
-lists every file a config needs that is not on disk, so training can stop with one
-clear message (:class:`MissingDatasetFiles`) instead of a traceback mid-run.
+detectron2 registers its builtin COCO splits under ``$DETECTRON2_DATASETS`` as it was *at
+import time*; :func:`register_coco_splits` re-points them at the current root, and
+:func:`check_dataset_files` lists every file a config needs that is not on disk.
 """
 from __future__ import annotations
 
@@ -14,9 +10,6 @@ import dataclasses
 import os
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-# Importing detectron2.data registers its builtin splits under the root of that moment; that
-# has happened already (``import resnext_det`` imports detectron2.data), so importing here
-# changes nothing: register_coco_splits re-points the splits at the root of call time.
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin import _PREDEFINED_SPLITS_COCO
@@ -43,12 +36,8 @@ def datasets_root() -> str:
 
 
 def coco_split_names(version: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
-    """(train names, test names) for the paper's trainval35k / minival in COCO ``version``.
-
-    Args:
-        version: ``"coco_2014"`` (coco_2014_train + coco_2014_valminusminival / coco_2014_minival)
-            or ``"coco_2017"`` (coco_2017_train / coco_2017_val: the same images).
-    """
+    """(train names, test names) for the paper's trainval35k / minival in ``"coco_2014"`` or
+    ``"coco_2017"`` (the same images)."""
     if version not in COCO_SPLITS:
         raise ResNeXtConfigError(f"RESNEXT_PLAN.COCO_SPLITS={version!r} is not valid; use one of "
                                  f"{sorted(COCO_SPLITS)} or '' (DATASETS.TRAIN/TEST as written)")
@@ -56,16 +45,12 @@ def coco_split_names(version: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
 
 
 def _builtin_coco_splits():
-    # detectron2's own table of builtin COCO instance splits: name -> (image dir, json), relative
-    # to the dataset root. Read, not copied, so it stays in step with detectron2.
+    # detectron2's own table: name -> (image dir, json) relative to the root
     return _PREDEFINED_SPLITS_COCO["coco"]
 
 
 def register_coco_splits(names: Iterable[str], root: Optional[str] = None) -> None:
-    """Make sure the builtin COCO datasets ``names`` point at ``root`` (default: the current root).
-
-    Names that are not builtin COCO splits are left alone.
-    """
+    """Make the builtin COCO datasets among ``names`` point at ``root`` (default: the current root)."""
     root = root or datasets_root()
     table = _builtin_coco_splits()
     for name in names:
@@ -128,13 +113,8 @@ def _is_local(path: str) -> bool:
 
 
 def check_dataset_files(cfg, *, train: bool = True, test: bool = True) -> List[MissingFile]:
-    """Every file ``cfg`` needs (annotation JSONs, image folders, proposal files, local weights)
-    that is not on disk. Looks only at paths: nothing is read or loaded.
-
-    Args:
-        cfg: a detectron2 config (datasets in DATASETS.TRAIN / DATASETS.TEST).
-        train, test: check the training / test datasets.
-    """
+    """Every file ``cfg`` needs for its ``train`` / ``test`` datasets (annotation JSONs, image
+    folders, proposal files, local weights) that is not on disk; reads nothing."""
     names = (list(cfg.DATASETS.TRAIN) if train else []) + (list(cfg.DATASETS.TEST) if test else [])
     register_coco_splits(names)
     missing: List[MissingFile] = []

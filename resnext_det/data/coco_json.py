@@ -1,10 +1,7 @@
 """A checked COCO-format reader: clear errors instead of tracebacks deep inside detectron2.
 
-:func:`load_coco_json_checked` validates a COCO instances JSON (structure, references
-between annotations, images and categories, image files on disk), drops degenerate
-boxes with a count in the log, and then hands the file to detectron2's own
-``load_coco_json``. :func:`register_coco_checked` registers such a dataset in
-detectron2's catalogs, like ``register_coco_instances``.
+:func:`load_coco_json_checked` validates a COCO instances JSON (structure, references, image
+files), drops degenerate boxes, then hands it to detectron2's ``load_coco_json``.
 """
 from __future__ import annotations
 
@@ -70,16 +67,9 @@ def _examples(items, n=5) -> str:
 
 
 def validate_coco_dict(data: Any, source: str = "<dict>") -> Dict[str, Any]:
-    """Check a parsed COCO instances dict; return a copy without degenerate boxes.
-
-    Args:
-        data: the parsed JSON.
-        source: the file name, used in messages.
-
-    Raises:
-        DatasetError: missing keys, malformed entries, annotations pointing at unknown
-            images or categories, duplicate ids.
-    """
+    """Check a parsed COCO instances dict (``source`` names it in messages); return a copy without
+    degenerate boxes. :class:`DatasetError` for missing keys, malformed entries, unknown
+    references or duplicate ids."""
     if not isinstance(data, dict):
         raise DatasetError(f"{source}: top level is a {type(data).__name__}; a COCO file is a JSON "
                            "object with 'images', 'annotations' and 'categories'")
@@ -161,8 +151,8 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> Dict[str, Any]:
 
 
 def check_cache_dir() -> str:
-    """Where passed data checks are remembered on this machine: ``$RESNEXT_DET_CACHE_DIR``,
-    else ``$XDG_CACHE_HOME/resnext_det`` (``~/.cache/resnext_det``), sub-folder ``dataset_checks``."""
+    """Where passed data checks are remembered: ``dataset_checks`` in ``$RESNEXT_DET_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/resnext_det`` (``~/.cache/resnext_det``)."""
     root = os.environ.get("RESNEXT_DET_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "resnext_det")
     return os.path.join(root, "dataset_checks")
@@ -205,27 +195,13 @@ def _remember_checked(json_file: str, image_root: str, check_image_files: bool) 
 
 def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Optional[str] = None,
                            *, check_image_files: bool = True, use_cache: bool = True) -> List[Dict[str, Any]]:
-    """Validate a COCO instances file, then load it with detectron2's ``load_coco_json``.
+    """Validate a COCO instances file (with ``check_image_files``, that every image exists), then
+    load it with detectron2's ``load_coco_json``; returns its dicts, degenerate boxes removed.
 
-    A file that passed (unchanged size and mtime, same image root) is not validated again on
-    this machine: a small record in :func:`check_cache_dir` says so, so the check runs once
-    (e.g. in the launching process) and not in every worker.
-
-    Args:
-        json_file: path to the COCO instances JSON.
-        image_root: folder the images' ``file_name`` are relative to.
-        dataset_name: registers thing classes / id mapping in MetadataCatalog, as detectron2 does.
-        check_image_files: fail early, listing missing image files (images added or removed
-            later are not seen while the annotation file stays unchanged).
-        use_cache: skip the check when this machine passed the same file before.
-
-    Returns:
-        detectron2 dataset dicts (degenerate boxes removed; empty images kept: detectron2's
-        ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` decides whether training drops them).
+    With ``use_cache``, a file that passed on this machine (same size, mtime and image root: a
+    record in :func:`check_cache_dir`) is not validated again, so workers skip the check.
     """
     if use_cache and _checked_before(json_file, image_root, check_image_files):
-        # this machine validated this very file (same size and mtime): detectron2 loads it
-        # directly, so workers and later runs pay detectron2's load time only
         return load_coco_json(json_file, image_root, dataset_name)
     data = validate_coco_dict(_read_json(json_file), source=json_file)
     if check_image_files:
@@ -255,13 +231,11 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
 
 
 class _CachedCocoLoader:
-    """``DatasetCatalog`` entry: reads and validates the file once per process (a run asks for a
-    dataset several times: training loader, evaluator, proposals, pictures) and hands out a fresh
-    copy each time (detectron2 adds proposals into the dicts in place). A changed file is re-read.
+    """``DatasetCatalog`` entry: reads and validates the file once per process (re-read when it
+    changes) and hands out a fresh copy each time (detectron2 changes the dicts in place).
 
-    The pristine copy is kept pickled: ``pickle.dumps`` once costs ~6 % of detectron2's load and
-    ``pickle.loads`` ~50 % of it, where ``copy.deepcopy`` of the dicts cost 110 % (measured on
-    7.4k COCO-shaped images, ``python -m benchmarks.scale`` data), and the bytes are ~5x smaller than the dicts."""
+    The copy is kept pickled: ``pickle.loads`` costs ~50 % of detectron2's load where
+    ``copy.deepcopy`` cost 110 % (7.4k COCO-shaped images), in ~5x less memory."""
 
     def __init__(self, json_file: str, image_root: str, name: str):
         self.json_file, self.image_root, self.name = json_file, image_root, name
@@ -283,11 +257,7 @@ class _CachedCocoLoader:
 
 
 def register_coco_checked(name: str, json_file: str, image_root: str, metadata: Optional[dict] = None):
-    """Register a COCO-format dataset read through :func:`load_coco_json_checked` (once per
-    process; see :class:`_CachedCocoLoader`).
-
-    Same contract as detectron2's ``register_coco_instances`` (evaluator_type "coco").
-    """
+    """detectron2's ``register_coco_instances`` through :func:`load_coco_json_checked`, once per process."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
@@ -297,12 +267,7 @@ def register_coco_checked(name: str, json_file: str, image_root: str, metadata: 
 
 
 class CheckedDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` whose read errors name the image file.
-
-    Grayscale, palette and 4-channel (RGBA/CMYK) images are converted to ``INPUT.FORMAT``
-    by detectron2's ``read_image``; a file that is missing or not an image raises
-    :class:`DatasetError` naming it, instead of a bare PIL traceback from a worker.
-    """
+    """detectron2's ``DatasetMapper`` whose read errors are a :class:`DatasetError` naming the file."""
 
     def __call__(self, dataset_dict):
         try:

@@ -1,26 +1,18 @@
 """Precomputed proposals stored in shards read by offset, so memory does not grow with the dataset.
 
-detectron2's proposal file is one pickle of every image's boxes; at COCO size (118k images x
-2000 proposals) that is about 4.7 GB, held whole by the process that writes it and by every
-training process that reads it. Here instead:
+detectron2's proposal file is one pickle of every image's boxes (about 4.7 GB at COCO size),
+held whole by every process. Here instead:
 
-* each worker process writes its own shard while it runs (:class:`ShardWriter`): one ``.npy``
-  of float32 rows ``[x0, y0, x1, y1, objectness_logit]`` (boxes ``XYXY_ABS``, in the order the
-  RPN gave them) and an ``.index.npz`` with, per image, its id, first row and row count. Both
-  appear complete or not at all (:func:`resnext_det.io.atomic_open`) and their names carry a
-  random token, so a new run never overwrites files that an older manifest names;
-* one small ``manifest.json`` (:func:`write_manifest`, rank 0, after every shard is there)
-  lists the shards; it is the path that ``DATASETS.PROPOSAL_FILES_*`` name;
-* a training or test process opens the shards memory-mapped (:class:`ProposalStore`): it
-  holds only the index (24 bytes an image) and reads an image's rows when the mapper needs them
-  (:class:`ProposalMapper`, which then calls detectron2's ``DatasetMapper``).
+* each worker writes its own shard (:class:`ShardWriter`): a ``.npy`` of float32 rows
+  ``[x0, y0, x1, y1, objectness_logit]`` (``XYXY_ABS``, the RPN's order) and an ``.index.npz``
+  (per image: id, first row, row count), both atomic and named with a random token;
+* rank 0 then writes ``manifest.json`` (:func:`write_manifest`), the path
+  ``DATASETS.PROPOSAL_FILES_*`` name;
+* readers map the shards (:class:`ProposalStore`, 24 bytes of index an image) and read an
+  image's rows when :class:`ProposalMapper` needs them.
 
-float32 and not float16: COCO coordinates reach 640 px, where float16 steps are 0.5 px; that
-moves IoUs near the 0.5 foreground threshold and so changes stage 2's sampling (results would
-no longer equal the pickle path's). The scale tool records float16's error and size beside.
-
-:func:`export_detectron2_pickle` writes detectron2's classic ``.pkl`` from the shards, for
-users who want it (it holds every proposal in memory, as detectron2's loader does).
+float32, not float16: float16 steps are 0.5 px at 640 px, enough to move IoUs across the 0.5
+foreground threshold and change stage 2's sampling.
 """
 from __future__ import annotations
 
@@ -64,20 +56,14 @@ _SHARD_RE = re.compile(r"^shard-\d+-of-\d+-[0-9a-f]+\.(npy|index\.npz)$")
 
 
 class ProposalFormatError(DatasetError):
-    """A proposal manifest or shard that cannot be used; the message names the file and a fix
-    (a :class:`~resnext_det.data.coco_json.DatasetError`: the command line prints it in one line)."""
+    """A proposal manifest or shard that cannot be used; the message names the file and a fix."""
 
 
 class ShardWriter:
-    """Streams one worker's proposals into its shard: constant memory, whatever the dataset size.
+    """Streams one worker's proposals into its shard in ``directory`` (constant memory).
 
-    Rows go straight to a temporary file; :meth:`close` writes the ``.npy`` header and the
-    index and renames both into place. An exception (or :meth:`abort`) removes the temporary
-    file; a kill leaves at most a hidden ``.*.tmp`` file, never a shard.
-
-    Args:
-        directory: where the shard goes (created if missing).
-        rank, world_size: this worker and the number of workers (they name the shard).
+    Rows go to a temporary file; :meth:`close` writes the header and index and renames both
+    into place; an exception or :meth:`abort` removes it (a kill leaves a hidden ``.*.tmp``).
     """
 
     def __init__(self, directory: str, rank: int = 0, world_size: int = 1):
@@ -94,13 +80,7 @@ class ShardWriter:
         self._file.write(b"\0" * _HEADER_BYTES)
 
     def add(self, image_id, boxes, logits) -> None:
-        """Append one image's proposals.
-
-        Args:
-            image_id: the dataset dict's ``image_id`` (int or str).
-            boxes: (N, 4) ``XYXY_ABS``.
-            logits: (N,) objectness logits.
-        """
+        """Append one image's proposals: boxes (N, 4) ``XYXY_ABS``, logits (N,)."""
         boxes = np.asarray(boxes, dtype=_DTYPE).reshape(-1, 4)
         logits = np.asarray(logits, dtype=_DTYPE).reshape(-1)
         if len(boxes) != len(logits):
@@ -133,7 +113,6 @@ class ShardWriter:
                 "bytes": os.path.getsize(self.data_path)}
 
     def abort(self) -> None:
-        """Drop the unfinished shard (its temporary file is removed)."""
         self._stack.__exit__(RuntimeError, RuntimeError("shard aborted"), None)
 
     def __enter__(self) -> "ShardWriter":
@@ -145,8 +124,7 @@ class ShardWriter:
 
 
 def _id_array(ids: Sequence[Any]) -> np.ndarray:
-    # int ids (COCO's) as int64, searchable; anything else as text, compared as detectron2
-    # compares proposal ids with image ids: str(id)
+    # int ids as int64; anything else as text (detectron2 compares str(id))
     if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
         return np.asarray(ids, np.int64).reshape(-1)
     return np.asarray([str(i) for i in ids], dtype=str).reshape(-1)
@@ -154,19 +132,9 @@ def _id_array(ids: Sequence[Any]) -> np.ndarray:
 
 def write_manifest(directory: str, shards: Sequence[Dict[str, Any]], *, dataset: str = "",
                    bbox_mode: int = int(BoxMode.XYXY_ABS), remove_stale: bool = True) -> str:
-    """Write ``directory/manifest.json`` naming ``shards`` (what :meth:`ShardWriter.close`
-    returned, in rank order), then remove shard files of earlier runs that it does not name.
-
-    Args:
-        directory: the shards' folder.
-        shards: their manifest entries.
-        dataset: the dataset name (for messages).
-        bbox_mode: detectron2 ``BoxMode`` of the boxes.
-        remove_stale: delete unnamed ``shard-*`` files (they belong to replaced or killed runs).
-
-    Returns:
-        the manifest's path.
-    """
+    """Write ``directory/manifest.json`` naming ``shards`` (:meth:`ShardWriter.close`'s entries, in
+    rank order) and, with ``remove_stale``, delete the ``shard-*`` files it does not name.
+    Returns the manifest's path."""
     path = os.path.join(directory, MANIFEST_NAME)
     atomic_write_json(path, {
         "format": MANIFEST_FORMAT, "dataset": dataset, "bbox_mode": int(bbox_mode), "dtype": _DTYPE.str,
@@ -184,12 +152,8 @@ def write_manifest(directory: str, shards: Sequence[Dict[str, Any]], *, dataset:
 def write_proposal_shards(directory: str, ids: Sequence[Any], boxes: Sequence[np.ndarray],
                           logits: Sequence[np.ndarray], *, num_shards: int = 1, dataset: str = "",
                           bbox_mode: int = int(BoxMode.XYXY_ABS)) -> str:
-    """All of a dataset's proposals written as ``num_shards`` shards and a manifest, in one
-    process (conversions, tests; the plan writes one shard per worker with :class:`ShardWriter`).
-
-    Images are split into contiguous runs, shard ``k`` holding the ``k``-th. Returns the
-    manifest's path.
-    """
+    """A dataset's proposals written in one process as ``num_shards`` contiguous shards and a
+    manifest (conversions, tests); returns the manifest's path."""
     bounds = np.linspace(0, len(ids), num_shards + 1).astype(int)
     entries = []
     for k in range(num_shards):
@@ -201,8 +165,7 @@ def write_proposal_shards(directory: str, ids: Sequence[Any], boxes: Sequence[np
 
 
 def is_proposal_manifest(path: str) -> bool:
-    """Whether ``path`` is a shard manifest (JSON) rather than a detectron2 proposal pickle:
-    decided by the first byte, so a file's name does not matter."""
+    """Whether ``path`` is a shard manifest (JSON, by its first byte) rather than a pickle."""
     try:
         with open(path, "rb") as f:
             head = f.read(64).lstrip()
@@ -212,19 +175,9 @@ def is_proposal_manifest(path: str) -> bool:
 
 
 class ProposalStore:
-    """The proposals of a manifest, read by image id from memory-mapped shards.
-
-    Holds the shards' indexes (id, first row, count: 24 bytes an image); the rows stay in the
-    files (memory-mapped on first use in each process, so a forked data-loader worker maps
-    its own). Picklable without the mappings.
-
-    Args:
-        manifest: the ``manifest.json`` path.
-
-    Raises:
-        ProposalFormatError: naming the file, when the manifest or a shard is missing, of
-            another format, or does not match (a shard of another run).
-    """
+    """The proposals of a manifest, read by image id from shards memory-mapped on first use in
+    each process (picklable without the mappings); holds only the indexes.
+    :class:`ProposalFormatError` names a missing, foreign or mismatched file."""
 
     def __init__(self, manifest: str):
         self.manifest_path = manifest
@@ -285,7 +238,7 @@ class ProposalStore:
 
     @property
     def index_nbytes(self) -> int:
-        """Bytes of the index this object holds (what a process keeps besides mapped pages)."""
+        """Bytes of the index this object holds."""
         return sum(a.nbytes for a in (self._ids_in_order, self._sorted_ids, self._shard, self._offset, self._count))
 
     def _find(self, image_id) -> int:
@@ -323,20 +276,12 @@ class ProposalStore:
         return self._maps[k]
 
     def verify(self) -> None:
-        """Open every shard (its header, not its rows): each is there with the manifest's shape.
-
-        Raises:
-            ProposalFormatError: naming the shard that is missing or does not match.
-        """
+        """Open every shard's header: each is there with the manifest's shape."""
         for k in range(len(self.shards)):
             self._map(k)
 
     def get(self, image_id) -> Tuple[np.ndarray, np.ndarray]:
-        """``(boxes (N, 4), logits (N,))`` of one image, float32 copies, in the written order.
-
-        Raises:
-            KeyError: naming the id and the manifest, when the image has no proposals.
-        """
+        """``(boxes (N, 4), logits (N,))`` of one image, float32 copies (KeyError if it has none)."""
         i = self._find(image_id)
         if i < 0:
             raise KeyError(f"image id {image_id!r} has no proposals in {self.manifest_path!r} "
@@ -347,8 +292,7 @@ class ProposalStore:
         return rows[:, :4], rows[:, 4]
 
     def to_detectron2_dict(self) -> Dict[str, Any]:
-        """Everything as detectron2's proposal-file dict (``ids``, ``boxes``,
-        ``objectness_logits``, ``bbox_mode``), images in the shards' order. Holds it all."""
+        """Everything as detectron2's proposal-file dict, in the shards' order (all in memory)."""
         boxes, logits = [], []
         for image_id in self.ids:
             b, s = self.get(image_id)
@@ -364,47 +308,28 @@ class ProposalStore:
 
 
 def write_detectron2_proposals(data: dict, path: str) -> str:
-    """Write a detectron2 proposal file (``ids``, ``boxes``, ``objectness_logits``,
-    ``bbox_mode``: what ``detectron2.data.build.load_proposals_into_dataset`` reads), atomically:
-    the one writer of that format. Returns ``path``.
-
-    Args:
-        data: the proposal dict.
-        path: the ``.pkl`` to write.
-    """
+    """Write a detectron2 proposal dict (``ids``, ``boxes``, ``objectness_logits``, ``bbox_mode``)
+    to ``path`` atomically: the one writer of that format. Returns ``path``."""
     with atomic_open(path, "wb") as f:
         pickle.dump(data, f, pickle.HIGHEST_PROTOCOL)
     return path
 
 
 def export_detectron2_pickle(manifest: str, path: str) -> str:
-    """Write detectron2's classic proposal ``.pkl`` (what ``DATASETS.PROPOSAL_FILES_*`` held
-    before shards) from a manifest's shards, atomically. Returns ``path``."""
+    """Write detectron2's proposal ``.pkl`` from a manifest's shards, atomically. Returns ``path``."""
     return write_detectron2_proposals(ProposalStore(manifest).to_detectron2_dict(), path)
 
 
 class ProposalMapper:
-    """A mapper that first attaches an image's precomputed proposals to its dataset dict, then
-    calls ``mapper`` (detectron2's ``DatasetMapper`` built with ``precomputed_proposal_topk``),
-    whose ``transform_proposals`` resizes, flips, clips and keeps the top k as always.
-
-    The keys and their order are those detectron2's ``load_proposals_into_dataset`` gives
-    (``proposal_boxes``, ``proposal_objectness_logits`` sorted by descending logit,
-    ``proposal_bbox_mode``), so a batch equals the pickle path's. The dataset's own dict is not
-    changed (a shallow copy gets the arrays), so the dataset list never grows.
-
-    Args:
-        mapper: the mapper to call.
-        stores: the datasets' proposal stores; an image's proposals come from the first that
-            holds its id (the loaders check that the datasets' ids do not overlap).
-    """
+    """Attaches an image's proposals (from the first of ``stores`` holding its id) to a shallow
+    copy of its dataset dict, as detectron2's ``load_proposals_into_dataset`` would (same keys,
+    sorted by descending logit), then calls ``mapper`` (detectron2's ``DatasetMapper``)."""
 
     def __init__(self, mapper, stores: Iterable[ProposalStore]):
         self.mapper = mapper
         self.stores = list(stores)
 
     def attach(self, dataset_dict: dict) -> dict:
-        """A shallow copy of ``dataset_dict`` with its proposals."""
         image_id = dataset_dict["image_id"]
         for store in self.stores:
             if image_id in store:
@@ -413,7 +338,6 @@ class ProposalMapper:
         else:
             raise KeyError(f"image id {image_id!r} ({dataset_dict.get('file_name', '')!r}) has no "
                            f"proposals in {[s.manifest_path for s in self.stores]}; recompute them")
-        # detectron2's order: argsort()[::-1] of the logits (load_proposals_into_dataset)
         inds = logits.argsort()[::-1]
         out = dict(dataset_dict)
         out["proposal_boxes"] = boxes[inds]
@@ -426,13 +350,8 @@ class ProposalMapper:
 
 
 def stores_for(files: Sequence[str], datasets: Sequence[str]) -> Optional[List[ProposalStore]]:
-    """The :class:`ProposalStore` of each manifest in ``files`` (one per dataset), or None
-    when they are all detectron2 pickles (detectron2 loads those itself).
-
-    Raises:
-        ProposalFormatError: a mix of manifests and pickles, or two datasets sharing an
-            image id (the mapper finds an image's proposals by its id alone).
-    """
+    """The :class:`ProposalStore` of each manifest in ``files`` (one per dataset), or None when
+    all are pickles. Refuses a mix, and datasets sharing an image id (found by id alone)."""
     kinds = [is_proposal_manifest(f) for f in files]
     if not any(kinds):
         return None

@@ -1,23 +1,16 @@
 """Exactly resumable training data: the same images, in the same order, with the same
 augmentation, whether a run was interrupted or not.
 
-detectron2's ``TrainingSampler`` restarts its shuffled stream from the beginning after a
-resume (and with the default random seed it is another stream altogether), and its
-augmentations (``RandomFlip``, multi-size ``ResizeShortestEdge``) draw from numpy's global
-random stream, which a restart does not continue. Here:
+detectron2's ``TrainingSampler`` restarts its stream after a resume, and its augmentations draw
+from numpy's global stream, which a restart does not continue. Here:
 
-- :class:`ResumableTrainingSampler` keeps its seed in the checkpoint (it is a
-  checkpointable) and skips the samples the finished iterations consumed; it yields *sample
-  keys*, ``position * size + index``: which image, and where in the global stream it is;
-- :class:`PositionSeededDataset` maps a key to the mapped image with numpy's and Python's
-  random streams seeded from (sampler seed, position) for that one image, and restored after.
-  An image's augmentation is therefore a function of its place in the stream alone: it does
-  not depend on the order in which data-loader workers ran, nor on what ran before a resume;
-- :class:`GroupedBatchSampler` makes one process's batches from its keys, grouped by
-  orientation as detectron2's ``AspectRatioGroupedDataset`` groups mapped images, but decided
-  from the dataset's image sizes before mapping: its state after any number of batches (how
-  many keys it drew, which keys wait in a partly filled bucket) is a few integers, saved per
-  process in every checkpoint and restored on resume.
+- :class:`ResumableTrainingSampler` checkpoints its seed, skips what finished iterations
+  consumed and yields *sample keys* ``position * size + index``;
+- :class:`PositionSeededDataset` maps a key with the random streams seeded from (seed,
+  position), so an image's augmentation depends on its place in the stream alone;
+- :class:`GroupedBatchSampler` groups keys by orientation as detectron2's
+  ``AspectRatioGroupedDataset`` does, but from the image sizes before mapping, so its state
+  is a few integers saved per process.
 """
 from __future__ import annotations
 
@@ -34,20 +27,12 @@ __all__ = ["ResumableTrainingSampler", "PositionSeededDataset", "GroupedBatchSam
 
 
 class ResumableTrainingSampler(TrainingSampler):
-    """``TrainingSampler`` + a start position and a checkpointed seed.
+    """``TrainingSampler`` + a start position and a checkpointed seed (None: a random one shared by
+    all workers).
 
-    The global stream is ``shuffle(range(size)) + shuffle(range(size)) + ...`` from
-    ``seed``; rank r takes ``stream[start + r :: world_size]`` where ``start`` is the number
-    of images all ranks together consumed before (``iteration * SOLVER.IMS_PER_BATCH``).
-    Rank r's share of the stream, ``stream[r::world_size]``, is what :meth:`rank_keys` yields
-    from any offset (:class:`GroupedBatchSampler` batches it and keeps that offset per process).
-
-    Args:
-        size: number of images in the dataset.
-        shuffle: shuffle each pass (as detectron2's).
-        seed: the stream's seed (None: a random one shared by all workers).
-        keyed: yield ``position * size + index`` (for :class:`PositionSeededDataset`)
-            instead of the bare index.
+    The global stream is ``shuffle(range(size)) + shuffle(range(size)) + ...``; rank r takes
+    ``stream[start + r :: world_size]``, ``start`` being the images all ranks consumed before.
+    ``keyed``: yield ``position * size + index`` instead of the bare index.
     """
 
     def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, keyed: bool = False):
@@ -67,12 +52,10 @@ class ResumableTrainingSampler(TrainingSampler):
         yield from self._keys(self.start + self._rank)
 
     def rank_keys(self, drawn: int = 0) -> Iterator[int]:
-        """This process's share of the stream after its first ``drawn`` elements: the stream
-        positions ``rank + world_size * j`` for ``j >= drawn`` (as keys when ``keyed``)."""
+        """This process's share of the stream, ``stream[rank::world_size]``, after ``drawn`` elements."""
         return self._keys(int(drawn) * self._world_size + self._rank)
 
     def index_of(self, key: int) -> int:
-        """The dataset index of a yielded key."""
         return int(key) % self._size if self.keyed else int(key)
 
     def _keys(self, first: int) -> Iterator[int]:
@@ -83,13 +66,11 @@ class ResumableTrainingSampler(TrainingSampler):
         for position, index in zip(itertools.count(first, self._world_size), stream):
             yield position * self._size + index
 
-    # checkpointable: saved by the trainer's checkpointer, so the stream survives a restart
     def state_dict(self) -> Dict[str, int]:
         return {"seed": self._seed, "size": self._size}
 
     def load_state_dict(self, state: Dict[str, int]) -> bool:
-        """Take the stream's seed from ``state``; False (nothing taken) when it was saved for
-        a dataset of another size, whose stream is meaningless here."""
+        """Take the seed from ``state``; False (nothing taken) if saved for another dataset size."""
         if int(state.get("size", self._size)) != self._size:
             return False
         self._seed = int(state["seed"])
@@ -97,20 +78,10 @@ class ResumableTrainingSampler(TrainingSampler):
 
 
 class PositionSeededDataset(Dataset):
-    """Map-style dataset of sample keys (from a keyed :class:`ResumableTrainingSampler`):
-    ``mapper(dicts[index])`` with numpy's and Python's global random streams seeded, for that
-    call only, from the sampler's seed and the sample's position in the stream.
-
-    detectron2's augmentations draw from those global streams; seeding them per sample makes
-    each image's augmentation reproducible after a resume and independent of worker order.
-    The caller's random state is restored afterwards (with ``num_workers=0`` the mapper runs
-    in the training process, whose streams must not move).
-
-    Args:
-        dicts: detectron2 dataset dicts.
-        mapper: e.g. detectron2's ``DatasetMapper``.
-        sampler: the keyed sampler whose seed (restored on resume) is used.
-    """
+    """Map-style dataset of sample keys from a keyed :class:`ResumableTrainingSampler`:
+    ``mapper(dicts[index])`` with numpy's and Python's global random streams seeded from the
+    sampler's seed and the key's position for that call only (the caller's state is restored:
+    with ``num_workers=0`` it is the training process's)."""
 
     def __init__(self, dicts: List[dict], mapper: Callable[[dict], dict], sampler: ResumableTrainingSampler):
         self._dicts = DatasetFromList(dicts, copy=False)  # serialized: small to send to workers
@@ -121,7 +92,6 @@ class PositionSeededDataset(Dataset):
         return len(self._dicts)
 
     def sample_seed(self, position: int) -> int:
-        """The seed of the sample at ``position`` of the stream."""
         return int(np.random.SeedSequence([self._sampler.seed, int(position)]).generate_state(1)[0])
 
     def __getitem__(self, key: int) -> dict:
@@ -144,22 +114,12 @@ def is_landscape(dataset_dict: dict) -> bool:
 
 class GroupedBatchSampler(Sampler):
     """One process's batches of ``batch_size`` keys from a :class:`ResumableTrainingSampler`,
-    grouped by orientation (``groups[i]``: the bucket of dataset index i, e.g.
-    :func:`is_landscape`; None: one bucket, plain consecutive batches).
+    grouped by ``groups[dataset index]`` (0/1, e.g. :func:`is_landscape`; None: one bucket).
 
-    The rule is that of detectron2's ``AspectRatioGroupedDataset`` (each key goes to its
-    image's bucket; a full bucket is the next batch), applied to keys before mapping instead of
-    to mapped images after the data loader, so that the grouping's state is known exactly
-    after any number of batches, whatever the loader's workers read ahead:
-    ``{"drawn": keys of this process's share drawn so far, "buckets": keys waiting in each
-    partly filled bucket}`` (:meth:`state_after`). :meth:`restore` makes iteration continue
-    from such a state; the waiting keys are mapped again when their batch is due, to the same
-    images and augmentations (:class:`PositionSeededDataset`).
-
-    Args:
-        sampler: the keyed stream (its seed and rank).
-        batch_size: images per batch of this process.
-        groups: per dataset index, its bucket (a bool or 0/1); None: one bucket.
+    detectron2's ``AspectRatioGroupedDataset`` rule (a full bucket is the next batch), applied
+    to keys before mapping, so the state after any number of batches is known whatever the
+    loader read ahead: ``{"drawn": keys drawn, "buckets": keys waiting}`` (:meth:`state_after`,
+    :meth:`restore`).
     """
 
     def __init__(self, sampler: ResumableTrainingSampler, batch_size: int, groups: Optional[Sequence] = None):
@@ -179,8 +139,7 @@ class GroupedBatchSampler(Sampler):
         return self._state(self._start["drawn"], self._start["buckets"])
 
     def restore(self, state: dict) -> None:
-        """Continue from ``state`` (from :meth:`state_after`): the next batch is the one that
-        followed it."""
+        """Continue from ``state`` (from :meth:`state_after`)."""
         self._start = self._state(state["drawn"], state["buckets"])
         self._cursor = (0, self._start, None)
 
@@ -202,8 +161,8 @@ class GroupedBatchSampler(Sampler):
             yield batch
 
     def state_after(self, batches: int) -> dict:
-        """The state after the first ``batches`` batches from the start (computed here, not
-        read from a running iterator, which a data loader advances ahead of the model)."""
+        """The state after the first ``batches`` batches from the start (not from a running
+        iterator, which a data loader advances ahead of the model)."""
         batches = int(batches)
         done, state, it = self._cursor
         if batches < done or it is None:  # replay from the start

@@ -1,15 +1,9 @@
 """A synthetic COCO-format detection dataset, reproducible from a seed (the demo's data).
 
-Each image is a dark, slightly noisy background with 1..``max_objects`` bright filled
-shapes (square, circle, triangle) of random colour, size and position; the boxes are
-the shapes' exact extents. As in COCO, some images hold no object (one in
-``EMPTY_EVERY[split]``: image indices 3, 3 + n, ...), and the val split mixes square, landscape
-and portrait images (a third each), so evaluation meets the cases real data has. :func:`make_synthetic_coco` writes ``<split>/*.png`` and
-``annotations/instances_<split>.json`` under a root folder; the same arguments give
-byte-identical files. :func:`register_synthetic_coco` makes (if needed) and registers
-``<name>_train`` / ``<name>_val`` in detectron2's catalogs. :func:`synthetic_train_batch` is
-an in-memory training batch (random pixels, fixed boxes) for timing and comparing training
-iterations.
+Each image is a dark, slightly noisy background with 1..``max_objects`` bright filled shapes
+(square, circle, triangle); the boxes are the shapes' exact extents. As in COCO, some images
+hold no object (one in ``EMPTY_EVERY[split]``, from index 3), and val mixes square, landscape
+and portrait images. The same arguments give byte-identical files.
 """
 from __future__ import annotations
 
@@ -44,7 +38,6 @@ _VAL_ASPECTS = ((1, 1), (3, 4), (4, 3))
 
 
 def is_empty_image(split: str, index: int) -> bool:
-    """Whether image ``index`` of ``split`` has no objects (see the module docstring)."""
     return index % EMPTY_EVERY[split] == 3
 
 
@@ -67,12 +60,10 @@ def _iou(a, b) -> float:
 
 def _draw_image(rng: np.random.Generator, shape: Sequence[int], max_objects: int,
                 object_size: Sequence[float] = (0.18, 0.42)):
-    """One image (H, W, 3 uint8) and its objects [(class index, [x0, y0, x1, y1], polygon)];
-    ``max_objects`` 0 draws the background only. Shapes are sized from the short side."""
+    """One image and its objects [(class index, [x0, y0, x1, y1], polygon)] (``max_objects`` 0:
+    background only)."""
     height, width = shape
     size = min(height, width)
-    # background: a dark, slightly noisy field; shapes are bright, so the task is to tell
-    # shapes apart (square / circle / triangle) and box them, not to find them in clutter
     base = rng.uniform(0, 60, size=3)
     bg = base * np.ones((height, width, 3)) + rng.normal(0, 6, size=(height, width, 3))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
@@ -107,20 +98,10 @@ def _draw_image(rng: np.random.Generator, shape: Sequence[int], max_objects: int
 def make_synthetic_coco(root: str, *, seed: int = 0, num_train: int = 400, num_val: int = 100,
                         image_size: int = 128, max_objects: int = 4,
                         object_size: Sequence[float] = (0.18, 0.42)) -> Dict[str, Dict[str, str]]:
-    """Write the dataset under ``root`` (skipped when an identical one is already there).
-
-    Args:
-        root: output folder.
-        seed: the dataset is a pure function of (seed, split, image index, the other args).
-        num_train, num_val: number of images per split.
-        image_size: image side in pixels (train: square; val: the short side).
-        max_objects: at most this many shapes per image (at least one, except in the empty
-            images: :func:`is_empty_image`).
-        object_size: (min, max) side of a shape as a fraction of the image side.
-
-    Returns:
-        ``{"train": {"json_file": ..., "image_root": ...}, "val": {...}}``.
-    """
+    """Write ``<split>/*.png`` and ``annotations/instances_<split>.json`` under ``root`` (skipped when
+    an identical set is there). ``image_size``: train side, val short side; ``object_size``:
+    (min, max) shape side as a fraction of the image side. Returns ``{split: {"json_file",
+    "image_root"}}``."""
     params = {"format": _FORMAT_VERSION, "seed": int(seed), "num_train": int(num_train),
               "num_val": int(num_val), "image_size": int(image_size),
               "max_objects": int(max_objects), "classes": list(CLASSES)}
@@ -172,16 +153,8 @@ def synthetic_dataset_names(name: str) -> Sequence[str]:
 
 
 def register_synthetic_coco(name: str, root: str, **kwargs) -> Sequence[str]:
-    """Make (or reuse) the dataset under ``root`` and register ``<name>_train`` / ``<name>_val``.
-
-    Args:
-        name: dataset name prefix.
-        root: folder of the dataset.
-        kwargs: forwarded to :func:`make_synthetic_coco` (seed, num_train, ...).
-
-    Returns:
-        the two registered dataset names.
-    """
+    """Make (or reuse, ``kwargs`` as :func:`make_synthetic_coco`) the dataset under ``root`` and
+    register ``<name>_train`` / ``<name>_val``; returns those names."""
     paths = make_synthetic_coco(root, **kwargs)
     names = synthetic_dataset_names(name)
     for split, dataset_name in zip(_SPLITS, names):
@@ -197,17 +170,8 @@ _BATCH_BOXES = ((0.1, 0.1, 0.5, 0.6), (0.4, 0.3, 0.9, 0.8), (0.2, 0.5, 0.35, 0.7
 
 def synthetic_train_batch(sizes: Sequence[Sequence[int]], classes: Sequence[int] = (1, 5, 17),
                           seed: int = 0) -> List[Dict]:
-    """A training batch in detectron2's input format, the same on every call with ``seed``.
-
-    Args:
-        sizes: ``(height, width)`` of each image.
-        classes: the ground-truth class of each box (at most 3; the defaults suit COCO's 80
-            classes). The boxes are fixed fractions of the image (``_BATCH_BOXES``).
-        seed: seed of the images' pixels (uniform random in [0, 255], float).
-
-    Returns:
-        ``[{"image": 3xHxW float tensor, "instances": Instances(gt_boxes, gt_classes)}, ...]``.
-    """
+    """An in-memory training batch in detectron2's input format for timing: random pixels from
+    ``seed``, one image per ``(height, width)`` of ``sizes``, a fixed box per class of ``classes``."""
     if not 1 <= len(classes) <= len(_BATCH_BOXES):
         raise ValueError(f"classes={tuple(classes)!r}: give 1 to {len(_BATCH_BOXES)} class indices")
     g = torch.Generator().manual_seed(seed)
