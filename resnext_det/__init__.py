@@ -1,16 +1,8 @@
 """resnext-det: ResNeXt (Xie et al., CVPR 2017) as a Detectron2 backbone plugin.
 
-``import resnext_det`` registers, in detectron2's registries:
-
-- ``BACKBONE_REGISTRY``: ``build_resnext_backbone`` (bottom-up) and
-  ``build_resnext_fpn_backbone`` (with FPN);
-- ``ROI_HEADS_REGISTRY``: ``ResNeXtRes5ROIHeads`` (the C4 form's res5 head).
-
-It changes no process-wide state; ``resnext_det.filter_known_third_party_warnings()`` is the
-opt-in for the known third-party warnings the command lines silence.
-
-Config: ``resnext_det.get_cfg()`` (or ``add_resnext_config(cfg)`` on detectron2's
-``get_cfg()``) adds every node the project's YAML files use.
+``import resnext_det`` registers ``build_resnext_backbone``, ``build_resnext_fpn_backbone``
+(``BACKBONE_REGISTRY``) and ``ResNeXtRes5ROIHeads`` (``ROI_HEADS_REGISTRY``), and changes no
+process-wide state. ``resnext_det.get_cfg()`` adds every config node the YAML files use.
 """
 from ._warnings import filter_known_third_party_warnings, known_third_party_warnings_silenced
 

@@ -1,12 +1,6 @@
-"""Known third-party warnings that a user of this project can do nothing about, silenced
-narrowly: each by category, the module it is attributed to and its message. Nothing else is
-filtered; a new warning still shows.
-
-The library changes no process-wide setting: ``import resnext_det`` silences them only while
-its own imports run (:func:`known_third_party_warnings_silenced`, some fire at import), and
-only the command lines install them for their whole process
-(:func:`filter_known_third_party_warnings`, through ``resnext_det.apps.tool.run_tool`` and in
-each spawned training worker; an application may call it too).
+"""Known third-party warnings a user can do nothing about, silenced narrowly (category, module
+and message). ``import resnext_det`` silences them only during its own imports; only the
+command lines (or an opting-in application) install them for the whole process.
 """
 import contextlib
 import logging
@@ -39,8 +33,6 @@ KNOWN_THIRD_PARTY_LOG_WARNINGS = (
     # torch logs this when something imports torch.utils.cpp_extension on a machine without CUDA
     ("torch.utils.cpp_extension", r"No CUDA runtime is found", "torch's cpp_extension import"),
 )
-# (ONNX Runtime's quantizer logs on the root logger; resnext_det.deploy.quantize filters it
-# around its one call)
 
 
 class _DropKnownRecord(logging.Filter):
@@ -66,10 +58,8 @@ def _add_log_filters() -> list:
 
 
 def filter_known_third_party_warnings() -> None:
-    """Install the filters of :data:`KNOWN_THIRD_PARTY_WARNINGS` and
-    :data:`KNOWN_THIRD_PARTY_LOG_WARNINGS` for the rest of the process (idempotent). Called by
-    the command lines, and by an application that opts in (``resnext_det.filter_known_third_party_warnings()``);
-    never by a library call."""
+    """Install both tables' filters for the rest of the process (idempotent); never called by the
+    library itself."""
     for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
     _add_log_filters()
@@ -77,9 +67,7 @@ def filter_known_third_party_warnings() -> None:
 
 @contextlib.contextmanager
 def known_third_party_warnings_silenced() -> Iterator[None]:
-    """The same filters inside the block only; the process's warning filters and the loggers'
-    filters are as they were afterwards (``warnings.catch_warnings``: not thread-safe, so for
-    import time and single-threaded calls)."""
+    """The same filters inside the block only (``warnings.catch_warnings``: not thread-safe)."""
     with warnings.catch_warnings():
         for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category, module=module)

@@ -10,11 +10,9 @@ detectron2 (and the embedded demo).
     # the embedded CPU demo (synthetic data, tiny ResNeXt FPN, AP + pictures)
     python tools/train_net.py --demo            # or: --demo two_stage
 
-Flags follow detectron2's ``default_argument_parser``; trailing ``KEY VALUE`` pairs
-override the config. Several processes are started with ``detectron2.engine.launch``
-(NCCL on GPUs, GLOO on CPU). With ``--num-machines N`` every machine prepares and checks its
-inputs before it joins, and a machine that fails (or never joins) stops all of them within
-``--machine-timeout`` seconds with one line naming it (:mod:`resnext_det.engine.machines`).
+Flags follow detectron2's ``default_argument_parser``; trailing ``KEY VALUE`` pairs override the
+config. With ``--num-machines N`` a machine that fails (or never joins) stops all of them
+within ``--machine-timeout`` seconds with one line naming it (:mod:`resnext_det.engine.machines`).
 """
 from __future__ import annotations
 
@@ -63,8 +61,7 @@ PROG = "train_net.py"  # the name error lines start with
 
 
 def get_parser():
-    """detectron2's parser plus --config (alias of --config-file), --dry-run, --demo, and
-    --runtime/--precision for evaluating an exported (.onnx) model."""
+    """detectron2's parser plus the project's flags."""
     parser = default_argument_parser()
     parser.add_argument("--config", dest="config_file", metavar="FILE",
                         help="same as --config-file")
@@ -98,8 +95,7 @@ def add_demo_config(cfg):
 
 
 def setup_cfg(args):
-    """The config from --config and trailing opts, with every project config node added (and
-    the demo's, for a demo's config)."""
+    """The config from --config (or --demo) and trailing opts."""
     config_file = args.config_file
     if not config_file and getattr(args, "demo", None):
         config_file = resnext_det.get_config_file(DEMO_CONFIGS[args.demo])
@@ -111,26 +107,20 @@ def setup_cfg(args):
         args.config_file = resolve_config_file(config_file)  # the resolved path (default_setup reads it again)
     if getattr(args, "demo", None) and not any(o == "OUTPUT_DIR" for o in (args.opts or [])[::2]):
         cfg.OUTPUT_DIR = os.path.join("output", f"demo_{args.demo}")
-    check_device(cfg)  # an explicit cuda without a GPU: one clear line, before any work
+    check_device(cfg)
     cfg.freeze()
     return cfg
 
 
 def evaluate_only(cfg, resume=False, runtime="auto", precision="fp32"):
-    """COCO AP of MODEL.WEIGHTS (or, with ``resume``, the last checkpoint) with the plan's
-    final detector config; results JSON in ``<stage output>/inference/``. A MODEL.WEIGHTS
-    ending in ``.onnx`` (or ``.xml``, the int8 OpenVINO IR) is an exported detector, evaluated
-    through ``runtime`` ("auto": measured fastest here, "onnxruntime" or "openvino") at
-    ``precision`` (see resnext_det.deploy)."""
+    """COCO AP of MODEL.WEIGHTS (or, with ``resume``, the last checkpoint) with the plan's final
+    detector config; an exported ``.onnx`` / ``.xml`` runs through ``runtime`` at ``precision``."""
     stage = final_stage(build_plan(cfg))
     scfg = stage.cfg.clone()
     scfg.defrost()
     scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
     if is_exported_model(cfg.MODEL.WEIGHTS):
-        # an exported whole detector (tools/export.py): COCO AP through the runtime; it makes
-        # its own proposals, so the plan's proposal files are not read
-
-        scfg.MODEL.LOAD_PROPOSALS = False
+        scfg.MODEL.LOAD_PROPOSALS = False  # it makes its own proposals
         scfg.freeze()
         try:
             return evaluate_exported(scfg, scfg.MODEL.WEIGHTS, runtime=runtime, precision=precision)
@@ -143,8 +133,8 @@ def evaluate_only(cfg, resume=False, runtime="auto", precision="fp32"):
 
 
 def main(args, trainer_cls=None):
-    """Per-process entry (what launch() runs in each worker). In a spawned worker, the
-    project's errors print one line and exit with 2; in-process, ``cli`` reports them."""
+    """Per-process entry (what launch() runs). In a worker of several, the project's errors print
+    one line (or go to the launcher's report) and exit; in-process, ``cli`` reports them."""
     filter_known_third_party_warnings()  # a spawned worker is a new process
     if comm.get_world_size() <= 1:
         return _main(args, trainer_cls)
@@ -172,9 +162,7 @@ def _main(args, trainer_cls=None):
     default_setup(cfg, args)  # sets cudnn.benchmark from CUDNN_BENCHMARK, for training only
     if args.eval_only:
         # the library leaves process-wide settings alone; evaluation honours the key too
-        # (fixed-size inputs, e.g. the fast path's, gain from it; detectron2 skips it there)
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
-    # the project's own progress lines (plan stages, resume) on the console and in log.txt
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resnext_det",
                  abbrev_name="resnext")
     logging.getLogger("resnext_det").propagate = True  # also to handlers set up on the root logger
@@ -191,12 +179,11 @@ def check_files(cfg, args):
         stage = final_stage(build_plan(cfg)).cfg.clone()
         stage.defrost()
         stage.MODEL.WEIGHTS = "" if args.resume else cfg.MODEL.WEIGHTS
-        exported = is_exported_model(stage.MODEL.WEIGHTS)  # tools/export.py's file
+        exported = is_exported_model(stage.MODEL.WEIGHTS)
         if exported:
-            stage.MODEL.LOAD_PROPOSALS = False  # an exported detector makes its own proposals
+            stage.MODEL.LOAD_PROPOSALS = False
         verify_dataset_files(stage, train=False)
-        if exported:  # a truncated/foreign file, or one exported with other settings
-
+        if exported:
             try:
                 check_exported_model(stage, stage.MODEL.WEIGHTS)
             except DeployError as e:
@@ -209,10 +196,9 @@ def check_files(cfg, args):
 
 
 def print_demo_report(cfg, args, seconds):
-    """Pictures (detections, losses and each stage's quality) of a finished demo run; prints
-    each stage's figures and the paths. Returns ``(AP, picture paths, plot path)``."""
-    # lazy: the demo's drawing (detectron2's Visualizer, matplotlib) is slow to import, and
-    # only a finished --demo run draws
+    """Pictures of a finished demo run and each stage's figures printed; returns ``(AP, picture
+    paths, plot path)``."""
+    # lazy: slow to import, and only a finished --demo run draws
     from resnext_det.apps.demo import draw_detections, plot_metrics
 
     stages = build_plan(cfg)
@@ -279,8 +265,7 @@ def print_demo_report(cfg, args, seconds):
 
 
 def validate_plan_solvers(cfg, world_size):
-    """Every training stage's SOLVER values work on ``world_size`` workers
-    (:class:`TrainingConfigError` naming the stage otherwise)."""
+    """Every training stage's SOLVER values work on ``world_size`` workers (else naming the stage)."""
     for st in build_plan(cfg):
         if st.kind != "train":
             continue
@@ -293,8 +278,7 @@ def validate_plan_solvers(cfg, world_size):
 
 
 def _default_demo_name(argv):
-    """``--demo KEY VALUE ...`` means the default demo with overrides: argparse would take KEY
-    for the demo's name (``--demo`` takes an optional one), so the name is made explicit."""
+    """``--demo KEY VALUE ...``: the default demo with overrides (argparse would take KEY for its name)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, a in enumerate(argv):
         if a == "--demo" and i + 1 < len(argv) and argv[i + 1] not in DEMO_CONFIGS \
@@ -304,9 +288,8 @@ def _default_demo_name(argv):
 
 
 def cli(argv=None, trainer_cls=None):
-    """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged, or stopped
-    because another machine failed). ``trainer_cls``: what each worker trains with (default
-    ResNeXtTrainer; a subclass, e.g. one that records more)."""
+    """The command line: returns the exit status (0 ok, 2 bad input, 1 diverged or another machine
+    failed). ``trainer_cls``: what each worker trains with (default ResNeXtTrainer)."""
     return run_tool(PROG, functools.partial(_cli, trainer_cls=trainer_cls), argv)
 
 
@@ -356,8 +339,7 @@ def _run(args, trainer_cls=None):
 
 
 def prepare_inputs(cfg, args):
-    """Before this machine's workers start: the plan's inputs made (the synthetic set, the
-    PRETRAIN weights, with the pretraining's progress on the console) and every input checked."""
+    """Before this machine's workers start: the plan's inputs made and every input checked."""
     if cfg.RESNEXT_PLAN.PRETRAIN.ENABLED:
         setup_logger(name="resnext_det.engine.pretrain", abbrev_name="resnext.pretrain")
     prepare_datasets(cfg)
@@ -366,10 +348,8 @@ def prepare_inputs(cfg, args):
 
 def _set_cpu_worker_threads(cfg, args):
     if args.num_gpus > 1 and cfg.MODEL.DEVICE == "cpu":
-        # several CPU worker processes share the cores: their OpenMP threads must sleep, not
-        # spin (spinning threads of several processes slow each other down), and split the
-        # cores (spawned workers read the environment at start); one process keeps the
-        # user's OMP_WAIT_POLICY
+        # CPU worker processes share the cores: their OpenMP threads must sleep, not spin, and
+        # split the cores (spawned workers read the environment at start)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_gpus)))
 
@@ -389,8 +369,7 @@ def _environ(values):
 
 
 def _check_shared_output_dir(cfg, args, group):
-    """A plan of several stages (stage 2 reads the proposal shards every worker wrote in stage
-    1) and --resume (every worker reads last_checkpoint) need one OUTPUT_DIR for all machines."""
+    """A plan of several stages and --resume need one OUTPUT_DIR for all machines."""
     needs = len(build_plan(cfg)) > 1 or args.resume
     if needs and not group.sees_folder_of_machine_0(cfg.OUTPUT_DIR):
         why = ("--resume reads the last checkpoint on every worker" if args.resume else
@@ -401,10 +380,8 @@ def _check_shared_output_dir(cfg, args, group):
 
 
 def _cli_machines(cfg, args, trainer_cls, start):
-    """One machine of ``--num-machines``: join the group (bounded wait), prepare and check this
-    machine's inputs (the synthetic set, the PRETRAIN weights: made here, or found in a shared
-    folder), wait until every machine is ready, train; a failure anywhere stops every machine
-    with one line (:class:`~resnext_det.engine.machines.MachineGroup`)."""
+    """One machine of ``--num-machines``: join the group, prepare and check its inputs, wait until
+    every machine is ready, train; a failure anywhere stops every machine with one line."""
     group = MachineGroup(args.dist_url, args.num_machines, args.machine_rank,
                          args.machine_timeout).connect()
     me = group.who(args.machine_rank)

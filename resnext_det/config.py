@@ -1,10 +1,8 @@
 """The ``MODEL.RESNEXT`` config node: ResNeXt in the paper's own terms.
 
-A ResNeXt is fully described by its depth, its cardinality C (number of paths /
-groups) and its bottleneck width d (channels per path in res2; both the group
-width and the stage widths double at each downsampling). "32x4d" means C=32,
-d=4. Presets give those three numbers by name; an explicit value that
-contradicts the chosen preset is an error, never a silent override.
+A ResNeXt is its depth, cardinality C (paths / groups) and bottleneck width d (channels per
+path in res2, doubling at each downsampling): "32x4d" means C=32, d=4. Presets name the three
+numbers; an explicit value contradicting the preset is an error, never a silent override.
 """
 from __future__ import annotations
 
@@ -36,12 +34,11 @@ __all__ = [
 
 
 class UserInputError(Exception):
-    """An error in what the user gave (a config value, a flag, a file, the data); each layer's
-    own kind derives from it. A command line says its message as one line, exit status 2."""
+    """An error in what the user gave (config, flag, file, data); a command line says it in one
+    line, exit status 2."""
 
 
-# what a command line reports as the user's error (resnext_det.apps.tool.run_tool), and what
-# the trainer logs as one line instead of detectron2's traceback
+# what command lines and the trainer report as the user's error, in one line
 USER_ERRORS = (UserInputError, FileNotFoundError)
 
 
@@ -56,8 +53,7 @@ BLOCKS_PER_STAGE: Dict[int, Tuple[int, int, int, int]] = {
     152: (3, 8, 36, 3),
 }
 
-# name -> (depth, cardinality, bottleneck_width). "R-*" are the plain ResNets (C=1, d=64),
-# kept as presets so the same code builds the paper's baselines.
+# name -> (depth, cardinality, bottleneck_width); "R-*": the plain ResNet baselines (C=1, d=64)
 PRESETS: Dict[str, Tuple[int, int, int]] = {
     "X-50-32x4d": (50, 32, 4),
     "X-101-32x4d": (101, 32, 4),
@@ -74,8 +70,7 @@ PRESETS: Dict[str, Tuple[int, int, int]] = {
     "R-152": (152, 1, 64),
 }
 
-# When PRESET is empty, unset (0) DEPTH/CARDINALITY/BOTTLENECK_WIDTH take these
-# values: the ResNeXt-50 32x4d template of the paper.
+# unset (0) values without PRESET: the paper's ResNeXt-50 32x4d template
 _FALLBACK = {"DEPTH": 50, "CARDINALITY": 32, "BOTTLENECK_WIDTH": 4}
 
 FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
@@ -98,19 +93,8 @@ def default_device() -> str:
 
 
 def add_resnext_config(cfg: CN) -> CN:
-    """Add every config node this project's YAML files use (in place; also returned).
-
-    The one entry point: ``MODEL.RESNEXT`` (the backbone in the paper's terms) and
-    ``RESNEXT_PLAN`` (how a config is trained: joint or the paper's two-stage plan,
-    :mod:`resnext_det.config_plan`). ``MODEL.DEVICE`` is set to ``cuda`` when a CUDA device
-    is usable and to ``cpu`` otherwise (detectron2's default ``cuda`` fails on a machine
-    without a GPU); a YAML or command line may still set it. Call it on detectron2's
-    ``get_cfg()`` before ``merge_from_file``, like any detectron2 project, or use
-    :func:`get_cfg`, which does both.
-
-    Args:
-        cfg: a detectron2 ``CfgNode``.
-    """
+    """Add ``MODEL.RESNEXT`` and ``RESNEXT_PLAN`` to a detectron2 ``cfg`` (in place; also returned),
+    before ``merge_from_file``. ``MODEL.DEVICE`` defaults to ``cuda`` only when one is usable."""
     _C = cfg
     _C.MODEL.DEVICE = default_device()
     add_plan_config(_C)
@@ -122,50 +106,33 @@ def add_resnext_config(cfg: CN) -> CN:
     r.DEPTH = 0
     r.CARDINALITY = 0
     r.BOTTLENECK_WIDTH = 0  # d: channels per group in res2; doubles per stage
-    # FrozenBN for detection fine-tuning; "BN" for from-scratch / parameter-count checks.
     r.NORM = "FrozenBN"
-    # ResNeXt (FB Torch / torchvision / FAIR Caffe2) puts the stride on the 3x3 conv.
-    r.STRIDE_IN_1X1 = False
+    r.STRIDE_IN_1X1 = False  # ResNeXt (FB Torch / torchvision / Caffe2) strides the 3x3 conv
     r.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     r.RES5_DILATION = 1
     r.STEM_OUT_CHANNELS = 64
     r.RES2_OUT_CHANNELS = 256
     # Fig. 3 of the paper: "grouped" (c, default), "split" (a), "concat" (b).
     r.BLOCK_FORM = "grouped"
-    # Fast path / training switches (engine.fast). Inference: off by default (the stock path).
-    r.FAST = CN()
+    r.FAST = CN()  # engine.fast
     r.FAST.INFERENCE = False  # fold FrozenBN + channels_last (+ fused oneDNN blocks) at inference
     r.FAST.PRECISION = "fp32"  # "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA)
-    # Training layout switches: "auto" (default), "on"/"off" (True/False in Python). They never
-    # change the losses beyond float rounding (same parameters, same names); "auto" turns on
-    # what a short probe at start (else the CPU's features) shows faster than stock on this
-    # machine, and logs what it chose and why in one line (engine/fast/auto.py).
+    # training switches: "auto", "on"/"off"; losses unchanged beyond rounding (engine/fast/auto.py)
     r.FAST.CHANNELS_LAST_TRAIN = "auto"  # conv weights and activations NHWC
     r.FAST.FOLD_FROZEN_BN_TRAIN = "auto"  # each conv+FrozenBN run as one conv, folded on the fly
-    # Off by default: reduced precision changes the first-iteration loss beyond rounding.
-    # CPU only: on CUDA mixed precision is detectron2's SOLVER.AMP.ENABLED (AMPTrainer, CUDA-only)
+    # off by default: it changes the loss beyond rounding; CPU only (CUDA: SOLVER.AMP.ENABLED)
     r.FAST.AUTOCAST_TRAIN = ""  # "" (off) or "bf16"
-    # RoIAlign as a sparse matrix product when training on the CPU (engine/fast/roi_align.py):
-    # the same values as torchvision's up to float summation order, with a backward over whole
-    # channel rows instead of torchvision's one-thread scalar loop. "auto" (default): on for CPU
-    # training, off on CUDA; "on"/"off" as the layout switches.
-    r.FAST.MATRIX_ROI_ALIGN_TRAIN = "auto"
+    r.FAST.MATRIX_ROI_ALIGN_TRAIN = "auto"  # RoIAlign as a sparse matrix product (auto: on CPU)
     return cfg
 
 
 def get_cfg() -> CN:
-    """detectron2's default config with this project's nodes added: the same as
-    ``add_resnext_config(detectron2.config.get_cfg())``."""
+    """``add_resnext_config(detectron2.config.get_cfg())``."""
     return add_resnext_config(d2_get_cfg())
 
 
 def check_device(cfg: CN) -> None:
-    """``MODEL.DEVICE`` names a device this machine has.
-
-    Raises:
-        ResNeXtConfigError: naming the key and what would work (an explicit ``cuda``
-            on a machine without a usable CUDA device).
-    """
+    """``MODEL.DEVICE`` names a device this machine has."""
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ResNeXtConfigError(
@@ -198,10 +165,7 @@ class ResNeXtSpec:
     def stage_channels(self, stage_idx: int) -> Tuple[int, int]:
         """(bottleneck_channels, out_channels) for stage 2..5."""
         scale = 2 ** (stage_idx - 2)
-        return (
-            self.cardinality * self.bottleneck_width * scale,
-            self.res2_out_channels * scale,
-        )
+        return self.cardinality * self.bottleneck_width * scale, self.res2_out_channels * scale
 
     @property
     def name(self) -> str:
@@ -213,15 +177,8 @@ def _err(key: str, value, allowed: str) -> ResNeXtConfigError:
 
 
 def resolve_resnext_spec(cfg: CN, out_features: Optional[List[str]] = None) -> ResNeXtSpec:
-    """Validate ``cfg.MODEL.RESNEXT`` (+ ``MODEL.BACKBONE.FREEZE_AT``) into a :class:`ResNeXtSpec`.
-
-    Args:
-        cfg: a config that went through :func:`add_resnext_config`.
-        out_features: overrides ``MODEL.RESNEXT.OUT_FEATURES`` (the C4 head asks for res4 only).
-
-    Raises:
-        ResNeXtConfigError: naming the key, the value and what is allowed.
-    """
+    """Validate ``cfg.MODEL.RESNEXT`` (+ ``MODEL.BACKBONE.FREEZE_AT``) into a :class:`ResNeXtSpec`;
+    ``out_features`` overrides ``MODEL.RESNEXT.OUT_FEATURES``."""
     if "RESNEXT" not in cfg.MODEL:
         raise ResNeXtConfigError(
             "cfg.MODEL.RESNEXT is missing: call resnext_det.add_resnext_config(cfg) "
@@ -278,28 +235,14 @@ def resolve_resnext_spec(cfg: CN, out_features: Optional[List[str]] = None) -> R
             f"MODEL.BACKBONE.FREEZE_AT={freeze_at} is not valid; use 0 (train all) .. 5 "
             "(1 freezes the stem, k freezes the stem and res2..res{k})"
         )
-    return ResNeXtSpec(
-        depth=depth,
-        cardinality=card,
-        bottleneck_width=width,
-        norm=norm,
-        stride_in_1x1=bool(r.STRIDE_IN_1X1),
-        out_features=tuple(feats),
-        res5_dilation=dilation,
-        stem_out_channels=int(r.STEM_OUT_CHANNELS),
-        res2_out_channels=int(r.RES2_OUT_CHANNELS),
-        block_form=block_form,
-        freeze_at=freeze_at,
-        preset=preset,
-    )
+    return ResNeXtSpec(depth=depth, cardinality=card, bottleneck_width=width, norm=norm,
+                       stride_in_1x1=bool(r.STRIDE_IN_1X1), out_features=tuple(feats), res5_dilation=dilation,
+                       stem_out_channels=int(r.STEM_OUT_CHANNELS), res2_out_channels=int(r.RES2_OUT_CHANNELS),
+                       block_form=block_form, freeze_at=freeze_at, preset=preset)
 
 
 def get_config_file(name: str) -> str:
-    """Absolute path of a shipped YAML config (``configs/NAME``), from the repo or the installed package.
-
-    Args:
-        name: file name relative to ``configs/``, e.g. ``"faster_rcnn_X101_32x4d.yaml"``.
-    """
+    """Absolute path of a shipped YAML config ``configs/NAME``, from the repo or the installed package."""
     here = os.path.dirname(os.path.abspath(__file__))
     candidates = [
         os.path.join(here, "model_configs", name),  # installed package (see setup.py)
@@ -312,11 +255,7 @@ def get_config_file(name: str) -> str:
 
 
 def resolve_config_file(config_file: str) -> str:
-    """``config_file`` as a path: as given when it exists, else the shipped config of that name.
-
-    Raises:
-        FileNotFoundError: neither exists (both places named).
-    """
+    """``config_file`` as given when it exists, else the shipped config of that name."""
     if os.path.isfile(config_file):
         return config_file
     try:  # a shipped config's bare name
@@ -328,19 +267,8 @@ def resolve_config_file(config_file: str) -> str:
 
 
 def load_config(config_file: str, opts=(), add_nodes=None) -> CN:
-    """The full config of a YAML file and trailing ``KEY VALUE`` overrides (not frozen): the one
-    set-up every command line shares.
-
-    Args:
-        config_file: a path or a shipped config's name (:func:`resolve_config_file`).
-        opts: overrides, ``["SOLVER.BASE_LR", "0.01", ...]``.
-        add_nodes: called on the config before merging: adds the nodes of an application
-            (e.g. the demo's) that the core config does not have.
-
-    Raises:
-        FileNotFoundError: no such config.
-        ResNeXtConfigError: an unknown key or a bad value in the file or in ``opts`` (named).
-    """
+    """The full, unfrozen config of a YAML file (path or shipped name) and ``KEY VALUE`` ``opts``, the
+    set-up every command line shares; ``add_nodes(cfg)`` adds an application's nodes first."""
     path = resolve_config_file(config_file)
     cfg = get_cfg()
     if add_nodes is not None:

@@ -1,11 +1,8 @@
 """What CPU this is, in the terms every speed figure of the project is filed under.
 
-A speed figure belongs to the CPU kind it was measured on (kernels differ: AVX2-only CPUs have
-no native bf16, AVX-512 ones pick other oneDNN kernels, AMX tiles multiply bf16 and int8 several
-times faster than AVX-512 bf16 does), so records live in ``benchmarks/<kind>/`` and every rule
-that chooses by measurement (training layout ``auto``, the default deploy runtime) looks its own
-kind up (:mod:`resnext_det.measured_choices`). This module is the one place that names kinds;
-it sits on the ground floor (no torch import) so that every layer may use it.
+Kernels differ by kind (AVX2 has no native bf16, AMX multiplies bf16 and int8 several times
+faster than AVX-512), so records live in ``benchmarks/<kind>/`` and every measured choice looks
+its own kind up. The one place that names kinds; no torch import, so every layer may use it.
 """
 from __future__ import annotations
 
@@ -16,19 +13,12 @@ from typing import FrozenSet, Optional
 
 __all__ = ["CPU_KINDS", "CpuFeatures", "read_cpu_flags", "cpu_kind", "available_cores", "synchronize"]
 
-#: the kinds, most capable first: AVX-512 with AMX tiles (bf16 GEMM ceiling about 5x the AVX-512
-#: bf16 one, so its measured choices differ), AVX-512 with native bf16 instructions and no AMX,
-#: AVX-512 without bf16, AVX2 only, anything else (other vector ISAs, non-x86)
+#: the kinds, most capable first (AVX-512 with AMX, with native bf16, without; AVX2; anything else)
 CPU_KINDS = ("amx", "avx512_bf16", "avx512", "avx2", "other")
 
 
 def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
-    """This machine's CPU flags from ``/proc/cpuinfo`` (empty where there is none): the x86
-    ``flags`` line, or the ``Features`` line of an Arm one.
-
-    Args:
-        cpuinfo: the file to read (a test may point at a saved copy).
-    """
+    """The CPU flags of ``cpuinfo`` (x86 ``flags`` or Arm ``Features`` line; empty without one)."""
     try:
         with open(cpuinfo) as f:
             for line in f:
@@ -51,18 +41,13 @@ class CpuFeatures:
 
     @classmethod
     def from_flags(cls, flags) -> "CpuFeatures":
-        """From a set of ``/proc/cpuinfo`` flag names."""
         flags = set(flags)
         return cls(avx2="avx2" in flags, avx512f="avx512f" in flags, avx512_bf16="avx512_bf16" in flags,
                    avx512_vnni="avx512_vnni" in flags, amx=any(f.startswith("amx") for f in flags))
 
     @classmethod
     def detect(cls, cpuinfo: str = "/proc/cpuinfo") -> "CpuFeatures":
-        """This machine's features: ``/proc/cpuinfo``, else torch's dispatch capability.
-
-        Args:
-            cpuinfo: the file to read (a test may point at a saved copy).
-        """
+        """This machine's features: ``cpuinfo``, else torch's dispatch capability."""
         flags = read_cpu_flags(cpuinfo)
         if flags:
             return cls.from_flags(flags)
@@ -81,8 +66,7 @@ class CpuFeatures:
 
     @property
     def kind(self) -> str:
-        """One of :data:`CPU_KINDS`: "amx" where AMX tiles are present (with AVX-512), before
-        "avx512_bf16" (AVX-512 bf16 instructions without AMX)."""
+        """One of :data:`CPU_KINDS`."""
         if self.avx512f and self.amx:
             return "amx"
         if self.avx512f and self.native_bf16:
@@ -119,12 +103,7 @@ def cpu_kind(features: Optional[CpuFeatures] = None) -> str:
 
 
 def synchronize(device) -> None:
-    """Wait until ``device`` has finished its queued work (CUDA), so a timer reads the work
-    itself; on the CPU, where every call is synchronous, nothing to do.
-
-    Args:
-        device: a ``torch.device`` or a device name ("cpu", "cuda", "cuda:1").
-    """
+    """Wait until ``device`` (a ``torch.device`` or name) has finished its queued work (CUDA only)."""
     if str(getattr(device, "type", device)).split(":")[0] == "cuda":
         import torch  # only here: this module stays importable without torch
 
@@ -148,17 +127,9 @@ def _cgroup_cpu_limit(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> Optional[int]:
 
 def available_cores(cpus=None, sysfs: str = "/sys/devices/system/cpu",
                     cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """Physical cores this process may run on: its affinity set (``os.sched_getaffinity``),
-    hyper-threads of one core counted once, capped by a cgroup CPU quota.
-
-    Inference runtimes use it as their thread count: more threads than cores, or two threads
-    on one core's hyper-threads, make them wait on each other (slow and unstable runs).
-
-    Args:
-        cpus: the logical CPU ids to count (default: this process's affinity set).
-        sysfs: the CPU topology folder (a test may point at a fake one).
-        cpu_max: the cgroup v2 ``cpu.max`` file.
-    """
+    """Physical cores among ``cpus`` (default: this process's affinity set), hyper-threads of one
+    core counted once, capped by the cgroup CPU quota: the inference runtimes' thread count
+    (threads sharing a core wait on each other)."""
     if cpus is None:
         try:
             cpus = os.sched_getaffinity(0)

@@ -1,8 +1,5 @@
-"""Kill-safe file writes: a write goes to a temporary file that is renamed into place.
-
-A process killed at any moment (SIGKILL included) leaves either the old file or the
-complete new one, never a truncated one: ``os.replace`` is atomic on POSIX file systems.
-"""
+"""Kill-safe file writes: a temporary file renamed into place (``os.replace`` is atomic on POSIX),
+so a killed process leaves the old file or the complete new one."""
 from __future__ import annotations
 
 import contextlib
@@ -16,12 +13,8 @@ __all__ = ["atomic_open", "atomic_write_json", "AtomicPathManager", "make_atomic
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", **kwargs) -> Iterator[IO[Any]]:
-    """Like ``open(path, mode)`` for writing, but the file appears only when complete.
-
-    Args:
-        path: destination.
-        mode: a write mode ("w", "wb", "wt", ...). Append modes are refused.
-    """
+    """Like ``open(path, mode)`` for writing (append modes refused), but the file appears only when
+    complete."""
     if "a" in mode or "+" in mode or not ("w" in mode or "x" in mode):
         raise ValueError(f"atomic_open supports plain write modes, got {mode!r}")
     directory = os.path.dirname(os.path.abspath(path)) or "."
@@ -58,10 +51,7 @@ def atomic_write_json(path: str, obj: Any, **dump_kwargs) -> None:
 
 
 class AtomicPathManager:
-    """Wraps an iopath ``PathManager``: local writes through it become atomic.
-
-    Everything else (reads, ls, exists, remote handlers) is delegated unchanged.
-    """
+    """Wraps an iopath ``PathManager``: local writes become atomic, everything else is delegated."""
 
     def __init__(self, inner):
         self._inner = inner
@@ -77,11 +67,8 @@ class AtomicPathManager:
 
 
 def make_atomic(checkpointer):
-    """Make an fvcore/detectron2 ``Checkpointer``'s saves and its ``last_checkpoint`` tag atomic.
-
-    Both go through ``checkpointer.path_manager.open(..., "wb"/"w")``; this swaps that
-    path manager for an :class:`AtomicPathManager`. Returns the checkpointer.
-    """
+    """Make a ``Checkpointer``'s saves and its ``last_checkpoint`` tag atomic (both go through its
+    ``path_manager``, swapped for an :class:`AtomicPathManager`). Returns the checkpointer."""
     if not isinstance(checkpointer.path_manager, AtomicPathManager):
         checkpointer.path_manager = AtomicPathManager(checkpointer.path_manager)
     return checkpointer
@@ -89,10 +76,8 @@ def make_atomic(checkpointer):
 
 @contextlib.contextmanager
 def file_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) while the block runs: processes
-    that prepare the same files (several machines, or launchers, sharing a folder) take turns,
-    so one writes and the next finds the result. ``fcntl.flock``: local file systems and NFS
-    (Linux maps it to a POSIX lock there); the lock goes with the process if it dies."""
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing) while the block runs, so
+    processes preparing the same files take turns (works on NFS; released if the process dies)."""
     import fcntl  # POSIX only, as detectron2's training
 
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)

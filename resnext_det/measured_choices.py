@@ -1,15 +1,9 @@
 """The one loader of the tables of choices made by measurement, per CPU kind.
 
-Two tables ship in the package, both rendered from the records ``benchmarks/<kind>/*.json`` by
-``benchmarks/choices.py`` (never edited by hand): ``engine/fast/measured_layouts.json`` (the
-training layout ``auto`` picks) and ``deploy/measured_runtimes.json`` (the deploy runtime, its
-options and a low-precision hint). Both read ``{"about": ..., "kinds": {kind: entry}}``, each
-entry naming its record.
-
-A machine takes the entry of its own kind only (:func:`entry_for`): a choice measured on another
-kind never applies (AMX and AVX-512 bf16 machines, say, choose differently). A kind without an
-entry gets the caller's documented default, and the caller's log line says so with
-:func:`not_measured`. Ground floor: no torch import, so that every layer may use it.
+``engine/fast/measured_layouts.json`` and ``deploy/measured_runtimes.json`` are rendered by
+``benchmarks/choices.py`` from ``benchmarks/<kind>/*.json`` (never edited by hand), as
+``{"about": ..., "kinds": {kind: entry}}``. A machine takes its own kind's entry only; without
+one the caller's default applies, logged with :func:`not_measured`. No torch import.
 """
 from __future__ import annotations
 
@@ -29,17 +23,8 @@ class ChoiceTableError(ValueError):
 
 
 def load_choice_table(path: str) -> dict:
-    """A measured-choice table, checked: ``{"kinds": {kind: entry}}`` with every kind one of
-    :data:`resnext_det.hardware.CPU_KINDS` and every entry an object. A missing file (a checkout
-    whose tables were not rendered) reads as a table with no kind measured.
-
-    Args:
-        path: the JSON file. Read once per version of the file.
-
-    Raises:
-        ChoiceTableError: unreadable JSON, a kind that is not a CPU kind, an entry that is not
-            an object.
-    """
+    """A measured-choice table, checked (every kind a CPU kind, every entry an object) and read
+    once per version of the file; a missing file reads as no kind measured."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -65,16 +50,7 @@ def load_choice_table(path: str) -> dict:
 
 
 def entry_for(table: Mapping, kind: str) -> Optional[dict]:
-    """The table's entry for exactly ``kind``, None when that kind was not measured (never the
-    entry of another kind, however close).
-
-    Args:
-        table: a table as :func:`load_choice_table` returns.
-        kind: one of :data:`resnext_det.hardware.CPU_KINDS`.
-
-    Raises:
-        ValueError: ``kind`` is not a CPU kind.
-    """
+    """The table's entry for exactly ``kind`` (a CPU kind), None when it was not measured."""
     if kind not in CPU_KINDS:
         raise ValueError(f"{kind!r} is not a CPU kind; use one of {', '.join(CPU_KINDS)}")
     return (table.get("kinds") or {}).get(kind)
