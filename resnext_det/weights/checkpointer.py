@@ -17,18 +17,10 @@ from ..io import make_atomic
 from .names import TRUNK_KEY, checkpoint_source
 from .sources import read_checkpoint
 
-__all__ = [
-    "ResNeXtCheckpointer",
-    "InputFormatMismatchError",
-    "LoadReport",
-    "check_input_format",
-    "load_checkpoint",
-    "make_checkpointer",
-    "meta_from_cfg",
-]
+__all__ = ["ResNeXtCheckpointer", "InputFormatMismatchError", "LoadReport", "check_input_format",
+           "load_checkpoint", "make_checkpointer", "meta_from_cfg"]
 
 logger = logging.getLogger(__name__)
-
 
 
 class InputFormatMismatchError(WeightsError):
@@ -51,29 +43,19 @@ def _cfg_get(cfg, dotted: str):
 
 def meta_from_cfg(cfg, source: str = "detectron2") -> Dict[str, Any]:
     """The input convention a config feeds its model (what a checkpoint trained with it needs)."""
-    return {
-        "source": source,
-        "input_format": str(cfg.INPUT.FORMAT),
-        "pixel_mean": [float(x) for x in cfg.MODEL.PIXEL_MEAN],
-        "pixel_std": [float(x) for x in cfg.MODEL.PIXEL_STD],
-        "stride_in_1x1": bool(_cfg_get(cfg, _stride_key(cfg))),
-    }
+    return {"source": source, "input_format": str(cfg.INPUT.FORMAT),
+            "pixel_mean": [float(x) for x in cfg.MODEL.PIXEL_MEAN],
+            "pixel_std": [float(x) for x in cfg.MODEL.PIXEL_STD],
+            "stride_in_1x1": bool(_cfg_get(cfg, _stride_key(cfg)))}
 
 
 def check_input_format(cfg, meta: Optional[Dict[str, Any]], path: str = "the weights") -> bool:
-    """Compare ``INPUT.FORMAT``, ``MODEL.PIXEL_MEAN/STD`` and ``STRIDE_IN_1X1`` with ``meta``.
-
-    Returns:
-        True if checked and consistent, False if ``meta`` is None (not checkable; logged).
-
-    Raises:
-        InputFormatMismatchError: naming both sides and the config keys to set.
-    """
+    """Compare ``INPUT.FORMAT``, ``MODEL.PIXEL_MEAN/STD`` and ``STRIDE_IN_1X1`` with ``meta``: True if
+    consistent, False without ``meta`` (logged); InputFormatMismatchError names both sides and the fix."""
     if not meta or meta.get("input_format") is None:
-        logger.warning(
-            f"{path} carries no input-convention metadata (e.g. a detectron2 model-zoo file): "
-            "INPUT.FORMAT / MODEL.PIXEL_MEAN / MODEL.PIXEL_STD / STRIDE_IN_1X1 could not be checked"
-        )
+        logger.warning(f"{path} carries no input-convention metadata (e.g. a detectron2 model-zoo file): "
+                       "INPUT.FORMAT / MODEL.PIXEL_MEAN / MODEL.PIXEL_STD / STRIDE_IN_1X1 "
+                       "could not be checked")
         return False
     stride_key = _stride_key(cfg)
     have = meta_from_cfg(cfg)
@@ -136,12 +118,9 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` for every ImageNet weight source, loaded safely and checked.
 
     Args:
-        model: the model (e.g. from ``detectron2.modeling.build_model``) or a bare backbone.
-        save_dir: where :meth:`save` writes.
         cfg: if given, its input convention is checked against the weights' metadata on load
             (:class:`InputFormatMismatchError` on a mismatch) and written with every save.
         strict_backbone: raise :class:`WeightsError` when any trunk tensor is missing.
-        checkpointables: as for ``DetectionCheckpointer`` (optimizer, scheduler ...).
 
     After :meth:`load`, ``last_report`` holds the :class:`LoadReport`.
     """
@@ -149,8 +128,7 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir: str = "", *, cfg=None, strict_backbone: bool = False,
                  **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
-        # Saves and the last_checkpoint tag go to a temporary file renamed into place:
-        # a kill at any moment leaves the old or the new checkpoint, never a broken one.
+        # saves and the last_checkpoint tag are atomic: a kill leaves the old or the new checkpoint
         make_atomic(self)
         self.cfg = cfg
         self.strict_backbone = strict_backbone
@@ -203,24 +181,16 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         loaded = [k for k in trunk if k in offered and k not in bad]
         missing_trunk = [k for k in trunk if k not in offered or k in bad]
         self.last_report = LoadReport(
-            path=path,
-            source=checkpoint_source(meta, checkpoint.get("__author__")),
-            backbone_loaded=len(loaded),
-            backbone_total=len(trunk),
-            missing_backbone=missing_trunk,
-            missing=list(incompatible.missing_keys),
-            unexpected=unexpected,
-            wrong_shape=wrong_shape,
-            format_check=format_check,
-        )
+            path=path, source=checkpoint_source(meta, checkpoint.get("__author__")),
+            backbone_loaded=len(loaded), backbone_total=len(trunk), missing_backbone=missing_trunk,
+            missing=list(incompatible.missing_keys), unexpected=unexpected, wrong_shape=wrong_shape,
+            format_check=format_check)
         logger.info(self.last_report.summary())
         if self.strict_backbone and missing_trunk:
-            raise WeightsError(
-                f"{path}: {len(missing_trunk)} of {len(trunk)} backbone tensors were not loaded "
-                f"(missing or wrong shape), e.g. {missing_trunk[:5]}; strict_backbone=True. Check "
-                "that MODEL.RESNEXT (preset, C, d, widths) matches the weights "
-                "(tools/convert_weights.py --preset NAME tells what they are)."
-            )
+            raise WeightsError(f"{path}: {len(missing_trunk)} of {len(trunk)} backbone tensors were not "
+                               f"loaded (missing or wrong shape), e.g. {missing_trunk[:5]}; "
+                               "strict_backbone=True. Check that MODEL.RESNEXT (preset, C, d, widths) matches "
+                               "the weights (tools/convert_weights.py --preset NAME tells what they are).")
         return incompatible
 
     # -- writing ---------------------------------------------------------------------------
@@ -236,29 +206,14 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
 
 
 def make_checkpointer(model, cfg, save_dir=None, **checkpointables) -> "ResNeXtCheckpointer":
-    """The project's checkpointer for ``model``, saving under ``save_dir`` (default OUTPUT_DIR).
-
-    Args:
-        model: the model to load into / save.
-        cfg: its config (the input-format check reads INPUT.FORMAT, PIXEL_MEAN/STD).
-        save_dir: where checkpoints are written and ``last_checkpoint`` is looked for.
-        checkpointables: more objects to save and load (optimizer, scheduler, ...).
-    """
+    """The project's checkpointer for ``model`` and its ``cfg``, saving under ``save_dir`` (default
+    OUTPUT_DIR)."""
     save_dir = cfg.OUTPUT_DIR if save_dir is None else save_dir
     return ResNeXtCheckpointer(model, save_dir, cfg=cfg, **checkpointables)
 
 
 def load_checkpoint(model, cfg, path: str, *, resume: bool = False):
-    """Load ``path`` (or, with ``resume``, the last checkpoint in OUTPUT_DIR) into ``model``.
-
-    Args:
-        model: the model to load into.
-        cfg: its config (OUTPUT_DIR, the input-format check).
-        path: a weights file of any supported source ("" = none).
-        resume: prefer OUTPUT_DIR's last checkpoint when there is one.
-
-    Returns:
-        the checkpoint's extra entries (e.g. ``iteration``), as detectron2's ``resume_or_load``.
-    """
+    """Load ``path`` (any source; "" = none), or with ``resume`` OUTPUT_DIR's last checkpoint when there
+    is one, into ``model``; returns the checkpoint's extra entries, as detectron2's ``resume_or_load``."""
     return make_checkpointer(model, cfg).resume_or_load(path, resume=resume)
 

@@ -18,9 +18,8 @@ def checkpoint_source(meta, author) -> str:
     return (meta or {}).get("source") or str(author or "detectron2")
 
 
-# torchvision's (and timm's) ResNet names against detectron2's backbone names: one table,
-# read both ways (weights/sources.py converts torchvision files; engine/pretrain.py writes
-# one). {L} is torchvision's layer number, {R} = L + 1 detectron2's res stage.
+# torchvision's (and timm's) ResNet names against detectron2's, one table read both ways (sources.py
+# converts torchvision files; engine/pretrain.py writes one). {L}: torchvision's layer, {R} = L + 1.
 _TORCHVISION_NAMES = [
     ("conv1.weight", "stem.conv1.weight"),
     ("bn1.{p}", "stem.conv1.norm.{p}"),

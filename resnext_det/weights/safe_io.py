@@ -36,12 +36,10 @@ __all__ = ["WeightsError", "ForbiddenGlobalError", "RestrictedUnpickler", "sniff
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED = (
-    "torchvision/timm state dicts (.pth/.pt, plain or wrapped; timm .safetensors), "
-    "Caffe2/Detectron ImageNet .pkl (blob names like res2_0_branch2a_w), "
-    "detectron2 checkpoints (.pkl with __author__, .pth with 'model'), "
-    "Torch7 models (.t7, fb.resnet.torch / facebookresearch/ResNeXt layout)"
-)
+SUPPORTED = ("torchvision/timm state dicts (.pth/.pt, plain or wrapped; timm .safetensors), "
+             "Caffe2/Detectron ImageNet .pkl (blob names like res2_0_branch2a_w), "
+             "detectron2 checkpoints (.pkl with __author__, .pth with 'model'), "
+             "Torch7 models (.t7, fb.resnet.torch / facebookresearch/ResNeXt layout)")
 
 
 class WeightsError(UserInputError, ValueError):
@@ -49,18 +47,15 @@ class WeightsError(UserInputError, ValueError):
 
 
 class ForbiddenGlobalError(WeightsError):
-    """A pickle (a ``.pkl`` or a torch file) asked for a global outside the allow-list; it was
-    not called. The same message for every container format."""
+    """A pickle (``.pkl`` or torch file) asked for a global outside the allow-list; it was not called."""
 
     def __init__(self, path: str, module: str, name: str):
         self.path, self.module, self.name = path, module, name
-        super().__init__(
-            f"{path}: refused to load: the file asks for the global '{module}.{name}', which a "
-            "weights file never needs (only tensors, numpy arrays and dtypes, and builtin "
-            "containers and numbers are admitted); nothing from the file was executed. If you "
-            "created this file yourself, re-save the weights as a plain state dict of tensors "
-            "(torch.save(model.state_dict(), path)) or of numpy arrays (.pkl)."
-        )
+        super().__init__(f"{path}: refused to load: the file asks for the global '{module}.{name}', which a "
+                         "weights file never needs (only tensors, numpy arrays and dtypes, and builtin "
+                         "containers and numbers are admitted); nothing from the file was executed. If you "
+                         "created this file yourself, re-save the weights as a plain state dict of tensors "
+                         "(torch.save(model.state_dict(), path)) or of numpy arrays (.pkl).")
 
 
 def _np_core(sub: str):
@@ -72,20 +67,15 @@ def _np_core(sub: str):
 
 
 def _latin1_encode(obj, encoding="latin1", errors="strict"):
-    # Protocol-2 pickles of bytes (numpy array buffers) call _codecs.encode(str, 'latin1').
-    # Only that use is admitted; other codecs (zlib, bz2 ...) are refused.
+    # Protocol-2 pickles of bytes (numpy buffers) call _codecs.encode(str, 'latin1'): only that is admitted
     if encoding not in ("latin1", "latin-1", "iso-8859-1") or not isinstance(obj, str):
         raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
     return obj.encode("latin1", errors)
 
 
 def _allowed_globals():
-    allowed = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-    }
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode, ("collections", "OrderedDict"): collections.OrderedDict}
     for mod in ("numpy.core", "numpy._core"):
         allowed[(f"{mod}.multiarray", "_reconstruct")] = _np_core("multiarray")._reconstruct
         allowed[(f"{mod}.multiarray", "scalar")] = _np_core("multiarray").scalar
@@ -101,11 +91,8 @@ _ALLOWED = None
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only an allow-list of globals (numpy arrays/dtypes, builtins).
-
-    Every callable a pickle can invoke (REDUCE, NEWOBJ, INST, OBJ, BUILD via a class) must first
-    be looked up through :meth:`find_class`; refusing there means the payload never runs.
-    """
+    """An unpickler that resolves only an allow-list of globals (numpy arrays/dtypes, builtins). Every
+    callable a pickle can invoke is first looked up by :meth:`find_class`: refused there, it never runs."""
 
     def __init__(self, file, path: str = "<stream>"):
         super().__init__(file, encoding="latin1")
@@ -121,10 +108,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise ForbiddenGlobalError(self._path, module, name) from None
 
     def persistent_load(self, pid):
-        raise WeightsError(
-            f"{self._path}: refused to unpickle: the file uses persistent ids ({pid!r}), which "
-            "plain weight pickles never do (torch files must be read with torch.load)"
-        )
+        raise WeightsError(f"{self._path}: refused to unpickle: the file uses persistent ids ({pid!r}), "
+                           "which plain weight pickles never do (torch files must be read with torch.load)")
 
 
 # The first object of a legacy (non-zip) torch.save file: torch's magic number.
@@ -132,13 +117,8 @@ _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 def sniff_format(path: str) -> str:
-    """The container format of ``path`` from its first bytes.
-
-    Returns one of ``"torch-zip"``, ``"pickle"``, ``"safetensors"``, ``"torch7"``.
-
-    Raises:
-        WeightsError: missing, empty or unrecognised file.
-    """
+    """The container format of ``path`` from its first bytes: ``"torch-zip"``, ``"pickle"``,
+    ``"safetensors"`` or ``"torch7"`` (WeightsError: missing, empty or unrecognised file)."""
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: no such file")
     size = os.path.getsize(path)
@@ -160,10 +140,8 @@ def sniff_format(path: str) -> str:
             return "torch7"
     if path.endswith(".pkl") and head[:1] in (b"(", b"}", b"]", b"c"):  # protocol 0/1 pickles
         return "pickle"
-    raise WeightsError(
-        f"{path}: not a checkpoint this project can read (starts with {head[:8]!r}); "
-        f"expected one of: {SUPPORTED}"
-    )
+    raise WeightsError(f"{path}: not a checkpoint this project can read (starts with {head[:8]!r}); "
+                       f"expected one of: {SUPPORTED}")
 
 
 def _truncated(path: str, err: Exception, remedy: str = "download or convert it again") -> WeightsError:
@@ -171,8 +149,7 @@ def _truncated(path: str, err: Exception, remedy: str = "download or convert it 
 
 
 def _torch_safe_globals():
-    # The same allow-list as .pkl files (numpy arrays and dtypes inside a torch file load;
-    # anything else is refused by torch's weights-only unpickler, before it is called).
+    # the .pkl allow-list; anything else is refused by torch's weights-only unpickler before it is called
     allowed = [fn for (module, _), fn in _allowed_globals().items() if module != "_codecs"]
     allowed += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16,
                                              np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)]
@@ -190,23 +167,17 @@ def _torch_load(path: str):
         if refused:
             module, _, name = refused.group(1).rpartition(".")
             raise ForbiddenGlobalError(path, module, name) from None
-        raise WeightsError(
-            f"{path}: refused to load: the file holds objects a weights file never needs; nothing "
-            "from the file was executed. Re-save the weights as a plain state dict of tensors."
-        ) from None
+        raise WeightsError(f"{path}: refused to load: the file holds objects a weights file never needs; "
+                           "nothing from the file was executed. Re-save the weights as a plain state dict "
+                           "of tensors.") from None
     except Exception as e:  # RuntimeError, EOFError, zip/safetensors errors ...: a damaged file
         raise _truncated(path, e) from None
 
 
 def load_restricted_pickle(path: str, unpickler: type = RestrictedUnpickler,
                            remedy: str = "download or convert it again"):
-    """A pickle file read by ``unpickler`` (:class:`RestrictedUnpickler` or a subclass that
-    admits a few more globals), so nothing in the file runs.
-
-    Raises:
-        WeightsError: a refused global (:class:`ForbiddenGlobalError`), or a damaged file (the
-            message ends with ``remedy``).
-    """
+    """A pickle file read by ``unpickler`` (:class:`RestrictedUnpickler` or a subclass admitting a few
+    more globals). WeightsError: a refused global, or a damaged file (the message ends with ``remedy``)."""
     with open(path, "rb") as f:
         try:
             return unpickler(f, path).load()
@@ -217,19 +188,8 @@ def load_restricted_pickle(path: str, unpickler: type = RestrictedUnpickler,
 
 
 def safe_load(path: str) -> Any:
-    """Load a weights file without executing anything from it.
-
-    Args:
-        path: a local file (.pth/.pt/.pkl/.safetensors/.t7; the format is sniffed).
-
-    Returns:
-        the stored object: a dict for torch/pickle/safetensors files; a ``torchfile``
-        object for Torch7 files.
-
-    Raises:
-        WeightsError: empty, truncated, unrecognised or unsafe file (naming the file and,
-            for a refused pickle, the forbidden global).
-    """
+    """The object stored in a weights file (a dict, or a ``torchfile`` object for Torch7), loaded
+    without executing anything from it. WeightsError: empty, truncated, unrecognised or unsafe file."""
     fmt = sniff_format(path)
     if fmt == "torch-zip":
         return _torch_load(path)

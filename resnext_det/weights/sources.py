@@ -1,10 +1,8 @@
 """Every ImageNet weight source -> detectron2 parameter names + the input convention it implies.
 
-Converted state dicts use detectron2's *bottom-up* names without a model prefix
-(``stem.conv1.weight``, ``res2.0.conv1.norm.running_mean``, ``res2.0.shortcut.weight`` ...),
-as detectron2's own ``convert-torchvision-to-d2.py`` and Caffe2 loading do; detectron2's
-suffix matching (``align_and_update_state_dicts``) then places them under
-``backbone.bottom_up.`` (FPN), ``backbone.`` (C4 trunk) or ``roi_heads.res5.`` (C4 head).
+Converted state dicts use detectron2's *bottom-up* names without a model prefix (``stem.conv1.weight``,
+``res2.0.shortcut.weight`` ...), as detectron2's own converters do; its suffix matching
+(``align_and_update_state_dicts``) then places them under the FPN, C4 trunk or C4 head.
 
 Input conventions (``meta``), in detectron2's 0..255 pixel units:
 
@@ -67,7 +65,6 @@ INPUT_CONVENTIONS: Dict[str, Dict[str, Any]] = {
 }
 
 
-
 class ConvertedCheckpoint(dict):
     """``{"model": state dict in detectron2 names, "meta": ..., extras}`` as the checkpointer wants."""
 
@@ -79,9 +76,7 @@ def _to_tensor(v):
 
 
 def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    return tqdm(items, desc=desc, unit="tensor", leave=False)
+    return tqdm(items, desc=desc, unit="tensor", leave=False) if enabled else items
 
 
 # ----------------------------------------------------------------------------- torchvision / timm
@@ -102,12 +97,10 @@ def _convert_torchvision(sd: Dict[str, Any], path: str, progress: bool):
         else:
             out[name] = _to_tensor(sd[k])
     if unknown:
-        raise WeightsError(
-            f"{path}: {len(unknown)} tensors have names outside the torchvision/timm ResNet layout "
-            f"(e.g. {unknown[:5]}); only plain ResNet/ResNeXt bottleneck models (conv1, bn1, "
-            "layerN.i.convK/bnK, downsample.0/1, fc) convert. Deep-stem / SE / BasicBlock "
-            "variants are not ResNeXt backbones this project builds."
-        )
+        raise WeightsError(f"{path}: {len(unknown)} tensors have names outside the torchvision/timm "
+                           f"ResNet layout (e.g. {unknown[:5]}); only plain ResNet/ResNeXt bottleneck models "
+                           "(conv1, bn1, layerN.i.convK/bnK, downsample.0/1, fc) convert. Deep-stem / SE / "
+                           "BasicBlock variants are not ResNeXt backbones this project builds.")
     if any(k.endswith("conv3.weight") for k in out) is False:
         raise WeightsError(f"{path}: no bottleneck blocks found (BasicBlock ResNet-18/34 is not supported)")
     return out, dropped
@@ -117,32 +110,25 @@ def _convert_torchvision(sd: Dict[str, Any], path: str, progress: bool):
 def _convert_caffe2(blobs: Dict[str, Any], path: str, progress: bool):
     blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum") and isinstance(v, np.ndarray)}
     detection = any(k.startswith(("rpn_", "conv_rpn", "fpn_", "cls_score", "bbox_pred")) for k in blobs)
+    keys = sorted(blobs)
+    orig_of = dict(zip(convert_basic_c2_names(keys), keys))
     if detection:
         # A Detectron detection model: detectron2's full renaming (heads, FPN, RPN).
         renamed, _ = convert_c2_detectron_names({k: _to_tensor(v) for k, v in blobs.items()})
-        orig_of = {}
-        keys = sorted(blobs)
-        for new, old in zip(convert_basic_c2_names(keys), keys):
-            orig_of[new] = old
     else:
-        keys = sorted(blobs)
-        renamed = {}
-        orig_of = {}
-        for new, old in zip(convert_basic_c2_names(keys), _progress(keys, progress, "renaming")):
-            renamed[new] = _to_tensor(blobs[old])
-            orig_of[new] = old
+        renamed = {new: _to_tensor(blobs[old])
+                   for new, old in _progress(orig_of.items(), progress, "renaming")}
     dropped = [k for k in renamed if k.startswith(("linear.", "pred."))] if not detection else []
     out = {k: v for k, v in renamed.items() if k not in dropped}
     # Caffe2 ImageNet models fold BN into an AffineChannel (``*_bn_s``, ``*_bn_b``): give
-    # detectron2's BN the neutral statistics under which it computes that same affine.
+    # detectron2's BN the neutral statistics under which it computes that same affine
     for k in list(out):
         if k.endswith("norm.weight") and str(orig_of.get(k, "")).endswith("_bn_s"):
             prefix = k[: -len("weight")]
             if prefix + "running_mean" not in out:
                 n = out[k].shape[0]
                 out[prefix + "running_mean"] = torch.zeros(n)
-                # Caffe2 holds BN folded into an affine (scale, bias); running_var = 1 - eps
-                # makes x * scale / sqrt(var + eps) exactly x * scale
+                # running_var = 1 - eps makes x * scale / sqrt(var + eps) exactly x * scale
                 out[prefix + "running_var"] = torch.full((n,), 1.0 - D2_BN_EPS)
     return out, dropped, detection
 
@@ -188,11 +174,8 @@ def _classify(sd: Dict[str, Any]) -> str:
 
 
 def infer_architecture(sd: Dict[str, Any]) -> Dict[str, Any]:
-    """Depth, cardinality C, bottleneck width d and widths of a detectron2-named state dict.
-
-    Works on bare (``res2.0...``) and prefixed (``backbone.bottom_up.res2.0...``) names.
-    Returns ``{}`` when the trunk is not complete enough to tell.
-    """
+    """Depth, cardinality C, bottleneck width d and widths of a detectron2-named state dict (bare or
+    prefixed names); ``{}`` when the trunk is not complete enough to tell."""
     blocks = {s: 0 for s in range(2, 6)}
     conv = {}
     for k, v in sd.items():
@@ -218,12 +201,9 @@ def infer_architecture(sd: Dict[str, Any]) -> Dict[str, Any]:
     }
     depth = next((d for d, b in BLOCKS_PER_STAGE.items() if list(b) == arch["blocks_per_stage"]), None)
     arch["depth"] = depth
-    arch["preset"] = next(
-        (name for name, spec in PRESETS.items()
-         if spec == (depth, arch["cardinality"], width)
-         and arch["res2_out_channels"] == 256 and arch["stem_out_channels"] == 64),
-        "",
-    )
+    arch["preset"] = next((name for name, spec in PRESETS.items()
+                           if spec == (depth, arch["cardinality"], width)
+                           and arch["res2_out_channels"] == 256 and arch["stem_out_channels"] == 64), "")
     return arch
 
 
@@ -237,14 +217,11 @@ def _check_preset(arch: Dict[str, Any], preset: Optional[str], path: str) -> Non
     want = PRESETS[preset]
     have = (arch["depth"], arch["cardinality"], arch["bottleneck_width"])
     if have != want or arch["res2_out_channels"] != 256 or arch["stem_out_channels"] != 64:
-        got = arch["preset"] or (
-            f"depth {arch['depth']} (blocks {arch['blocks_per_stage']}), C={arch['cardinality']}, "
-            f"d={arch['bottleneck_width']}, res2 width {arch['res2_out_channels']}"
-        )
-        raise WeightsError(
-            f"{path}: the weights are {got}, not preset {preset!r} (depth {want[0]}, C={want[1]}, "
-            f"d={want[2]}); pass the matching --preset or none"
-        )
+        got = arch["preset"] or (f"depth {arch['depth']} (blocks {arch['blocks_per_stage']}), "
+                                 f"C={arch['cardinality']}, d={arch['bottleneck_width']}, "
+                                 f"res2 width {arch['res2_out_channels']}")
+        raise WeightsError(f"{path}: the weights are {got}, not preset {preset!r} (depth {want[0]}, "
+                           f"C={want[1]}, d={want[2]}); pass the matching --preset or none")
 
 
 def _meta(source: str, convention: Optional[str], path: str, arch: Dict[str, Any], **extra) -> Dict[str, Any]:
@@ -259,18 +236,9 @@ def _meta(source: str, convention: Optional[str], path: str, arch: Dict[str, Any
 
 
 def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool = False) -> ConvertedCheckpoint:
-    """Read any supported weights file into ``{"model": d2-named state dict, "meta": ..., ...}``.
-
-    Args:
-        path: local file path.
-        preset: if given, the weights must have this architecture (``WeightsError`` otherwise).
-        progress: show a progress bar / log lines (large files).
-
-    Returns:
-        a :class:`ConvertedCheckpoint`: ``model``, ``meta`` (``None`` for a detectron2
-        checkpoint without metadata), ``matching_heuristics`` and, for detectron2 training
-        checkpoints, the other entries (optimizer, iteration ...).
-    """
+    """Read any supported weights file into a :class:`ConvertedCheckpoint`: ``model`` (d2 names),
+    ``meta`` (None for a detectron2 checkpoint without it), ``matching_heuristics`` and a training
+    checkpoint's other entries. ``preset``: the weights must have this architecture (WeightsError)."""
     t0 = time.perf_counter()
     fmt = sniff_format(path)
     if progress:
@@ -293,10 +261,8 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
     if kind in ("torchvision", "detectron2"):
         bad = [k for k, v in sd.items() if not isinstance(v, (torch.Tensor, np.ndarray))]
         if bad:
-            raise WeightsError(
-                f"{path}: entries {bad[:5]} of the state dict are not tensors/arrays; "
-                f"expected one of: {SUPPORTED}"
-            )
+            raise WeightsError(f"{path}: entries {bad[:5]} of the state dict are not tensors/arrays; "
+                               f"expected one of: {SUPPORTED}")
     if kind == "torchvision":
         out, dropped = _convert_torchvision(sd, path, progress)
         source = "timm" if (fmt == "safetensors" or "arch" in extras or "state_dict_ema" in extras) else "torchvision"
@@ -325,41 +291,22 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
             meta = dict(meta)
         return ConvertedCheckpoint(model=model, meta=meta, matching_heuristics=heuristics,
                                    __author__=author or "detectron2", **extras)
-    raise WeightsError(
-        f"{path}: a {fmt} file whose tensor names match no known layout (e.g. {sorted(sd)[:5]}); "
-        f"expected one of: {SUPPORTED}"
-    )
+    raise WeightsError(f"{path}: a {fmt} file whose tensor names match no known layout "
+                       f"(e.g. {sorted(sd)[:5]}); expected one of: {SUPPORTED}")
 
 
 def convert_to_detectron2(path: str, preset: Optional[str] = None, *, progress: bool = False):
-    """Convert any supported weights file to detectron2 names.
-
-    Args:
-        path: torchvision/timm ``.pth``/``.safetensors``, Caffe2 ``.pkl``, detectron2
-            ``.pkl``/``.pth`` or Torch7 ``.t7`` file (format detected from content).
-        preset: optional preset name the weights must match (e.g. ``"X-101-32x8d"``).
-        progress: progress output while converting.
-
-    Returns:
-        ``(state_dict, meta)``: tensors in detectron2 names; ``meta`` with ``source``,
-        ``input_format`` ("RGB"/"BGR"), ``pixel_mean``, ``pixel_std``, ``stride_in_1x1``,
-        ``architecture`` (``None`` for a detectron2 checkpoint carrying no metadata).
-
-    Raises:
-        WeightsError: unreadable, unsafe or unrecognised file; preset mismatch.
-    """
+    """``(state_dict, meta)`` of :func:`read_checkpoint`: tensors in detectron2 names; ``meta`` with
+    ``source``, ``input_format``, ``pixel_mean``, ``pixel_std``, ``stride_in_1x1``, ``architecture``.
+    WeightsError: unreadable, unsafe or unrecognised file; preset mismatch."""
     ckpt = read_checkpoint(path, preset, progress=progress)
     return ckpt["model"], ckpt["meta"]
 
 
 def save_converted(state_dict: Dict[str, Any], meta: Optional[Dict[str, Any]], output: str, *,
                    matching_heuristics: bool = True, progress: bool = False) -> str:
-    """Write a detectron2 checkpoint: ``.pkl`` (numpy arrays) or ``.pth`` (tensors).
-
-    The file holds ``model``, ``__author__``, ``matching_heuristics`` and ``meta`` (the input
-    convention), so loading it with :class:`ResNeXtCheckpointer` re-checks the config, and
-    stock detectron2's ``DetectionCheckpointer`` still loads it.
-    """
+    """Write a detectron2 checkpoint, ``.pkl`` (numpy arrays) or ``.pth`` (tensors), with ``meta`` (the
+    input convention): :class:`ResNeXtCheckpointer` re-checks the config, detectron2's still loads it."""
     model = {}
     for k in _progress(sorted(state_dict), progress, "writing"):
         v = state_dict[k]
@@ -368,12 +315,8 @@ def save_converted(state_dict: Dict[str, Any], meta: Optional[Dict[str, Any]], o
         else:
             model[k] = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
     source = (meta or {}).get("source", "unknown")
-    data = {
-        "model": model,
-        "__author__": f"resnext_det (from {source})",
-        "matching_heuristics": bool(matching_heuristics),
-        "meta": meta,
-    }
+    data = {"model": model, "__author__": f"resnext_det (from {source})",
+            "matching_heuristics": bool(matching_heuristics), "meta": meta}
     with atomic_open(output, "wb") as f:  # a kill never leaves half a file at ``output``
         if output.endswith(".pkl"):
             pickle.dump(data, f, protocol=4)

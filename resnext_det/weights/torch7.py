@@ -30,7 +30,6 @@ from .safe_io import WeightsError
 __all__ = ["torch7_to_detectron2"]
 
 
-
 def _is_obj(m) -> bool:
     return isinstance(m, torchfile.TorchObject)
 
@@ -151,16 +150,8 @@ def _is_block(m) -> bool:
 
 
 def torch7_to_detectron2(model, path: str = "<t7>") -> Tuple[Dict[str, torch.Tensor], Optional[bool]]:
-    """Convert a ``torchfile``-loaded fb.resnet.torch / ResNeXt model to detectron2 names.
-
-    Args:
-        model: the object ``torchfile.load`` returned.
-        path: the file name, for error messages.
-
-    Returns:
-        (state dict with ``stem.conv1.*``, ``res2.0.conv1.*`` ... names,
-        stride_in_1x1 read from the strides stored in res3's first block).
-    """
+    """``(state dict in detectron2 names, stride_in_1x1 read from res3's first block)`` of a
+    ``torchfile``-loaded fb.resnet.torch / ResNeXt model (``path`` names it in errors)."""
     if not _is_obj(model):
         raise WeightsError(f"{path}: the Torch7 file holds a {type(model).__name__}, not an nn model")
     while _kind(model) in ("DataParallelTable", "DataParallel") and _children(model):
@@ -170,17 +161,14 @@ def torch7_to_detectron2(model, path: str = "<t7>") -> Tuple[Dict[str, torch.Ten
     stem_conv = next((c for c in top if _kind(c) == "SpatialConvolution"), None)
     stem_bn = next((c for c in top if _kind(c) == "SpatialBatchNormalization"), None)
     if stem_conv is None or stem_bn is None:
-        raise WeightsError(
-            f"{path}: no stem convolution + batch norm at the top level of the Torch7 model "
-            f"(found {[_name(c) for c in top]}); expected the fb.resnet.torch ImageNet layout"
-        )
+        raise WeightsError(f"{path}: no stem convolution + batch norm at the top level of the Torch7 model "
+                           f"(found {[_name(c) for c in top]}); expected the fb.resnet.torch ImageNet layout")
     _put_conv_bn(sd, "stem.conv1", _Conv(stem_conv, path), _BN(stem_bn, path))
     stages = [c for c in top if _kind(c) == "Sequential" and _children(c) and all(_is_block(b) for b in _children(c))]
     if len(stages) != 4:
-        raise WeightsError(
-            f"{path}: found {len(stages)} residual stages, expected 4 (res2..res5) as in the "
-            "ImageNet models resnext_50_32x4d.t7 / resnext_101_*.t7 (CIFAR models are not supported)"
-        )
+        raise WeightsError(f"{path}: found {len(stages)} residual stages, expected 4 (res2..res5) as in the "
+                           "ImageNet models resnext_50_32x4d.t7 / resnext_101_*.t7 (CIFAR models are not "
+                           "supported)")
     stride_in_1x1 = None
     for s, stage in enumerate(stages, start=2):
         for i, block in enumerate(_children(stage)):
@@ -198,9 +186,7 @@ def torch7_to_detectron2(model, path: str = "<t7>") -> Tuple[Dict[str, torch.Ten
                 continue
             sc_ops = _flatten(shortcut, where)
             if [type(o) for o in sc_ops] != [_Conv, _BN]:
-                raise WeightsError(
-                    f"{where}: shortcut {_name(shortcut)} is not conv1x1+BN (type B/C); the "
-                    "zero-padded type-A shortcut has no detectron2 equivalent"
-                )
+                raise WeightsError(f"{where}: shortcut {_name(shortcut)} is not conv1x1+BN (type B/C); the "
+                                   "zero-padded type-A shortcut has no detectron2 equivalent")
             _put_conv_bn(sd, f"res{s}.{i}.shortcut", sc_ops[0], sc_ops[1])
     return sd, stride_in_1x1
