@@ -48,12 +48,8 @@ from resnext_det.engine.machines import (DEFAULT_TIMEOUT, MachineError, MachineG
 from resnext_det.engine.plan import build_plan, final_stage, plan_summary, resolve_datasets
 from resnext_det.engine.plan_runner import PlanState, prepare_datasets, run_plan, stage_figures
 from resnext_det.engine.pretrain import pretrained_weights_path
-from resnext_det.engine.trainer import (
-    NonFiniteLossError,
-    ResNeXtTrainer,
-    load_checkpoint,
-    validate_for_workers,
-)
+from resnext_det.engine.trainer import (NonFiniteLossError, ResNeXtTrainer, load_checkpoint,
+                                        validate_for_workers)
 from resnext_det.weights import WeightsError
 
 logger = logging.getLogger("resnext_det.train_net")

@@ -19,18 +19,9 @@ from .config_plan import add_plan_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "PRESETS",
-    "ResNeXtSpec",
-    "add_resnext_config",
-    "get_cfg",
-    "default_device",
-    "resolve_resnext_spec",
-    "ResNeXtConfigError",
-    "UserInputError",
-    "USER_ERRORS",
-    "get_config_file",
-]
+__all__ = ["PRESETS", "ResNeXtSpec", "add_resnext_config", "get_cfg", "default_device",
+           "resolve_resnext_spec", "ResNeXtConfigError", "UserInputError", "USER_ERRORS",
+           "get_config_file"]
 
 
 class UserInputError(Exception):
@@ -48,26 +39,15 @@ class ResNeXtConfigError(UserInputError, ValueError):
 
 # depth -> number of blocks in res2..res5 (the ResNet paper's bottleneck layouts).
 BLOCKS_PER_STAGE: Dict[int, Tuple[int, int, int, int]] = {
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
+    50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 # name -> (depth, cardinality, bottleneck_width); "R-*": the plain ResNet baselines (C=1, d=64)
 PRESETS: Dict[str, Tuple[int, int, int]] = {
-    "X-50-32x4d": (50, 32, 4),
-    "X-101-32x4d": (101, 32, 4),
-    "X-101-32x8d": (101, 32, 8),
-    "X-101-64x4d": (101, 64, 4),
-    "X-152-32x4d": (152, 32, 4),
-    "X-152-32x8d": (152, 32, 8),
+    "X-50-32x4d": (50, 32, 4), "X-101-32x4d": (101, 32, 4), "X-101-32x8d": (101, 32, 8),
+    "X-101-64x4d": (101, 64, 4), "X-152-32x4d": (152, 32, 4), "X-152-32x8d": (152, 32, 8),
     # Table 2 of the paper: the equal-complexity ResNeXt-50 family.
-    "X-50-2x40d": (50, 2, 40),
-    "X-50-4x24d": (50, 4, 24),
-    "X-50-8x14d": (50, 8, 14),
-    "R-50": (50, 1, 64),
-    "R-101": (101, 1, 64),
-    "R-152": (152, 1, 64),
+    "X-50-2x40d": (50, 2, 40), "X-50-4x24d": (50, 4, 24), "X-50-8x14d": (50, 8, 14),
+    "R-50": (50, 1, 64), "R-101": (101, 1, 64), "R-152": (152, 1, 64),
 }
 
 # unset (0) values without PRESET: the paper's ResNeXt-50 32x4d template

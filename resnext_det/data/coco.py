@@ -18,16 +18,8 @@ from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from ..config import ResNeXtConfigError, UserInputError
 from ..config_plan import COCO_SPLITS
 
-__all__ = [
-    "COCO_SPLITS",
-    "MissingDatasetFiles",
-    "MissingFile",
-    "check_dataset_files",
-    "coco_split_names",
-    "datasets_root",
-    "register_coco_splits",
-    "verify_dataset_files",
-]
+__all__ = ["COCO_SPLITS", "MissingDatasetFiles", "MissingFile", "check_dataset_files",
+           "coco_split_names", "datasets_root", "register_coco_splits", "verify_dataset_files"]
 
 
 def datasets_root() -> str:

@@ -31,19 +31,9 @@ from detectron2.structures import BoxMode
 from ..io import atomic_open, atomic_write_json
 from .coco_json import DatasetError
 
-__all__ = [
-    "MANIFEST_FORMAT",
-    "ProposalFormatError",
-    "ShardWriter",
-    "write_manifest",
-    "write_proposal_shards",
-    "is_proposal_manifest",
-    "ProposalStore",
-    "ProposalMapper",
-    "export_detectron2_pickle",
-    "write_detectron2_proposals",
-    "stores_for",
-]
+__all__ = ["MANIFEST_FORMAT", "ProposalFormatError", "ShardWriter", "write_manifest",
+           "write_proposal_shards", "is_proposal_manifest", "ProposalStore", "ProposalMapper",
+           "export_detectron2_pickle", "write_detectron2_proposals", "stores_for"]
 
 MANIFEST_FORMAT = "resnext_det/proposal-shards/1"
 MANIFEST_NAME = "manifest.json"

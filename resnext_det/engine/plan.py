@@ -28,15 +28,8 @@ from ..data.coco import coco_split_names
 from ..data.synthetic import synthetic_dataset_names
 from .pretrain import pretrained_weights_path
 
-__all__ = [
-    "Stage",
-    "resolve_datasets",
-    "build_plan",
-    "exported_proposal_pickle",
-    "plan_summary",
-    "final_stage",
-    "STATE_FILE",
-]
+__all__ = ["Stage", "resolve_datasets", "build_plan", "exported_proposal_pickle", "plan_summary",
+           "final_stage", "STATE_FILE"]
 
 STATE_FILE = "plan_state.json"
 # plan step -> the paper's stage (Appendix B: 1 = RPN and its proposals, 2 = Fast R-CNN)

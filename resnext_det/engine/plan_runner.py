@@ -33,18 +33,9 @@ from .plan import STATE_FILE, Stage, build_plan, exported_proposal_pickle, resol
 from .pretrain import pretrain_classifier, pretrained_weights_path
 from .trainer import EVAL_RESULTS, ResNeXtTrainer, build_trainer, clear_training_errors, load_checkpoint
 
-__all__ = [
-    "PlanState",
-    "prepare_datasets",
-    "register_datasets",
-    "run_plan",
-    "compute_proposals",
-    "check_stage_proposals",
-    "ProposalRecall",
-    "write_gt_proposals",
-    "evaluate_with_gt_proposals",
-    "stage_figures",
-]
+__all__ = ["PlanState", "prepare_datasets", "register_datasets", "run_plan", "compute_proposals",
+           "check_stage_proposals", "ProposalRecall", "write_gt_proposals",
+           "evaluate_with_gt_proposals", "stage_figures"]
 
 logger = logging.getLogger(__name__)
 RECALL_IOUS = (0.5, 0.7)

@@ -31,15 +31,8 @@ from ..modeling.backbone import build_resnext
 from ..modeling.classifier import ResNeXtClassifier
 from ..weights.names import to_torchvision_name
 
-__all__ = [
-    "build_classifier",
-    "pretrain_classifier",
-    "pretrained_weights_path",
-    "to_torchvision_state_dict",
-    "shape_crops",
-    "TORCHVISION_MEAN",
-    "TORCHVISION_STD",
-]
+__all__ = ["build_classifier", "pretrain_classifier", "pretrained_weights_path",
+           "to_torchvision_state_dict", "shape_crops", "TORCHVISION_MEAN", "TORCHVISION_STD"]
 
 logger = logging.getLogger(__name__)
 # torchvision's ImageNet input convention, in 0..255 units (= Base-ResNeXt-*.yaml's PIXEL_MEAN/STD)

@@ -45,8 +45,7 @@ from .machines import is_lost_peer
 __all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
            "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams",
            "DataPosition", "PerProcessState", "build_trainer", "ResNeXtCpuWorkersTrainer", "runs_on_cpu_workers",
-           "clear_training_errors",
-           "proposal_stores"]
+           "clear_training_errors", "proposal_stores"]
 
 logger = logging.getLogger(__name__)
 # training progress lines go where detectron2's own go (console and log.txt via default_setup)

@@ -41,12 +41,8 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 #: candidate layouts: name -> (channels_last, fold_frozen_bn)
-CANDIDATES: Dict[str, Tuple[bool, bool]] = {
-    "stock": (False, False),
-    "channels_last": (True, False),
-    "fold": (False, True),
-    "channels_last+fold": (True, True),
-}
+CANDIDATES: Dict[str, Tuple[bool, bool]] = {"stock": (False, False), "channels_last": (True, False),
+                                            "fold": (False, True), "channels_last+fold": (True, True)}
 #: the shipped table the rule reads (rendered from records by ``benchmarks/choices.py``)
 MEASURED_LAYOUTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "measured_layouts.json")
 #: the chosen fold stays on unless the probe shows it slower than this fraction (the probe's noise)
