@@ -32,18 +32,11 @@ from .backbone import build_resnext_backbone, build_resnext_fpn_backbone
 __all__ = ["build_backbone_from_preset", "TorchvisionBackbone"]
 
 
-def build_backbone_from_preset(
-    preset: str = "X-50-32x4d",
-    *,
-    fpn: bool = False,
-    out_features: Optional[Sequence[str]] = None,
-    norm: str = "FrozenBN",
-    freeze_at: int = 0,
-    fpn_out_channels: int = 256,
-    in_channels: int = 3,
-    **resnext_options,
-) -> Backbone:
-    """Build a ResNeXt detectron2 ``Backbone`` (optionally with FPN) from a preset.
+def build_backbone_from_preset(preset: str = "X-50-32x4d", *, fpn: bool = False,
+                               out_features: Optional[Sequence[str]] = None, norm: str = "FrozenBN",
+                               freeze_at: int = 0, fpn_out_channels: int = 256, in_channels: int = 3,
+                               **resnext_options) -> Backbone:
+    """A ResNeXt detectron2 ``Backbone`` (optionally with FPN) from a preset.
 
     Args:
         preset: a name from ``resnext_det.PRESETS`` ("X-101-32x4d", ...), or "" to use
@@ -52,15 +45,9 @@ def build_backbone_from_preset(
         out_features: bottom-up outputs (default res2..res5 with FPN, else res5).
         norm: "FrozenBN" (detection fine-tuning), "BN", "GN", "SyncBN" ...
         freeze_at: 0 trains everything; 1 freezes the stem; k freezes stem + res2..res{k}.
-        fpn_out_channels: FPN channels.
-        in_channels: input image channels.
-        resnext_options: any other ``MODEL.RESNEXT`` key in lower case, e.g.
-            ``depth=50, cardinality=8, bottleneck_width=4, res2_out_channels=64,
-            stem_out_channels=32, block_form="split", stride_in_1x1=True``.
-            A value that contradicts the preset raises ``ResNeXtConfigError``.
-
-    Returns:
-        a detectron2 ``Backbone`` whose ``output_shape()`` describes its outputs.
+        resnext_options: any other ``MODEL.RESNEXT`` key in lower case, e.g. ``cardinality=8,
+            block_form="split", stride_in_1x1=True``; one contradicting the preset raises
+            ``ResNeXtConfigError``.
     """
     cfg = get_cfg()
     add_resnext_config(cfg)
@@ -72,10 +59,8 @@ def build_backbone_from_preset(
     r.OUT_FEATURES = list(out_features)
     for key, value in resnext_options.items():
         if key.upper() not in r or key.upper() == "FAST":
-            raise TypeError(
-                f"build_backbone_from_preset() got an unknown option {key!r}; "
-                f"known MODEL.RESNEXT options: {sorted(k.lower() for k in r if k != 'FAST')}"
-            )
+            raise TypeError(f"build_backbone_from_preset() got an unknown option {key!r}; "
+                            f"known MODEL.RESNEXT options: {sorted(k.lower() for k in r if k != 'FAST')}")
         r[key.upper()] = value
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     cfg.MODEL.FPN.IN_FEATURES = [f for f in out_features if f != "stem"]
@@ -89,12 +74,9 @@ def build_backbone_from_preset(
 class TorchvisionBackbone(nn.Module):
     """Adapter: a detectron2 ``Backbone`` as a torchvision detection backbone.
 
-    torchvision's ``FasterRCNN`` wants a module with an ``out_channels`` attribute whose
-    forward returns an ``OrderedDict`` of feature maps; all maps must share one channel
-    count (true for FPN outputs, or a single bottom-up output).
-
-    Args:
-        backbone: a detectron2 Backbone (e.g. from :func:`build_backbone_from_preset`).
+    torchvision's ``FasterRCNN`` wants a module with an ``out_channels`` attribute whose forward
+    returns an ``OrderedDict`` of feature maps; all maps must share one channel count (true for
+    FPN outputs, or a single bottom-up output).
     """
 
     def __init__(self, backbone: Backbone):
@@ -104,11 +86,9 @@ class TorchvisionBackbone(nn.Module):
         self.feature_names = list(shapes)
         channels = {shapes[n].channels for n in self.feature_names}
         if len(channels) != 1:
-            raise ValueError(
-                f"torchvision FasterRCNN needs one channel count for all feature maps, got "
-                f"{ {n: shapes[n].channels for n in self.feature_names} }; use fpn=True or a "
-                "single out feature"
-            )
+            raise ValueError(f"torchvision FasterRCNN needs one channel count for all feature maps, got "
+                             f"{ {n: shapes[n].channels for n in self.feature_names} }; use fpn=True or a "
+                             "single out feature")
         self.out_channels = channels.pop()
         self.strides = [shapes[n].stride for n in self.feature_names]
 

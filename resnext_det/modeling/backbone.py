@@ -1,9 +1,8 @@
 """ResNeXt backbones registered in detectron2's ``BACKBONE_REGISTRY``.
 
-The network is detectron2's own :class:`ResNet` container (stem + ``res2..res5``
-stages, freezing, output bookkeeping) filled with ResNeXt blocks built from the
-paper's terms. Module names are detectron2's (``stem.conv1``, ``res2.0.conv1.norm``,
-``res2.0.shortcut`` ...), so detectron2 and Caffe2 ImageNet checkpoints load unchanged.
+The network is detectron2's own :class:`ResNet` container (stem + ``res2..res5`` stages,
+freezing, output bookkeeping) filled with ResNeXt blocks built from the paper's terms. Module
+names are detectron2's, so detectron2 and Caffe2 ImageNet checkpoints load unchanged.
 """
 from __future__ import annotations
 
@@ -17,30 +16,16 @@ from detectron2.modeling.backbone.resnet import BasicStem
 from ..config import ResNeXtConfigError, ResNeXtSpec, resolve_resnext_spec
 from .blocks import BLOCK_CLASSES
 
-__all__ = [
-    "make_resnext_stage",
-    "build_resnext",
-    "build_resnext_backbone",
-    "build_resnext_fpn_backbone",
-]
+__all__ = ["make_resnext_stage", "build_resnext", "build_resnext_backbone", "build_resnext_fpn_backbone"]
 
 _STAGE_INDEX = {"stem": 1, "res2": 2, "res3": 3, "res4": 4, "res5": 5}
 
 
 def make_resnext_stage(spec: ResNeXtSpec, stage_idx: int, in_channels: int, *,
                        first_stride: Optional[int] = None, norm: Optional[str] = None):
-    """Build one stage (a list of blocks) of a ResNeXt: the single place stages are made.
-
-    Used by the backbone for res2..res5 and by the C4 RoI head for its res5.
-
-    Args:
-        spec: the resolved ResNeXt description.
-        stage_idx: 2..5.
-        in_channels: channels entering the stage.
-        first_stride: stride of the first block (default: 1 for res2, 2 otherwise,
-            1 for a dilated res5).
-        norm: overrides ``spec.norm``.
-    """
+    """Stage ``stage_idx`` (2..5, a list of blocks) of a ResNeXt: the single place stages are made, for
+    the backbone's res2..res5 and the C4 RoI head's res5. ``first_stride`` defaults to 1 for res2
+    and a dilated res5, else 2; ``norm`` overrides ``spec.norm``."""
     bottleneck, out_channels = spec.stage_channels(stage_idx)
     dilation = spec.res5_dilation if stage_idx == 5 else 1
     if first_stride is None:
@@ -61,10 +46,8 @@ def make_resnext_stage(spec: ResNeXtSpec, stage_idx: int, in_channels: int, *,
 
 
 def build_resnext(spec: ResNeXtSpec, in_channels: int = 3) -> ResNet:
-    """Build the bottom-up ResNeXt (a detectron2 ``ResNet``) from a spec.
-
-    Stages past the deepest requested output are not built (as detectron2 does).
-    """
+    """The bottom-up ResNeXt (a detectron2 ``ResNet``) of a spec; stages past the deepest output are
+    not built (as detectron2 does)."""
     stem = BasicStem(in_channels=in_channels, out_channels=spec.stem_out_channels, norm=spec.norm)
     deepest = max(_STAGE_INDEX[f] for f in spec.out_features)
     stages = []
@@ -78,11 +61,8 @@ def build_resnext(spec: ResNeXtSpec, in_channels: int = 3) -> ResNet:
 
 @BACKBONE_REGISTRY.register()
 def build_resnext_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
-    """Bottom-up ResNeXt from ``cfg.MODEL.RESNEXT`` (res2..res5 at strides 4/8/16/32).
-
-    The C4 form sets ``MODEL.RESNEXT.OUT_FEATURES: ["res4"]``; its res5 lives in
-    :class:`ResNeXtRes5ROIHeads`.
-    """
+    """Bottom-up ResNeXt from ``cfg.MODEL.RESNEXT`` (res2..res5 at strides 4/8/16/32). The C4 form
+    sets ``OUT_FEATURES: ["res4"]``; its res5 lives in :class:`ResNeXtRes5ROIHeads`."""
     spec = resolve_resnext_spec(cfg)
     return build_resnext(spec, in_channels=input_shape.channels)
 
@@ -96,15 +76,8 @@ def build_resnext_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         raise ResNeXtConfigError(
             f"MODEL.FPN.IN_FEATURES={list(cfg.MODEL.FPN.IN_FEATURES)} asks for {missing}, which "
             f"MODEL.RESNEXT.OUT_FEATURES={list(spec.out_features)} does not produce; add them to "
-            "OUT_FEATURES (usually ['res2', 'res3', 'res4', 'res5'])"
-        )
+            "OUT_FEATURES (usually ['res2', 'res3', 'res4', 'res5'])")
     bottom_up = build_resnext(spec, in_channels=input_shape.channels)
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
-
+    fpn = cfg.MODEL.FPN
+    return FPN(bottom_up=bottom_up, in_features=fpn.IN_FEATURES, out_channels=fpn.OUT_CHANNELS, norm=fpn.NORM,
+               top_block=LastLevelMaxPool(), fuse_type=fpn.FUSE_TYPE)

@@ -1,17 +1,16 @@
 """ResNeXt blocks in the three equivalent forms of the paper's Fig. 3.
 
-(c) ``grouped``: 1x1 (in -> C*d), 3x3 grouped conv with C groups, 1x1 (C*d -> out).
-    This is detectron2's own :class:`BottleneckBlock` with ``num_groups=C``; we use it
-    as-is so parameter names (``conv1``, ``conv1.norm``, ``shortcut`` ...) stay those of
-    detectron2 and Caffe2 checkpoints.
+(c) ``grouped``: 1x1 (in -> C*d), 3x3 grouped conv with C groups, 1x1 (C*d -> out). This is
+    detectron2's own :class:`BottleneckBlock` with ``num_groups=C``, used as-is so parameter
+    names stay those of detectron2 and Caffe2 checkpoints.
 (a) ``split``: C separate paths 1x1 (in -> d), 3x3 (d -> d), 1x1 (d -> out), summed;
     one BN after the aggregation (it is per channel, so it equals the BN after (c)'s conv3).
 (b) ``concat``: C paths of 1x1 + 3x3, outputs concatenated, one 1x1 (C*d -> out).
 
-BN is per channel, so a BN over the C*d grouped channels equals C BNs over d
-channels each; a 1x1 conv over concatenated paths equals the sum of per-path
-1x1 convs over each path's slice of input channels. Hence the three forms compute
-the same function given mapped weights (:func:`grouped_state_to_form`).
+BN is per channel, so a BN over the C*d grouped channels equals C BNs over d channels each; a
+1x1 conv over concatenated paths equals the sum of per-path 1x1 convs over each path's slice of
+input channels. Hence the three forms compute the same function given mapped weights
+(:func:`grouped_state_to_form`).
 """
 from __future__ import annotations
 
@@ -47,10 +46,8 @@ class _PathBlockBase(CNNBlockBase):
                  num_groups=1, norm="BN", stride_in_1x1=False, dilation=1):
         super().__init__(in_channels, out_channels, stride)
         if bottleneck_channels % num_groups:
-            raise ValueError(
-                f"bottleneck_channels={bottleneck_channels} is not divisible by the "
-                f"cardinality num_groups={num_groups}"
-            )
+            raise ValueError(f"bottleneck_channels={bottleneck_channels} is not divisible by the "
+                             f"cardinality num_groups={num_groups}")
         self.cardinality = num_groups
         self.group_width = bottleneck_channels // num_groups
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
@@ -117,16 +114,9 @@ def _norm_keys(prefix: str, state: Dict[str, torch.Tensor]):
 
 def grouped_state_to_form(state: Dict[str, torch.Tensor], form: str, cardinality: int
                           ) -> Dict[str, torch.Tensor]:
-    """Map a grouped-form (c) block ``state_dict`` to the equivalent form (a) or (b) one.
-
-    Args:
-        state: ``GroupedBlock.state_dict()`` (keys ``conv1.weight``, ``conv1.norm.*`` ...).
-        form: ``"split"``, ``"concat"`` or ``"grouped"`` (identity).
-        cardinality: C, the number of groups of ``conv2``.
-
-    Returns:
-        a state dict loadable into ``BLOCK_CLASSES[form]`` built with the same arguments.
-    """
+    """Map a ``GroupedBlock.state_dict()`` (form (c), C = ``cardinality`` groups) to the equivalent
+    one of ``form`` "split" (a), "concat" (b) or "grouped" (identity), loadable into
+    ``BLOCK_CLASSES[form]`` built with the same arguments."""
     if form == "grouped":
         return dict(state)
     if form not in ("split", "concat"):
@@ -158,4 +148,3 @@ def grouped_state_to_form(state: Dict[str, torch.Tensor], form: str, cardinality
         if k.startswith("shortcut."):
             out[k] = v.clone()
     return out
-

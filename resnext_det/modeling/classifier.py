@@ -10,12 +10,7 @@ __all__ = ["ResNeXtClassifier"]
 
 
 class ResNeXtClassifier(nn.Module):
-    """A classifier on any backbone that outputs ``res5`` (``backbone(x)["res5"]``).
-
-    Args:
-        backbone: a detectron2 Backbone whose ``output_shape()`` has ``res5``.
-        num_classes: outputs of ``fc``.
-    """
+    """A classifier on any detectron2 Backbone that outputs ``res5``."""
 
     def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()

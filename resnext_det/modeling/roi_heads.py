@@ -17,9 +17,8 @@ __all__ = ["ResNeXtRes5ROIHeads"]
 class ResNeXtRes5ROIHeads(Res5ROIHeads):
     """The ResNet paper's C4 head: RoI pooling on res4, then a ResNeXt res5 stage.
 
-    res5 is made by :func:`make_resnext_stage`, the same code that makes the
-    backbone's stages, so C, d, block form, norm and stride placement always agree
-    with the backbone. Parameter names (``roi_heads.res5.0.conv1`` ...) are detectron2's.
+    res5 is made by :func:`make_resnext_stage`, as the backbone's stages are, so C, d, block form,
+    norm and stride placement always agree with the backbone. Parameter names are detectron2's.
     """
 
     @classmethod
