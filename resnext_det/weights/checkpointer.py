@@ -189,8 +189,8 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         if self.strict_backbone and missing_trunk:
             raise WeightsError(f"{path}: {len(missing_trunk)} of {len(trunk)} backbone tensors were not "
                                f"loaded (missing or wrong shape), e.g. {missing_trunk[:5]}; "
-                               "strict_backbone=True. Check that MODEL.RESNEXT (preset, C, d, widths) matches "
-                               "the weights (tools/convert_weights.py --preset NAME tells what they are).")
+                               "strict_backbone=True. Check that MODEL.RESNEXT (preset, C, d, widths) "
+                               "matches the weights (tools/convert_weights.py --preset NAME tells what they are).")
         return incompatible
 
     # -- writing ---------------------------------------------------------------------------
