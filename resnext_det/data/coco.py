@@ -36,15 +36,10 @@ def coco_split_names(version: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     return COCO_SPLITS[version]
 
 
-def _builtin_coco_splits():
-    # detectron2's own table: name -> (image dir, json) relative to the root
-    return _PREDEFINED_SPLITS_COCO["coco"]
-
-
 def register_coco_splits(names: Iterable[str], root: Optional[str] = None) -> None:
     """Make the builtin COCO datasets among ``names`` point at ``root`` (default: the current root)."""
     root = root or datasets_root()
-    table = _builtin_coco_splits()
+    table = _PREDEFINED_SPLITS_COCO["coco"]  # detectron2's: name -> (image dir, json) under root
     for name in names:
         if name not in table:
             continue
@@ -100,10 +95,6 @@ def format_missing(missing: Sequence[MissingFile], root: Optional[str] = None) -
     return "\n".join(lines)
 
 
-def _is_local(path: str) -> bool:
-    return bool(path) and "://" not in path
-
-
 def check_dataset_files(cfg, *, train: bool = True, test: bool = True) -> List[MissingFile]:
     """Every file ``cfg`` needs for its ``train`` / ``test`` datasets (annotation JSONs, image
     folders, proposal files, local weights) that is not on disk; reads nothing."""
@@ -127,8 +118,9 @@ def check_dataset_files(cfg, *, train: bool = True, test: bool = True) -> List[M
         for f in files:
             if not os.path.isfile(f):
                 missing.append(MissingFile("DATASETS.PROPOSAL_FILES_*", "proposal file", f))
-    if _is_local(cfg.MODEL.WEIGHTS) and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        missing.append(MissingFile("MODEL.WEIGHTS", "weights", cfg.MODEL.WEIGHTS))
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        missing.append(MissingFile("MODEL.WEIGHTS", "weights", weights))
     return missing
 
 

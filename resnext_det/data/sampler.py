@@ -2,15 +2,7 @@
 augmentation, whether a run was interrupted or not.
 
 detectron2's ``TrainingSampler`` restarts its stream after a resume, and its augmentations draw
-from numpy's global stream, which a restart does not continue. Here:
-
-- :class:`ResumableTrainingSampler` checkpoints its seed, skips what finished iterations
-  consumed and yields *sample keys* ``position * size + index``;
-- :class:`PositionSeededDataset` maps a key with the random streams seeded from (seed,
-  position), so an image's augmentation depends on its place in the stream alone;
-- :class:`GroupedBatchSampler` groups keys by orientation as detectron2's
-  ``AspectRatioGroupedDataset`` does, but from the image sizes before mapping, so its state
-  is a few integers saved per process.
+from numpy's global stream, which a restart does not continue; the three classes here fix both.
 """
 from __future__ import annotations
 
@@ -28,12 +20,9 @@ __all__ = ["ResumableTrainingSampler", "PositionSeededDataset", "GroupedBatchSam
 
 class ResumableTrainingSampler(TrainingSampler):
     """``TrainingSampler`` + a start position and a checkpointed seed (None: a random one shared by
-    all workers).
-
-    The global stream is ``shuffle(range(size)) + shuffle(range(size)) + ...``; rank r takes
-    ``stream[start + r :: world_size]``, ``start`` being the images all ranks consumed before.
-    ``keyed``: yield ``position * size + index`` instead of the bare index.
-    """
+    all workers). Of the stream ``shuffle(range(size)) + shuffle(range(size)) + ...``, rank r
+    takes ``stream[start + r :: world_size]``, ``start`` being the images all ranks consumed
+    before; ``keyed`` yields *sample keys* ``position * size + index``."""
 
     def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None, keyed: bool = False):
         super().__init__(size, shuffle, seed)

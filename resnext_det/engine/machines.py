@@ -99,9 +99,6 @@ class MachineGroup:
     def _key(kind: str, r: int) -> str:
         return f"{_PREFIX}{kind}/{r}"
 
-    def _others(self):
-        return [r for r in range(self.n) if r != self.rank]
-
     # -- connecting ------------------------------------------------------------------------
     def _client(self, timeout: float):
         return dist.TCPStore(self.host, self.port, is_master=False,
@@ -210,7 +207,9 @@ class MachineGroup:
         """((line that stops the run, machines gone) or None, what this machine waits for)."""
         now = time.monotonic()
         waiting = []
-        for r in self._others():
+        for r in range(self.n):
+            if r == self.rank:
+                continue
             if store.check([self._key("failed", r)]):
                 reason = store.get(self._key("failed", r)).decode(errors="replace")
                 return (f"{self.who(r)} failed: {reason}", ()), waiting

@@ -89,10 +89,6 @@ def _apply_solver(cfg: CfgNode, node: CfgNode) -> None:
         cfg.merge_from_list(list(node.OPTS))
 
 
-def _proposal_file(proposals_dir: str, dataset: str) -> str:
-    return os.path.join(proposals_dir, dataset, "manifest.json")
-
-
 def exported_proposal_pickle(proposals_dir: str, dataset: str) -> str:
     """Where ``RESNEXT_PLAN.PROPOSALS.EXPORT_PKL`` puts detectron2's proposal pickle of ``dataset``."""
     return os.path.join(proposals_dir, f"{dataset}.pkl")
@@ -120,7 +116,7 @@ def build_plan(cfg: CfgNode) -> List[Stage]:
     props.MODEL.WEIGHTS = os.path.join(rpn.OUTPUT_DIR, "model_final.pth")
     props.MODEL.RPN.POST_NMS_TOPK_TEST = max(p.PROPOSALS.TOPK_TRAIN, p.PROPOSALS.TOPK_TEST)
     props.DATASETS.TEST = tuple(datasets)
-    outputs = OrderedDict((d, _proposal_file(props.OUTPUT_DIR, d)) for d in datasets)
+    outputs = OrderedDict((d, os.path.join(props.OUTPUT_DIR, d, "manifest.json")) for d in datasets)
 
     fast = base.clone()
     fast.MODEL.LOAD_PROPOSALS = True

@@ -375,18 +375,15 @@ def _train(stage: Stage, trainer_cls, resume: bool) -> Dict[str, Any]:
     if stage.evaluate and "bbox" in res:
         logger.info("Stage '%s' box AP on %s: %.1f (AP50 %.1f)", stage.name,
                     ", ".join(stage.cfg.DATASETS.TEST), res["bbox"]["AP"], res["bbox"]["AP50"])
-    if stage.oracle_eval:
-        oracle = _plain(evaluate_with_gt_proposals(stage.cfg, trainer.model, trainer_cls))
-        if "bbox" in oracle:
-            res["oracle"] = oracle
-            logger.info("Stage '%s' box AP with ground-truth boxes as proposals (oracle): %.1f",
-                        stage.name, oracle["bbox"]["AP"])
-    if stage.shuffled_eval:
-        shuffled = _plain(evaluate_with_shuffled_proposals(stage.cfg, trainer.model, trainer_cls))
-        if "bbox" in shuffled:
-            res["shuffled"] = shuffled
-            logger.info("Stage '%s' box AP with each image given another image's proposals (control): "
-                        "%.1f", stage.name, shuffled["bbox"]["AP"])
+    controls = (("oracle", stage.oracle_eval, evaluate_with_gt_proposals,
+                 "ground-truth boxes as proposals (oracle)"),
+                ("shuffled", stage.shuffled_eval, evaluate_with_shuffled_proposals,
+                 "each image given another image's proposals (control)"))
+    for key, wanted, evaluate, what in controls:
+        out = _plain(evaluate(stage.cfg, trainer.model, trainer_cls)) if wanted else {}
+        if "bbox" in out:
+            res[key] = out
+            logger.info("Stage '%s' box AP with %s: %.1f", stage.name, what, out["bbox"]["AP"])
     del trainer
     return res
 

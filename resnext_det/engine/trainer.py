@@ -146,11 +146,9 @@ class _QuietExpectedErrors(logging.Filter):
 class PerProcessState:
     """A checkpointable holding one state per training process, in the one checkpoint file.
 
-    Before each save every process calls :meth:`gather` (a collective) to hand its
-    ``local.state_dict()`` to process 0, which saves its own state at the top level plus
-    ``"processes"`` (all of them, by rank). On load each process takes its own entry; with
-    another number of processes (or no list) every process gets the top-level state, with
-    ``local.load_state_dict(state, exact=False)``.
+    Before each save every process calls :meth:`gather` (a collective); process 0 saves its own
+    ``local`` state at the top level plus ``"processes"`` (all, by rank). On load each process
+    takes its own entry, or, from another number of processes, the top-level one (``exact=False``).
     """
 
     def __init__(self, local):

@@ -1,17 +1,7 @@
 """Fast inference and training switches for detectron2 models with a ResNeXt backbone, built by
-composition: a prepared model is made of modules whose class says what they compute.
-
-- :mod:`.folding`: FrozenBN folded into the conv, once (inference: a ``Conv2d`` with bias) or
-  on the fly (training: :class:`FrozenBNFoldedConv2d`, same parameters).
-- :mod:`.layout`: channels_last, and :class:`AutocastTrunk` (a wrapper) for reduced precision.
-- :mod:`.fused`: :class:`FusedBottleneckBlock`, :class:`FusedStem`, :class:`FusedRPNHead`
-  (oneDNN fused conv+ReLU / conv+add+ReLU, CPU fp32 inference).
-- :mod:`.precision`: precision names, native bf16 detection, :func:`training_autocast`.
-- :mod:`.auto`: ``auto`` for the training layout switches (the shipped measured table, a probe guard).
-- :mod:`.prepare`: the entry points.
-
-The trainer applies the training switches (``MODEL.RESNEXT.FAST.*_TRAIN``) when it builds the
-model and :func:`prepare_for_inference` to a copy for evaluation (``FAST.INFERENCE``).
+composition: a prepared model is made of modules whose class says what they compute. Entry
+points in :mod:`.prepare`; the trainer applies ``MODEL.RESNEXT.FAST.*_TRAIN`` when it builds
+the model and :func:`prepare_for_inference` to a copy for evaluation (``FAST.INFERENCE``).
 """
 from .auto import AUTO, CpuFeatures, LayoutChoice, choose_training_layout, probe_training_layouts
 from .folding import FrozenBNFoldedConv2d, fold_frozen_bn, fold_frozen_bn_on_the_fly
