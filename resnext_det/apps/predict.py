@@ -126,20 +126,11 @@ def collect_inputs(inputs: Sequence[str]) -> List[WorkItem]:
 def plan_shards(items: Sequence[WorkItem], shard_images: int = SHARD_IMAGES) -> List[List[WorkItem]]:
     """Consecutive pictures in shards of ``shard_images``; each video a shard of its own."""
     shards: List[List[WorkItem]] = []
-    run: List[WorkItem] = []
     for item in items:
-        if item.kind == "video":
-            if run:
-                shards.append(run)
-                run = []
+        if item.kind == "image" and shards and shards[-1][0].kind == "image" and len(shards[-1]) < shard_images:
+            shards[-1].append(item)
+        else:
             shards.append([item])
-            continue
-        run.append(item)
-        if len(run) == shard_images:
-            shards.append(run)
-            run = []
-    if run:
-        shards.append(run)
     return shards
 
 

@@ -1,12 +1,10 @@
 """``tools/predict.py --ray``: the pictures spread over Ray actors, one exported model each.
 
-A Ray Dataset of the input files (``ray.data.from_items``) goes through ``map_batches`` with
-:class:`PredictActor`, a callable class: Ray keeps a pool of ``--ray-actors`` actors, each with
-``--ray-cpus-per-actor`` CPUs and a :class:`~resnext_det.deploy.DeployedPredictor` with that many
-threads; each actor reads, predicts and draws its pictures (``--output`` must be a folder every
-machine sees) and hands back one JSON row per picture. This process collects the rows into the
-same shards as a local run and writes each one when complete, so a killed run resumes the same
-way; Ray retries the batch of an actor that dies. Videos are decoded in order, in this process.
+A Ray Dataset of the input files goes through ``map_batches`` with :class:`PredictActor`: a pool
+of ``--ray-actors`` actors, each reading, predicting and drawing its pictures (``--output`` must be
+a folder every machine sees) and handing back one JSON row per picture. This process collects the
+rows into the same shards as a local run, so a killed run resumes the same way; Ray retries the
+batch of an actor that dies. Videos are decoded in order, in this process.
 
 Imported only with ``--ray`` (the optional ``ray`` extra: ``pip install -e .[ray]``).
 """

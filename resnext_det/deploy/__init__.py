@@ -11,11 +11,8 @@
 - :func:`build_predictors` (:mod:`.modes`): the named speed modes, for timing loops.
 - :class:`~.two_stage.TwoStageDetector`: the paper's two-stage plan as one graph.
 
-COCO evaluation of an exported file (``--eval-only``) and the export command line are
-applications on top of this package: :mod:`resnext_det.apps.evaluate`, :mod:`resnext_det.apps.export`.
-
-Needs the ``deploy`` extra (``pip install -e .[deploy]``: onnx, onnxruntime, openvino, nncf);
-the runtimes are imported only when used.
+COCO evaluation (``--eval-only``) and the command line are in :mod:`resnext_det.apps`. Needs the
+``deploy`` extra (``pip install -e .[deploy]``); the runtimes are imported only when used.
 """
 from .contract import Contract, DeployError, read_contract
 from .export import export_onnx

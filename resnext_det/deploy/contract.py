@@ -76,22 +76,16 @@ class Contract:
                  meta_architecture: str = "") -> "Contract":
         """The contract of the exported detector's config; ``meta_architecture``: the model's class when
         not the config's (a two-stage plan's ``TwoStageDetector``)."""
-        return cls(
-            input_format=cfg.INPUT.FORMAT,
-            pixel_mean=[float(v) for v in cfg.MODEL.PIXEL_MEAN],
-            pixel_std=[float(v) for v in cfg.MODEL.PIXEL_STD],
-            min_size_test=int(cfg.INPUT.MIN_SIZE_TEST),
-            max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
-            size_divisibility=int(size_divisibility),
-            num_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES),
-            class_names=[str(c) for c in class_names],
-            meta_architecture=f"{meta_architecture or cfg.MODEL.META_ARCHITECTURE} ({cfg.MODEL.ROI_HEADS.NAME})",
-            score_thresh_test=float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
-            nms_thresh_test=float(cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST),
-            detections_per_image=int(cfg.TEST.DETECTIONS_PER_IMAGE),
-            opset=opset,
-            config=cfg.dump(),
-        )
+        heads = cfg.MODEL.ROI_HEADS
+        return cls(input_format=cfg.INPUT.FORMAT, pixel_mean=[float(v) for v in cfg.MODEL.PIXEL_MEAN],
+                   pixel_std=[float(v) for v in cfg.MODEL.PIXEL_STD],
+                   min_size_test=int(cfg.INPUT.MIN_SIZE_TEST), max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
+                   size_divisibility=int(size_divisibility), num_classes=int(heads.NUM_CLASSES),
+                   class_names=[str(c) for c in class_names],
+                   meta_architecture=f"{meta_architecture or cfg.MODEL.META_ARCHITECTURE} ({heads.NAME})",
+                   score_thresh_test=float(heads.SCORE_THRESH_TEST),
+                   nms_thresh_test=float(heads.NMS_THRESH_TEST),
+                   detections_per_image=int(cfg.TEST.DETECTIONS_PER_IMAGE), opset=opset, config=cfg.dump())
 
     def metadata(self) -> Dict[str, str]:
         """metadata_props entries: the whole contract as JSON, plus each field for tools

@@ -6,19 +6,10 @@ detectron2's ``DefaultPredictor``.
     predictor = DeployedPredictor("out/model.onnx")   # the runtime measured fastest here, fp32
     instances = predictor(cv2.imread("input.jpg"))["instances"]   # HxWx3 uint8, BGR
 
-With no runtime named (or ``runtime="auto"``) the predictor takes the runtime measured
-fastest on this CPU kind (:mod:`.measured`) and logs which and why in one line. The NNCF int8
-export (``model_int8.xml``, OpenVINO IR) runs in OpenVINO.
-
-Images are taken as ``DefaultPredictor`` takes them: BGR (``cv2.imread``'s order) by default,
-flipped here when the model's INPUT.FORMAT is RGB, so one predictor can replace the other on
-the same images; ``input_format="RGB"`` for RGB arrays (PIL, ``read_image(..., "RGB")``).
-
-Pre-processing is the export's contract (read from the file): resize the shortest edge to
-INPUT.MIN_SIZE_TEST with the longest at most INPUT.MAX_SIZE_TEST (detectron2's
-``ResizeShortestEdge``, as ``DefaultPredictor`` and the test data loader do); normalisation
-and padding run inside the graph. Post-processing is detectron2's ``detector_postprocess``
-(boxes rescaled to the original image and clipped), the same step eager inference ends with.
+Images are taken as ``DefaultPredictor`` takes them (BGR by default), so one can replace the other
+on the same images. Pre-processing is the export's contract (:mod:`.contract`): detectron2's
+``ResizeShortestEdge`` here, normalisation and padding inside the graph; post-processing is
+detectron2's ``detector_postprocess``, the same step eager inference ends with.
 """
 from __future__ import annotations
 

@@ -114,10 +114,7 @@ def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "
             logging.getLogger().removeFilter(quiet)
         q = onnx.load(out)
     contract.precision = "int8"
-    del q.metadata_props[:]
-    for k, v in contract.metadata().items():
-        e = q.metadata_props.add()
-        e.key, e.value = k, v
+    onnx.helper.set_model_props(q, contract.metadata())
     onnx.checker.check_model(q)
     with atomic_open(output_path, "wb") as f:
         f.write(q.SerializeToString())
