@@ -73,25 +73,13 @@ from resnext_det.deploy.export import onnx_bytes, quiet_export, with_contract
 from resnext_det.deploy.modes import DEPLOY_MODES, build_predictors, raw_mode, runtime_modes, wrapped_mode
 from resnext_det.deploy.quantize import quantize_int8
 from resnext_det.deploy.runtimes import make_runtime
-from resnext_det.engine.fast import (
-    apply_training_switches,
-    choose_training_layout,
-    cpu_has_native_bf16,
-    prepare_for_inference,
-)
+from resnext_det.engine.fast import (apply_training_switches, choose_training_layout, cpu_has_native_bf16,
+                                     prepare_for_inference)
 from resnext_det.engine.fast.auto import CANDIDATES
 from resnext_det.hardware import synchronize
 from resnext_det.apps.stock import randomize_frozen_bn, seeded_global_rng, stock_equivalent_cfg, training_iteration
 
-from .protocol import (
-    RATIO_BASIS,
-    STOCK_A,
-    STOCK_B,
-    Protocol,
-    environment,
-    path_record,
-    run_rounds,
-)
+from .protocol import RATIO_BASIS, STOCK_A, STOCK_B, Protocol, environment, path_record, run_rounds
 
 logger = logging.getLogger("benchmark")
 
@@ -463,8 +451,7 @@ class Bench:
             "max_rel_err_vs_stock": None, "gflops": None, "ceiling_gflops": dict(self.ceiling),
             "note": "CPU without native bf16 (no AVX512-BF16/AMX): bf16 fast path not benchmarked; "
                     "fp32_s / seconds = how much slower one bf16 layer is (a probe, not a figure vs stock)",
-            "loadavg_at_start": res.loadavg_at_start, "loadavg_at_end": res.loadavg_at_end,
-        })
+            "loadavg_at_start": res.loadavg_at_start, "loadavg_at_end": res.loadavg_at_end})
 
 
 def _config_topk(config_name):
