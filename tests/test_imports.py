@@ -2,10 +2,13 @@
 optional, so tools/train_net.py, tools/export.py --help and tools/benchmark.py must import
 without it; and train_net.py does not import the demo's drawing libraries, which only a
 finished --demo run uses (the lazy imports that keep both true say why, with measured times)."""
+import json
 import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,42 +47,50 @@ def test_command_lines_import_and_fail_clearly_without_the_deploy_extra():
     assert out.strip().endswith("ok")
 
 
-def test_the_package_never_imports_the_checkouts_benchmarks_folder():
+# One fresh interpreter answers the three questions below (each a process start: 3 s of CPU):
+# what importing the package changes in the process-wide filters, what train_net's module pulls
+# in, and what every command line's module pulls in.
+_FACTS = """
+    import json, logging, sys, warnings
+    from resnext_det._warnings import KNOWN_THIRD_PARTY_LOG_WARNINGS, KNOWN_THIRD_PARTY_WARNINGS
+    ours = {m for _, _, m, _ in KNOWN_THIRD_PARTY_WARNINGS}
+    names = {""} | {n for n, _, _ in KNOWN_THIRD_PARTY_LOG_WARNINGS}
+
+    def filters():
+        return {"warning_filters": [f[1].pattern for f in warnings.filters if f[1] is not None and f[1].pattern in ours],
+                "logger_filters": [n for n in names if logging.getLogger(n).filters]}
+
+    import resnext_det.cli
+    lazy = ("onnx", "onnxruntime", "openvino", "resnext_det.apps.demo", "detectron2.utils.visualizer",
+            "matplotlib.figure")
+    facts = {"train_net_imports": sorted(m for m in lazy if m in sys.modules)}
+    import resnext_det, resnext_det.apps.export, resnext_det.apps.benchmark, resnext_det.apps.benchmark.suites
+    import resnext_det.apps.predict, resnext_det.apps.complexity
+    facts["after_import"] = filters()
+    facts["benchmarks"] = sorted(m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks."))
+    resnext_det.cli.filter_known_third_party_warnings()  # what cli()/main() do first
+    facts["after_cli_filters"] = filters()
+    print(json.dumps(facts))
+"""
+
+
+@pytest.fixture(scope="module")
+def facts():
+    return json.loads(_python(_FACTS).strip().splitlines()[-1])
+
+
+def test_the_package_never_imports_the_checkouts_benchmarks_folder(facts):
     """benchmarks/ (records, renderer, campaigns) is not installed: importing every command
     line of the package, the benchmark included, loads nothing from it."""
-    out = _python("""
-        import sys
-        import resnext_det.cli, resnext_det.apps.benchmark, resnext_det.apps.benchmark.suites
-        import resnext_det.apps.export, resnext_det.apps.predict, resnext_det.apps.complexity
-        print(sorted(m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")))
-    """)
-    assert out.strip() == "[]"
+    assert facts["benchmarks"] == []
 
 
-def test_train_net_does_not_import_runtimes_or_demo_drawing():
-    out = _python("""
-        import sys
-        import resnext_det.cli
-        lazy = ("onnx", "onnxruntime", "openvino", "resnext_det.apps.demo",
-                "detectron2.utils.visualizer", "matplotlib.figure")
-        print(sorted(m for m in lazy if m in sys.modules))
-    """)
-    assert out.strip() == "[]"
+def test_train_net_does_not_import_runtimes_or_demo_drawing(facts):
+    assert facts["train_net_imports"] == []
 
 
-def test_importing_the_package_changes_no_process_wide_filters():
+def test_importing_the_package_changes_no_process_wide_filters(facts):
     """Library import leaves the warning filters and the loggers' filters as they were; only
     the command lines install the known third-party filters, for their own process."""
-    out = _python("""
-        import logging, warnings
-        from resnext_det._warnings import KNOWN_THIRD_PARTY_LOG_WARNINGS, KNOWN_THIRD_PARTY_WARNINGS
-        import resnext_det, resnext_det.cli, resnext_det.apps.export, resnext_det.apps.benchmark
-        ours = {m for _, _, m, _ in KNOWN_THIRD_PARTY_WARNINGS}
-        assert not [f for f in warnings.filters if f[1] is not None and f[1].pattern in ours], warnings.filters
-        names = {""} | {n for n, _, _ in KNOWN_THIRD_PARTY_LOG_WARNINGS}
-        assert not any(logging.getLogger(n).filters for n in names)
-        resnext_det.cli.filter_known_third_party_warnings()  # what cli()/main() do first
-        assert [f for f in warnings.filters if f[1] is not None and f[1].pattern in ours]
-        print("ok")
-    """)
-    assert out.strip().endswith("ok")
+    assert facts["after_import"] == {"warning_filters": [], "logger_filters": []}
+    assert facts["after_cli_filters"]["warning_filters"]

@@ -1,8 +1,6 @@
 """Kill-safe writes: a killed writer leaves the old complete file, never a broken one."""
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -10,6 +8,8 @@ import pytest
 import torch
 
 from resnext_det.io import atomic_open, atomic_write_json, file_lock
+
+import zygote
 
 
 def test_failed_write_keeps_old_file(tmp_path):
@@ -51,15 +51,14 @@ def test_sigkill_during_checkpoint_save_leaves_a_loadable_checkpoint(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
     out_dir = tmp_path / "ckpt"
-    proc = subprocess.Popen([sys.executable, str(script), str(out_dir)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = zygote.start([str(script), str(out_dir)], stderr=None)
     try:
         # wait for a few saves, then kill at an arbitrary moment (likely mid-save: saves dominate)
         for _ in range(3):
             line = proc.stdout.readline()
             assert line, "writer died"
         time.sleep(0.013)
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -95,7 +94,7 @@ def test_file_lock_makes_processes_take_turns(tmp_path):
             print(time.time())
     """)
     with file_lock(str(lock)):  # held while the child starts and asks for it
-        p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+        p = zygote.start(["-c", child], stderr=None)
         t0 = time.monotonic()
         while not ready.exists():
             assert p.poll() is None and time.monotonic() - t0 < 60

@@ -1,12 +1,12 @@
 """apps.complexity / tools/complexity.py: figures against the paper and torchvision."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from resnext_det.apps.complexity import DEFAULT_MODELS, complexity_table, format_table
+
+import zygote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,8 +40,7 @@ def test_doc_table_is_the_tools_output_for_every_preset(tmp_path):
         doc = f.read()
     assert "```sh\npython tools/complexity.py\n```" in doc
     out = tmp_path / "c.json"
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "complexity.py"), "--json", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    res = zygote.run([os.path.join(ROOT, "tools", "complexity.py"), "--json", str(out)], timeout=300)
     assert res.returncode == 0, res.stderr
     assert "fc" in res.stdout
     printed = _data_rows(res.stdout)

@@ -2,8 +2,6 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +9,8 @@ import pytest
 from resnext_det.data import check_dataset_files, coco_split_names, make_synthetic_coco
 from resnext_det.data.coco import MissingDatasetFiles, verify_dataset_files
 from resnext_det.data.synthetic import CLASSES, register_synthetic_coco
+
+import zygote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -140,9 +140,8 @@ def test_check_lists_each_missing_file_under_detectron2_datasets(tmp_path, monke
 
 def test_train_net_missing_coco_gives_message_not_traceback(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "nowhere"))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config",
-                        "configs/faster_rcnn_X101_32x4d.yaml", "OUTPUT_DIR", str(tmp_path / "out")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = zygote.run([os.path.join(ROOT, "tools", "train_net.py"), "--config", "configs/faster_rcnn_X101_32x4d.yaml",
+                    "OUTPUT_DIR", str(tmp_path / "out")], cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     want = os.path.join(str(tmp_path / "nowhere"), "coco", "annotations", "instances_minival2014.json")

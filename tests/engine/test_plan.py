@@ -1,8 +1,6 @@
 """The training plan: --dry-run of the paper's schedule, world-size scaling, resume-at-stage."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -11,6 +9,8 @@ import resnext_det
 from resnext_det.engine import plan_runner
 from resnext_det.engine.plan import build_plan, plan_summary
 from resnext_det.engine.plan_runner import PlanState
+
+import zygote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,11 +24,9 @@ def _cfg(name, *opts):
 
 def test_dry_run_shows_the_papers_schedule(tmp_path):
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "tools/train_net.py", "--config",
-                        "configs/faster_rcnn_X101_32x4d.yaml", "--num-gpus", "8", "--dry-run",
-                        "OUTPUT_DIR", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "none")))
+    r = zygote.run(["tools/train_net.py", "--config", "configs/faster_rcnn_X101_32x4d.yaml", "--num-gpus", "8",
+                    "--dry-run", "OUTPUT_DIR", str(out)], cwd=ROOT, timeout=300,
+                   env=dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "none")))
     assert r.returncode == 0, r.stderr[-3000:]
     plan = yaml.safe_load(r.stdout)
     assert not out.exists()  # nothing written, no data touched

@@ -1,6 +1,6 @@
 """Issue 6: kill-safe training and resume, non-finite loss, resumable data position.
 
-End-to-end tests start ``tools/train_net.py`` in a subprocess on the tiny synthetic set
+End-to-end tests start ``tools/train_net.py`` in a process of its own (tests/zygote.py) on the tiny synthetic set
 (64-pixel images, C=4 d=4 ResNeXt, 2 images per batch), SIGKILL it, and run ``--resume``.
 The atomic-write mechanism itself is tested in tests/test_io.py; the stage bookkeeping of
 the two-stage plan without a kill in tests/engine/test_plan.py.
@@ -9,8 +9,6 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -18,6 +16,7 @@ import zlib
 import pytest
 import torch
 
+import zygote
 from conftest import TINY_OPTS
 
 # one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
@@ -39,14 +38,13 @@ RUN_OPTS = TINY_OPTS + [
 
 
 class Run:
-    """train_net.py in a subprocess; stdout collected line by line by a thread, which can
+    """train_net.py in a process of its own (tests/zygote.py); stdout collected line by line by a thread, which can
     SIGKILL the process the moment a line matches ``kill_on``."""
 
     def __init__(self, out, args, kill_on=None):
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-W", "ignore", TRAIN_NET] + args + ["OUTPUT_DIR", str(out)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = zygote.start([TRAIN_NET] + args + ["OUTPUT_DIR", str(out)], cwd=ROOT, env=env,
+                                 ignore_warnings=True)
         self.lines, self.killed_on = [], None
         self.kill_on = kill_on
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -65,7 +63,9 @@ class Run:
 
     def wait(self, timeout=300):
         rc = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=10)
+        # a killed run's data-loader worker may hold the output pipe open until it sees its
+        # parent gone (torch checks every 5 s); what the run wrote is read by then
+        self._reader.join(timeout=10 if rc >= 0 else 2)
         return rc
 
     @property

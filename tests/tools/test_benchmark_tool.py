@@ -4,12 +4,12 @@ every record carrying its spread, load average, CPU kind and flags and share of 
 covers every library's GEMM. A tiny network, a tiny image and a small GEMM keep it short."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+import zygote
 
 ROOT = Path(__file__).resolve().parents[2]
 # the demo's tiny ResNeXt (C=4, d=8) in place of X-50's widths: the same code paths, seconds
@@ -104,8 +104,9 @@ def test_benchmark_tool_is_the_modules_command_line(capsys, monkeypatch):
     from resnext_det.apps.benchmark import main
 
     monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to the terminal: the same width for both
-    help_text = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--help"],
-                               capture_output=True, text=True, check=True, env=dict(os.environ)).stdout
+    r = zygote.run([str(ROOT / "tools" / "benchmark.py"), "--help"], env=dict(os.environ))
+    assert r.returncode == 0, r.stderr[-3000:]
+    help_text = r.stdout
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0

@@ -13,20 +13,18 @@ machine for reference; every process has one OpenMP thread, so all runs do the s
 * a machine killed with SIGKILL (all its processes) makes the other stop within the bound.
 """
 import json
+import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import time
-
-import logging
 
 import pytest
 import torch
 
+import zygote
 from conftest import TINY_OPTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,9 +76,8 @@ class Machine:
         env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1",
                    **(env or {}))
         with open(self.stdout_path, "w") as o, open(self.stderr_path, "w") as e:
-            self.proc = subprocess.Popen([sys.executable, "-W", "ignore", str(script)] + argv
-                                         + ["OUTPUT_DIR", str(self.out)],
-                                         cwd=ROOT, env=env, stdout=o, stderr=e, start_new_session=True)
+            self.proc = zygote.start([str(script)] + argv + ["OUTPUT_DIR", str(self.out)], cwd=ROOT, env=env,
+                                     stdout=o, stderr=e, new_session=True, ignore_warnings=True)
 
     def wait(self, timeout=300):
         try:

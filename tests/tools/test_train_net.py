@@ -5,13 +5,12 @@ The real demos (AP >= 60) are not run here: see the README for their numbers.
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
+import zygote
 from conftest import TINY_OPTS
 from resnext_det.data.proposals import ProposalStore
 
@@ -23,8 +22,7 @@ def _run(args, timeout=400):
     # OMP_NUM_THREADS: conftest gives each test worker its share; passive waits keep a loaded
     # machine's threads from spinning (no effect on the arithmetic)
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_net.py")] + args,
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    r = zygote.run([os.path.join(ROOT, "tools", "train_net.py")] + args, cwd=ROOT, env=env, timeout=timeout)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     return r
 
@@ -212,12 +210,12 @@ def test_two_gloo_workers_train_with_identical_weights(tmp_path):
     script.write_text(_DDP_SCRIPT)
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    r = subprocess.run([sys.executable, str(script), "--num-gpus", "2", "--config",
+    r = zygote.run([str(script), "--num-gpus", "2", "--config",
                         "configs/demo_tiny_X_FPN_synthetic.yaml", "OUTPUT_DIR", str(out),
                         "MODEL.FPN.OUT_CHANNELS", "32", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)",
                         "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "4",
                         "TEST.EVAL_PERIOD", "0"] + TINY_OPTS,
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+                   cwd=ROOT, env=env, timeout=400)
     assert r.returncode == 0, r.stderr[-4000:]
     # both ranks ran; DDP averaged their gradients, so every parameter is identical
     # (BN running statistics are per rank: detectron2 uses broadcast_buffers=False)

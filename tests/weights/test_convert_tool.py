@@ -1,7 +1,5 @@
 """tools/convert_weights.py: INPUT OUTPUT [--preset NAME] -> a detectron2 checkpoint with metadata."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,8 @@ from resnext_det.weights import ResNeXtCheckpointer, read_checkpoint, safe_load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnext_det.apps import convert_weights  # noqa: E402  (tools/convert_weights.py's cli)
+
+import zygote
 
 # one pytest-xdist worker runs this module: its module-scoped fixtures are costly (tools/install.sh
 # passes --dist loadgroup)
@@ -29,8 +29,7 @@ def tiny_pth(tmp_path_factory):
 
 def test_cli_converts_with_progress_and_metadata(tiny_pth, tmp_path):
     out = tmp_path / "tiny_d2.pkl"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_weights.py"), tiny_pth, str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = zygote.run([os.path.join(ROOT, "tools", "convert_weights.py"), tiny_pth, str(out)], timeout=300)
     assert proc.returncode == 0, proc.stderr
     log = proc.stdout + proc.stderr
     assert "Reading" in log and "source: torchvision" in log and "INPUT.FORMAT RGB" in log and "wrote" in log
