@@ -157,8 +157,14 @@ def _zygote():
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
             path = os.path.join(tempfile.mkdtemp(prefix="resnext_det_zygote_"), "socket")
             env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+            from conftest import ALL_CPUS
+
+            # its commands may use every core (the worker itself is pinned: tests/conftest.py):
+            # their torch runs one thread each (OMP_NUM_THREADS), so a run of several processes
+            # takes a core the other worker leaves idle instead of queueing on this one's
             proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), path], env=env,
-                                    stdout=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, text=True,
+                                    preexec_fn=lambda: os.sched_setaffinity(0, ALL_CPUS) if ALL_CPUS else None)
             assert proc.stdout.readline().strip() == "ready", "the test zygote did not start"
             _server.update(pid=os.getpid(), proc=proc, path=path)
         return _server["path"]

@@ -42,6 +42,14 @@ def exported(tmp_path_factory):
     return export_onnx(_cfg(), str(out))["path"]
 
 
+@pytest.fixture(scope="module")
+def converted(exported):
+    """The export as an OpenVINO model (ov.convert_model: seconds), each test taking a clone."""
+    import openvino as ov
+
+    return ov.convert_model(exported)
+
+
 def _only_line(text):
     lines = [line for line in text.strip().splitlines() if line.strip()]
     assert len(lines) == 1, text
@@ -249,7 +257,7 @@ def test_static_shapes_equal_dynamic_and_the_cache_is_bounded(exported):
     assert st.compiles == 4
 
 
-def test_ir_files_bad_input(exported, tmp_path):
+def test_ir_files_bad_input(exported, converted, tmp_path):
     import openvino as ov
 
     from resnext_det.deploy import read_contract
@@ -258,7 +266,7 @@ def test_ir_files_bad_input(exported, tmp_path):
     with pytest.raises(DeployError, match=r"model\.pt: not an exported model file.*model_int8\.xml"):
         model_format(str(tmp_path / "model.pt"))
     foreign = str(tmp_path / "foreign.xml")
-    ov.save_model(ov.convert_model(exported), foreign)  # no contract in rt_info
+    ov.save_model(converted.clone(), foreign)  # no contract in rt_info
     with pytest.raises(DeployError, match=r"foreign\.xml: an OpenVINO IR without resnext_det's"):
         read_contract(foreign)
     lonely = tmp_path / "lonely.xml"
@@ -267,20 +275,18 @@ def test_ir_files_bad_input(exported, tmp_path):
         read_contract(str(lonely))
 
 
-def test_int8_ir_refuses_onnxruntime(exported, tmp_path):
+def test_int8_ir_refuses_onnxruntime(exported, converted, tmp_path):
     """An OpenVINO IR as --int8 writes it (model_int8.xml + .bin, the contract with precision
     int8) is refused by ONNX Runtime and run in OpenVINO by default. The refusal goes by the
     file's format, so the IR is the export converted as it is, without NNCF's quantization
     (seconds of work; test_deploy_parity checks NNCF's int8 IR from tools/export.py --int8)."""
-    import openvino as ov
-
     from resnext_det.deploy import read_contract
     from resnext_det.deploy.contract import save_openvino_ir
     from resnext_det.deploy.quantize import quantize_int8_nncf
 
     contract = read_contract(exported)
     contract.precision = "int8"
-    xml = save_openvino_ir(ov.convert_model(exported), contract, str(tmp_path / "model_int8.xml"))
+    xml = save_openvino_ir(converted.clone(), contract, str(tmp_path / "model_int8.xml"))
     with pytest.raises(DeployError, match=r"runs in OpenVINO only"):
         DeployedPredictor(xml, runtime="onnxruntime")
     p = DeployedPredictor(xml)
