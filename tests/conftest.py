@@ -9,12 +9,13 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
 # ... and is pinned to it (inherited by the processes it starts): ONNX Runtime's and OpenVINO's
 # thread pools (the export checks, NNCF, ORT's calibration) size themselves from the cores a
-# process may use, and threads of two workers spinning on the same cores wasted a tenth of the
-# suite's CPU time (2-core AMD EPYC, avx512_bf16: 734 s CPU, 414 s wall unpinned; 657 s, 377 s
-# pinned). ALL_CPUS: what a test gives back to a command that needs the whole machine.
+# process may use, and two workers' pools spinning on the same cores wasted CPU time
+# (docs/TESTING.md). ALL_CPUS: what a test gives back to a command that needs the whole
+# machine. RESNEXT_DET_TEST_PIN=0 leaves the workers unpinned.
 ALL_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-if _WORKER.startswith("gw") and 1 < _WORKERS <= len(ALL_CPUS):
+_PIN = os.environ.get("RESNEXT_DET_TEST_PIN") != "0"
+if _PIN and _WORKER.startswith("gw") and 1 < _WORKERS <= len(ALL_CPUS):
     os.sched_setaffinity(0, ALL_CPUS[int(_WORKER[2:]) % _WORKERS::_WORKERS])
 # passed data checks are remembered per machine (resnext_det.data.coco_json.check_cache_dir):
 # the suite keeps its records to itself, not in the user's ~/.cache

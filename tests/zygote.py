@@ -1,7 +1,8 @@
 """Python commands for the end-to-end tests, started without paying the imports each time.
 
-Importing torch, torchvision and detectron2 costs about 3.3 s of CPU per process here, and the
-end-to-end tests start tools/train_net.py, tools/predict.py and their like some forty times.
+Importing torch, torchvision and detectron2 costs seconds of CPU per process (benchmarks/<kind>/
+suite-profile.json), and the end-to-end tests start tools/train_net.py, tools/predict.py and their
+like dozens of times.
 :func:`start` runs such a command (a script path or ``-c`` code, with its argv, cwd and
 environment) in a process forked from a *zygote*: a clean interpreter, one per pytest worker,
 that has imported those libraries and nothing else (no dataset registered, no logger set up,
@@ -157,14 +158,8 @@ def _zygote():
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
             path = os.path.join(tempfile.mkdtemp(prefix="resnext_det_zygote_"), "socket")
             env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-            from conftest import ALL_CPUS
-
-            # its commands may use every core (the worker itself is pinned: tests/conftest.py):
-            # their torch runs one thread each (OMP_NUM_THREADS), so a run of several processes
-            # takes a core the other worker leaves idle instead of queueing on this one's
             proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), path], env=env,
-                                    stdout=subprocess.PIPE, text=True,
-                                    preexec_fn=lambda: os.sched_setaffinity(0, ALL_CPUS) if ALL_CPUS else None)
+                                    stdout=subprocess.PIPE, text=True)
             assert proc.stdout.readline().strip() == "ready", "the test zygote did not start"
             _server.update(pid=os.getpid(), proc=proc, path=path)
         return _server["path"]

@@ -58,6 +58,19 @@ _RECORDING = textwrap.dedent("""
     if __name__ == "__main__":
         sys.exit(cli(sys.argv[1:], trainer_cls=RecordingTrainer))
 """)
+# the same trainer on one machine, launched the way a user's own script does: detectron2's
+# launch() around train_net's main (a user's trainer on several CPU processes derives from the
+# CPU-workers trainer)
+_USER_LAUNCH = _RECORDING.split("if __name__")[0] + textwrap.dedent("""
+    if __name__ == "__main__":
+        from detectron2.engine import launch
+        from resnext_det.cli import get_parser, main, setup_cfg
+        from resnext_det.engine.plan_runner import prepare_datasets
+
+        args = get_parser().parse_args(sys.argv[1:])
+        prepare_datasets(setup_cfg(args))
+        launch(main, args.num_gpus, dist_url="auto", args=(args, RecordingTrainer))
+""")
 
 
 def _free_port():
@@ -158,8 +171,9 @@ def _files(folder):
 @pytest.mark.slow
 @pytest.mark.parametrize("data", ["demo", "coco_2014"])
 def test_two_machines_train_like_two_processes_on_one(tmp_path, data):
-    """coco_2014: both machines' workers and the one-machine run's (``--num-gpus 2``) end with
-    the same weights, bit for bit. demo: each machine makes the synthetic set itself, the same
+    """coco_2014: both machines' workers and those of a one-machine run with two processes
+    (launched as a user's own script does: detectron2's launch() around train_net's main and a
+    trainer derived from the CPU-workers trainer) end with the same weights, bit for bit. demo: each machine makes the synthetic set itself, the same
     set byte for byte (so its workers train as in the coco case), and the two machines'
     parameters agree; no one-machine run (three more processes) is needed for that."""
     script = tmp_path / "train_recording.py"
@@ -174,9 +188,10 @@ def test_two_machines_train_like_two_processes_on_one(tmp_path, data):
                    "DATASETS.TEST", "('coco_2014_minival',)", "MODEL.ROI_HEADS.NUM_CLASSES", "80"])
     m0, m1 = _machines(tmp_path, argv, f"tcp://127.0.0.1:{_free_port()}", env=env, script=script)
     runs = [m0, m1]
-    if data == "coco_2014":  # the reference: the same config and opts on one machine
-        one = Machine(tmp_path, "one", ["--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_free_port()}"]
-                      + argv, env=env, script=script)
+    if data == "coco_2014":  # the reference: the same config and opts on one machine, two processes
+        user_script = tmp_path / "user_launch.py"
+        user_script.write_text(_USER_LAUNCH)
+        one = Machine(tmp_path, "one", ["--num-gpus", "2"] + argv, env=env, script=user_script)
         runs.append(one)
     for run in runs:
         assert run.wait() == 0, run.text[-4000:]
@@ -200,9 +215,14 @@ def test_two_machines_train_like_two_processes_on_one(tmp_path, data):
         return
     # ... and every worker's weights, BN statistics included, are those of the same worker
     # rank in the one-machine run, bit for bit
-    _assert_equal(w0, _weights(one.out / "rank0.pth"), "rank 0: two machines vs one")
-    _assert_equal(w1, _weights(one.out / "rank1.pth"), "rank 1: two machines vs one")
+    one0, one1 = _weights(one.out / "rank0.pth"), _weights(one.out / "rank1.pth")
+    _assert_equal(w0, one0, "rank 0: two machines vs one")
+    _assert_equal(w1, one1, "rank 1: two machines vs one")
     _assert_equal(final, _weights(one.out / "model_final.pth")["model"], "model_final.pth")
+    # on one machine too, DDP's averaged gradients keep both ranks' parameters identical (BN
+    # statistics are per rank: detectron2 uses broadcast_buffers=False), and the plan is done
+    assert all(torch.equal(one0[k], one1[k]) for k in params)
+    assert json.load(open(one.out / "plan_state.json"))["finished"] == ["detector"]
 
 
 def _one_line_error(run):

@@ -5,7 +5,6 @@ The real demos (AP >= 60) are not run here: see the README for their numbers.
 import json
 import math
 import os
-import textwrap
 
 import pytest
 import torch
@@ -179,51 +178,3 @@ def test_two_stage_miniature_runs_end_to_end(tmp_path):
           "32"] + stage_opts + TINY_OPTS)
     again = json.load(open(out / "stage2_fast_rcnn" / "inference" / "eval_results.json"))
     assert again["results"]["bbox"]["AP"] == pytest.approx(ap, abs=1e-6)
-
-
-_DDP_SCRIPT = textwrap.dedent("""
-    import os, sys, torch
-    from resnext_det import cli as train_net  # the command line behind tools/train_net.py
-    from detectron2.engine import launch
-    from detectron2.utils import comm
-    from resnext_det.engine.trainer import ResNeXtCpuWorkersTrainer
-
-    # a user's trainer on several CPU processes derives from the CPU-workers trainer
-    class RecordingTrainer(ResNeXtCpuWorkersTrainer):
-        def train(self):
-            super().train()
-            model = self.model.module if hasattr(self.model, "module") else self.model
-            torch.save({k: v.detach().clone() for k, v in model.named_parameters()},
-                       os.path.join(self.cfg.OUTPUT_DIR, f"rank{comm.get_rank()}_of_{comm.get_world_size()}.pth"))
-
-    if __name__ == "__main__":
-        args = train_net.get_parser().parse_args(sys.argv[1:])
-        cfg = train_net.setup_cfg(args)
-        from resnext_det.engine.plan_runner import prepare_datasets
-        prepare_datasets(cfg)
-        launch(train_net.main, args.num_gpus, dist_url="auto", args=(args, RecordingTrainer))
-""")
-
-
-def test_two_gloo_workers_train_with_identical_weights(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(_DDP_SCRIPT)
-    out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    r = zygote.run([str(script), "--num-gpus", "2", "--config",
-                        "configs/demo_tiny_X_FPN_synthetic.yaml", "OUTPUT_DIR", str(out),
-                        "MODEL.FPN.OUT_CHANNELS", "32", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)",
-                        "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "4",
-                        "TEST.EVAL_PERIOD", "0"] + TINY_OPTS,
-                   cwd=ROOT, env=env, timeout=400)
-    assert r.returncode == 0, r.stderr[-4000:]
-    # both ranks ran; DDP averaged their gradients, so every parameter is identical
-    # (BN running statistics are per rank: detectron2 uses broadcast_buffers=False)
-    w0 = torch.load(out / "rank0_of_2.pth")
-    w1 = torch.load(out / "rank1_of_2.pth")
-    assert len(w0) > 50 and w0.keys() == w1.keys()
-    for k in w0:
-        assert torch.equal(w0[k], w1[k]), k
-    fresh = torch.load(out / "model_final.pth")["model"]
-    assert all(torch.equal(fresh[k], v) for k, v in w0.items())  # the checkpoint = rank 0
-    assert json.load(open(out / "plan_state.json"))["finished"] == ["detector"]
