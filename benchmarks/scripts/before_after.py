@@ -47,7 +47,7 @@ image = np.random.default_rng(0).integers(0, 256, ({SIZE[0]}, {SIZE[1]}, 3), dty
 EXPORT = _COMMON + """
 from resnext_det.deploy import export_onnx
 model = build_model(cfg).eval()
-print(json.dumps({"path": export_onnx(cfg, sys.argv[2], model=model), "module": resnext_det.__file__}))
+print(json.dumps({"path": export_onnx(cfg, sys.argv[2], model=model)["path"], "module": resnext_det.__file__}))
 """
 
 MEASURE = _COMMON + """
