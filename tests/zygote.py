@@ -223,8 +223,10 @@ class Process:
     def communicate(self, timeout=None):
         results = {}
 
-        def read(name, stream):
-            results[name] = stream.read() if stream is not None else None
+        def read(name, stream):  # to the end, then closed (as Popen.communicate does)
+            if stream is not None:
+                with stream:
+                    results[name] = stream.read()
 
         readers = [threading.Thread(target=read, args=(n, s), daemon=True)
                    for n, s in (("out", self.stdout), ("err", self.stderr))]
