@@ -73,10 +73,6 @@ class WorkItem:
     kind: str
 
 
-def _kind(path: str) -> str:
-    return "video" if path.lower().endswith(VIDEO_EXTENSIONS) else "image"
-
-
 def collect_inputs(inputs: Sequence[str]) -> List[WorkItem]:
     """``--input``'s files, folders (recursively: their pictures and videos) and globs, in a stable
     order, each file once; PredictError names an input that is no file or folder and matches nothing."""
@@ -87,7 +83,8 @@ def collect_inputs(inputs: Sequence[str]) -> List[WorkItem]:
         key = os.path.realpath(path)
         if key not in seen:
             seen.add(key)
-            items.append(WorkItem(path, name.replace(os.sep, "/").lstrip("/"), _kind(path)))
+            kind = "video" if path.lower().endswith(VIDEO_EXTENSIONS) else "image"
+            items.append(WorkItem(path, name.replace(os.sep, "/").lstrip("/"), kind))
 
     for given in inputs:
         if os.path.isdir(given):
@@ -321,9 +318,15 @@ class Drawer:
 
 def predict_picture(predict, drawer: Drawer, image_bgr: np.ndarray, item: WorkItem, output: str) -> Dict:
     """One picture's detections drawn into ``output/pictures/<name>.jpg``; returns its shard entry."""
+    import cv2
+
     instances = predict(image_bgr)
-    _write_picture(os.path.join(output, "pictures", os.path.splitext(item.name)[0] + ".jpg"),
-                   drawer(image_bgr, instances))
+    path = os.path.join(output, "pictures", os.path.splitext(item.name)[0] + ".jpg")
+    ok, data = cv2.imencode(".jpg", drawer(image_bgr, instances), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise ValueError(f"cannot encode {path}")
+    with atomic_open(path, "wb") as f:
+        f.write(data.tobytes())
     return _entry(item, image_bgr, instances)
 
 
@@ -334,16 +337,6 @@ def _entry(item: WorkItem, image: np.ndarray, instances) -> Dict:
 
 def _failure(item: WorkItem, e: BaseException) -> Dict:
     return {"path": item.path, "file_name": item.name, "reason": _reason(e)}
-
-
-def _write_picture(path: str, image_bgr: np.ndarray) -> None:
-    import cv2
-
-    ok, data = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise ValueError(f"cannot encode {path}")
-    with atomic_open(path, "wb") as f:
-        f.write(data.tobytes())
 
 
 class _VideoOut:
@@ -372,24 +365,15 @@ class _VideoOut:
 
 
 # -- the run ------------------------------------------------------------------------------------
-@dataclass
-class Settings:
+def _settings(cfg, config_file: str, runtime: str, precision: str) -> Dict:
     """What decides the results of a run (checked against a folder's earlier run)."""
-
-    weights: str
-    weights_bytes: int
-    config: str
-    runtime: str
-    precision: str
-
-    @classmethod
-    def of(cls, cfg, config_file: str, runtime: str, precision: str) -> "Settings":
-        return cls(os.path.abspath(cfg.MODEL.WEIGHTS), os.path.getsize(cfg.MODEL.WEIGHTS),
-                   os.path.abspath(config_file) if os.path.isfile(config_file) else config_file,
-                   runtime, precision)
+    weights = cfg.MODEL.WEIGHTS
+    return {"weights": os.path.abspath(weights), "weights_bytes": os.path.getsize(weights),
+            "config": os.path.abspath(config_file) if os.path.isfile(config_file) else config_file,
+            "runtime": runtime, "precision": precision}
 
 
-def _check_output(output: str, settings: Settings) -> None:
+def _check_output(output: str, now: Dict) -> None:
     """Make ``output``; refuse one holding results of another model or precision."""
     path = os.path.join(output, RUN_FILE)
     if os.path.exists(output) and not os.path.isdir(output):
@@ -397,14 +381,13 @@ def _check_output(output: str, settings: Settings) -> None:
     if os.path.isfile(path):
         with open(path) as f:
             before = json.load(f)
-        now = settings.__dict__
         differ = [k for k in ("weights", "weights_bytes", "config", "precision") if before.get(k) != now[k]]
         if differ:
             raise PredictError(f"--output {output!r} holds results of another run ({', '.join(differ)}: "
                                f"{', '.join(f'{before.get(k)!r} there, {now[k]!r} now' for k in differ)}); "
                                "give another --output, or empty this one")
     os.makedirs(os.path.join(output, "shards"), exist_ok=True)
-    atomic_write_json(path, settings.__dict__, indent=2)
+    atomic_write_json(path, now, indent=2)
 
 
 def _shard_path(output: str, index: int) -> str:
@@ -434,9 +417,8 @@ class ShardCollector:
         self.pending: Dict[int, Dict] = {}
 
     def add(self, index: int, entry: Dict) -> None:
-        self.pending.setdefault(index, {"images": [], "failures": []})
         key = "failures" if "reason" in entry else "images"
-        self.pending[index][key].append(entry)
+        self.pending.setdefault(index, {"images": [], "failures": []})[key].append(entry)
 
     def finish(self, index: int) -> Dict:
         data = self.pending.pop(index, {"images": [], "failures": []})
@@ -624,13 +606,13 @@ def run(args) -> Dict:
         loading = 0.0  # each actor loads its own model
         plan = RayPlan(args, cfg)  # checks the model and ray before anything is written
         predictor = plan.local_predictor() if any(i.kind == "video" for i in items) else None
-        settings = Settings.of(cfg, args.config_file, plan.runtime, args.precision)
+        settings = _settings(cfg, args.config_file, plan.runtime, args.precision)
         class_names = plan.class_names
     else:
         loading = time.perf_counter()
         predictor = build_predictor(cfg, args.runtime, args.precision, args.threads)
         loading = time.perf_counter() - loading
-        settings = Settings.of(cfg, args.config_file, predictor.runtime, predictor.precision)
+        settings = _settings(cfg, args.config_file, predictor.runtime, predictor.precision)
         class_names = predictor.class_names
     _check_output(args.output, settings)
     done = _done_shards(args.output, shards)
@@ -656,10 +638,11 @@ def run(args) -> Dict:
                "seconds": round(seconds, 2), "per_second": round(count / seconds, 3) if seconds else 0.0,
                "predictor_seconds": round(predictor.seconds, 2) if predictor is not None else None,
                "model_load_seconds": round(loading, 2),
-               "runtime": settings.runtime, "precision": settings.precision, "output": args.output}
+               "runtime": settings["runtime"], "precision": settings["precision"], "output": args.output}
     print(f"predict.py: {summary['pictures']} pictures, {frames} video frames, {summary['failures']} failed "
           f"({count} predicted now, {skipped} inputs done before) in {seconds:.1f} s, "
-          f"{summary['per_second']:.2f} images/s; runtime {settings.runtime}, precision {settings.precision}; "
+          f"{summary['per_second']:.2f} images/s; runtime {summary['runtime']}, "
+          f"precision {summary['precision']}; "
           f"{os.path.join(args.output, 'predictions.json')} (+ images.json, failures.json), "
           f"pictures in {os.path.join(args.output, 'pictures')}"
           + (f", videos in {os.path.join(args.output, 'videos')}" if frames else ""))
