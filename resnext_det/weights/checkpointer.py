@@ -3,6 +3,7 @@ checks the config's input convention against the weights and reports what was lo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
@@ -34,19 +35,12 @@ def _stride_key(cfg) -> str:
     return "MODEL.RESNETS.STRIDE_IN_1X1"
 
 
-def _cfg_get(cfg, dotted: str):
-    node = cfg
-    for p in dotted.split("."):
-        node = node[p]
-    return node
-
-
 def meta_from_cfg(cfg, source: str = "detectron2") -> Dict[str, Any]:
     """The input convention a config feeds its model (what a checkpoint trained with it needs)."""
     return {"source": source, "input_format": str(cfg.INPUT.FORMAT),
             "pixel_mean": [float(x) for x in cfg.MODEL.PIXEL_MEAN],
             "pixel_std": [float(x) for x in cfg.MODEL.PIXEL_STD],
-            "stride_in_1x1": bool(_cfg_get(cfg, _stride_key(cfg)))}
+            "stride_in_1x1": bool(functools.reduce(getattr, _stride_key(cfg).split("."), cfg))}
 
 
 def check_input_format(cfg, meta: Optional[Dict[str, Any]], path: str = "the weights") -> bool:

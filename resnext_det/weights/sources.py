@@ -130,7 +130,7 @@ def _convert_caffe2(blobs: Dict[str, Any], path: str, progress: bool):
                 out[prefix + "running_mean"] = torch.zeros(n)
                 # running_var = 1 - eps makes x * scale / sqrt(var + eps) exactly x * scale
                 out[prefix + "running_var"] = torch.full((n,), 1.0 - D2_BN_EPS)
-    return out, dropped, detection
+    return out, dropped
 
 
 def _caffe2_convention(blobs: Dict[str, Any]) -> str:
@@ -186,17 +186,15 @@ def infer_architecture(sd: Dict[str, Any]) -> Dict[str, Any]:
             conv[(s, i, m[3])] = tuple(v.shape)
         elif re.search(r"(?:^|\.)stem\.conv1\.weight$", k):
             conv["stem"] = tuple(v.shape)
-    if (2, 0, "conv2") not in conv or (2, 0, "conv3") not in conv:
+    c2, c3 = conv.get((2, 0, "conv2")), conv.get((2, 0, "conv3"))
+    if c2 is None or not c3 or len(c2) != 4 or not c2[1]:
         return {}
-    if len(conv[(2, 0, "conv2")]) != 4 or not conv[(2, 0, "conv2")][1] or not conv[(2, 0, "conv3")]:
-        return {}
-    c2 = conv[(2, 0, "conv2")]
     width = c2[1]
     arch = {
         "blocks_per_stage": [blocks[s] for s in range(2, 6)],
         "cardinality": c2[0] // c2[1],
         "bottleneck_width": width,
-        "res2_out_channels": conv[(2, 0, "conv3")][0],
+        "res2_out_channels": c3[0],
         "stem_out_channels": conv["stem"][0] if "stem" in conv else None,
     }
     depth = next((d for d, b in BLOCKS_PER_STAGE.items() if list(b) == arch["blocks_per_stage"]), None)
@@ -207,9 +205,11 @@ def infer_architecture(sd: Dict[str, Any]) -> Dict[str, Any]:
     return arch
 
 
-def _check_preset(arch: Dict[str, Any], preset: Optional[str], path: str) -> None:
+def _checked_architecture(sd: Dict[str, Any], preset: Optional[str], path: str) -> Dict[str, Any]:
+    """:func:`infer_architecture` of ``sd``, which must be ``preset``'s when one is given."""
+    arch = infer_architecture(sd)
     if not preset:
-        return
+        return arch
     if preset not in PRESETS:
         raise WeightsError(f"--preset {preset!r} is unknown; known presets: {', '.join(PRESETS)}")
     if not arch:
@@ -222,6 +222,7 @@ def _check_preset(arch: Dict[str, Any], preset: Optional[str], path: str) -> Non
                                  f"res2 width {arch['res2_out_channels']}")
         raise WeightsError(f"{path}: the weights are {got}, not preset {preset!r} (depth {want[0]}, "
                            f"C={want[1]}, d={want[2]}); pass the matching --preset or none")
+    return arch
 
 
 def _meta(source: str, convention: Optional[str], path: str, arch: Dict[str, Any], **extra) -> Dict[str, Any]:
@@ -248,8 +249,7 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
         logger.info(f"Read in {time.perf_counter() - t0:.1f}s; converting ...")
     if fmt == "torch7":
         sd, stride_in_1x1 = torch7_to_detectron2(obj, path)
-        arch = infer_architecture(sd)
-        _check_preset(arch, preset, path)
+        arch = _checked_architecture(sd, preset, path)
         meta = _meta("torch7", "torch7", path, arch)
         if stride_in_1x1 is not None:
             meta["stride_in_1x1"] = bool(stride_in_1x1)
@@ -266,21 +266,18 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
     if kind == "torchvision":
         out, dropped = _convert_torchvision(sd, path, progress)
         source = "timm" if (fmt == "safetensors" or "arch" in extras or "state_dict_ema" in extras) else "torchvision"
-        arch = infer_architecture(out)
-        _check_preset(arch, preset, path)
+        arch = _checked_architecture(out, preset, path)
         meta = _meta(source, source, path, arch, dropped=dropped)
         return ConvertedCheckpoint(model=out, meta=meta, matching_heuristics=True, __author__=source)
     if kind == "caffe2":
-        out, dropped, detection = _convert_caffe2(sd, path, progress)
+        out, dropped = _convert_caffe2(sd, path, progress)
         convention = _caffe2_convention(sd)
-        arch = infer_architecture(out)
-        _check_preset(arch, preset, path)
+        arch = _checked_architecture(out, preset, path)
         meta = _meta("caffe2", convention, path, arch, dropped=dropped)
         return ConvertedCheckpoint(model=out, meta=meta, matching_heuristics=True, __author__="Caffe2")
     if kind == "detectron2":
         model = {k: _to_tensor(v) for k, v in sd.items()}
-        arch = infer_architecture(model)
-        _check_preset(arch, preset, path)
+        arch = _checked_architecture(model, preset, path)
         meta = extras.pop("meta", None)
         author = extras.pop("__author__", None)
         heuristics = bool(extras.pop("matching_heuristics", False))

@@ -92,12 +92,11 @@ class _BN:
 
 def _concat_paths(paths: List[List[object]], where: str) -> List[object]:
     """Form B: C paths [conv1x1, BN, conv3x3, BN] -> one grouped [conv, BN, conv, BN]."""
-    per_path = [[op for op in p] for p in paths]
-    if any(len(p) != 4 for p in per_path):
+    if any(len(p) != 4 for p in paths):
         raise WeightsError(f"{where}: a split path is not conv1x1-BN-conv3x3-BN")
     merged = []
     for j in range(4):
-        ops = [p[j] for p in per_path]
+        ops = [p[j] for p in paths]
         if isinstance(ops[0], _Conv):
             conv = ops[0]
             out = _Conv.__new__(_Conv)
