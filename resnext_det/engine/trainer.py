@@ -87,8 +87,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class RandomStreams:
-    """The process's random streams (torch CPU and CUDA, numpy, Python) as a checkpointable,
-    so a resumed run draws what the uninterrupted run drew."""
+    """The process's random streams (torch CPU and CUDA, numpy, Python) as a checkpointable (the
+    local part of a :class:`PerProcessState`): a resumed run draws what the uninterrupted run drew."""
 
     # Held as tensors, ints and lists only, so the checkpoint stays loadable by a plain
     # torch.load(weights_only=True) and by stock detectron2 (numpy objects would not be).
@@ -103,7 +103,7 @@ class RandomStreams:
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, exact: bool = True) -> None:
         torch.set_rng_state(state["torch"])
         n = state["numpy"]
         np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
@@ -188,10 +188,7 @@ class DataPosition:
 
     def __init__(self, batches: GroupedBatchSampler, trainer, ims_per_batch: int):
         self._batches, self._loop, self._ims_per_batch = batches, trainer, int(ims_per_batch)
-
-    @property
-    def _sampler(self) -> ResumableTrainingSampler:
-        return self._batches.sampler
+        self._sampler: ResumableTrainingSampler = batches.sampler
 
     def state_dict(self) -> dict:
         done = int(self._loop.iter) + 1
@@ -214,13 +211,6 @@ class DataPosition:
                            "(this process: %d of its images drawn, %d waiting in aspect-ratio buckets)",
                            images // self._ims_per_batch, self._sampler.seed, images,
                            position["drawn"], waiting)
-
-
-class _ProcessRandomStreams(RandomStreams):
-    """RandomStreams as the local part of a :class:`PerProcessState`."""
-
-    def load_state_dict(self, state: dict, exact: bool = True) -> None:
-        super().load_state_dict(state)
 
 
 class _GatherPerProcessState(d2_hooks.HookBase):
@@ -306,10 +296,9 @@ class ResNeXtTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         """detectron2's; with proposal shard manifests a ``ProposalMapper`` reads each image's."""
-        files = cfg.DATASETS.PROPOSAL_FILES_TEST
         stores = None
         if cfg.MODEL.LOAD_PROPOSALS and dataset_name in cfg.DATASETS.TEST:
-            file = files[list(cfg.DATASETS.TEST).index(dataset_name)]
+            file = cfg.DATASETS.PROPOSAL_FILES_TEST[list(cfg.DATASETS.TEST).index(dataset_name)]
             stores = proposal_stores(cfg, [dataset_name], [file])
         if stores is None:
             return super().build_test_loader(cfg, dataset_name)
@@ -324,7 +313,7 @@ class ResNeXtTrainer(DefaultTrainer):
         if batches is not None:
             self.checkpointer.add_checkpointable("sampler", PerProcessState(
                 DataPosition(batches, weakref.proxy(self), self.cfg.SOLVER.IMS_PER_BATCH)))
-        self.checkpointer.add_checkpointable("rng", PerProcessState(_ProcessRandomStreams()))
+        self.checkpointer.add_checkpointable("rng", PerProcessState(RandomStreams()))
         hooks = [_FiniteCheckpointer(h.checkpointer, h.period, max_to_keep=h.max_to_keep)
                  if isinstance(h, d2_hooks.PeriodicCheckpointer) else h for h in super().build_hooks()]
         # gather just before the checkpointer hook (which exists on process 0 only)
@@ -348,9 +337,7 @@ class ResNeXtTrainer(DefaultTrainer):
         fast = cfg.MODEL.RESNEXT.FAST
         if fast.INFERENCE:
             # a copy: the training model (and its checkpoints) stay as they are
-            eval_model = copy.deepcopy(_unwrap(model))
-            prepared = prepare_for_inference(eval_model, precision=fast.PRECISION)
-            model = prepared if prepared is not None else eval_model
+            model = prepare_for_inference(copy.deepcopy(_unwrap(model)), precision=fast.PRECISION)
         with preserved_random_streams():  # evaluation mid-training leaves training's draws alone
             results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
@@ -432,7 +419,7 @@ def last_losses(trainer) -> str:
     try:
         latest = trainer.storage.latest()
     except Exception:  # no storage yet
-        return "No loss was recorded before."
+        latest = {}
     losses = {k: v for k, v in latest.items() if k.startswith("loss") or k == "total_loss"}
     if not losses:
         return "No loss was recorded before."
