@@ -46,7 +46,11 @@ class _DropKnownRecord(logging.Filter):
         return not self.pattern.search(record.getMessage())
 
 
-def _add_log_filters() -> list:
+def filter_known_third_party_warnings() -> list:
+    """Install both tables' filters for the rest of the process (idempotent; the library itself only
+    inside :func:`known_third_party_warnings_silenced`); returns the (logger, filter) pairs it added."""
+    for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
     added = []
     for name, message, _why in KNOWN_THIRD_PARTY_LOG_WARNINGS:
         logger = logging.getLogger(name)
@@ -57,21 +61,11 @@ def _add_log_filters() -> list:
     return added
 
 
-def filter_known_third_party_warnings() -> None:
-    """Install both tables' filters for the rest of the process (idempotent); never called by the
-    library itself."""
-    for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category, module=module)
-    _add_log_filters()
-
-
 @contextlib.contextmanager
 def known_third_party_warnings_silenced() -> Iterator[None]:
     """The same filters inside the block only (``warnings.catch_warnings``: not thread-safe)."""
     with warnings.catch_warnings():
-        for category, module, message, _why in KNOWN_THIRD_PARTY_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=category, module=module)
-        added = _add_log_filters()
+        added = filter_known_third_party_warnings()
         try:
             yield
         finally:

@@ -75,11 +75,9 @@ def default_device() -> str:
 def add_resnext_config(cfg: CN) -> CN:
     """Add ``MODEL.RESNEXT`` and ``RESNEXT_PLAN`` to a detectron2 ``cfg`` (in place; also returned),
     before ``merge_from_file``. ``MODEL.DEVICE`` defaults to ``cuda`` only when one is usable."""
-    _C = cfg
-    _C.MODEL.DEVICE = default_device()
-    add_plan_config(_C)
-    _C.MODEL.RESNEXT = CN()
-    r = _C.MODEL.RESNEXT
+    cfg.MODEL.DEVICE = default_device()
+    add_plan_config(cfg)
+    r = cfg.MODEL.RESNEXT = CN()
     # A named preset ("X-101-32x4d", ...). Empty: use DEPTH/CARDINALITY/BOTTLENECK_WIDTH.
     r.PRESET = ""
     # 0 = "not set": taken from PRESET (or 50 / 32 / 4 when PRESET is empty).

@@ -8,25 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import platform
 from typing import FrozenSet, Optional
 
-__all__ = ["CPU_KINDS", "CpuFeatures", "read_cpu_flags", "cpu_kind", "available_cores", "synchronize"]
+__all__ = ["CPU_KINDS", "CpuFeatures", "cpuinfo_field", "read_cpu_flags", "cpu_kind", "available_cores",
+           "synchronize"]
 
 #: the kinds, most capable first (AVX-512 with AMX, with native bf16, without; AVX2; anything else)
 CPU_KINDS = ("amx", "avx512_bf16", "avx512", "avx2", "other")
 
 
-def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
-    """The CPU flags of ``cpuinfo`` (x86 ``flags`` or Arm ``Features`` line; empty without one)."""
+def cpuinfo_field(prefixes, cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+    """The value of ``cpuinfo``'s first line starting with ``prefixes`` (a str or tuple); None without one."""
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(prefixes):
+                    return line.split(":", 1)[1].strip()
     except OSError:  # not Linux
         pass
-    return frozenset()
+    return None
+
+
+def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
+    """The CPU flags of ``cpuinfo`` (x86 ``flags`` or Arm ``Features`` line; empty without one)."""
+    return frozenset((cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,15 +120,9 @@ def synchronize(device) -> None:
 def _cgroup_cpu_limit(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> Optional[int]:
     """The cgroup v2 CPU quota in whole CPUs (rounded up), None when unlimited or unknown."""
     try:
-        with open(cpu_max) as f:
-            quota, period = f.read().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if quota == "max":
-        return None
-    try:
-        return max(1, -(-int(quota) // int(period)))
-    except (ValueError, ZeroDivisionError):
+        quota, period = pathlib.Path(cpu_max).read_text().split()[:2]
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
         return None
 
 
@@ -135,18 +136,13 @@ def available_cores(cpus=None, sysfs: str = "/sys/devices/system/cpu",
             cpus = os.sched_getaffinity(0)
         except AttributeError:  # not Linux
             cpus = range(os.cpu_count() or 1)
-    cpus = sorted(cpus)
     cores = set()
     for cpu in cpus:
+        topology = pathlib.Path(sysfs, f"cpu{cpu}", "topology")
         try:
-            with open(os.path.join(sysfs, f"cpu{cpu}", "topology", "core_id")) as f:
-                core = f.read().strip()
-            with open(os.path.join(sysfs, f"cpu{cpu}", "topology", "physical_package_id")) as f:
-                package = f.read().strip()
+            cores.add(tuple((topology / f).read_text().strip() for f in ("physical_package_id", "core_id")))
         except OSError:  # no topology: every logical CPU is a core
             cores.add(("cpu", cpu))
-            continue
-        cores.add((package, core))
     n = max(1, len(cores))
     limit = _cgroup_cpu_limit(cpu_max)
     return min(n, limit) if limit else n

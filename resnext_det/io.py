@@ -30,14 +30,12 @@ def atomic_open(path: str, mode: str = "wb", **kwargs) -> Iterator[IO[Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        try:  # make the rename itself durable
+        with contextlib.suppress(OSError):  # make the rename itself durable
             dfd = os.open(directory, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-        except OSError:
-            pass
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ...hardware import CPU_KINDS, CpuFeatures, available_cores, cpu_kind
+from ...hardware import CPU_KINDS, CpuFeatures, available_cores, cpu_kind, cpuinfo_field
 from ...io import atomic_write_json
 
 __all__ = ["AA_BAND", "STOCK_A", "STOCK_B", "RATIO_BASIS", "Protocol", "Rounds", "run_rounds", "spread", "path_record",
@@ -179,17 +179,6 @@ def run_rounds(fns: Mapping[str, Callable[[], object]], protocol: Protocol,
     return res
 
 
-def _cpu_model() -> Optional[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
-        pass
-    return platform.processor() or None
-
-
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for name in VERSIONED:
@@ -207,7 +196,8 @@ def environment(device: Optional[torch.device] = None) -> dict:
     return {
         "cpu_kind": cpu_kind(),
         "cpu_flags": [f.name for f in dataclasses.fields(feats) if getattr(feats, f.name)],
-        "cpu_model": _cpu_model(), "cores": os.cpu_count(), "available_cores": available_cores(),
+        "cpu_model": cpuinfo_field("model name") or platform.processor() or None,
+        "cores": os.cpu_count(), "available_cores": available_cores(),
         "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                     "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
