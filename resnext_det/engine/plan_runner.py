@@ -175,10 +175,8 @@ class ProposalRecall(DatasetEvaluator):
         if not comm.is_main_process():
             return {}
         best = np.concatenate([b for part in parts for b in part] or [np.zeros((0, len(self._topk)))])
-        out = {}
-        for j, k in enumerate(self._topk):
-            for t in self._ious:
-                out[f"recall@{k}_IoU{t}"] = float((best[:, j] >= t).mean()) if len(best) else float("nan")
+        out = {f"recall@{k}_IoU{t}": float((best[:, j] >= t).mean()) if len(best) else float("nan")
+               for j, k in enumerate(self._topk) for t in self._ious}
         out["num_gt_boxes"] = int(len(best))
         return {"proposal_recall": out}
 
@@ -210,14 +208,12 @@ def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
             res["recall"] = {"AR@100": ar["AR@100"] / 100, "AR@1000": ar["AR@1000"] / 100,
                              **{k: v for k, v in res["proposal_recall"].items()
                                 if k.startswith("recall@")}}
-            logger.info("Stage 1 (RPN) on %s: %s", dataset, _format_recall(res["recall"]))
+            r = res["recall"]
+            logger.info("Stage 1 (RPN) on %s: AR@100 %.3f, AR@1000 %.3f, recall@100 at IoU 0.5 %.3f, "
+                        "at IoU 0.7 %.3f", dataset, r["AR@100"], r["AR@1000"], r["recall@100_IoU0.5"],
+                        r["recall@100_IoU0.7"])
         results[dataset] = res
     return results
-
-
-def _format_recall(r: Dict[str, float]) -> str:
-    return (f"AR@100 {r['AR@100']:.3f}, AR@1000 {r['AR@1000']:.3f}, recall@100 at IoU 0.5 "
-            f"{r['recall@100_IoU0.5']:.3f}, at IoU 0.7 {r['recall@100_IoU0.7']:.3f}")
 
 
 def check_stage_proposals(cfg: CfgNode) -> None:
@@ -293,14 +289,6 @@ def evaluate_with_shuffled_proposals(cfg: CfgNode, model, trainer_cls) -> Dict[s
                                     lambda _, source, path: write_shuffled_proposals(source, path))
 
 
-def _eval_results(stage: Stage) -> Dict[str, Any]:
-    path = os.path.join(stage.output_dir, "inference", EVAL_RESULTS)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f).get("results", {})
-
-
 def stage_figures(results: Dict[str, Any]) -> Dict[str, float]:
     """The headline figures of ``PlanState.data["results"]``, flat: ``rpn_AR@100`` ... (fractions),
     ``box_AP``, ``oracle_box_AP``, ``shuffled_box_AP`` (percent)."""
@@ -313,10 +301,9 @@ def stage_figures(results: Dict[str, Any]) -> Dict[str, float]:
     if "bbox" in final:
         out["box_AP"] = final["bbox"]["AP"]
         out["box_AP50"] = final["bbox"]["AP50"]
-    if "bbox" in final.get("oracle", {}):
-        out["oracle_box_AP"] = final["oracle"]["bbox"]["AP"]
-    if "bbox" in final.get("shuffled", {}):
-        out["shuffled_box_AP"] = final["shuffled"]["bbox"]["AP"]
+    for control in ("oracle", "shuffled"):
+        if "bbox" in final.get(control, {}):
+            out[f"{control}_box_AP"] = final[control]["bbox"]["AP"]
     return out
 
 
@@ -345,10 +332,8 @@ def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[st
             os.makedirs(stage.output_dir, exist_ok=True)
             with open(os.path.join(stage.output_dir, "config.yaml"), "w") as f:
                 f.write(stage.cfg.dump())
-        if stage.kind == "train":
-            res = _train(stage, trainer_cls, resume)
-        else:
-            res = _plain(compute_proposals(stage, trainer_cls))
+        res = (_train(stage, trainer_cls, resume) if stage.kind == "train"
+               else _plain(compute_proposals(stage, trainer_cls)))
         results[stage.name] = res
         if comm.is_main_process():
             state.mark_finished(stage.name, res)
@@ -362,16 +347,17 @@ def run_plan(cfg: CfgNode, *, resume: bool = False, trainer_cls=None) -> Dict[st
 
 def _train(stage: Stage, trainer_cls, resume: bool) -> Dict[str, Any]:
     check_stage_proposals(stage.cfg)
-    if stage.evaluate and comm.is_main_process():
-        # a stale result must not pass for this run's
-        stale = os.path.join(stage.output_dir, "inference", EVAL_RESULTS)
-        if os.path.isfile(stale):
-            os.unlink(stale)
+    results_file = os.path.join(stage.output_dir, "inference", EVAL_RESULTS)
+    if stage.evaluate and comm.is_main_process() and os.path.isfile(results_file):
+        os.unlink(results_file)  # a stale result must not pass for this run's
     trainer = build_trainer(trainer_cls, stage.cfg)
     trainer.resume_or_load(resume=resume)
     with clear_training_errors(trainer):  # a diverged run: one clear error, not a traceback
         trainer.train()
-    res = _plain(_eval_results(stage)) if stage.evaluate else {}
+    res = {}
+    if stage.evaluate and os.path.isfile(results_file):
+        with open(results_file) as f:
+            res = _plain(json.load(f).get("results", {}))
     if stage.evaluate and "bbox" in res:
         logger.info("Stage '%s' box AP on %s: %.1f (AP50 %.1f)", stage.name,
                     ", ".join(stage.cfg.DATASETS.TEST), res["bbox"]["AP"], res["bbox"]["AP50"])
@@ -384,7 +370,6 @@ def _train(stage: Stage, trainer_cls, resume: bool) -> Dict[str, Any]:
         if "bbox" in out:
             res[key] = out
             logger.info("Stage '%s' box AP with %s: %.1f", stage.name, what, out["bbox"]["AP"])
-    del trainer
     return res
 
 
