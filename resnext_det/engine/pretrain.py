@@ -24,6 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from torch.nn import functional as F
+from torchvision.transforms.functional import normalize
 
 from ..config import ResNeXtConfigError, resolve_resnext_spec
 from ..io import atomic_open, atomic_write_json
@@ -78,11 +79,9 @@ def _cut(image: np.ndarray, box: Tuple[int, int, int, int], size: int) -> np.nda
     h, w = image.shape[:2]
     pad = max(0, -x0, -y0, x1 - w, y1 - h)
     if pad:
-        fill = image.reshape(-1, 3).mean(0)
-        canvas = np.empty((h + 2 * pad, w + 2 * pad, 3), image.dtype)
-        canvas[:] = fill.astype(image.dtype)
-        canvas[pad:pad + h, pad:pad + w] = image
-        image, x0, y0, x1, y1 = canvas, x0 + pad, y0 + pad, x1 + pad, y1 + pad
+        fill = image.reshape(-1, 3).mean(0).astype(image.dtype).tolist()
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=fill)
+        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
     return cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (size, size),
                       interpolation=cv2.INTER_AREA)
 
@@ -134,10 +133,7 @@ def _overlap(win, box) -> float:
 
 
 def _normalise(crops: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(TORCHVISION_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(TORCHVISION_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(torch.from_numpy(crops).permute(0, 3, 1, 2).float(), TORCHVISION_MEAN, TORCHVISION_STD)
 
 
 def pretrained_weights_path(cfg: CfgNode) -> str:
@@ -152,11 +148,9 @@ def _manifest(cfg: CfgNode) -> Dict[str, Any]:
     p = cfg.RESNEXT_PLAN.PRETRAIN
     manifest = {
         "format": _FORMAT_VERSION,
-        "architecture": {"depth": spec.depth, "cardinality": spec.cardinality,
-                         "bottleneck_width": spec.bottleneck_width,
-                         "stem_out_channels": spec.stem_out_channels,
-                         "res2_out_channels": spec.res2_out_channels,
-                         "stride_in_1x1": spec.stride_in_1x1},
+        "architecture": {k: getattr(spec, k) for k in ("depth", "cardinality", "bottleneck_width",
+                                                        "stem_out_channels", "res2_out_channels",
+                                                        "stride_in_1x1")},
         "train_datasets": list(cfg.DATASETS.TRAIN), "test_datasets": list(cfg.DATASETS.TEST),
         "synthetic": {k: v for k, v in cfg.RESNEXT_PLAN.SYNTHETIC.items() if k != "ROOT"},
         "pretrain": {k: v for k, v in p.items() if k not in ("ENABLED", "OUTPUT")},
