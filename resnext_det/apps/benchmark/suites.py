@@ -77,6 +77,7 @@ from resnext_det.engine.fast import (apply_training_switches, choose_training_la
                                      prepare_for_inference)
 from resnext_det.engine.fast.auto import CANDIDATES
 from resnext_det.hardware import synchronize
+from resnext_det.config import load_config
 from resnext_det.apps.stock import randomize_frozen_bn, seeded_global_rng, stock_equivalent_cfg, training_iteration
 
 from .protocol import RATIO_BASIS, STOCK_A, STOCK_B, Protocol, environment, path_record, run_rounds
@@ -85,22 +86,25 @@ logger = logging.getLogger("benchmark")
 
 
 # --------------------------------------------------------------------------- helpers
-def _timed(fn, device):
-    synchronize(device)
-    t = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return time.perf_counter() - t, out
+def _gemm_gflops(call, n, reps, device="cpu"):
+    """Median GFLOP/s (2*n^3/t) of ``call``, an n x n matmul, after two untimed calls."""
+    for _ in range(2):
+        call()
+    ts = []
+    for _ in range(reps):
+        synchronize(device)
+        t = time.perf_counter()
+        call()
+        synchronize(device)
+        ts.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
 def matmul_ceiling(dtype, device, n=2048, reps=5):
     """Median GFLOP/s (2*n^3/t) of an n x n matmul."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(2):
-        a @ b
-    ts = [_timed(lambda: a @ b, device)[0] for _ in range(reps)]
-    return 2 * n ** 3 / statistics.median(ts) / 1e9, n
+    return _gemm_gflops(lambda: a @ b, n, reps, device), n
 
 
 def _gemm_onnx(n):
@@ -122,16 +126,12 @@ def runtime_gemm_ceiling(runtime, precision="fp32", n=2048, reps=5):
     except (ImportError, DeployError):  # onnx (ImportError) or the runtime (DeployError) not installed
         return None
     a = np.random.default_rng(1).standard_normal((n, n)).astype("float32")
-    for _ in range(2):
-        runner.run_all({"A": a})
-    ts = [_timed(lambda: runner.run_all({"A": a}), "cpu")[0] for _ in range(reps)]
-    return 2 * n ** 3 / statistics.median(ts) / 1e9
+    return _gemm_gflops(lambda: runner.run_all({"A": a}), n, reps)
 
 
 def runtimes_available(names):
     """The runtimes of ``names`` whose packages import (the deploy extra)."""
-    mods = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-    return [r for r in names if importlib.util.find_spec(mods[r]) is not None
+    return [r for r in names if importlib.util.find_spec(r) is not None
             and importlib.util.find_spec("onnx") is not None]
 
 
@@ -232,12 +232,7 @@ def _fvcore_gflop(model, inputs):
 
 def _inference_calls(models, inputs):
     """{name: a call of that model on ``inputs`` without autograd}, for :func:`interleaved`."""
-    def call(m):
-        def f():
-            with torch.no_grad():
-                return m(inputs)
-        return f
-    return {k: call(m) for k, m in models.items()}
+    return {k: torch.no_grad()(lambda m=m: m(inputs)) for k, m in models.items()}
 
 
 # --------------------------------------------------------------------------- suites
@@ -261,15 +256,12 @@ class Bench:
         self.env = environment(device)
         self.records, self.controls = [], []
         self.ceiling = {}
-        self.precisions = []
+        native = ["bf16"] if cpu_has_native_bf16() else []
+        self.precisions = ["fp16", "bf16"] if device.type == "cuda" else native
         self.runtimes = runtimes_available(args.runtimes) if device.type == "cpu" else []
         self.tmp = tempfile.mkdtemp(prefix="resnext_bench_")
         # exported models (hundreds of MB at full size) go when the process ends
         atexit.register(shutil.rmtree, self.tmp, True)
-        if device.type == "cuda":
-            self.precisions = ["fp16", "bf16"]
-        elif cpu_has_native_bf16():
-            self.precisions = ["bf16"]
 
     def _run(self, fns, protocol=None):
         return run_rounds(fns, protocol or self.protocol, sync=lambda: synchronize(self.device))
@@ -385,8 +377,9 @@ class Bench:
         fns = _inference_calls(models, inputs)
         fns.update(self._detector_runtimes(cfg, default, image))
         res = self._run(fns)
+        config_topk = load_config(resnext_det.get_config_file(name)).MODEL.RPN.POST_NMS_TOPK_TEST
         # the C4 head runs res5 once per proposal: a smaller POST_NMS_TOPK_TEST is a different workload
-        note = f"RPN.POST_NMS_TOPK_TEST={topk} (all paths; the config says {_config_topk(name)})" if topk else ""
+        note = f"RPN.POST_NMS_TOPK_TEST={topk} (all paths; the config says {config_topk})" if topk else ""
         notes = {m: note for m in res.times}
         scores = res.outputs[STOCK_A][0]["instances"].scores
         saturated = float((scores >= 0.9999).float().mean()) if len(scores) else 0.0
@@ -402,7 +395,7 @@ class Bench:
                 notes[m] = (note + "; " if note else "") + "bare runtime call (no resize / rescaling); " \
                     f"wrapper overhead = {wrapped_mode(m)} / {m}"
         self._report(arch, preset, res, gflop, _raw_or_det_err, notes,
-                     {"post_nms_topk_test": topk or _config_topk(name)} if arch == "c4" else None)
+                     {"post_nms_topk_test": topk or config_topk} if arch == "c4" else None)
 
     def train(self, preset):
         """One training iteration per candidate layout of the training ``auto`` rule (and ``default``:
@@ -452,12 +445,6 @@ class Bench:
             "note": "CPU without native bf16 (no AVX512-BF16/AMX): bf16 fast path not benchmarked; "
                     "fp32_s / seconds = how much slower one bf16 layer is (a probe, not a figure vs stock)",
             "loadavg_at_start": res.loadavg_at_start, "loadavg_at_end": res.loadavg_at_end})
-
-
-def _config_topk(config_name):
-    cfg = resnext_det.get_cfg()
-    cfg.merge_from_file(resnext_det.get_config_file(config_name))
-    return cfg.MODEL.RPN.POST_NMS_TOPK_TEST
 
 
 def print_table(records, header):
