@@ -33,8 +33,7 @@ def validate_solver(cfg, world_size: int = 1) -> None:
                                   "RPN stage, 0.005 for Fast R-CNN, at 16 / 8 images per batch)")
     if not (isinstance(s.MAX_ITER, int) and s.MAX_ITER > 0):
         raise TrainingConfigError(f"SOLVER.MAX_ITER={s.MAX_ITER!r} must be a positive integer")
-    bad_steps = [x for x in s.STEPS if not 0 < x]
-    if bad_steps:
+    if not all(0 < x for x in s.STEPS):
         raise TrainingConfigError(f"SOLVER.STEPS={tuple(s.STEPS)} must hold positive iterations")
     if s.REFERENCE_WORLD_SIZE < 0:
         raise TrainingConfigError(f"SOLVER.REFERENCE_WORLD_SIZE={s.REFERENCE_WORLD_SIZE} must be >= 0 "
