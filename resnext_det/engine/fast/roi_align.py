@@ -90,12 +90,6 @@ def roi_align_matrix(rois: torch.Tensor, spatial_scale: float, output_size: Tupl
     return a.coalesce()
 
 
-def _as_rows(x: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` as ``(N*H*W, C)`` (a view for a channels_last tensor)."""
-    n, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-
-
 class _MatrixROIAlignFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rois, spatial_scale, output_size, sampling_ratio, aligned):
@@ -105,7 +99,8 @@ class _MatrixROIAlignFunction(torch.autograd.Function):
         fmt = memory_format_of(x)
         a = roi_align_matrix(rois.detach(), spatial_scale, output_size, sampling_ratio, aligned, (n, c, h, w))
         ctx.a, ctx.shape, ctx.fmt = a, (n, c, h, w), fmt
-        out = torch.sparse.mm(a, _as_rows(x)).reshape(r, ph, pw, c).permute(0, 3, 1, 2)
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view for a channels_last x
+        out = torch.sparse.mm(a, rows).reshape(r, ph, pw, c).permute(0, 3, 1, 2)
         return out.contiguous(memory_format=fmt)
 
     @staticmethod
