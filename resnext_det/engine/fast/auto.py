@@ -50,8 +50,8 @@ PROBE_MARGIN = 0.03
 # feature map cap of the probe: about 0.5 s in all for X-101-32x4d (one thread)
 _PROBE_MAX_PIXELS = 48 * 80
 
-_TRUE = ("true", "on", "1", "yes")
-_FALSE = ("false", "off", "0", "no", "")
+_SWITCH_VALUES = {AUTO: None, **dict.fromkeys(("true", "on", "1", "yes"), True),
+                  **dict.fromkeys(("false", "off", "0", "no", ""), False)}
 
 
 def parse_switch(value, key: str) -> Optional[bool]:
@@ -60,14 +60,8 @@ def parse_switch(value, key: str) -> Optional[bool]:
     line yacs refuses ``True`` for a string key: write ``true`` or ``on``.)"""
     if isinstance(value, bool):
         return value
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v == AUTO:
-            return None
-        if v in _TRUE:
-            return True
-        if v in _FALSE:
-            return False
+    if isinstance(value, str) and value.strip().lower() in _SWITCH_VALUES:
+        return _SWITCH_VALUES[value.strip().lower()]
     raise ResNeXtConfigError(f"MODEL.RESNEXT.FAST.{key}={value!r} is not valid; use 'auto' (default), "
                              f"'on'/'off', or True/False")
 
