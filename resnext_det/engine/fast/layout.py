@@ -95,12 +95,10 @@ def autocast_trunk(module: nn.Module, device_type: str, dtype: Optional[torch.dt
 def trunks_of(model: nn.Module) -> List[Tuple[Optional[nn.Module], str, nn.Module]]:
     """``(parent, attribute, trunk)`` of the backbone (parent None for a bare backbone) and the C4
     head's res5: the trunks that run under reduced precision."""
-    parts: List[Tuple[Optional[nn.Module], str, nn.Module]] = []
     backbone = getattr(model, "backbone", None)
-    if isinstance(backbone, nn.Module) and not isinstance(model, AutocastTrunk):
-        parts.append((model, "backbone", backbone))
-    else:
-        parts.append((None, "", model))
+    has_backbone = isinstance(backbone, nn.Module) and not isinstance(model, AutocastTrunk)
+    parts: List[Tuple[Optional[nn.Module], str, nn.Module]] = [
+        (model, "backbone", backbone) if has_backbone else (None, "", model)]
     roi_heads = getattr(model, "roi_heads", None)
     res5 = getattr(roi_heads, "res5", None)
     if isinstance(res5, nn.Module):

@@ -20,10 +20,8 @@ def cpu_has_native_bf16() -> bool:
     """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
     probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     if probe is not None:
-        try:
+        with contextlib.suppress(Exception):  # very old/odd builds: the CPU capability decides
             return bool(probe())
-        except Exception:  # pragma: no cover - very old/odd builds
-            pass
     cap = torch.backends.cpu.get_cpu_capability()
     return "AMX" in cap or "BF16" in cap
 
@@ -78,8 +76,5 @@ def training_autocast(cfg=None, device_type: str = "cpu", precision: Optional[st
         value = str(cfg.MODEL.RESNEXT.FAST.AUTOCAST_TRAIN) if cfg is not None else ""
         precision = check_autocast_train(value, device_type)
     dtype = autocast_dtype(precision or "fp32", device_type)
-    if dtype is None:
-        yield
-        return
-    with torch.autocast(device_type=device_type, dtype=dtype):
+    with contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device_type, dtype=dtype):
         yield
