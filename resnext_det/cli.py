@@ -208,13 +208,10 @@ def print_demo_report(cfg, args, seconds):
     demo = cfg.RESNEXT_PLAN.DEMO
     pics = draw_detections(scfg, scfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "pictures"),
                            num_images=demo.NUM_IMAGES, score_thresh=demo.SCORE_THRESH)
-    lines = {}
-    if "rpn_AR@100" in figures:
-        lines["stage 1 (RPN) AR@100 x100"] = 100 * figures["rpn_AR@100"]
-    if "oracle_box_AP" in figures:
-        lines["stage 2 AP, GT boxes as proposals (oracle)"] = figures["oracle_box_AP"]
-    if "shuffled_box_AP" in figures:
-        lines["stage 2 AP, another image's proposals (control)"] = figures["shuffled_box_AP"]
+    labels = {"rpn_AR@100": ("stage 1 (RPN) AR@100 x100", 100),
+              "oracle_box_AP": ("stage 2 AP, GT boxes as proposals (oracle)", 1),
+              "shuffled_box_AP": ("stage 2 AP, another image's proposals (control)", 1)}
+    lines = {label: scale * figures[key] for key, (label, scale) in labels.items() if key in figures}
     plot = plot_metrics({s.name: os.path.join(s.output_dir, "metrics.json")
                          for s in stages if s.kind == "train"},
                         os.path.join(cfg.OUTPUT_DIR, "pictures", "losses_and_ap.png"), figures=lines)

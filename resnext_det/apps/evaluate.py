@@ -36,16 +36,6 @@ def check_exported_model(cfg, path: str) -> None:
                           f"{'; '.join(bad)}. Evaluate it with the config it was exported with")
 
 
-class _RuntimeModel:
-    """detectron2's model calling convention on a :class:`DeployedPredictor`, for ``inference_on_dataset``."""
-
-    def __init__(self, predictor: DeployedPredictor):
-        self.predictor = predictor
-
-    def __call__(self, batched_inputs):
-        return self.predictor.inference(batched_inputs)
-
-
 def evaluate_exported(cfg, path: Optional[str] = None, runtime: Optional[str] = None,
                       num_threads: Optional[int] = None, precision: str = "fp32", **runtime_options) -> Dict:
     """COCO box AP of the exported model ``path`` (default ``cfg.MODEL.WEIGHTS``) on each of
@@ -63,7 +53,8 @@ def evaluate_exported(cfg, path: Optional[str] = None, runtime: Optional[str] = 
     for name in cfg.DATASETS.TEST:
         loader = build_detection_test_loader(cfg, name)
         evaluator = ResNeXtTrainer.build_evaluator(cfg, name)
-        res = inference_on_dataset(_RuntimeModel(predictor), loader, evaluator)
+        # inference(): detectron2's model calling convention on the runtime
+        res = inference_on_dataset(predictor.inference, loader, evaluator)
         results[name] = res
         if res:
             print_csv_format(res)

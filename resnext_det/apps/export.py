@@ -110,12 +110,11 @@ def export_target(config_file: str, opts=(), *, demo: str = ""):
     (the export and calibration images). Exporting trains nothing: missing weights are refused by
     name. ``demo`` (``fpn``, ``two_stage``): that demo's config and OUTPUT_DIR, as ``train_net.py
     --demo`` uses them (``config_file`` may then be "")."""
-    if demo:
-        cfg = load_config(config_file or get_config_file(DEMO_CONFIGS[demo]), opts)
-        if "OUTPUT_DIR" not in list(opts)[::2]:
-            cfg.OUTPUT_DIR = os.path.join("output", f"demo_{demo}")
-    else:
-        cfg = load_config(config_file, opts)
+    if demo and not config_file:
+        config_file = get_config_file(DEMO_CONFIGS[demo])
+    cfg = load_config(config_file, opts)
+    if demo and "OUTPUT_DIR" not in list(opts)[::2]:
+        cfg.OUTPUT_DIR = os.path.join("output", f"demo_{demo}")
     check_device(cfg)
     cfg.freeze()
     register_datasets(cfg)

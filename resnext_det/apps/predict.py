@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
 import queue
 import sys
 import threading
@@ -379,8 +380,7 @@ def _check_output(output: str, now: Dict) -> None:
     if os.path.exists(output) and not os.path.isdir(output):
         raise PredictError(f"--output {output!r} is a file; give a folder")
     if os.path.isfile(path):
-        with open(path) as f:
-            before = json.load(f)
+        before = json.loads(pathlib.Path(path).read_text())
         differ = [k for k in ("weights", "weights_bytes", "config", "precision") if before.get(k) != now[k]]
         if differ:
             raise PredictError(f"--output {output!r} holds results of another run ({', '.join(differ)}: "
@@ -400,8 +400,7 @@ def _done_shards(output: str, shards) -> Dict[int, Dict]:
         path = _shard_path(output, index)
         if os.path.isfile(path):
             try:
-                with open(path) as f:
-                    data = json.load(f)
+                data = json.loads(pathlib.Path(path).read_text())
             except (OSError, ValueError):
                 continue  # unreadable: done again
             if data.get("key") == _shard_key(shard):
@@ -494,8 +493,7 @@ def merge(output: str, shards, class_names: List[str]) -> Dict:
     order (the same whether the run was interrupted or not)."""
     images, results, failures = [], [], []
     for index in range(len(shards)):
-        with open(_shard_path(output, index)) as f:
-            data = json.load(f)
+        data = json.loads(pathlib.Path(_shard_path(output, index)).read_text())
         for entry in data["images"]:
             image_id = len(images) + 1
             record = {"id": image_id, "file_name": entry["file_name"], "height": entry["height"],
@@ -519,10 +517,8 @@ def score_predictions(output: str, ground_truth: str) -> Dict[str, float]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    with open(os.path.join(output, "images.json")) as f:
-        ours = json.load(f)
-    with open(os.path.join(output, "predictions.json")) as f:
-        results = json.load(f)
+    ours = json.loads(pathlib.Path(output, "images.json").read_text())
+    results = json.loads(pathlib.Path(output, "predictions.json").read_text())
     gt = COCO(ground_truth)
     by_name = {}
     for im in gt.dataset["images"]:
