@@ -468,8 +468,7 @@ class _FiniteCheckpointer(d2_hooks.PeriodicCheckpointer):
 
     def after_step(self):
         it = int(self.trainer.iter)
-        due = (it + 1) % self.period == 0 or (self.max_iter is not None and it >= self.max_iter - 1)
-        if due:
+        if (it + 1) % self.period == 0 or (self.max_iter is not None and it >= self.max_iter - 1):
             bad = [n for n, p in _unwrap(self.checkpointer.model).state_dict().items()
                    if p.is_floating_point() and not bool(torch.isfinite(p).all())]
             if bad:
