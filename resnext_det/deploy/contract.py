@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Dict, List
 
 from ..config import UserInputError
@@ -100,18 +101,11 @@ class Contract:
     def mismatches(self, cfg) -> List[str]:
         """The preprocessing/label settings where ``cfg`` differs from this contract."""
         other = Contract.from_cfg(cfg, self.size_divisibility)
-        out = []
-        for key, mine, theirs in [
-            ("INPUT.FORMAT", self.input_format, other.input_format),
-            ("MODEL.PIXEL_MEAN", self.pixel_mean, other.pixel_mean),
-            ("MODEL.PIXEL_STD", self.pixel_std, other.pixel_std),
-            ("INPUT.MIN_SIZE_TEST", self.min_size_test, other.min_size_test),
-            ("INPUT.MAX_SIZE_TEST", self.max_size_test, other.max_size_test),
-            ("MODEL.ROI_HEADS.NUM_CLASSES", self.num_classes, other.num_classes),
-        ]:
-            if mine != theirs:
-                out.append(f"{key}: model {mine}, config {theirs}")
-        return out
+        keys = {"input_format": "INPUT.FORMAT", "pixel_mean": "MODEL.PIXEL_MEAN", "pixel_std": "MODEL.PIXEL_STD",
+                "min_size_test": "INPUT.MIN_SIZE_TEST", "max_size_test": "INPUT.MAX_SIZE_TEST",
+                "num_classes": "MODEL.ROI_HEADS.NUM_CLASSES"}
+        return [f"{key}: model {getattr(self, f)}, config {getattr(other, f)}" for f, key in keys.items()
+                if getattr(self, f) != getattr(other, f)]
 
 
 def _file_error(path: str, why: str) -> DeployError:
@@ -210,8 +204,6 @@ def save_openvino_ir(model, contract: Contract, path: str) -> str:
     """Write ``model`` (an ``openvino.Model``) as ``path`` (.xml) + .bin with ``contract`` in its
     rt_info. Both files are written to temporary names and renamed into place, .bin first, so
     a reader never finds a new .xml beside an old .bin."""
-    import tempfile
-
     import openvino as ov  # lazy: the optional deploy extra (see the note at the top)
 
     if model_format(path) != "openvino_ir":
@@ -230,9 +222,7 @@ def save_openvino_ir(model, contract: Contract, path: str) -> str:
 
 def read_contract(path: str) -> Contract:
     """The contract stored in an exported file, ONNX or OpenVINO IR (errors: :func:`load_onnx`)."""
-    if model_format(path) == "openvino_ir":
-        return load_openvino_ir(path)[1]
-    return load_onnx(path)[1]
+    return (load_openvino_ir if model_format(path) == "openvino_ir" else load_onnx)(path)[1]
 
 
 def expected_image_message(input_format: str) -> str:

@@ -32,37 +32,35 @@ def _branches(graph):
                 yield from _branches(attr.g)
 
 
-def _is_empty_constant(node) -> bool:
+def _empty_constant(node):
+    """The value of a zero-element ``Constant`` node, else None."""
     import onnx
 
-    if node.op_type != "Constant":
-        return False
-    for attr in node.attribute:
+    for attr in node.attribute if node.op_type == "Constant" else ():
         if attr.name == "value":
-            dims = list(onnx.helper.get_attribute_value(attr).dims)
-            return bool(dims) and 0 in dims
-    return False
+            tensor = onnx.helper.get_attribute_value(attr)
+            return tensor if 0 in tensor.dims else None
+    return None
 
 
 def empty_branch_constants(proto) -> List[str]:
     """Names of the zero-element ``Constant`` nodes inside ``If`` branches of an ONNX model."""
     return [n.name or n.output[0] for _, branch in _branches(proto.graph) for n in branch.node
-            if _is_empty_constant(n)]
+            if _empty_constant(n) is not None]
 
 
 def rewrite_empty_branch_constants(proto) -> int:
     """Rewrite (in place) every zero-element ``Constant`` inside an ``If`` branch of an ONNX
     model as ``ConstantOfShape(dims * cast(condition))``; returns how many (0: none, or done before)."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     count = 0
     for if_node, branch in _branches(proto.graph):
         for node in list(branch.node):
-            if not _is_empty_constant(node):
+            tensor = _empty_constant(node)
+            if tensor is None:
                 continue
-            tensor = next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "value")
             out = node.output[0]
             stem = f"{out}__empty_{count}"
             dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
@@ -76,8 +74,8 @@ def rewrite_empty_branch_constants(proto) -> int:
                 helper.make_node("Mul", [f"{stem}_dims", f"{stem}_on"], [f"{stem}_shape"], name=f"{stem}_shape"),
                 helper.make_node("ConstantOfShape", [f"{stem}_shape"], [out], name=f"{stem}_fill", value=zero),
             ]
-            at = list(branch.node).index(node)
             kept = list(branch.node)
+            at = kept.index(node)
             kept[at:at + 1] = new
             del branch.node[:]
             branch.node.extend(kept)

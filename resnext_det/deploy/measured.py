@@ -35,7 +35,6 @@ _OPTIONS = {"runtime": ("onnxruntime", "openvino"), "precision": ("fp32", "bf16"
 #: how to ask for each low precision a table entry may point to (the default stays fp32)
 ASK_FOR = {"bf16": 'DeployedPredictor(path, precision="bf16")',
            "int8": "tools/export.py --int8, then DeployedPredictor(\"model_int8.xml\")"}
-_RUNTIME_MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +69,7 @@ def load_table(path: Optional[str] = None) -> dict:
 
 def installed_runtimes() -> Tuple[str, ...]:
     """The runtimes whose packages are installed (without importing them)."""
-    return tuple(r for r, mod in _RUNTIME_MODULES.items() if importlib.util.find_spec(mod) is not None)
+    return tuple(r for r in ("openvino", "onnxruntime") if importlib.util.find_spec(r) is not None)
 
 
 def _source(entry: dict) -> str:

@@ -85,9 +85,6 @@ class _Reader:
         x = next(self._it, None)
         return None if x is None else {INPUT_NAME: x}
 
-    def rewind(self):  # pragma: no cover - not used by MinMax
-        pass
-
 
 def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "") -> str:
     """Quantize an exported ``model.onnx`` on :func:`calibration_images`; writes ``output_path``

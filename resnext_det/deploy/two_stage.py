@@ -30,10 +30,9 @@ class TwoStageDetector(nn.Module):
     def inference(self, batched_inputs, do_postprocess: bool = False):
         """Like ``GeneralizedRCNN.inference``: proposals from stage 1, boxes from stage 2."""
         rpn = self.rpn_network
-        images_rpn = self.detector.preprocess_image(batched_inputs) if _same_input(rpn, self.detector) \
-            else _preprocess(rpn, batched_inputs)
-        proposals, _ = rpn.proposal_generator(images_rpn, rpn.backbone(images_rpn.tensor), None)
         images = self.detector.preprocess_image(batched_inputs)
+        images_rpn = images if _same_input(rpn, self.detector) else _preprocess(rpn, batched_inputs)
+        proposals, _ = rpn.proposal_generator(images_rpn, rpn.backbone(images_rpn.tensor), None)
         features = self.detector.backbone(images.tensor)
         results, _ = self.detector.roi_heads(images, features, proposals, None)
         if do_postprocess:
