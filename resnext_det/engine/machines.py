@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from datetime import timedelta
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, NoReturn, Optional
 from urllib.parse import urlparse
 
 import torch.distributed as dist
@@ -86,7 +86,6 @@ class MachineGroup:
         self._store = None  # the main thread's connection (machine 0: the server too)
         self._stop = threading.Event()  # the watchdog and heartbeat end
         self._watching = threading.Event()  # the watchdog judges (cleared when done)
-        self._threads = []
         self._token = None  # machine 0: the file of sees_folder_of_machine_0
         self._stopping = threading.Event()  # the watchdog is stopping the run (it exits)
         self._started = None
@@ -120,9 +119,7 @@ class MachineGroup:
             self._store = self._connect_to_machine_0()
         self._store.add(self._key("beat", self.rank), 1)
         for target in (self._heartbeat, self._watchdog):
-            t = threading.Thread(target=target, name=f"resnext-machines-{target.__name__}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            threading.Thread(target=target, name=f"resnext-machines-{target.__name__}", daemon=True).start()
         self._watching.set()
         return self
 
@@ -165,21 +162,18 @@ class MachineGroup:
             return False
 
     def _heartbeat(self):
-        try:
+        with contextlib.suppress(Exception):  # machine 0 gone: the watchdog says so
             store = self._client(self.timeout)
             while not self._stop.wait(1.0):
                 if self._machine_0_gone():
                     return
                 store.add(self._key("beat", self.rank), 1)
-        except Exception:  # machine 0 gone: the watchdog says so
-            pass
 
     def _watchdog(self):
         try:
             store = self._client(self.timeout)
         except Exception as e:
             self.stop_run(f"{self.who(0)} at {self.url} is gone: {_first_line(e)}", (0,))
-            return
         seen: Dict[int, tuple] = {}  # machine -> (last beat, when it changed)
         said = -_SAY_EVERY
         while not self._stop.wait(1.0):
@@ -188,7 +182,6 @@ class MachineGroup:
             if self._machine_0_gone():
                 self.stop_run(f"{self.who(0)} at {self.url} is gone (it holds the run's "
                               "rendezvous): connection refused", (0,))
-                return
             try:
                 verdict, waiting = self._judge(store, seen)
             except Exception as e:  # the store (machine 0's launcher) went away
@@ -198,7 +191,6 @@ class MachineGroup:
                 return
             if verdict and self._watching.is_set():
                 self.stop_run(*verdict)
-                return
             if waiting and time.monotonic() - said >= _SAY_EVERY:
                 self._say("; ".join(waiting))
                 said = time.monotonic()
@@ -234,7 +226,7 @@ class MachineGroup:
                 waiting.append(f"waiting for {self.who(r)}: joined, preparing its data")
         return None, waiting
 
-    def stop_run(self, line: str, gone=()) -> None:
+    def stop_run(self, line: str, gone=()) -> NoReturn:
         """One line on stderr, this machine's workers terminated, exit status 1 (from the
         watchdog thread). ``gone``: machines that will not read the store again."""
         self._stopping.set()
@@ -297,23 +289,19 @@ class MachineGroup:
     def _linger(self, gone: int = 0):
         """Machine 0 keeps the store up until the others (but ``gone``) left, at most 10 s."""
         deadline = time.monotonic() + min(self.timeout, 10.0)
-        try:
+        with contextlib.suppress(Exception):
             store = self._store or self._client(5.0)
             while time.monotonic() < deadline:
                 if store.add(f"{_PREFIX}left", 0) >= self.n - 1 - gone:
                     return
                 time.sleep(0.2)
-        except Exception:
-            pass
 
     def leave(self) -> None:
         """Tell machine 0 this machine is leaving (so it can close the store)."""
         if self.rank == 0:
             return
-        try:
+        with contextlib.suppress(Exception):
             (self._store or self._client(2.0)).add(f"{_PREFIX}left", 1)
-        except Exception:
-            pass
 
     def finish(self) -> None:
         """Post ``done``; machine 0 keeps the store (and watchdog) until every machine is done."""
@@ -367,13 +355,11 @@ def write_worker_failure(folder: str, rank: int, e: BaseException, *, user_error
         reason = f"{type(e).__name__}: {reason}"
         if traceback_dir:
             path = os.path.join(traceback_dir, f"error.rank{rank}.txt")
-            try:
+            with contextlib.suppress(OSError):
                 os.makedirs(traceback_dir, exist_ok=True)
                 with open(path, "w") as f:
                     f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
                 reason += f" (traceback: {path})"
-            except OSError:
-                pass
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
         json.dump({"rank": rank, "reason": reason, "lost_peer": not user_error and is_lost_peer(e),
                    "exit_code": exit_code}, f)
@@ -384,9 +370,6 @@ def read_worker_failures(folder: str):
     out = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
         if name.startswith("rank") and name.endswith(".json"):
-            try:
-                with open(os.path.join(folder, name)) as f:
-                    out.append(json.load(f))
-            except (OSError, ValueError):
-                pass
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, name)) as f:
+                out.append(json.load(f))
     return out
