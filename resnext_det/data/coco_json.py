@@ -158,39 +158,24 @@ def check_cache_dir() -> str:
     return os.path.join(root, "dataset_checks")
 
 
-def _check_key(json_file: str, image_root: str, check_image_files: bool) -> Optional[Dict[str, Any]]:
+def _check_record(json_file: str, image_root: str, check_image_files: bool):
+    """``(key, record path)`` of a check of the file as it is now; ``(None, "")`` when it is missing."""
     try:
         st = os.stat(json_file)
     except OSError:
-        return None
-    return {"json_file": os.path.abspath(json_file), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "image_root": os.path.abspath(image_root), "image_files": bool(check_image_files)}
-
-
-def _check_record_path(key: Dict[str, Any]) -> str:
+        return None, ""
+    key = {"json_file": os.path.abspath(json_file), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+           "image_root": os.path.abspath(image_root), "image_files": bool(check_image_files)}
     name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(check_cache_dir(), name + ".json")
+    return key, os.path.join(check_cache_dir(), name + ".json")
 
 
-def _checked_before(json_file: str, image_root: str, check_image_files: bool) -> bool:
-    key = _check_key(json_file, image_root, check_image_files)
-    if key is None:
-        return False
+def _checked_before(key: Optional[Dict[str, Any]], record: str) -> bool:
     try:
-        with open(_check_record_path(key)) as f:
-            return json.load(f).get("key") == key
+        with open(record) as f:
+            return key is not None and json.load(f).get("key") == key
     except (OSError, ValueError):
         return False
-
-
-def _remember_checked(json_file: str, image_root: str, check_image_files: bool) -> None:
-    key = _check_key(json_file, image_root, check_image_files)
-    if key is None:
-        return
-    try:
-        atomic_write_json(_check_record_path(key), {"key": key, "result": "passed"})
-    except OSError:  # a read-only home: the check simply runs again next time
-        logger.debug("cannot remember the data check of %s in %s", json_file, check_cache_dir())
 
 
 def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Optional[str] = None,
@@ -201,7 +186,8 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
     With ``use_cache``, a file that passed on this machine (same size, mtime and image root: a
     record in :func:`check_cache_dir`) is not validated again, so workers skip the check.
     """
-    if use_cache and _checked_before(json_file, image_root, check_image_files):
+    key, record = _check_record(json_file, image_root, check_image_files) if use_cache else (None, "")
+    if _checked_before(key, record):
         return load_coco_json(json_file, image_root, dataset_name)
     data = validate_coco_dict(_read_json(json_file), source=json_file)
     if check_image_files:
@@ -214,8 +200,11 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
     dropped = data.pop("_dropped_degenerate_boxes")
     if not dropped:
         del data  # (the parsed JSON: detectron2's loader parses the file again)
-        if use_cache:
-            _remember_checked(json_file, image_root, check_image_files)
+        if key is not None:
+            try:
+                atomic_write_json(record, {"key": key, "result": "passed"})
+            except OSError:  # a read-only home: the check simply runs again next time
+                logger.debug("cannot remember the data check of %s in %s", json_file, check_cache_dir())
         return load_coco_json(json_file, image_root, dataset_name)
     # detectron2's loader reads a file: give it the cleaned annotations.
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:

@@ -283,13 +283,9 @@ class ProposalStore:
 
     def to_detectron2_dict(self) -> Dict[str, Any]:
         """Everything as detectron2's proposal-file dict, in the shards' order (all in memory)."""
-        boxes, logits = [], []
-        for image_id in self.ids:
-            b, s = self.get(image_id)
-            boxes.append(np.ascontiguousarray(b))
-            logits.append(np.ascontiguousarray(s))
-        return {"ids": self.ids, "boxes": boxes, "objectness_logits": logits,
-                "bbox_mode": int(self.bbox_mode)}
+        rows = [self.get(image_id) for image_id in self.ids]
+        return {"ids": self.ids, "boxes": [np.ascontiguousarray(b) for b, _ in rows],
+                "objectness_logits": [np.ascontiguousarray(s) for _, s in rows], "bbox_mode": int(self.bbox_mode)}
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -351,7 +347,7 @@ def stores_for(files: Sequence[str], datasets: Sequence[str]) -> Optional[List[P
             "kind for all datasets (export_detectron2_pickle converts a manifest)")
     stores = [ProposalStore(f) for f in files]
     if len(stores) > 1:
-        ids = [s._sorted_ids if s._sorted_ids.dtype.kind in "iu" else s._sorted_ids.astype(str) for s in stores]
+        ids = [s._sorted_ids for s in stores]  # int64, or str (ProposalStore converts other ids)
         if any(a.dtype.kind not in "iu" for a in ids):
             ids = [a.astype(str) for a in ids]  # detectron2 compares str(id)
         owner = np.concatenate([np.full(len(a), k) for k, a in enumerate(ids)])
