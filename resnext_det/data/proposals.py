@@ -285,7 +285,8 @@ class ProposalStore:
         """Everything as detectron2's proposal-file dict, in the shards' order (all in memory)."""
         rows = [self.get(image_id) for image_id in self.ids]
         return {"ids": self.ids, "boxes": [np.ascontiguousarray(b) for b, _ in rows],
-                "objectness_logits": [np.ascontiguousarray(s) for _, s in rows], "bbox_mode": int(self.bbox_mode)}
+                "objectness_logits": [np.ascontiguousarray(s) for _, s in rows],
+                "bbox_mode": int(self.bbox_mode)}
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -101,9 +101,9 @@ class Contract:
     def mismatches(self, cfg) -> List[str]:
         """The preprocessing/label settings where ``cfg`` differs from this contract."""
         other = Contract.from_cfg(cfg, self.size_divisibility)
-        keys = {"input_format": "INPUT.FORMAT", "pixel_mean": "MODEL.PIXEL_MEAN", "pixel_std": "MODEL.PIXEL_STD",
-                "min_size_test": "INPUT.MIN_SIZE_TEST", "max_size_test": "INPUT.MAX_SIZE_TEST",
-                "num_classes": "MODEL.ROI_HEADS.NUM_CLASSES"}
+        keys = {"input_format": "INPUT.FORMAT", "pixel_mean": "MODEL.PIXEL_MEAN",
+                "pixel_std": "MODEL.PIXEL_STD", "min_size_test": "INPUT.MIN_SIZE_TEST",
+                "max_size_test": "INPUT.MAX_SIZE_TEST", "num_classes": "MODEL.ROI_HEADS.NUM_CLASSES"}
         return [f"{key}: model {getattr(self, f)}, config {getattr(other, f)}" for f, key in keys.items()
                 if getattr(self, f) != getattr(other, f)]
 
