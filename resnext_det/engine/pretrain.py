@@ -139,13 +139,11 @@ def _normalise(crops: np.ndarray) -> torch.Tensor:
 def pretrained_weights_path(cfg: CfgNode) -> str:
     """Where ``RESNEXT_PLAN.PRETRAIN`` writes its torchvision file (``OUTPUT`` or
     ``<OUTPUT_DIR>/pretrain/tiny_resnext_torchvision.pth``)."""
-    p = cfg.RESNEXT_PLAN.PRETRAIN
-    return p.OUTPUT or os.path.join(cfg.OUTPUT_DIR, "pretrain", _FILE_NAME)
+    return cfg.RESNEXT_PLAN.PRETRAIN.OUTPUT or os.path.join(cfg.OUTPUT_DIR, "pretrain", _FILE_NAME)
 
 
 def _manifest(cfg: CfgNode) -> Dict[str, Any]:
     spec = resolve_resnext_spec(cfg, out_features=["res5"])
-    p = cfg.RESNEXT_PLAN.PRETRAIN
     manifest = {
         "format": _FORMAT_VERSION,
         "architecture": {k: getattr(spec, k) for k in ("depth", "cardinality", "bottleneck_width",
@@ -153,7 +151,7 @@ def _manifest(cfg: CfgNode) -> Dict[str, Any]:
                                                         "stride_in_1x1")},
         "train_datasets": list(cfg.DATASETS.TRAIN), "test_datasets": list(cfg.DATASETS.TEST),
         "synthetic": {k: v for k, v in cfg.RESNEXT_PLAN.SYNTHETIC.items() if k != "ROOT"},
-        "pretrain": {k: v for k, v in p.items() if k not in ("ENABLED", "OUTPUT")},
+        "pretrain": {k: v for k, v in cfg.RESNEXT_PLAN.PRETRAIN.items() if k not in ("ENABLED", "OUTPUT")},
         "seed": int(cfg.SEED),
     }
     return json.loads(json.dumps(manifest))  # as read back from the JSON file (tuples -> lists)
