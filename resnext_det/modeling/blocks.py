@@ -136,14 +136,10 @@ def grouped_state_to_form(state: Dict[str, torch.Tensor], form: str, cardinality
                 out[f"{p}{conv}.norm.{k}"] = v[sl].clone() if v.dim() == 1 else v.clone()
         if form == "split":
             out[p + "conv3.weight"] = w3[:, sl].clone()
-    norm3_keys = _norm_keys("conv3.norm.", state)
-    if form == "split":
-        for k in norm3_keys:
-            out["norm3." + k] = state["conv3.norm." + k].clone()
-    else:
+    if form == "concat":
         out["conv3.weight"] = w3.clone()
-        for k in norm3_keys:
-            out["conv3.norm." + k] = state["conv3.norm." + k].clone()
+    for k in _norm_keys("conv3.norm.", state):
+        out[("norm3." if form == "split" else "conv3.norm.") + k] = state["conv3.norm." + k].clone()
     for k, v in state.items():
         if k.startswith("shortcut."):
             out[k] = v.clone()
