@@ -50,12 +50,8 @@ def build_resnext(spec: ResNeXtSpec, in_channels: int = 3) -> ResNet:
     not built (as detectron2 does)."""
     stem = BasicStem(in_channels=in_channels, out_channels=spec.stem_out_channels, norm=spec.norm)
     deepest = max(_STAGE_INDEX[f] for f in spec.out_features)
-    stages = []
-    channels = spec.stem_out_channels
-    for idx in range(2, deepest + 1):
-        blocks = make_resnext_stage(spec, idx, channels)
-        stages.append(blocks)
-        channels = blocks[-1].out_channels
+    stages = [make_resnext_stage(spec, i, spec.stage_channels(i - 1)[1] if i > 2 else spec.stem_out_channels)
+              for i in range(2, deepest + 1)]
     return ResNet(stem, stages, out_features=list(spec.out_features), freeze_at=spec.freeze_at)
 
 

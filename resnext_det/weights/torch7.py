@@ -18,6 +18,7 @@ weights along the output axis is exactly the grouped conv's weight layout.
 """
 from __future__ import annotations
 
+import copy
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -97,20 +98,16 @@ def _concat_paths(paths: List[List[object]], where: str) -> List[object]:
     merged = []
     for j in range(4):
         ops = [p[j] for p in paths]
-        if isinstance(ops[0], _Conv):
-            conv = ops[0]
-            out = _Conv.__new__(_Conv)
-            out.stride = conv.stride
+        out = copy.copy(ops[0])  # a conv keeps the stride
+        if isinstance(out, _Conv):
             out.weight = np.concatenate([o.weight for o in ops], axis=0)
-            out.bias = None if conv.bias is None else np.concatenate([o.bias for o in ops])
+            out.bias = None if out.bias is None else np.concatenate([o.bias for o in ops])
             # conv1x1 of the paths: a plain conv over the full input; conv3x3: C groups.
             out.groups = len(ops) if j == 2 else 1
-            merged.append(out)
         else:
-            bn = _BN.__new__(_BN)
             for f in ("weight", "bias", "mean", "var"):
-                setattr(bn, f, np.concatenate([getattr(o, f) for o in ops]))
-            merged.append(bn)
+                setattr(out, f, np.concatenate([getattr(o, f) for o in ops]))
+        merged.append(out)
     return merged
 
 
