@@ -83,10 +83,7 @@ class SplitBlock(_PathBlockBase):
         self.norm3 = get_norm(norm, out_channels) or nn.Identity()
 
     def forward(self, x):
-        out = None
-        for path in self.paths:
-            y = path.conv3(self._path_front(path, x))
-            out = y if out is None else out + y
+        out = sum(path.conv3(self._path_front(path, x)) for path in self.paths)
         return self._finish(self.norm3(out), x)
 
 
