@@ -15,19 +15,36 @@ PY=${PYTHON:-python3}
 PIP="$PY -m pip --disable-pip-version-check"
 log() { echo "[install] $*"; }
 
-# (each check is one interpreter start: importing torch costs seconds)
+# What is already there, in one interpreter start (importing torch costs seconds): torch's
+# version, then detectron2's folder; a line is empty when that import fails.
+FOUND=$("$PY" - <<'PYEOF' 2>/dev/null || true
+try:
+    import torch, torchvision
+    print(torch.__version__)
+except Exception:
+    print()
+try:
+    import detectron2, os
+    print(os.path.dirname(detectron2.__file__))
+except Exception:
+    print()
+PYEOF
+)
+TORCH_VERSION=$(printf '%s\n' "$FOUND" | sed -n 1p)
+D2_DIR=$(printf '%s\n' "$FOUND" | sed -n 2p)
 
 # 1. torch + torchvision (pinned to the releases this platform ships).
-if TORCH_VERSION=$("$PY" -c 'import torch, torchvision; print(torch.__version__)' 2>/dev/null); then
+if [ -n "$TORCH_VERSION" ]; then
   log "torch $TORCH_VERSION already installed"
 else
   log "installing torch 2.14.1 + torchvision 0.29.1"
   $PIP install -q torch==2.14.1 torchvision==0.29.1
+  D2_DIR=$("$PY" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))' 2>/dev/null || true)
 fi
 
 # 2. detectron2: the official source install first; when no git host can be reached, the
 #    PyPI redistribution of its Python package (sal-detectron2), without its C++ extension.
-if D2_DIR=$("$PY" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))' 2>/dev/null); then
+if [ -n "$D2_DIR" ]; then
   log "detectron2 already importable from $D2_DIR"
 else
   log "trying the official detectron2 source install (git)"
