@@ -32,6 +32,7 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN, build_model
 from torch import nn
 
+from .._warnings import known_third_party_warnings_silenced
 from ..weights import load_checkpoint
 from ..io import atomic_open, atomic_write_json
 from .contract import INPUT_NAME, OUTPUT_NAMES, Contract, DeployError, read_contract_bytes, short_error
@@ -57,7 +58,8 @@ def _boxes_scores_classes(model, inputs):
 @contextlib.contextmanager
 def quiet_export():
     """Silence the known, harmless messages of tracing detectron2 and of the TorchScript-based exporter."""
-    with warnings.catch_warnings():
+    # detectron2's meshgrid and is_fx_tracing messages, as the command lines silence them
+    with known_third_party_warnings_silenced(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
@@ -65,15 +67,7 @@ def quiet_export():
         # we use the TorchScript-based exporter on purpose: the dynamo one fails on these models
         warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
-        # the anchor generator's meshgrid call inside detectron2, seen only while tracing
-        warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
-        fx = logging.getLogger("torch.fx._symbolic_trace")  # "is_fx_tracing will return true ..."
-        level = fx.level
-        fx.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            fx.setLevel(level)
+        yield
 
 
 @contextlib.contextmanager

@@ -30,9 +30,9 @@ def compare_detections(ref, got, box_tol: float = BOX_TOL_PX, score_tol: float =
     gb, gs, gc = _arrays(got)
     out = {"count_ref": int(len(rb)), "count_got": int(len(gb)), "max_box_diff": 0.0,
            "max_score_diff": 0.0}
+    fail = {**out, "ok": False, "max_box_diff": float("inf"), "max_score_diff": float("inf")}
     if len(rb) != len(gb):
-        return {**out, "ok": False, "max_box_diff": float("inf"), "max_score_diff": float("inf"),
-                "why": f"{len(gb)} detections instead of {len(rb)}"}
+        return {**fail, "why": f"{len(gb)} detections instead of {len(rb)}"}
     if len(rb) == 0:
         return {**out, "ok": True, "why": ""}
     box_d = np.abs(gb[None, :, :].astype(np.float64) - rb[:, None, :]).max(axis=2)  # ref x got
@@ -48,9 +48,8 @@ def compare_detections(ref, got, box_tol: float = BOX_TOL_PX, score_tol: float =
             j = near[np.argmin(box_d[i, near])] if len(near) else None
             detail = (f"nearest same-class box differs by {box_d[i, j]:.3g} px, score by "
                       f"{score_d[i, j]:.3g}" if j is not None else "no detection of that class")
-            return {**out, "ok": False, "max_box_diff": float("inf"), "max_score_diff": float("inf"),
-                    "why": f"detection {i} (class {rc[i]}, score {rs[i]:.4f}) has no match within "
-                           f"{box_tol} px / {score_tol}: {detail}"}
+            return {**fail, "why": f"detection {i} (class {rc[i]}, score {rs[i]:.4f}) has no match within "
+                                   f"{box_tol} px / {score_tol}: {detail}"}
         j = cand[np.argmin(box_d[i, cand])]
         used[j] = True
         worst_box, worst_score = max(worst_box, box_d[i, j]), max(worst_score, score_d[i, j])
