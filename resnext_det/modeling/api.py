@@ -65,10 +65,7 @@ def build_backbone_from_preset(preset: str = "X-50-32x4d", *, fpn: bool = False,
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     cfg.MODEL.FPN.IN_FEATURES = [f for f in out_features if f != "stem"]
     cfg.MODEL.FPN.OUT_CHANNELS = fpn_out_channels
-    shape = ShapeSpec(channels=in_channels)
-    if fpn:
-        return build_resnext_fpn_backbone(cfg, shape)
-    return build_resnext_backbone(cfg, shape)
+    return (build_resnext_fpn_backbone if fpn else build_resnext_backbone)(cfg, ShapeSpec(channels=in_channels))
 
 
 class TorchvisionBackbone(nn.Module):

@@ -59,8 +59,7 @@ def build_resnext(spec: ResNeXtSpec, in_channels: int = 3) -> ResNet:
 def build_resnext_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     """Bottom-up ResNeXt from ``cfg.MODEL.RESNEXT`` (res2..res5 at strides 4/8/16/32). The C4 form
     sets ``OUT_FEATURES: ["res4"]``; its res5 lives in :class:`ResNeXtRes5ROIHeads`."""
-    spec = resolve_resnext_spec(cfg)
-    return build_resnext(spec, in_channels=input_shape.channels)
+    return build_resnext(resolve_resnext_spec(cfg), in_channels=input_shape.channels)
 
 
 @BACKBONE_REGISTRY.register()
