@@ -198,9 +198,7 @@ def with_contract(data: bytes, cfg, model: nn.Module, opset: int = DEFAULT_OPSET
     rewrite_empty_branch_constants(proto)  # no phantom detections in OpenVINO (see graph_fix)
     size_div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
     contract = Contract.from_cfg(cfg, size_div, _class_names(cfg), opset, meta_architecture=type(model).__name__)
-    for k, v in contract.metadata().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
+    onnx.helper.set_model_props(proto, contract.metadata())
     proto.producer_name, proto.doc_string = "resnext_det", "ResNeXt Faster R-CNN (resnext_det tools/export.py)"
     try:
         onnx.checker.check_model(proto)

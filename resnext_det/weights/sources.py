@@ -225,11 +225,9 @@ def _checked_architecture(sd: Dict[str, Any], preset: Optional[str], path: str) 
     return arch
 
 
-def _meta(source: str, convention: Optional[str], path: str, arch: Dict[str, Any], **extra) -> Dict[str, Any]:
-    meta: Dict[str, Any] = {"source": source, "original_file": os.path.basename(path)}
-    if convention is not None:
-        meta.update(copy.deepcopy(INPUT_CONVENTIONS[convention]))
-        meta["convention"] = convention
+def _meta(source: str, convention: str, path: str, arch: Dict[str, Any], **extra) -> Dict[str, Any]:
+    meta: Dict[str, Any] = {"source": source, "original_file": os.path.basename(path),
+                            **copy.deepcopy(INPUT_CONVENTIONS[convention]), "convention": convention}
     if arch:
         meta["architecture"] = arch
     meta.update(extra)
