@@ -22,6 +22,12 @@ KNOWN_THIRD_PARTY_WARNINGS = (
     # detectron2's anchor generator calls torch.meshgrid without indexing= (its result is "ij")
     (UserWarning, r"torch\.functional", r"torch\.meshgrid: in an upcoming release",
      "detectron2's anchor generator"),
+    # detectron2's COCOEvaluator logs "No predictions from the model!" through Logger.warn
+    (DeprecationWarning, r"detectron2\.evaluation\.coco_evaluation", r"The 'warn' method is deprecated",
+     "detectron2's COCOEvaluator when a model predicts nothing"),
+    # detectron2's default_setup reads --config-file with open(...).read(), never closed
+    (ResourceWarning, r"detectron2\.engine\.defaults", r"unclosed file",
+     "detectron2's default_setup"),
 )
 
 

@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from test_quiet_tools import _warning_lines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(ROOT, "README.md")
 PAGES = [README] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -88,6 +90,9 @@ def test_after_demo_blocks_run_as_written(workdir):
     r = subprocess.run([sys.executable, "tools/train_net.py", "--config", "demo_tiny_X_FPN_synthetic.yaml"] + short,
                        cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    # 4 iterations: the model predicts nothing, and detectron2's evaluator says so without a warning
+    assert "No predictions from the model!" in r.stdout + r.stderr
+    assert not _warning_lines(r.stdout + r.stderr), _warning_lines(r.stdout + r.stderr)
     for line_no, code in blocks:
         r = subprocess.run(["bash", "-e", "-c", code], cwd=workdir, env=_env(), capture_output=True,
                            text=True, timeout=300)
