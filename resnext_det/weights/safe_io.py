@@ -193,15 +193,10 @@ def safe_load(path: str) -> Any:
     fmt = sniff_format(path)
     if fmt == "torch-zip":
         return _torch_load(path)
-    if fmt == "safetensors":
+    if fmt in ("safetensors", "torch7"):
         try:
-            return dict(load_safetensors(path, device="cpu"))
-        except Exception as e:  # safetensors raises its own SafetensorError
-            raise _truncated(path, e) from None
-    if fmt == "torch7":
-        try:
-            return torchfile.load(path)
-        except Exception as e:  # struct.error, EOFError, T7ReaderException ...: damaged file
+            return dict(load_safetensors(path, device="cpu")) if fmt == "safetensors" else torchfile.load(path)
+        except Exception as e:  # SafetensorError; struct.error, EOFError, T7ReaderException ...: damaged file
             raise _truncated(path, e) from None
     obj = load_restricted_pickle(path)
     if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:  # legacy torch.save (non-zip)

@@ -261,18 +261,16 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
         if bad:
             raise WeightsError(f"{path}: entries {bad[:5]} of the state dict are not tensors/arrays; "
                                f"expected one of: {SUPPORTED}")
-    if kind == "torchvision":
-        out, dropped = _convert_torchvision(sd, path, progress)
-        source = "timm" if (fmt == "safetensors" or "arch" in extras or "state_dict_ema" in extras) else "torchvision"
-        arch = _checked_architecture(out, preset, path)
-        meta = _meta(source, source, path, arch, dropped=dropped)
-        return ConvertedCheckpoint(model=out, meta=meta, matching_heuristics=True, __author__=source)
-    if kind == "caffe2":
-        out, dropped = _convert_caffe2(sd, path, progress)
-        convention = _caffe2_convention(sd)
-        arch = _checked_architecture(out, preset, path)
-        meta = _meta("caffe2", convention, path, arch, dropped=dropped)
-        return ConvertedCheckpoint(model=out, meta=meta, matching_heuristics=True, __author__="Caffe2")
+    if kind in ("torchvision", "caffe2"):
+        if kind == "torchvision":
+            out, dropped = _convert_torchvision(sd, path, progress)
+            timm = fmt == "safetensors" or "arch" in extras or "state_dict_ema" in extras
+            source = convention = author = "timm" if timm else "torchvision"
+        else:
+            out, dropped = _convert_caffe2(sd, path, progress)
+            source, convention, author = "caffe2", _caffe2_convention(sd), "Caffe2"
+        meta = _meta(source, convention, path, _checked_architecture(out, preset, path), dropped=dropped)
+        return ConvertedCheckpoint(model=out, meta=meta, matching_heuristics=True, __author__=author)
     if kind == "detectron2":
         model = {k: _to_tensor(v) for k, v in sd.items()}
         arch = _checked_architecture(model, preset, path)
