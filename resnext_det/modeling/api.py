@@ -65,7 +65,8 @@ def build_backbone_from_preset(preset: str = "X-50-32x4d", *, fpn: bool = False,
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     cfg.MODEL.FPN.IN_FEATURES = [f for f in out_features if f != "stem"]
     cfg.MODEL.FPN.OUT_CHANNELS = fpn_out_channels
-    return (build_resnext_fpn_backbone if fpn else build_resnext_backbone)(cfg, ShapeSpec(channels=in_channels))
+    build = build_resnext_fpn_backbone if fpn else build_resnext_backbone
+    return build(cfg, ShapeSpec(channels=in_channels))
 
 
 class TorchvisionBackbone(nn.Module):

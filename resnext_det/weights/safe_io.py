@@ -195,7 +195,7 @@ def safe_load(path: str) -> Any:
         return _torch_load(path)
     if fmt in ("safetensors", "torch7"):
         try:
-            return dict(load_safetensors(path, device="cpu")) if fmt == "safetensors" else torchfile.load(path)
+            return torchfile.load(path) if fmt == "torch7" else dict(load_safetensors(path, device="cpu"))
         except Exception as e:  # SafetensorError; struct.error, EOFError, T7ReaderException ...: damaged file
             raise _truncated(path, e) from None
     obj = load_restricted_pickle(path)
