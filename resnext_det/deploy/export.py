@@ -78,19 +78,14 @@ def _stderr_held():
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
-        ok = False
         try:
             yield
-            ok = True
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            if ok:
-                held.seek(0)
-                text = held.read().decode(errors="replace")
-                if text:
-                    sys.stderr.write(text)
+        held.seek(0)  # reached on success only
+        sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def check_exportable(cfg) -> None:
