@@ -92,11 +92,9 @@ class Contract:
         """metadata_props entries: the whole contract as JSON, plus each field for tools
         (Netron, ``onnx.load(...).metadata_props``) that show them one by one."""
         d = dataclasses.asdict(self)
-        props = {CONTRACT_KEY: json.dumps(d)}
-        for k, v in d.items():
-            if k != "config":
-                props[f"resnext_det.{k}"] = v if isinstance(v, str) else json.dumps(v)
-        return props
+        each = {f"resnext_det.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in d.items()
+                if k != "config"}
+        return {CONTRACT_KEY: json.dumps(d), **each}
 
     def mismatches(self, cfg) -> List[str]:
         """The preprocessing/label settings where ``cfg`` differs from this contract."""
