@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..hardware import available_cores
+from . import measured
 from .contract import INPUT_NAME, OUTPUT_NAMES, DeployError
 
 __all__ = ["RUNTIMES", "RUNTIME_PRECISIONS", "SHAPE_MODES", "make_runtime", "OnnxRuntimeRunner", "OpenVINORunner"]
@@ -67,9 +68,7 @@ class OnnxRuntimeRunner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: its per-node shape-inference warnings are noise
         if allow_spinning is None:
-            from .measured import default_option
-
-            allow_spinning = default_option("onnxruntime_allow_spinning")[0]
+            allow_spinning = measured.default_option("onnxruntime_allow_spinning")[0]
         if not isinstance(allow_spinning, bool):
             raise DeployError(f"allow_spinning={allow_spinning!r} is not valid; use True, False or "
                               "None (the measured default)")
@@ -107,9 +106,7 @@ class OpenVINORunner:
         if precision not in RUNTIME_PRECISIONS:
             raise DeployError(f"precision={precision!r} is not valid; use one of {RUNTIME_PRECISIONS}")
         if shape_mode is None:
-            from .measured import default_option
-
-            shape_mode = default_option("openvino_shape_mode")[0]
+            shape_mode = measured.default_option("openvino_shape_mode")[0]
         if shape_mode not in SHAPE_MODES:
             raise DeployError(f"shape_mode={shape_mode!r} is not valid; use 'dynamic' (one compile, any "
                               "size) or 'static' (a compile per image size, cached)")
