@@ -27,6 +27,7 @@ import numpy as np
 from ..hardware import available_cores
 from . import measured
 from .contract import INPUT_NAME, OUTPUT_NAMES, DeployError
+from .graph_fix import empty_branch_constants_ir, rewrite_empty_branch_constants
 
 __all__ = ["RUNTIMES", "RUNTIME_PRECISIONS", "SHAPE_MODES", "make_runtime", "OnnxRuntimeRunner", "OpenVINORunner"]
 
@@ -186,8 +187,6 @@ def _read_openvino_model(core, model):
     """``core.read_model`` of an ONNX file or bytes, or an IR, without the zero-element branch
     constants that OpenVINO turns into phantom detections (:mod:`.graph_fix`): an ONNX graph
     exported before the rewrite is rewritten here; such an IR cannot be, and is refused."""
-    from .graph_fix import empty_branch_constants_ir, rewrite_empty_branch_constants
-
     is_bytes = isinstance(model, (bytes, bytearray))
     if is_bytes or not str(model).endswith(".xml"):
         import onnx
