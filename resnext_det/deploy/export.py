@@ -101,7 +101,7 @@ def check_exportable(cfg) -> None:
     for key in ("MASK_ON", "KEYPOINT_ON"):
         if m[key]:
             raise DeployError(f"MODEL.{key}=True is not supported by the export (the graph returns "
-                              "boxes, scores and classes only); set MODEL.{key} False")
+                              f"boxes, scores and classes only); set MODEL.{key} False")
     if m.DEVICE != "cpu":
         raise DeployError(f"MODEL.DEVICE={m.DEVICE!r}: export on the CPU (MODEL.DEVICE cpu)")
 

@@ -83,7 +83,8 @@ def test_unsupported_op_is_named_and_nothing_written(tmp_path, capfd):
 
 
 @pytest.mark.parametrize("opts, named", [
-    (["MODEL.MASK_ON", "True"], "MODEL.MASK_ON"),
+    (["MODEL.MASK_ON", "True"], "MODEL.MASK_ON=True is not supported by the export (the graph returns boxes, "
+                                "scores and classes only); set MODEL.MASK_ON False"),
     (["MODEL.META_ARCHITECTURE", "ProposalNetwork"], "MODEL.META_ARCHITECTURE"),
     (["MODEL.WEIGHTS", "/nonexistent/model_final.pth"], "/nonexistent/model_final.pth"),
 ])
