@@ -26,6 +26,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end test (tiny models, still seconds to minutes)")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules with end-to-end (slow) tests first, each module's tests kept together and in order.
+    pytest-xdist sends its work in this order (after the xdist groups, largest first), so the
+    short unit tests come last and fill in while the other worker finishes its last long test."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+
 @pytest.fixture
 def tiny_resnext_cfg():
     """A detectron2 config for a tiny ResNeXt (CPU-fast): C=4, d=4, res2 width 32."""

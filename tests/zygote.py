@@ -86,6 +86,8 @@ def _run(conn, req, fds):
     """In the forked child: become ``python [-W ignore] script args`` in req's cwd and env."""
     if req["new_session"]:
         os.setsid()
+    if req["affinity"]:
+        os.sched_setaffinity(0, req["affinity"])
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(fds[0], 1)
@@ -168,7 +170,7 @@ def _zygote():
 class Process:
     """A command started by the zygote; Popen's interface as the tests use it."""
 
-    def __init__(self, argv, cwd, env, stdout, stderr, new_session, ignore_warnings):
+    def __init__(self, argv, cwd, env, stdout, stderr, new_session, ignore_warnings, affinity=None):
         self.returncode = None
         self.stdout = self.stderr = None
         out_r = err_r = None
@@ -184,7 +186,7 @@ class Process:
             err_w = os.dup(2 if stderr is None else stderr.fileno())
         req = {"argv": [str(a) for a in argv], "cwd": str(cwd or os.getcwd()),
                "env": dict(os.environ if env is None else env), "new_session": new_session,
-               "ignore_warnings": ignore_warnings}
+               "ignore_warnings": ignore_warnings, "affinity": list(affinity or [])}
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(_zygote())
             socket.send_fds(s, [json.dumps(req).encode()], [out_w, err_w])
@@ -243,14 +245,16 @@ class Process:
 
 
 def start(argv, cwd=None, env=None, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, new_session=False,
-          ignore_warnings=False):
+          ignore_warnings=False, affinity=None):
     """``python [-W ignore] *argv`` (argv: a script and its arguments, or ``-c CODE ...``) as a
-    :class:`Process` forked from the zygote, or as a subprocess.Popen when the zygote is off."""
+    :class:`Process` forked from the zygote, or as a subprocess.Popen when the zygote is off;
+    ``affinity``: the cores the command may use (default: the worker's)."""
     if not enabled():
         flags = ["-W", "ignore"] if ignore_warnings else []
         return subprocess.Popen([sys.executable] + flags + [str(a) for a in argv], cwd=cwd, env=env,
-                                stdout=stdout, stderr=stderr, text=True, start_new_session=new_session)
-    return Process(argv, cwd, env, stdout, stderr, new_session, ignore_warnings)
+                                stdout=stdout, stderr=stderr, text=True, start_new_session=new_session,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None)
+    return Process(argv, cwd, env, stdout, stderr, new_session, ignore_warnings, affinity)
 
 
 def run(argv, cwd=None, env=None, timeout=None, ignore_warnings=False):

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -336,9 +335,7 @@ def test_ray_actors_give_what_one_process_gives(model, photos, photos_run, tmp_p
            str(photos), "--output", str(out), "--runtime", "onnxruntime", "--shard-size", "2", "--ray",
            "--ray-actors", "2", "--ray-cpus-per-actor", "1"] + TINY + ["MODEL.WEIGHTS", onnx_path]
     # Ray counts the cores the process may use: the whole machine's (tests/conftest.py pins workers)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, RAY_DEDUP_LOGS="0"),
-                            preexec_fn=lambda: os.sched_setaffinity(0, ALL_CPUS) if ALL_CPUS else None)
+    proc = zygote.start(cmd[1:], env=dict(os.environ, RAY_DEDUP_LOGS="0"), affinity=ALL_CPUS)
     killed = None
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline and killed is None:
