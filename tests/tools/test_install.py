@@ -54,9 +54,11 @@ def test_install_sh_reinstalls_a_present_package_outside_its_bound(tmp_path):
     r = subprocess.run(["bash", os.path.join(ROOT, "tools", "install.sh")], env=dict(os.environ, PYTHON=py),
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # "done": the installer's own last check imported resnext_det, detectron2.model_zoo (which
+    # needs pkg_resources), onnxruntime, openvino and ray.data in the venv
     assert "[install] done" in r.stdout
-    # one interpreter: setuptools' version after the install, and the imports it must allow
-    r = subprocess.run([py, "-c", "import detectron2.model_zoo, resnext_det, setuptools; print(setuptools.__version__)"],
+    # setuptools within the bound, with the pkg_resources detectron2.model_zoo imports
+    r = subprocess.run([py, "-W", "ignore", "-c", "import pkg_resources, setuptools; print(setuptools.__version__)"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.strip().split(".")[0]) < 81, r.stdout
