@@ -10,9 +10,12 @@ no OpenMP pool started: it has run no tensor operation). The child then runs the
 ``python script args`` would, under ``__main__``, so torch's spawned workers (detectron2's
 launch) re-import it as usual; they start fresh, as always.
 
-What differs from a fresh interpreter, and why no test that uses this can tell: warnings shown
-once during the zygote's imports are not shown again (tests of printed warnings start real
-processes: tests/tools/test_quiet_tools.py, test_readme.py); OpenMP reads its environment when
+What differs from a fresh interpreter, and why no test that uses this can tell: warnings of the
+zygote's imports were shown (or not) in the zygote, and the child exits without tearing its
+modules down (no warnings from that teardown): the tests of what importing and exiting print
+start real processes (tests/tools/test_quiet_tools.py, test_imports.py, the README's first
+block in test_readme.py); a PYTHONWARNINGS of bare actions in the command's environment is
+applied in the child as an interpreter applies it at start. OpenMP reads its environment when
 torch loads, so the child applies OMP_NUM_THREADS itself (torch.set_num_threads), and the wait
 policy is the zygote's (PASSIVE: no thread spins). Everything else the command reads (argv,
 cwd, environment variables, DETECTRON2_DATASETS included: resnext_det re-points detectron2's
@@ -103,6 +106,11 @@ def _run(conn, req, fds):
 
     if req["ignore_warnings"]:
         warnings.simplefilter("ignore")
+    elif req["env"].get("PYTHONWARNINGS"):
+        # as an interpreter started with it: its actions before the default filters (changing the
+        # filters also makes every module forget which warnings it has shown)
+        for action in reversed(req["env"]["PYTHONWARNINGS"].split(",")):
+            warnings.simplefilter(action)  # bare actions only ("default", "error", ...)
     import torch
 
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
