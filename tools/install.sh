@@ -15,9 +15,11 @@ PY=${PYTHON:-python3}
 PIP="$PY -m pip --disable-pip-version-check"
 log() { echo "[install] $*"; }
 
-# What is already there, in one interpreter start (importing torch costs seconds): torch's
-# version, then detectron2's folder; a line is empty when that import fails.
-FOUND=$("$PY" - <<'PYEOF' 2>/dev/null || true
+# What is already there, in one interpreter start (importing torch costs seconds): sets
+# TORCH_VERSION and D2_DIR (detectron2's folder), each empty when its import fails.
+probe() {
+  local found
+  found=$("$PY" - <<'PYEOF' 2>/dev/null || true
 try:
     import torch, torchvision
     print(torch.__version__)
@@ -30,8 +32,10 @@ except Exception:
     print()
 PYEOF
 )
-TORCH_VERSION=$(printf '%s\n' "$FOUND" | sed -n 1p)
-D2_DIR=$(printf '%s\n' "$FOUND" | sed -n 2p)
+  TORCH_VERSION=$(printf '%s\n' "$found" | sed -n 1p)
+  D2_DIR=$(printf '%s\n' "$found" | sed -n 2p)
+}
+probe
 
 # 1. torch + torchvision (pinned to the releases this platform ships).
 if [ -n "$TORCH_VERSION" ]; then
@@ -39,7 +43,7 @@ if [ -n "$TORCH_VERSION" ]; then
 else
   log "installing torch 2.14.1 + torchvision 0.29.1"
   $PIP install -q torch==2.14.1 torchvision==0.29.1
-  D2_DIR=$("$PY" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))' 2>/dev/null || true)
+  probe  # detectron2 may have failed only for want of torch
 fi
 
 # 2. detectron2: the official source install first; when no git host can be reached, the

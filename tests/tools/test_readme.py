@@ -55,10 +55,14 @@ def test_readme_has_blocks():
     assert len(readme_blocks("python")) >= 4 and len(readme_blocks("bash")) >= 3
 
 
+# "README.md:LINE" of the README's first python block (run in a fresh interpreter below)
+FIRST_README_BLOCK = readme_blocks("python", [README])[0][0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("line_no,code", readme_blocks("python"), ids=lambda x: x if ":" in str(x)[:40] and "\n" not in str(x) else "")
 def test_python_block_runs_as_written(line_no, code, workdir):
-    if line_no == readme_blocks("python", [README])[0][0]:
+    if line_no == FIRST_README_BLOCK:
         # the README's first block in a fresh interpreter: what importing resnext_det prints
         r = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=_env(), capture_output=True,
                            text=True, timeout=600)
