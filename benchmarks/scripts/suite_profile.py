@@ -9,7 +9,6 @@ pytest's wall seconds and the CPU seconds of everything it ran. Development tool
 """
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demos import wait_idle  # noqa: E402
+from suite_runs import summary_line  # noqa: E402
 
 
 def _children_cpu():
@@ -52,10 +52,10 @@ def main(argv=None):
                                 "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True,
                                env=dict(os.environ, RESNEXT_DET_TEST_PIN=pin))
             wall, cpu = time.perf_counter() - t, _children_cpu() - before
-            last = [line for line in p.stdout.splitlines() if re.search(r"(passed|failed).* in [\d.]+s", line)]
+            last = summary_line(p.stdout)
             runs.append({"pinned": pin == "1", "idle_at_start": idle, "loadavg_at_start": start,
                          "loadavg_at_end": [round(x, 2) for x in os.getloadavg()], "exit_status": p.returncode,
-                         "summary": last[-1].strip("= ") if last else None, "wall_s": round(wall, 1),
+                         "summary": last.strip("= ") if last else None, "wall_s": round(wall, 1),
                          "cpu_s": round(cpu, 1)})
             print(runs[-1], flush=True)
     results = {"import_cost_cpu_s": imports, "import_cost_cpu_s_median": statistics.median(imports),

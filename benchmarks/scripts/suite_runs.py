@@ -23,12 +23,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demos import wait_idle  # noqa: E402
 
 
+def summary_line(text):
+    """pytest's last summary line ("N passed, ... in S s"), or None."""
+    last = [line for line in text.splitlines() if re.search(r"(passed|failed).* in [\d.]+s", line)]
+    return last[-1] if last else None
+
+
 def summary(text):
     """(passed, failed, pytest seconds) from pytest's last line."""
-    last = [line for line in text.splitlines() if re.search(r"(passed|failed).* in [\d.]+s", line)]
-    if not last:
+    line = summary_line(text)
+    if line is None:
         return 0, 0, None
-    line = last[-1]
     count = lambda word: int(m.group(1)) if (m := re.search(rf"(\d+) {word}", line)) else 0  # noqa: E731
     return count("passed"), count("failed") + count("error"), float(re.search(r" in ([\d.]+)s", line).group(1))
 
