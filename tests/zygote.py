@@ -109,7 +109,7 @@ def _run(conn, req, fds):
     elif req["env"].get("PYTHONWARNINGS"):
         # as an interpreter started with it: its actions before the default filters (changing the
         # filters also makes every module forget which warnings it has shown)
-        for action in reversed(req["env"]["PYTHONWARNINGS"].split(",")):
+        for action in req["env"]["PYTHONWARNINGS"].split(","):  # in order: the last one wins
             warnings.simplefilter(action)  # bare actions only ("default", "error", ...)
     import torch
 
