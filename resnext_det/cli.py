@@ -404,7 +404,7 @@ def _cli_machines(cfg, args, trainer_cls, start):
             lost_peer = bool(reports) and not own or (not reports and any(
                 t in str(e) for t in ("Connection reset by peer", "Connection closed by peer")))
             if lost_peer:  # another machine went away: the watchdog names it (and exits)
-                group.await_verdict()
+                group.await_verdict(peer_lost=True)
             reason = (own[0]["reason"] if own else reports[0]["reason"] if reports
                       else f"a worker process ended: {one_line(e)}")
             if lost_peer:

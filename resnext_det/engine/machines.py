@@ -37,6 +37,9 @@ __all__ = ["DEFAULT_TIMEOUT", "MachineError", "MachineGroup", "write_worker_fail
 DEFAULT_TIMEOUT = 60.0  # seconds (train_net.py --machine-timeout)
 _PREFIX = "resnext_det/machines/"
 _SAY_EVERY = 10.0  # seconds between "waiting for ..." lines
+# once this machine's workers lost their connection to a peer, a machine whose heartbeat (one a
+# second) stopped for this long is the one gone: named then, not after the whole timeout
+_LOST_PEER_LAPSE = 3.0
 # a worker's error caused by a peer that went away (gloo/NCCL transport), not by this machine
 _LOST_PEER_TEXT = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
                    "/gloo/transport/", "NCCL communicator was aborted", "Socket Timeout")
@@ -88,6 +91,7 @@ class MachineGroup:
         self._watching = threading.Event()  # the watchdog judges (cleared when done)
         self._token = None  # machine 0: the file of sees_folder_of_machine_0
         self._stopping = threading.Event()  # the watchdog is stopping the run (it exits)
+        self._peer_lost = threading.Event()  # this machine's workers lost a peer's connection
         self._started = None
 
     # -- names -----------------------------------------------------------------------------
@@ -217,11 +221,12 @@ class MachineGroup:
                                f"({waited:.0f} s of {self.timeout:.0f})")
                 continue
             last, since = seen.get(r, (None, now))
+            lapse = min(self.timeout, _LOST_PEER_LAPSE) if self._peer_lost.is_set() else self.timeout
             if beat != last:
                 seen[r] = (beat, now)
-            elif now - since > self.timeout:
+            elif now - since > lapse:
                 return (f"{self.who(r)} stopped responding: no sign of life for "
-                        f"{self.timeout:.0f} s (killed, or its network is down)", (r,)), waiting
+                        f"{lapse:.0f} s (killed, or its network is down)", (r,)), waiting
             if not store.check([self._key("ready", r)]):
                 waiting.append(f"waiting for {self.who(r)}: joined, preparing its data")
         return None, waiting
@@ -318,8 +323,12 @@ class MachineGroup:
         """Whether the watchdog is stopping the run (so the workers' failure is its doing)."""
         return self._stopping.is_set()
 
-    def await_verdict(self) -> None:
-        """Give the watchdog up to ``timeout`` + 5 s to name the failed peer (it exits the process)."""
+    def await_verdict(self, peer_lost: bool = False) -> None:
+        """Give the watchdog up to ``timeout`` + 5 s to name the failed peer (it exits the process);
+        ``peer_lost``: this machine's workers lost a peer's connection, so a machine whose
+        heartbeat stopped for ``_LOST_PEER_LAPSE`` s is named without waiting for ``timeout``."""
+        if peer_lost:
+            self._peer_lost.set()
         deadline = time.monotonic() + self.timeout + 5.0
         while time.monotonic() < deadline and self._watching.is_set():
             time.sleep(0.2)
