@@ -1,2 +1,2 @@
-"""The application layer: what a person runs (benchmark, complexity table, scale tool, deploy
-measurements, demo pictures), built on engine/ and deploy/; nothing below imports it."""
+"""The application layer: what a person runs (predict, export, convert weights, benchmark,
+complexity, demo pictures, exported-model AP) on engine/ and deploy/; nothing below imports it."""
