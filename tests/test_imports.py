@@ -11,6 +11,8 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# one worker: the module fixture below is a fresh interpreter (3-4 s), started once
+pytestmark = pytest.mark.xdist_group("test_imports")
 
 
 def _python(code):

@@ -34,6 +34,7 @@ TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 pytestmark = pytest.mark.xdist_group("test_multi_machine")
 
 TIMEOUT = 10  # --machine-timeout of these tests (the default is 60 s)
+ALONE = 3  # --machine-timeout of a machine started alone (the test waits it out)
 RUN_OPTS = TINY_OPTS + [
     "MODEL.FPN.OUT_CHANNELS", "32", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)",
     "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "4", "TEST.EVAL_PERIOD", "0",
@@ -253,14 +254,14 @@ def test_machine_alone_says_what_it_waits_for_and_stops(tmp_path):
     """Machine 0 without machine 1, and machine 1 without machine 0 (another port)."""
     urls = [f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"]
     alone = [_machines(tmp_path, ["--demo", "fpn"] + RUN_OPTS, url, ranks=(rank,), names=(f"alone{rank}",),
-                       timeout=5)[0]
+                       timeout=ALONE)[0]
              for rank, url in enumerate(urls)]
     for rank, (run, url) in enumerate(zip(alone, urls)):
-        assert run.wait(timeout=5 + 60) == 1
+        assert run.wait(timeout=ALONE + 60) == 1
         other = 1 - rank
         assert f"waiting for machine {other} of 2" in run.stdout, run.text[-3000:]
         line = _one_line_error(run)
-        assert f"waiting for machine {other} of 2 at {url}: not joined after 5 s" in line, line
+        assert f"waiting for machine {other} of 2 at {url}: not joined after {ALONE} s" in line, line
 
 
 @pytest.mark.slow
