@@ -38,13 +38,14 @@ RUN_OPTS = TINY_OPTS + [
 
 
 class Run:
-    """train_net.py in a process of its own (tests/zygote.py); stdout collected line by line by a thread, which can
-    SIGKILL the process the moment a line matches ``kill_on``."""
+    """train_net.py in a session of its own (tests/zygote.py); stdout collected line by line by a thread, which can
+    SIGKILL the run the moment a line matches ``kill_on``: the process and those it started (training and
+    data-loader processes) at once, as a scheduler kills a job."""
 
     def __init__(self, out, args, kill_on=None):
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
         self.proc = zygote.start([TRAIN_NET] + args + ["OUTPUT_DIR", str(out)], cwd=ROOT, env=env,
-                                 ignore_warnings=True)
+                                 ignore_warnings=True, new_session=True)
         self.lines, self.killed_on = [], None
         self.kill_on = kill_on
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -59,13 +60,11 @@ class Run:
 
     def kill(self):
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def wait(self, timeout=300):
         rc = self.proc.wait(timeout=timeout)
-        # a killed run's data-loader worker may hold the output pipe open until it sees its
-        # parent gone (torch checks every 5 s); what the run wrote is read by then
-        self._reader.join(timeout=10 if rc >= 0 else 2)
+        self._reader.join(timeout=10)
         return rc
 
     @property

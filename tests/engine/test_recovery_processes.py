@@ -91,13 +91,6 @@ def _children(pid):
     return [(p, cmd) for _, p, cmd in sorted(found)]
 
 
-def _descendants(pid):
-    out = []
-    for child, _ in _children(pid):
-        out += [child] + _descendants(child)
-    return out
-
-
 def _training_processes(run, count):
     """The run's ``count`` training processes (torch's spawned workers), oldest first."""
     def spawned():
@@ -110,7 +103,7 @@ def _training_processes(run, count):
 def _kill_whole_run(run):
     """SIGKILL every process of the run at once (as a scheduler does): the launcher, its
     training processes and their data-loader workers."""
-    WholeRun.kill(run)
+    run.kill()
     assert run.wait() == -signal.SIGKILL
 
 
@@ -120,17 +113,6 @@ def _after_checkpoint(run, checkpoint, rng, span=1.0):
     print(f"killing {delay:.3f} s after {checkpoint.name}")
     time.sleep(delay)
     assert run.proc.poll() is None, "the run finished before the kill:\n" + run.text[-2000:]
-
-
-class WholeRun(Run):
-    """A run whose kill (also on a matching line: ``kill_on``) SIGKILLs all its processes."""
-
-    def kill(self):
-        for pid in [self.proc.pid] + _descendants(self.proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _two_stage_opts():
@@ -165,7 +147,7 @@ def test_two_processes_two_stage_plan_killed_in_each_stage_bit_identical(tmp_pat
     rng, _ = _kill_rng("two_processes_two_stage")
     out = tmp_path / "killed"
     stage1, stage2 = out / "stage1_rpn", out / "stage2_fast_rcnn"
-    first = WholeRun(out, args)
+    first = Run(out, args)
     # kill moments within 0.3 s of a checkpoint (a save and the next iterations): on a fast,
     # idle machine a longer wait could reach the stage's end (a fresh-clone CI run once found
     # model_final.pth written before a one-process kill)
@@ -178,7 +160,7 @@ def test_two_processes_two_stage_plan_killed_in_each_stage_bit_identical(tmp_pat
     assert len(positions) == 2 and len(ckpt["rng"]["processes"]) == 2
     assert sum(p["drawn"] - sum(map(len, p["buckets"])) for p in positions) == 4 * (k + 1)
 
-    second = WholeRun(out, ["--resume"] + args, kill_on=lambda line: "Computing proposals for" in line)
+    second = Run(out, ["--resume"] + args, kill_on=lambda line: "Computing proposals for" in line)
     assert second.wait() == -signal.SIGKILL, second.text[-3000:]
     assert json.load(open(out / "plan_state.json"))["finished"] == ["rpn"]
 
