@@ -309,9 +309,14 @@ def demos_block(records, link="../") -> str:
     return "\n".join(lines)
 
 
+def _min_s(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s"
+
+
 def suite_block(records, link="") -> str:
-    """The test suite's wall time per kind (``benchmarks/<kind>/suite.json``: its ``runs``,
-    e.g. a fresh venv and fresh clones)."""
+    """The test suite's wall time (and pytest's own, where recorded) per kind
+    (``benchmarks/<kind>/suite.json``: its ``runs``, e.g. a fresh venv and fresh clones)."""
     suites = {r["kind"]: r for r in records if os.path.basename(r["path"]) == "suite.json"}
     rows = []
     for k in _kinds(suites.values()):
@@ -320,10 +325,10 @@ def suite_block(records, link="") -> str:
             continue
         d = suites[k]["data"]
         for i, run in enumerate(d["results"]["runs"]):
-            m, s = divmod(round(run["wall_s"]), 60)
             note = f" ({run['note']})" if run.get("note") else ""
+            pytest_s = f", pytest {_min_s(run['pytest_s'])}" if run.get("pytest_s") else ""
             rows.append([k if i == 0 else "", f"`{run['command']}`{note}: {run['tests']} tests, "
-                         f"{run['failed']} failed, {m} min {s:02d} s wall",
+                         f"{run['failed']} failed, {_min_s(run['wall_s'])} wall{pytest_s}",
                          f"{_load(run['loadavg_at_start'])} -> {_load(run['loadavg_at_end'])}",
                          f"[suite.json]({link}{suites[k]['path']}) {d['date']}; {_flags(d['environment'])}"
                          if i == 0 else ""])
