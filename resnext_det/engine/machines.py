@@ -202,6 +202,7 @@ class MachineGroup:
     def _judge(self, store, seen):
         """((line that stops the run, machines gone) or None, what this machine waits for)."""
         now = time.monotonic()
+        lapse = min(self.timeout, _LOST_PEER_LAPSE) if self._peer_lost.is_set() else self.timeout
         waiting = []
         for r in range(self.n):
             if r == self.rank:
@@ -221,7 +222,6 @@ class MachineGroup:
                                f"({waited:.0f} s of {self.timeout:.0f})")
                 continue
             last, since = seen.get(r, (None, now))
-            lapse = min(self.timeout, _LOST_PEER_LAPSE) if self._peer_lost.is_set() else self.timeout
             if beat != last:
                 seen[r] = (beat, now)
             elif now - since > lapse:
