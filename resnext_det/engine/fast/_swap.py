@@ -16,12 +16,9 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
 
 def replace_submodules(model: nn.Module, make: Callable[[nn.Module], Optional[nn.Module]]) -> int:
     """Swap every submodule ``m`` of ``model`` for ``make(m)`` when that is not None (parents
-    first; a replacement's children are not visited); returns how many were replaced.
-
-    The replacement takes the same attribute name, so parameter names can be kept. A plain-list
-    alias of a child (like ``FPN.lateral_convs``) would still call the old one: the fast path
-    swaps nothing aliased that way.
-    """
+    first, under the same attribute name; a replacement's children are not visited); returns how
+    many were replaced. A plain-list alias of a child (like ``FPN.lateral_convs``) would still call
+    the old one: the fast path swaps nothing aliased that way."""
     n = 0
     for name, child in list(model.named_children()):
         new = make(child)

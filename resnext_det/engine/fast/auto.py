@@ -1,18 +1,8 @@
-"""``auto`` for the training layout switches (CHANNELS_LAST_TRAIN, FOLD_FROZEN_BN_TRAIN).
-
-Whether they speed training up depends on the CPU kind, so ``auto`` follows what was measured:
-
-- :data:`MEASURED_LAYOUTS` holds, per CPU kind, each candidate's measured training-iteration
-  ratio vs stock, the run's noise margin and its record (rendered by ``benchmarks/choices.py``
-  from ``benchmarks/<kind>/train-layouts.json``, read through :mod:`resnext_det.measured_choices`).
-- The rule (:func:`choose_training_layout`): the fastest candidate faster than stock by more
-  than the noise; stock where the kind was not measured, its run was noisy, and on CUDA. A
-  record without an A/A control needs the wider margin of stock's own spread.
-- A guard: when the table folds FrozenBN, a one-thread probe of one of the model's grouped
-  blocks (thread CPU time) turns the fold off when it is :data:`PROBE_MARGIN` slower; it never
-  turns on what the table did not choose.
-
-The decision is logged in one line naming the record it followed.
+"""``auto`` for the training layout switches (CHANNELS_LAST_TRAIN, FOLD_FROZEN_BN_TRAIN): whether
+they speed training up depends on the CPU kind, so ``auto`` follows what was measured per kind
+(:data:`MEASURED_LAYOUTS`: each candidate's training-iteration ratio vs stock, the run's noise
+margin and its record, rendered by ``benchmarks/choices.py`` from ``benchmarks/<kind>/train-layouts.json``),
+guarded by a probe of the fold on one of the model's own blocks (docs/FAST_PATH.md).
 """
 from __future__ import annotations
 
@@ -43,7 +33,6 @@ AUTO = "auto"
 #: candidate layouts: name -> (channels_last, fold_frozen_bn)
 CANDIDATES: Dict[str, Tuple[bool, bool]] = {"stock": (False, False), "channels_last": (True, False),
                                             "fold": (False, True), "channels_last+fold": (True, True)}
-#: the shipped table the rule reads (rendered from records by ``benchmarks/choices.py``)
 MEASURED_LAYOUTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "measured_layouts.json")
 #: the chosen fold stays on unless the probe shows it slower than this fraction (the probe's noise)
 PROBE_MARGIN = 0.03
@@ -119,11 +108,14 @@ def choose_training_layout(channels_last: Optional[bool], fold_frozen_bn: Option
                            kind: Optional[str] = None, table: Optional[Mapping] = None,
                            probe: Optional[Mapping[str, float]] = None,
                            margin: float = PROBE_MARGIN) -> LayoutChoice:
-    """Resolve ``auto`` (None) switches from the measured table; explicit True/False are kept.
+    """Resolve ``auto`` (None) switches from the measured table; explicit True/False are kept. The
+    rule: the fastest candidate faster than stock by more than the record's noise (stock's own spread
+    without an A/A control); stock where the kind was not measured, its run was noisy, and on CUDA.
 
     ``kind`` defaults to :func:`~resnext_det.hardware.cpu_kind` of ``features`` (default: this
     machine's), ``table`` to the shipped one. ``probe``: seconds per candidate name (those of
-    :func:`probe_pair`), or None; it turns the fold off when it is ``margin`` slower.
+    :func:`probe_pair`), or None; it turns a chosen fold off when it is ``margin`` slower (it never
+    turns on what the table did not choose).
     """
     if channels_last is not None and fold_frozen_bn is not None:
         return LayoutChoice(channels_last, fold_frozen_bn, "set in the config")
@@ -202,8 +194,7 @@ def probe_training_layouts(model: nn.Module, cfg=None, *, rounds: int = 3,
                 p.grad = None
 
         runs[cand] = run
-    # On CPU: one thread, timed by its own CPU time, so other processes cost the probe nothing
-    # (wall time with 2 threads on a loaded host varied 3x between identical runs).
+    # On CPU: one thread, timed by its own CPU time, so other processes cost the probe nothing.
     on_cpu = device.type == "cpu"
     clock = time.thread_time if on_cpu else time.perf_counter
     threads = torch.get_num_threads()

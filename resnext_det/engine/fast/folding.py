@@ -18,10 +18,9 @@ __all__ = ["fold_frozen_bn", "FrozenBNFoldedConv2d", "fold_frozen_bn_on_the_fly"
 
 
 def _is_foldable_norm(norm: nn.Module) -> bool:
-    if isinstance(norm, FrozenBatchNorm2d):
-        return True
-    # A BatchNorm in eval mode with running stats is an affine map too.
-    return isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats
+    # a BatchNorm in eval mode with running stats is an affine map too
+    return isinstance(norm, FrozenBatchNorm2d) or (
+        isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats)
 
 
 @torch.no_grad()

@@ -40,8 +40,7 @@ class FastReport:
 def _resolve_device(model: nn.Module, device) -> torch.device:
     if device is not None:
         return torch.device(device)
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def prepare_for_inference(model: nn.Module, precision: str = "fp32",
@@ -60,9 +59,8 @@ def prepare_for_inference_with_report(model: nn.Module, precision: str = "fp32",
     """Prepare a trained detectron2 model (or a bare backbone) for fast inference, in place.
 
     1. FrozenBN folded into the convs (float64).
-    2. ``channels_last`` conv weights (oneDNN's NHWC kernels are much faster on CPU, especially
-       for the grouped 3x3; the heads keep NHWC maps: converting them for RoIAlign cost as much
-       as it saved).
+    2. ``channels_last`` conv weights (oneDNN's NHWC kernels are faster on CPU, above all for the
+       grouped 3x3; the heads keep NHWC maps).
     3. On CPU in fp32, with ``fuse``: the oneDNN fused blocks (:mod:`.fused`).
     4. ``precision`` "bf16" (CPU with AVX512-BF16/AMX, or CUDA) / "fp16" (CUDA): the trunks wrapped
        in :class:`~.layout.AutocastTrunk`, so everything after them stays fp32.

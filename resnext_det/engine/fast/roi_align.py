@@ -3,11 +3,9 @@
 RoIAlign is linear in its input: ``out = A @ x`` with ``x`` the feature map as ``(N*H*W, C)``
 rows and ``A`` a sparse ``(R*ph*pw, N*H*W)`` matrix of the sampling points' bilinear weights
 (divided by the bin's sample count), so the gradient is ``A^T @ grad_out`` over whole channel
-rows. torchvision's CPU backward walks every output element on one thread, one of the three
-largest costs of the two-stage demo's Fast R-CNN step (docs/DEMOS.md).
-
+rows, where torchvision's CPU backward walks every output element on one thread.
 :func:`roi_align_matrix` follows torchvision's CPU kernel (``roi_align_kernel.cpp``: scaling,
-``aligned`` offset, adaptive grid, ``bilinear_interpolate``'s boundary rules), so results equal
+``aligned`` offset, adaptive grid, ``bilinear_interpolate``'s boundary rules): results equal
 torchvision's up to summation order.
 """
 from __future__ import annotations
