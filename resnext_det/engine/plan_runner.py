@@ -103,7 +103,6 @@ class _ProposalCollector(DatasetEvaluator):
     def __init__(self, dataset_name: str, path: str, export_pkl: str = ""):
         self.dataset_name, self.path, self.export_pkl = dataset_name, path, export_pkl
         self._writer = None
-        self.reset()
 
     def reset(self):
         if self._writer is not None:  # an unfinished pass: its temporary file goes
@@ -205,10 +204,9 @@ def compute_proposals(stage: Stage, trainer_cls) -> Dict[str, Any]:
             res = inference_on_dataset(model, loader, DatasetEvaluators(evaluators))
         if "box_proposals" in res:
             ar = res["box_proposals"]
-            res["recall"] = {"AR@100": ar["AR@100"] / 100, "AR@1000": ar["AR@1000"] / 100,
-                             **{k: v for k, v in res["proposal_recall"].items()
-                                if k.startswith("recall@")}}
-            r = res["recall"]
+            r = res["recall"] = {"AR@100": ar["AR@100"] / 100, "AR@1000": ar["AR@1000"] / 100,
+                                 **{k: v for k, v in res["proposal_recall"].items()
+                                    if k.startswith("recall@")}}
             logger.info("Stage 1 (RPN) on %s: AR@100 %.3f, AR@1000 %.3f, recall@100 at IoU 0.5 %.3f, "
                         "at IoU 0.7 %.3f", dataset, r["AR@100"], r["AR@1000"], r["recall@100_IoU0.5"],
                         r["recall@100_IoU0.7"])

@@ -1,11 +1,8 @@
-"""A miniature "ImageNet": the config's ResNeXt trained as a classifier on crops of the
-synthetic shapes, saved in torchvision's format.
-
-On COCO each stage starts from ImageNet weights; the demo does the same in miniature:
-:func:`pretrain_classifier` trains ``MODEL.RESNEXT``'s backbone (BatchNorm, pooling, ``fc``) to
-tell the shapes and background apart on crops of the synthetic training images and writes a
-bare torchvision state dict, which the detectors load like any torchvision file. The file is a
-pure function of the config values that shape it; a manifest beside it lets a rerun reuse it.
+"""A miniature "ImageNet" (on COCO each stage starts from ImageNet weights; the demo does the same
+in miniature): :func:`pretrain_classifier` trains ``MODEL.RESNEXT``'s backbone (BatchNorm, pooling,
+``fc``) to tell the shapes and background apart on crops of the synthetic training images and
+writes a bare torchvision state dict, which the detectors load like any torchvision file. The file
+is a pure function of the config values that shape it; a manifest beside it lets a rerun reuse it.
 """
 from __future__ import annotations
 
@@ -158,12 +155,9 @@ def _manifest(cfg: CfgNode) -> Dict[str, Any]:
 
 
 def pretrain_classifier(cfg: CfgNode) -> Dict[str, Any]:
-    """Train the miniature "ImageNet" model of ``cfg`` (or reuse an identical earlier one).
-
-    Crops of the registered ``DATASETS.TRAIN`` (top-1 on ``DATASETS.TEST``); plain SGD
-    (momentum 0.9, weight decay 1e-4, cosine LR, horizontal flips). Returns ``{"weights",
-    "top1" (%), "num_crops", "seconds", "reused", ...}`` (also in ``<file>.json``).
-    """
+    """Train the miniature "ImageNet" model of ``cfg`` on crops of ``DATASETS.TRAIN`` (top-1 on
+    ``DATASETS.TEST``), or reuse an identical earlier one. Returns ``{"weights", "top1" (%),
+    "num_crops", "seconds", "reused", ...}`` (also in ``<file>.json``)."""
     path = pretrained_weights_path(cfg)
     info_path = path + ".json"
     manifest = _manifest(cfg)
