@@ -1,13 +1,5 @@
-"""ImageNet weights from every source, loaded safely and checked against the input format.
-
-- :func:`convert_to_detectron2` / :func:`read_checkpoint` (``sources``): torchvision, timm,
-  Caffe2 ``.pkl``, detectron2 and Torch7 ``.t7`` files -> detectron2 names + the input
-  convention each implies (``INPUT_CONVENTIONS``).
-- :func:`safe_load` (``safe_io``): weights_only torch loading, a restricted unpickler for
-  ``.pkl``; :class:`WeightsError` for unusable files.
-- :class:`ResNeXtCheckpointer` (``checkpointer``): detectron2's checkpointer using the above,
-  with the config input-format check and a load report.
-"""
+"""ImageNet weights from every source (torchvision, timm, Caffe2 ``.pkl``, detectron2, Torch7 ``.t7``),
+loaded safely into detectron2 names and checked against the config's input format."""
 from .checkpointer import (InputFormatMismatchError, LoadReport, ResNeXtCheckpointer, check_input_format,
                            load_checkpoint, make_checkpointer, meta_from_cfg)
 from .safe_io import ForbiddenGlobalError, RestrictedUnpickler, WeightsError, safe_load, sniff_format

@@ -51,7 +51,6 @@ def check_input_format(cfg, meta: Optional[Dict[str, Any]], path: str = "the wei
                        "INPUT.FORMAT / MODEL.PIXEL_MEAN / MODEL.PIXEL_STD / STRIDE_IN_1X1 "
                        "could not be checked")
         return False
-    stride_key = _stride_key(cfg)
     have = meta_from_cfg(cfg)
     rows: List[Tuple[str, Any, Any]] = []
     if have["input_format"] != meta["input_format"]:
@@ -62,11 +61,10 @@ def check_input_format(cfg, meta: Optional[Dict[str, Any]], path: str = "the wei
             rows.append((key, have[field], [float(x) for x in want]))
     want_stride = meta.get("stride_in_1x1")
     if want_stride is not None and have["stride_in_1x1"] != bool(want_stride):
-        rows.append((stride_key, have["stride_in_1x1"], bool(want_stride)))
+        rows.append((_stride_key(cfg), have["stride_in_1x1"], bool(want_stride)))
     if not rows:
         return True
-    src = meta.get("source", "?")
-    conv = meta.get("convention", src)
+    conv = meta.get("convention", meta.get("source", "?"))
     lines = "\n".join(f"  {k}: config has {c!r}, weights need {w!r}" for k, c, w in rows)
     fix_yaml = "; ".join(f"{k}: {w!r}" for k, _, w in rows)
     fix_cli = " ".join(f"{k} \"{w!r}\"" if isinstance(w, list) else f"{k} {w}" for k, _, w in rows)
@@ -111,13 +109,9 @@ class LoadReport:
 class ResNeXtCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` for every ImageNet weight source, loaded safely and checked.
 
-    Args:
-        cfg: if given, its input convention is checked against the weights' metadata on load
-            (:class:`InputFormatMismatchError` on a mismatch) and written with every save.
-        strict_backbone: raise :class:`WeightsError` when any trunk tensor is missing.
-
-    After :meth:`load`, ``last_report`` holds the :class:`LoadReport`.
-    """
+    On load, ``cfg``'s input convention is checked against the weights' metadata
+    (:class:`InputFormatMismatchError`); every save writes it. ``strict_backbone``: a :class:`WeightsError`
+    when any trunk tensor is missing. ``last_report``: the last load's :class:`LoadReport`."""
 
     def __init__(self, model, save_dir: str = "", *, cfg=None, strict_backbone: bool = False,
                  **checkpointables):
@@ -130,7 +124,6 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         self._loading_path = ""
         self._loaded_meta: Optional[Dict[str, Any]] = None
 
-    # -- reading ---------------------------------------------------------------------------
     def _load_file(self, filename: str) -> Dict[str, Any]:
         self._loading_path = filename
         ckpt = dict(read_checkpoint(filename))
@@ -187,7 +180,6 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
                                "matches the weights (tools/convert_weights.py --preset NAME tells what they are).")
         return incompatible
 
-    # -- writing ---------------------------------------------------------------------------
     def save(self, name: str, **kwargs: Any) -> None:
         """As detectron2's, plus ``meta``: the input convention of ``cfg`` (or of the weights
         last loaded), so loading the file later re-checks the config."""

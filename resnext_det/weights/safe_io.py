@@ -7,8 +7,7 @@ Python function (``os.system``, ``open`` ...). Weights never need that, so:
 - ``.pkl`` files go through :class:`RestrictedUnpickler`, which admits only numpy arrays,
   numpy dtypes/scalars and builtin containers and numbers; any other global is refused
   *before* it is called, so the payload never runs;
-- ``.safetensors`` files hold raw tensors only (read by ``safetensors``);
-- Torch7 ``.t7`` files are data only (read by ``torchfile``).
+- ``.safetensors`` (raw tensors) and Torch7 ``.t7`` files are data only.
 
 The format is sniffed from the first bytes, not trusted from the extension.
 """
@@ -17,7 +16,6 @@ from __future__ import annotations
 import builtins
 import collections
 import importlib
-import logging
 import os
 import pickle
 import re
@@ -33,8 +31,6 @@ from ..config import UserInputError
 
 __all__ = ["WeightsError", "ForbiddenGlobalError", "RestrictedUnpickler", "sniff_format", "safe_load",
            "load_restricted_pickle"]
-
-logger = logging.getLogger(__name__)
 
 SUPPORTED = ("torchvision/timm state dicts (.pth/.pt, plain or wrapped; timm .safetensors), "
              "Caffe2/Detectron ImageNet .pkl (blob names like res2_0_branch2a_w), "
@@ -130,14 +126,10 @@ def sniff_format(path: str) -> str:
         return "torch-zip"
     if head[:1] == b"\x80":  # pickle protocol >= 2 (also legacy torch.save files)
         return "pickle"
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 8 + header_len <= size:
-            return "safetensors"
-    if len(head) >= 8:
-        typeidx, index = struct.unpack("<ii", head[:8])
-        if typeidx in (3, 4) and index == 1:  # Torch7 binary: TYPE_TABLE/TYPE_TORCH, object #1
-            return "torch7"
+    if head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size:  # u64 length, then a JSON header
+        return "safetensors"
+    if len(head) >= 8 and struct.unpack("<ii", head[:8]) in ((3, 1), (4, 1)):  # Torch7: table/torch obj #1
+        return "torch7"
     if path.endswith(".pkl") and head[:1] in (b"(", b"}", b"]", b"c"):  # protocol 0/1 pickles
         return "pickle"
     raise WeightsError(f"{path}: not a checkpoint this project can read (starts with {head[:8]!r}); "

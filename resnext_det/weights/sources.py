@@ -4,17 +4,8 @@ Converted state dicts use detectron2's *bottom-up* names without a model prefix 
 ``res2.0.shortcut.weight`` ...), as detectron2's own converters do; its suffix matching
 (``align_and_update_state_dicts``) then places them under the FPN, C4 trunk or C4 head.
 
-Input conventions (``meta``), in detectron2's 0..255 pixel units:
-
-=====================  ======  ===========================  =========================  =============
-source                 format  PIXEL_MEAN                   PIXEL_STD                  STRIDE_IN_1X1
-=====================  ======  ===========================  =========================  =============
-torchvision / timm     RGB     123.675, 116.280, 103.530    58.395, 57.120, 57.375     False
-Torch7 (fb.resnet)     RGB     123.675, 116.280, 103.530    58.395, 57.120, 57.375     from file
-Caffe2 MSRA ResNet     BGR     103.530, 116.280, 123.675    1, 1, 1                    True
-Caffe2 FAIR ResNeXt    BGR     103.530, 116.280, 123.675    57.375, 57.120, 58.395     False
-Caffe2 FAIR GN ResNet  BGR     103.530, 116.280, 123.675    1, 1, 1                    False
-=====================  ======  ===========================  =========================  =============
+The input convention of each source (``meta``, in detectron2's 0..255 pixel units) is
+:data:`INPUT_CONVENTIONS`, tabulated in docs/WEIGHTS.md; Torch7 files carry their own STRIDE_IN_1X1.
 """
 from __future__ import annotations
 
@@ -70,9 +61,7 @@ class ConvertedCheckpoint(dict):
 
 
 def _to_tensor(v):
-    if isinstance(v, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(v))
-    return v
+    return torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
 
 
 def _progress(items, enabled: bool, desc: str):
@@ -101,7 +90,7 @@ def _convert_torchvision(sd: Dict[str, Any], path: str, progress: bool):
                            f"ResNet layout (e.g. {unknown[:5]}); only plain ResNet/ResNeXt bottleneck models "
                            "(conv1, bn1, layerN.i.convK/bnK, downsample.0/1, fc) convert. Deep-stem / SE / "
                            "BasicBlock variants are not ResNeXt backbones this project builds.")
-    if any(k.endswith("conv3.weight") for k in out) is False:
+    if not any(k.endswith("conv3.weight") for k in out):
         raise WeightsError(f"{path}: no bottleneck blocks found (BasicBlock ResNet-18/34 is not supported)")
     return out, dropped
 
@@ -112,8 +101,7 @@ def _convert_caffe2(blobs: Dict[str, Any], path: str, progress: bool):
     detection = any(k.startswith(("rpn_", "conv_rpn", "fpn_", "cls_score", "bbox_pred")) for k in blobs)
     keys = sorted(blobs)
     orig_of = dict(zip(convert_basic_c2_names(keys), keys))
-    if detection:
-        # A Detectron detection model: detectron2's full renaming (heads, FPN, RPN).
+    if detection:  # a Detectron detection model: detectron2's full renaming (heads, FPN, RPN)
         renamed, _ = convert_c2_detectron_names({k: _to_tensor(v) for k, v in blobs.items()})
     else:
         renamed = {new: _to_tensor(blobs[old])
@@ -189,18 +177,16 @@ def infer_architecture(sd: Dict[str, Any]) -> Dict[str, Any]:
     c2, c3 = conv.get((2, 0, "conv2")), conv.get((2, 0, "conv3"))
     if c2 is None or not c3 or len(c2) != 4 or not c2[1]:
         return {}
-    width = c2[1]
     arch = {
         "blocks_per_stage": [blocks[s] for s in range(2, 6)],
         "cardinality": c2[0] // c2[1],
-        "bottleneck_width": width,
+        "bottleneck_width": c2[1],
         "res2_out_channels": c3[0],
         "stem_out_channels": conv["stem"][0] if "stem" in conv else None,
     }
-    depth = next((d for d, b in BLOCKS_PER_STAGE.items() if list(b) == arch["blocks_per_stage"]), None)
-    arch["depth"] = depth
+    arch["depth"] = next((d for d, b in BLOCKS_PER_STAGE.items() if list(b) == arch["blocks_per_stage"]), None)
     arch["preset"] = next((name for name, spec in PRESETS.items()
-                           if spec == (depth, arch["cardinality"], width)
+                           if spec == (arch["depth"], arch["cardinality"], c2[1])
                            and arch["res2_out_channels"] == 256 and arch["stem_out_channels"] == 64), "")
     return arch
 

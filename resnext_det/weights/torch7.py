@@ -63,12 +63,10 @@ def _arr(x) -> Optional[np.ndarray]:
 class _Conv:
     def __init__(self, m, where: str):
         self.groups = int(m.groups or 1)
-        n_out, n_in = int(m.nOutputPlane), int(m.nInputPlane)
-        kh, kw = int(m.kH), int(m.kW)
         w = _arr(m.weight)
         if w is None:
             raise WeightsError(f"{where}: convolution without weights")
-        self.weight = w.reshape(n_out, n_in // self.groups, kh, kw)
+        self.weight = w.reshape(int(m.nOutputPlane), int(m.nInputPlane) // self.groups, int(m.kH), int(m.kW))
         self.bias = _arr(m.bias)
         self.stride = int(m.dW or 1)
 
@@ -177,8 +175,7 @@ def torch7_to_detectron2(model, path: str = "<t7>") -> Tuple[Dict[str, torch.Ten
                 _put_conv_bn(sd, f"res{s}.{i}.conv{k + 1}", ops[2 * k], ops[2 * k + 1])
             if s == 3 and i == 0:
                 stride_in_1x1 = ops[0].stride > 1
-            sk = _kind(shortcut)
-            if sk == "Identity":
+            if _kind(shortcut) == "Identity":
                 continue
             sc_ops = _flatten(shortcut, where)
             if [type(o) for o in sc_ops] != [_Conv, _BN]:
