@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -79,22 +79,23 @@ def collect_inputs(inputs: Sequence[str]) -> List[WorkItem]:
     order, each file once; PredictError names an input that is no file or folder and matches nothing."""
     items: List[WorkItem] = []
     seen = set()
+    names: Dict[str, int] = {}
 
     def add(path: str, name: str) -> None:
         key = os.path.realpath(path)
         if key not in seen:
             seen.add(key)
             kind = "video" if path.lower().endswith(VIDEO_EXTENSIONS) else "image"
-            items.append(WorkItem(path, name.replace(os.sep, "/").lstrip("/"), kind))
+            name = name.replace(os.sep, "/").lstrip("/")
+            n = names.get(name, 0)  # two inputs with one output name (a/x.jpg, b/x.jpg given as files)
+            names[name] = n + 1
+            items.append(WorkItem(path, name if n == 0 else f"{name}.{n}", kind))
 
     for given in inputs:
         if os.path.isdir(given):
             base = os.path.basename(os.path.normpath(given)) or "input"
-            found = []
-            for root, dirs, files in os.walk(given):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files)
-                          if f.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)]
+            found = [os.path.join(root, f) for root, _, files in os.walk(given) for f in files
+                     if f.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)]
             for path in sorted(found):
                 add(path, os.path.join(base, os.path.relpath(path, given)))
         elif os.path.isfile(given):
@@ -112,13 +113,7 @@ def collect_inputs(inputs: Sequence[str]) -> List[WorkItem]:
     if not items:
         raise PredictError(f"--input {' '.join(inputs)}: no pictures or videos found (picture "
                            f"extensions {', '.join(IMAGE_EXTENSIONS)}; video {', '.join(VIDEO_EXTENSIONS)})")
-    names: Dict[str, int] = {}
-    out = []
-    for item in items:  # two inputs with one output name (a/x.jpg, b/x.jpg given as files)
-        n = names.get(item.name, 0)
-        names[item.name] = n + 1
-        out.append(item if n == 0 else WorkItem(item.path, f"{item.name}.{n}", item.kind))
-    return out
+    return items
 
 
 def plan_shards(items: Sequence[WorkItem], shard_images: int = SHARD_IMAGES) -> List[List[WorkItem]]:
@@ -146,12 +141,11 @@ class Predictor:
     """What the command runs: ``predict(bgr image) -> Instances`` in the image's coordinates,
     the class names, and what it is (runtime, precision) for the summary line."""
 
-    def __init__(self, call, class_names: List[str], runtime: str, precision: str, reason: str = ""):
+    def __init__(self, call, class_names: List[str], runtime: str, precision: str):
         self._call = call
         self.class_names = class_names
         self.runtime = runtime
         self.precision = precision
-        self.reason = reason
         self.seconds = 0.0  # time spent in the model's own calls: the command's overhead is the rest
 
     def __call__(self, image_bgr: np.ndarray):
@@ -170,8 +164,8 @@ def class_names_of(names: Sequence[str], num_classes: int) -> List[str]:
     return list(names) or [f"class {i}" for i in range(num_classes)]
 
 
-def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_threads: Optional[int] = None,
-                    cache_dir: Optional[str] = None) -> Predictor:
+def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32",
+                    num_threads: Optional[int] = None) -> Predictor:
     """The predictor for ``cfg.MODEL.WEIGHTS``: an exported model through its runtime (``auto``: the
     one measured fastest on this CPU kind), a checkpoint through detectron2's ``DefaultPredictor``
     (``eager``). PredictError: no weights (with how to get a model), a runtime that cannot run them."""
@@ -191,11 +185,10 @@ def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_thr
                                "--runtime auto, onnxruntime or openvino")
         from ..deploy import DeployedPredictor
 
-        options = {"cache_dir": cache_dir} if cache_dir and (runtime == "openvino" or weights.endswith(".xml")) else {}
         p = DeployedPredictor(weights, runtime=None if runtime == "auto" else runtime, num_threads=num_threads,
-                              precision=precision, **options)
+                              precision=precision)
         names = class_names_of(p.contract.class_names, p.contract.num_classes)
-        return Predictor(p, names, p.runtime, p.precision_used, p.runtime_reason)
+        return Predictor(p, names, p.runtime, p.precision_used)
     if runtime not in ("auto", "eager"):
         raise PredictError(f"--runtime {runtime}: {weights} is a checkpoint; export it first "
                            f"(python tools/export.py --config-file CFG --output DIR MODEL.WEIGHTS {weights}) "
@@ -210,7 +203,6 @@ def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_thr
     if num_threads:
         torch.set_num_threads(int(num_threads))  # a command line: its own process
     eager = DefaultPredictor(cfg)
-    names: List[str] = []
     try:  # the class names live in the test set's metadata (a synthetic set is made if missing)
         from ..engine.plan_runner import register_datasets
 
@@ -218,12 +210,9 @@ def build_predictor(cfg, runtime: str = "auto", precision: str = "fp32", num_thr
     except Exception as e:  # noqa: BLE001 - names are for display; say why they are missing
         logger.warning("class names unknown (registering %s failed: %s); using class indices",
                        list(cfg.DATASETS.TEST), _reason(e))
-    for name in cfg.DATASETS.TEST:
-        names = list(MetadataCatalog.get(name).get("thing_classes", []) or [])
-        if names:
-            break
-    names = class_names_of(names, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-    return Predictor(eager, names, "eager", "fp32", "checkpoint: detectron2's DefaultPredictor")
+    found = (MetadataCatalog.get(name).get("thing_classes") for name in cfg.DATASETS.TEST)
+    names = class_names_of(next((n for n in found if n), []), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    return Predictor(eager, names, "eager", "fp32")
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -252,15 +241,6 @@ def _frames(path: str) -> Iterator[np.ndarray]:
             yield frame
     finally:
         cap.release()
-
-
-def _video_fps(path: str) -> float:
-    import cv2
-
-    cap = cv2.VideoCapture(path)
-    fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
-    cap.release()
-    return fps if fps and fps > 0 else 25.0
 
 
 _END = object()
@@ -341,10 +321,10 @@ def _failure(item: WorkItem, e: BaseException) -> Dict:
 
 
 class _VideoOut:
-    """A video being re-encoded: written under a temporary name, renamed when complete."""
+    """Video ``source`` being re-encoded at its frame rate: written under a temporary name, renamed when complete."""
 
-    def __init__(self, path: str, fps: float):
-        self.path, self.fps, self.writer = path, fps, None
+    def __init__(self, path: str, source: str):
+        self.path, self.source, self.writer = path, source, None
         self.tmp = path + ".tmp.mp4"
 
     def write(self, frame: np.ndarray) -> None:
@@ -352,8 +332,11 @@ class _VideoOut:
 
         if self.writer is None:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            cap = cv2.VideoCapture(self.source)
+            fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
+            cap.release()
             h, w = frame.shape[:2]
-            self.writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            self.writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps if fps > 0 else 25.0, (w, h))
         self.writer.write(frame)
 
     def close(self, keep: bool) -> None:
@@ -419,14 +402,13 @@ class ShardCollector:
         key = "failures" if "reason" in entry else "images"
         self.pending.setdefault(index, {"images": [], "failures": []})[key].append(entry)
 
-    def finish(self, index: int) -> Dict:
+    def finish(self, index: int) -> None:
         data = self.pending.pop(index, {"images": [], "failures": []})
         order = {item.path: k for k, item in enumerate(self.shards[index])}
         for key in ("images", "failures"):  # the shard's order, whatever order results came in
             data[key].sort(key=lambda e: (order[e["path"]], e.get("frame", -1)))
         data["key"] = _shard_key(self.shards[index])
         atomic_write_json(_shard_path(self.output, index), data)
-        return data
 
 
 def _progress(total: int, done: int):
@@ -436,8 +418,8 @@ def _progress(total: int, done: int):
                 disable=None, smoothing=0.1, desc="predict")
 
 
-def run_local(predictor: Predictor, shards, todo, output: str, threshold: float) -> Tuple[int, int]:
-    """Predict the pictures and frames of shards ``todo`` in this process; returns (predicted, failures)."""
+def run_local(predictor: Predictor, shards, todo, output: str, threshold: float) -> int:
+    """Predict the pictures and frames of shards ``todo`` in this process; returns how many were predicted."""
     drawer = Drawer(predictor.class_names, threshold)
     collector = ShardCollector(output, shards)
     q: "queue.Queue" = queue.Queue(maxsize=QUEUE_DEPTH)
@@ -446,7 +428,7 @@ def run_local(predictor: Predictor, shards, todo, output: str, threshold: float)
     thread.start()
     images = sum(1 for i in todo for it in shards[i] if it.kind == "image")
     bar = _progress(images, 0)
-    count = failures = 0
+    count = 0
     video: Optional[_VideoOut] = None
     while True:
         got = q.get()
@@ -460,7 +442,6 @@ def run_local(predictor: Predictor, shards, todo, output: str, threshold: float)
             collector.finish(index)
             continue
         if isinstance(image, BaseException):
-            failures += 1
             entry = _failure(item, image)
             if item.kind == "video":
                 entry["frames_done"] = frame
@@ -475,8 +456,7 @@ def run_local(predictor: Predictor, shards, todo, output: str, threshold: float)
             bar.update(1)
         else:
             if frame == 0:
-                video = _VideoOut(os.path.join(output, "videos", os.path.splitext(item.name)[0] + ".mp4"),
-                                  _video_fps(item.path))
+                video = _VideoOut(os.path.join(output, "videos", os.path.splitext(item.name)[0] + ".mp4"), item.path)
             instances = predictor(image)
             video.write(drawer(image, instances))
             entry = {**_entry(item, image, instances), "video": item.name, "frame": frame}
@@ -485,7 +465,7 @@ def run_local(predictor: Predictor, shards, todo, output: str, threshold: float)
         count += 1
     bar.close()
     thread.join()
-    return count, failures
+    return count
 
 
 def merge(output: str, shards, class_names: List[str]) -> Dict:
@@ -601,7 +581,8 @@ def run(args) -> Dict:
 
         loading = 0.0  # each actor loads its own model
         plan = RayPlan(args, cfg)  # checks the model and ray before anything is written
-        predictor = plan.local_predictor() if any(i.kind == "video" for i in items) else None
+        has_videos = any(i.kind == "video" for i in items)  # videos run in this process
+        predictor = build_predictor(cfg, args.runtime, args.precision, args.threads) if has_videos else None
         settings = _settings(cfg, args.config_file, plan.runtime, args.precision)
         class_names = plan.class_names
     else:
@@ -619,13 +600,12 @@ def run(args) -> Dict:
               f"({skipped} inputs skipped)", file=sys.stderr)
     if args.ray is not None:
         pictures = [i for i in todo if shards[i][0].kind == "image"]
-        count, failed = plan.run(shards, pictures, args.output, args.confidence_threshold)
+        count = plan.run(shards, pictures, args.output, args.confidence_threshold)
         videos = [i for i in todo if shards[i][0].kind == "video"]
         if videos:
-            c2, f2 = run_local(predictor, shards, videos, args.output, args.confidence_threshold)
-            count, failed = count + c2, failed + f2
+            count += run_local(predictor, shards, videos, args.output, args.confidence_threshold)
     else:
-        count, failed = run_local(predictor, shards, todo, args.output, args.confidence_threshold)
+        count = run_local(predictor, shards, todo, args.output, args.confidence_threshold)
     merged = merge(args.output, shards, class_names)
     seconds = time.perf_counter() - start
     frames = sum(1 for im in merged["images"] if "frame" in im)

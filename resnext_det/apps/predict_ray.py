@@ -18,7 +18,7 @@ from typing import Dict, List
 from ..deploy import DeployedPredictor, read_contract
 from ..hardware import available_cores
 from .predict import (Drawer, PredictError, ShardCollector, WorkItem, _failure, _is_exported, _progress,
-                      build_predictor, class_names_of, predict_picture, read_picture)
+                      class_names_of, predict_picture, read_picture)
 
 __all__ = ["RayPlan", "PredictActor"]
 
@@ -71,12 +71,8 @@ class RayPlan:
         # the runtime every actor takes (the measured choice is per CPU kind: on mixed machines each logs its own)
         self.runtime, _ = DeployedPredictor.runtime_for(weights, None if args.runtime == "auto" else args.runtime)
 
-    def local_predictor(self):
-        """The predictor for videos, which run in this process."""
-        return build_predictor(self.cfg, self.args.runtime, self.args.precision, self.args.threads)
-
     def run(self, shards, todo: List[int], output: str, threshold: float):
-        """Predict the pictures of shards ``todo`` on Ray; returns (predicted, failed)."""
+        """Predict the pictures of shards ``todo`` on Ray; returns how many were predicted."""
         import ray
 
         args = self.args
@@ -114,19 +110,18 @@ class RayPlan:
                                                            threshold=threshold))
             collector = ShardCollector(output, shards)
             remaining = {i: len(shards[i]) for i in todo}
-            count = failed = 0
+            count = 0
             bar = _progress(len(rows), 0)
             for row in ds.iter_rows():
                 index, entry = int(row["shard"]), json.loads(row["entry"])
                 collector.add(index, entry)
-                failed += "reason" in entry
                 count += "reason" not in entry
                 bar.update(1)
                 remaining[index] -= 1
                 if remaining[index] == 0:
                     collector.finish(index)
             bar.close()
-            return count, failed
+            return count
         finally:
             if started_here:
                 ray.shutdown()
