@@ -1,11 +1,6 @@
-"""ResNeXtTrainer: detectron2's DefaultTrainer with COCO evaluation, the project's
-checkpointer and (optionally) the fast inference path for evaluation.
-
-Only DefaultTrainer's documented hooks are overridden; the training step, ``train``, the
-writers and the other hooks are detectron2's. Several CPU (GLOO) processes need
-:class:`ResNeXtCpuWorkersTrainer` (through :func:`build_trainer`). Checkpoints are written
-atomically and hold every process's data position (:class:`DataPosition`) and random
-streams (:class:`PerProcessState`), so ``--resume`` continues exactly.
+"""ResNeXtTrainer: detectron2's DefaultTrainer (only its documented hooks overridden) with COCO
+evaluation, the project's checkpointer, the fast inference path for evaluation, and checkpoints
+that hold every process's data position and random streams, so ``--resume`` continues exactly.
 """
 from __future__ import annotations
 
@@ -35,14 +30,13 @@ from ..data.coco_json import checked_mapper
 from ..data.proposals import ProposalMapper, stores_for
 from ..data.sampler import GroupedBatchSampler, PositionSeededDataset, ResumableTrainingSampler, is_landscape
 from ..io import atomic_write_json
-from ..weights import ResNeXtCheckpointer as Checkpointer
 from ..weights import load_checkpoint, make_checkpointer
 from .checks import TrainingConfigError, validate_solver
 from .fast import apply_training_switches_with_report, prepare_for_inference
 from .fast.auto import parse_switch
 from .machines import is_lost_peer
 
-__all__ = ["ResNeXtTrainer", "Checkpointer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
+__all__ = ["ResNeXtTrainer", "make_checkpointer", "load_checkpoint", "EVAL_RESULTS",
            "NonFiniteLossError", "validate_for_workers", "RandomStreams", "preserved_random_streams",
            "DataPosition", "PerProcessState", "build_trainer", "ResNeXtCpuWorkersTrainer", "runs_on_cpu_workers",
            "clear_training_errors", "proposal_stores"]
@@ -68,10 +62,9 @@ def apply_recorded_training_switches(model, cfg):
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-        if parse_switch(fast.CHANNELS_LAST_TRAIN, "CHANNELS_LAST_TRAIN") is None:
-            recorded["channels_last"] = bool(saved["channels_last"])
-        if parse_switch(fast.FOLD_FROZEN_BN_TRAIN, "FOLD_FROZEN_BN_TRAIN") is None:
-            recorded["fold_frozen_bn"] = bool(saved["fold_frozen_bn"])
+        for key, name in (("channels_last", "CHANNELS_LAST_TRAIN"), ("fold_frozen_bn", "FOLD_FROZEN_BN_TRAIN")):
+            if parse_switch(fast[name], name) is None:
+                recorded[key] = bool(saved[key])
         if recorded:
             _train_logger.info("Training layout %s: recorded in %s when this run started", recorded, path)
     model, chosen = apply_training_switches_with_report(model, cfg, **recorded)
@@ -144,12 +137,10 @@ class _QuietExpectedErrors(logging.Filter):
 
 
 class PerProcessState:
-    """A checkpointable holding one state per training process, in the one checkpoint file.
-
-    Before each save every process calls :meth:`gather` (a collective); process 0 saves its own
-    ``local`` state at the top level plus ``"processes"`` (all, by rank). On load each process
-    takes its own entry, or, from another number of processes, the top-level one (``exact=False``).
-    """
+    """A checkpointable holding one state per training process: before each save every process
+    calls :meth:`gather` (a collective); process 0 saves its ``local`` state at the top level plus
+    ``"processes"`` (all, by rank). On load each process takes its own entry, or, from another
+    number of processes, the top-level one (``exact=False``)."""
 
     def __init__(self, local):
         self.local = local
@@ -392,13 +383,10 @@ def build_trainer(trainer_cls, cfg):
 
 
 class ResNeXtCpuWorkersTrainer(ResNeXtTrainer):
-    """ResNeXtTrainer for several CPU (GLOO) training processes.
-
-    ``DefaultTrainer.__init__`` gives DDP ``device_ids=[local_rank]``, which a CPU module
-    refuses, and no hook runs in between; ``__init__`` builds what DefaultTrainer's builds, in
-    its order and with the same hooks, without ``device_ids`` (tests/engine/test_trainer.py
-    notices when detectron2's constructor changes shape).
-    """
+    """ResNeXtTrainer for several CPU (GLOO) processes. DefaultTrainer's ``__init__`` gives DDP
+    ``device_ids=[local_rank]``, which a CPU module refuses, with no hook in between; this one builds
+    the same, in its order and with the same hooks, without ``device_ids`` (tests/engine/test_trainer.py
+    notices when detectron2's constructor changes shape)."""
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
