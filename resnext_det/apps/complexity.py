@@ -22,7 +22,7 @@ from ..io import atomic_write_json
 from ..modeling import ResNeXtClassifier, build_backbone_from_preset
 from .tool import run_tool
 
-__all__ = ["PAPER", "ComplexityRow", "classifier_from_preset", "count", "complexity_table", "format_table", "TABLE2_FAMILY"]
+__all__ = ["PAPER", "ComplexityRow", "classifier_from_preset", "count", "complexity_table", "format_table"]
 
 # name -> (params in millions, GFLOPs, "~" where the paper only says "about") (Table 1, Sec. 3/5.1)
 PAPER = {
@@ -35,8 +35,6 @@ PAPER = {
     "X-50-8x14d": (25.5, 4.1, "~"),
 }
 
-# The paper's Table 2: C x d = 1x64 (ResNet-50), 2x40, 4x24, 8x14, 32x4, equal complexity.
-TABLE2_FAMILY = ("R-50", "X-50-2x40d", "X-50-4x24d", "X-50-8x14d", "X-50-32x4d")
 DEFAULT_MODELS = ("R-50", "R-101", "X-50-32x4d", "X-101-32x4d", "X-101-32x8d", "X-101-64x4d",
                   "X-50-2x40d", "X-50-4x24d", "X-50-8x14d")
 

@@ -121,8 +121,10 @@ def export_target(config_file: str, opts=(), *, demo: str = ""):
     return plan_export_target(cfg)
 
 
-def run(args) -> dict:
-    """Export (and optionally quantize) as ``args`` say; returns the export report."""
+def main(argv=None) -> dict:
+    """The command line's work: export (and optionally quantize) as ``argv`` says; returns the export report."""
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.calib_images < 1:
         raise DeployError(f"--calib-images {args.calib_images} is not valid; use a positive number")
     cfg, model = export_target(args.config_file, args.opts)
@@ -146,13 +148,6 @@ def run(args) -> dict:
               f"python tools/train_net.py --config-file {args.config_file} --eval-only --runtime {runtime} "
               f"MODEL.WEIGHTS {path}")
     return report
-
-
-def main(argv=None) -> dict:
-    """The command line's work: parse ``argv``, export; returns the export report."""
-    args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run(args)
 
 
 def cli(argv=None) -> int:
