@@ -229,10 +229,8 @@ def write_record(path: Optional[str], record_type: str, results: dict, env: dict
 
 
 def default_record_name(parts: Sequence[str], presets: Sequence[str], size: Sequence[int]) -> str:
-    """``train-layouts`` for ``--parts train`` (what the training ``auto`` table is generated
-    from), ``inference`` for backbone/fpn/c4, else the parts joined; a size other than 800x1333
-    and presets other than X-101-32x4d are appended, so that a small test run never replaces
-    the full-size record."""
+    """The record's name for these parts (``train-layouts`` is what the training ``auto`` table is
+    made from); other presets and sizes are appended, so a small test run never replaces the full-size record."""
     parts = list(parts)
     name = ("train-layouts" if parts == ["train"] else
             "inference" if set(parts) <= {"backbone", "fpn", "c4"} else "-".join(parts))

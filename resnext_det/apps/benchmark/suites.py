@@ -7,36 +7,27 @@ In one process, on the same random weights (our parameter names are detectron2's
   (b) ``fpn`` / ``c4``: full Faster R-CNN inference on one image;
   (c) ``train``: one training iteration (forward, backward, SGD step), batch 1.
 
-Modes: ``stock_a`` / ``stock_b`` = detectron2's ``build_resnet_backbone`` (NUM_GROUPS/WIDTH_PER_GROUP,
-STRIDE_IN_1X1 False) and its stock ``GeneralizedRCNN``/``Res5ROIHeads`` with every other
-setting equal (``resnext_det.apps.stock.stock_equivalent_cfg``); ``default`` = this
-project's model with default settings; ``fast`` = ``prepare_for_inference`` (fp32);
+Modes: ``stock_a`` / ``stock_b`` = detectron2's own ResNet code (``build_resnet_backbone``,
+``GeneralizedRCNN``/``Res5ROIHeads``) with every other setting equal (:mod:`resnext_det.apps.stock`);
+``default`` = this project's model with default settings; ``fast`` = ``prepare_for_inference``
+(fp32; for ``fpn``/``c4`` also the fast post-processing and, on CPU, the fused RPN conv+ReLU);
 ``fast-bf16`` / ``fast-fp16`` = with reduced precision (bf16 only where the CPU has native
 bf16 -- elsewhere a probe records how much slower it is -- and on CUDA); for ``train``, one path
 per candidate layout of the training ``auto`` rule (``channels_last``, ``fold``: FrozenBN folded
 into the convs on the fly, ``channels_last+fold``; with ``--bf16-train`` each also under bf16
 autocast): the record ``benchmarks/<kind>/train-layouts.json`` the rule's table is made from.
-For ``fpn``/``c4``, ``fast`` also includes the fast post-processing (sorted batched NMS, same
-detections) and, on CPU fp32, the fused RPN conv+ReLU.
 
 Runtime modes (the ``deploy`` extra, ``--runtimes``; named by :mod:`resnext_det.deploy.modes`):
-the same weights exported to ONNX (``torch.onnx.export``, opset 17; detectors through
-:mod:`resnext_det.deploy`) and run by
-``onnxruntime`` and ``openvino`` (fp32: INFERENCE_PRECISION_HINT f32); on CPUs with native bf16
-also ``openvino-bf16``; with ``--int8`` also ``onnxruntime-int8`` / ``openvino-int8`` (static
-int8 calibrated on random images: speed only). Detector runtime modes go through
-:class:`~resnext_det.deploy.DeployedPredictor` on the stock model's image as HxWx3 uint8
-(``input_format`` = INPUT.FORMAT, so no channel flip: the same pixels as stock; resize, graph,
-rescaling); ``*-raw`` modes time the bare runtime call on the same graph, so
-``raw / wrapped`` is the wrapper's overhead.
+the same weights exported to ONNX (opset 17) and run by ``onnxruntime`` and ``openvino`` (fp32);
+on CPUs with native bf16 also ``openvino-bf16``; with ``--int8`` also ``onnxruntime-int8`` /
+``openvino-int8`` (calibrated on random images: speed only). Detectors run through
+:class:`~resnext_det.deploy.DeployedPredictor` on the stock model's input pixels; ``*-raw`` modes
+time the bare runtime call on the same graph, so ``raw / wrapped`` is the wrapper's overhead.
 
-Every part is one run of :mod:`.protocol`: its paths interleaved in rotating rounds, stock
-detectron2 measured as two instances (``stock_a``, ``stock_b``: the A/A control), rounds added
-until the control settles or ``--max-seconds`` is reached, median and spread of every path;
-ratios are published only for settled runs. GFLOP counts are fvcore's multiply-adds x 2. The
-ceiling is the best large-GEMM rate (2*n^3 / t, ``--gemm-n``) of every library at hand,
-measured in the same run: torch, ONNX Runtime and OpenVINO (fp32; bf16 for torch and OpenVINO
-on native-bf16 CPUs); each record has its share of that ceiling.
+Every part is one run of :mod:`.protocol` (ratios are published only when its A/A control of
+``stock_a`` and ``stock_b`` settles). GFLOP counts are fvcore's multiply-adds x 2. The ceiling
+is the best large-GEMM rate (2*n^3 / t, ``--gemm-n``) of torch, ONNX Runtime and OpenVINO (fp32;
+bf16 on native-bf16 CPUs), measured in the same run; each record has its share of that ceiling.
 
     python tools/benchmark.py                      # X-101-32x4d all parts + 2 backbones, 800x1333, + runtimes
     python tools/benchmark.py --quick              # 320x512, X-50-32x4d, fewer runs
@@ -159,10 +150,8 @@ def _backbone_onnx(model, x):
 
 
 def _cfg(config_name, preset, device, c4_topk=None, opts=()):
-    cfg = resnext_det.get_cfg()
-    cfg.merge_from_file(resnext_det.get_config_file(config_name))
-    cfg.MODEL.RESNEXT.PRESET = preset
-    cfg.merge_from_list(list(opts))  # --opts: e.g. a tiny network for a quick check of the tool
+    # --opts after the preset: e.g. a tiny network for a quick check of the tool
+    cfg = load_config(resnext_det.get_config_file(config_name), ["MODEL.RESNEXT.PRESET", preset, *opts])
     cfg.MODEL.DEVICE = device.type
     if c4_topk:
         cfg.MODEL.RPN.POST_NMS_TOPK_TEST = c4_topk
@@ -268,8 +257,7 @@ class Bench:
 
     def _report(self, name, preset, res, gflop, errf, notes=None, extra=None):
         """One record per path of the run ``res`` (ratios only when its control settled)."""
-        control = {"name": name, "preset": preset, **res.control(), **(extra or {})}
-        self.controls.append(control)
+        self.controls.append({"name": name, "preset": preset, **res.control(), **(extra or {})})
         for mode in res.times:
             rec = path_record(name, preset, mode, res)
             seconds = rec["seconds"]
@@ -468,13 +456,12 @@ def measure(args):
     t0 = time.time()
     b = Bench(args, device)
     n = args.gemm_n
-    torch_fp32, _ = matmul_ceiling(torch.float32, device, n=n)
+    # the ceiling is the best GEMM of every library at hand, not torch's alone
+    b.ceiling["torch_fp32"], _ = matmul_ceiling(torch.float32, device, n=n)
     native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
     # without native bf16 a 2048^2 bf16 matmul takes ~a minute: measure a smaller one
-    torch_bf16, _ = matmul_ceiling(torch.bfloat16, device, n=n if native_bf16 else min(n, 512),
-                                   reps=5 if native_bf16 else 2)
-    # the ceiling is the best GEMM of every library at hand, not torch's alone
-    b.ceiling.update({"torch_fp32": torch_fp32, "torch_bf16": torch_bf16})
+    b.ceiling["torch_bf16"], _ = matmul_ceiling(torch.bfloat16, device, n=n if native_bf16 else min(n, 512),
+                                                reps=5 if native_bf16 else 2)
     for r in b.runtimes:
         b.ceiling[f"{r}_fp32"] = runtime_gemm_ceiling(r, "fp32", n=n)
     if "openvino" in b.runtimes and cpu_has_native_bf16():
