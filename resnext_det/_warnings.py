@@ -13,19 +13,14 @@ __all__ = ["KNOWN_THIRD_PARTY_WARNINGS", "KNOWN_THIRD_PARTY_LOG_WARNINGS", "filt
 
 # (category, module regex, message regex, why it is not ours to fix)
 KNOWN_THIRD_PARTY_WARNINGS = (
-    # detectron2 decorates helpers with @torch.jit.script at import time (structures, layers)
     (FutureWarning, r"torch\.jit\._script", r"`torch\.jit\.script` is deprecated",
      "detectron2 uses torch.jit.script at import"),
-    # detectron2.model_zoo imports pkg_resources (setuptools<81 keeps it, and warns)
     (UserWarning, r"detectron2\.model_zoo\.model_zoo", r"pkg_resources is deprecated",
      "detectron2.model_zoo imports pkg_resources"),
-    # detectron2's anchor generator calls torch.meshgrid without indexing= (its result is "ij")
     (UserWarning, r"torch\.functional", r"torch\.meshgrid: in an upcoming release",
      "detectron2's anchor generator"),
-    # detectron2's COCOEvaluator logs "No predictions from the model!" through Logger.warn
     (DeprecationWarning, r"detectron2\.evaluation\.coco_evaluation", r"The 'warn' method is deprecated",
      "detectron2's COCOEvaluator when a model predicts nothing"),
-    # detectron2's default_setup reads --config-file with open(...).read(), never closed
     (ResourceWarning, r"detectron2\.engine\.defaults", r"unclosed file",
      "detectron2's default_setup"),
 )
@@ -33,10 +28,8 @@ KNOWN_THIRD_PARTY_WARNINGS = (
 
 # (logger name, message regex, why): warnings sent through ``logging`` rather than ``warnings``
 KNOWN_THIRD_PARTY_LOG_WARNINGS = (
-    # detectron2's ROIPooler asks torch.fx whether it is tracing; torch logs this once
     ("torch.fx._symbolic_trace", r"is_fx_tracing will return true",
      "detectron2's ROIPooler calls torch.fx's is_fx_tracing"),
-    # torch logs this when something imports torch.utils.cpp_extension on a machine without CUDA
     ("torch.utils.cpp_extension", r"No CUDA runtime is found", "torch's cpp_extension import"),
 )
 

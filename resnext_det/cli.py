@@ -108,21 +108,26 @@ def setup_cfg(args):
     return cfg
 
 
+def _final_detector_cfg(cfg, weights):
+    """The plan's final detector config (frozen) with MODEL.WEIGHTS ``weights``."""
+    scfg = final_stage(build_plan(cfg)).cfg.clone()
+    scfg.defrost()
+    scfg.MODEL.WEIGHTS = weights
+    if is_exported_model(weights):
+        scfg.MODEL.LOAD_PROPOSALS = False  # it makes its own proposals
+    scfg.freeze()
+    return scfg
+
+
 def evaluate_only(cfg, resume=False, runtime="auto", precision="fp32"):
     """COCO AP of MODEL.WEIGHTS (or, with ``resume``, the last checkpoint) with the plan's final
     detector config; an exported ``.onnx`` / ``.xml`` runs through ``runtime`` at ``precision``."""
-    stage = final_stage(build_plan(cfg))
-    scfg = stage.cfg.clone()
-    scfg.defrost()
-    scfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS
-    if is_exported_model(cfg.MODEL.WEIGHTS):
-        scfg.MODEL.LOAD_PROPOSALS = False  # it makes its own proposals
-        scfg.freeze()
+    scfg = _final_detector_cfg(cfg, cfg.MODEL.WEIGHTS)
+    if is_exported_model(scfg.MODEL.WEIGHTS):
         try:
             return evaluate_exported(scfg, scfg.MODEL.WEIGHTS, runtime=runtime, precision=precision)
         except DeployError as e:
             raise WeightsError(f"MODEL.WEIGHTS: {e}") from None
-    scfg.freeze()
     model = ResNeXtTrainer.build_model(scfg)
     load_checkpoint(model, scfg, scfg.MODEL.WEIGHTS, resume=resume)
     return ResNeXtTrainer.test(scfg, model)
@@ -172,14 +177,9 @@ def check_files(cfg, args):
     """Before any process starts: every needed input is on disk, or one clear message."""
     base = resolve_datasets(cfg)
     if args.eval_only:
-        stage = final_stage(build_plan(cfg)).cfg.clone()
-        stage.defrost()
-        stage.MODEL.WEIGHTS = "" if args.resume else cfg.MODEL.WEIGHTS
-        exported = is_exported_model(stage.MODEL.WEIGHTS)
-        if exported:
-            stage.MODEL.LOAD_PROPOSALS = False
+        stage = _final_detector_cfg(cfg, "" if args.resume else cfg.MODEL.WEIGHTS)
         verify_dataset_files(stage, train=False)
-        if exported:
+        if is_exported_model(stage.MODEL.WEIGHTS):
             try:
                 check_exported_model(stage, stage.MODEL.WEIGHTS)
             except DeployError as e:
@@ -202,9 +202,7 @@ def print_demo_report(cfg, args, seconds):
     state = PlanState(cfg.OUTPUT_DIR).load()
     figures = stage_figures(state.data["results"])
     ap = figures.get("box_AP", float("nan"))
-    scfg = final.cfg.clone()
-    scfg.defrost()
-    scfg.MODEL.WEIGHTS = os.path.join(final.output_dir, "model_final.pth")
+    scfg = _final_detector_cfg(cfg, os.path.join(final.output_dir, "model_final.pth"))
     demo = cfg.RESNEXT_PLAN.DEMO
     pics = draw_detections(scfg, scfg.DATASETS.TEST[0], os.path.join(cfg.OUTPUT_DIR, "pictures"),
                            num_images=demo.NUM_IMAGES, score_thresh=demo.SCORE_THRESH)

@@ -78,8 +78,7 @@ def add_resnext_config(cfg: CN) -> CN:
     cfg.MODEL.DEVICE = default_device()
     add_plan_config(cfg)
     r = cfg.MODEL.RESNEXT = CN()
-    # A named preset ("X-101-32x4d", ...). Empty: use DEPTH/CARDINALITY/BOTTLENECK_WIDTH.
-    r.PRESET = ""
+    r.PRESET = ""  # a PRESETS name ("X-101-32x4d", ...); "": DEPTH/CARDINALITY/BOTTLENECK_WIDTH
     # 0 = "not set": taken from PRESET (or 50 / 32 / 4 when PRESET is empty).
     r.DEPTH = 0
     r.CARDINALITY = 0
@@ -90,8 +89,7 @@ def add_resnext_config(cfg: CN) -> CN:
     r.RES5_DILATION = 1
     r.STEM_OUT_CHANNELS = 64
     r.RES2_OUT_CHANNELS = 256
-    # Fig. 3 of the paper: "grouped" (c, default), "split" (a), "concat" (b).
-    r.BLOCK_FORM = "grouped"
+    r.BLOCK_FORM = "grouped"  # Fig. 3 of the paper: "grouped" (c), "split" (a), "concat" (b)
     r.FAST = CN()  # engine.fast
     r.FAST.INFERENCE = False  # fold FrozenBN + channels_last (+ fused oneDNN blocks) at inference
     r.FAST.PRECISION = "fp32"  # "fp32", "bf16" (CPU/CUDA), "fp16" (CUDA)

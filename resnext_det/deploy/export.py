@@ -4,13 +4,10 @@
     report = export_onnx(cfg, "out/deploy")        # cfg.MODEL.WEIGHTS: the trained detector
     # -> out/deploy/model.onnx (+ export.json), checked and compared with eager first
 
-The graph is ``GeneralizedRCNN.inference(..., do_postprocess=False)``: normalisation, padding
-to the size divisibility, backbone, RPN (with its NMS), RoIAlign (aligned, exact from opset
-16), box head, per-class NMS (ONNX ``NonMaxSuppression``) and the top-k detections, with
-dynamic image height and width. Exported with ``torch.onnx.export(opset_version=17,
-dynamo=False)``: the dynamo exporter fails on detectron2's detectors. The model exported is
-the plain (un-prepared) detector: ONNX Runtime and OpenVINO fold FrozenBN/BN into the convs
-and fuse the layers themselves.
+The graph is ``GeneralizedRCNN.inference(..., do_postprocess=False)`` (normalisation, padding,
+backbone, RPN, RoIAlign, box head, per-class NMS, top-k) with dynamic image height and width,
+exported with ``dynamo=False``: the dynamo exporter fails on detectron2's detectors. The plain
+(un-prepared) detector is exported: the runtimes fold FrozenBN/BN into the convs themselves.
 """
 from __future__ import annotations
 
@@ -58,7 +55,6 @@ def _boxes_scores_classes(model, inputs):
 @contextlib.contextmanager
 def quiet_export():
     """Silence the known, harmless messages of tracing detectron2 and of the TorchScript-based exporter."""
-    # detectron2's meshgrid and is_fx_tracing messages, as the command lines silence them
     with known_third_party_warnings_silenced(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
@@ -130,9 +126,8 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
     if opset < 16:
         raise DeployError(f"opset {opset} has no aligned RoiAlign (coordinate_transformation_mode); "
                           "use opset >= 16")
-    model.eval()
     adapter = TracingAdapter(model, [{"image": image_chw}], _boxes_scores_classes)
-    adapter.eval()  # torch.onnx.export leaves a module in training mode unless it was in eval
+    adapter.eval()  # the model too: torch.onnx.export restores the mode a module had, eval here
     buf = io.BytesIO()
     dyn = {INPUT_NAME: {1: "height", 2: "width"}, **{n: {0: "detections"} for n in OUTPUT_NAMES}}
     try:
@@ -143,8 +138,6 @@ def onnx_bytes(model: nn.Module, image_chw: torch.Tensor, opset: int = DEFAULT_O
     except Exception as e:
         raise DeployError(f"torch.onnx.export cannot export this detector ({type(model).__name__}, "
                           f"{type(model.backbone).__name__} backbone): {short_error(e)}") from None
-    finally:
-        model.eval()
     return buf.getvalue()
 
 
@@ -225,19 +218,14 @@ def verify_against_eager(model, data: bytes, images, runtime: str = "onnxruntime
 def export_onnx(cfg, output_dir: str, *, model: Optional[nn.Module] = None, image_path: Optional[str] = None,
                 opset: int = DEFAULT_OPSET, filename: str = MODEL_FILE) -> Dict:
     """Export the detector of ``cfg`` (or ``model``, already built) to ``output_dir/model.onnx`` with
-    its contract; returns the report (path, contract, parity, size), also written to
-    ``export.json`` beside it.
-
-    Steps, each failing with one :class:`DeployError` line: build and load, trace +
-    ``torch.onnx.export``, store the contract, ``onnx.checker``, compare with eager (ONNX Runtime)
-    on the export image (:func:`export_image`) and on it at another, not 32-divisible size; only
-    then is the file written (atomically).
-    """
+    its contract; returns the report (path, contract, parity, size), also written to ``export.json``
+    beside it. Written (atomically) only after ``onnx.checker`` and a comparison with eager (ONNX
+    Runtime) on the export image (:func:`export_image`) and on it at an odd size; each step fails
+    with one :class:`DeployError` line."""
     model = build_export_model(cfg) if model is None else model.eval()
     img = export_image(cfg, image_path)
     image = torch.as_tensor(resize_for_graph(cfg, img))
     data = with_contract(onnx_bytes(model, image, opset), cfg, model, opset)
-    # parity before success: the export image and an odd size (dynamic shapes, padding)
     h, w = image.shape[1:]
     odd = torch.nn.functional.interpolate(image[None], size=(max(33, h * 3 // 4) | 1, max(33, w * 3 // 4) | 1),
                                           mode="bilinear", align_corners=False)[0].round()

@@ -1,18 +1,15 @@
 """One rewrite of an exported detector graph, so that an image with nothing to detect gives
 no detections in every runtime.
 
-Why: torchvision's ``batched_nms`` (called by detectron2's RPN and box head) is scripted
-while tracing; with no candidate boxes it returns ``torch.empty((0,))``, which the ONNX
-exporter writes as an ``If`` whose then-branch is a ``Constant`` with zero elements. OpenVINO's
-CPU plugin (seen in 2026.4.1; an upstream report describes the same for 2025.4 and 2026.3)
-compiles such a branch output to one element of uninitialised memory: the ``Gather`` after it
-then picks a stale element, so the first empty image gets a garbage detection and every later
-one the previous image's top detection. ONNX Runtime follows the graph.
+Why: with no candidate boxes, torchvision's ``batched_nms`` (scripted while tracing) returns
+``torch.empty((0,))``, exported as an ``If`` whose then-branch is a zero-element ``Constant``.
+OpenVINO's CPU plugin (2025.4 to 2026.4.1 at least) compiles such a branch output to one element
+of uninitialised memory: the ``Gather`` after it picks a stale element, so the first empty image
+gets a garbage detection and every later one the previous image's top detection.
 
-The rewrite makes each zero-element ``Constant`` inside an ``If`` branch a ``ConstantOfShape``
-whose shape is the constant's own shape multiplied by the branch condition (1 whenever the
-branch runs): the same empty tensor, computed at run time, so no runtime folds it back into a
-constant. An OpenVINO IR converted from a rewritten graph keeps the fix.
+The rewrite makes each such ``Constant`` a ``ConstantOfShape`` whose shape is the constant's own
+shape times the branch condition (1 whenever the branch runs): the same empty tensor, computed at
+run time, so no runtime folds it back into a constant. An IR converted from it keeps the fix.
 """
 from __future__ import annotations
 

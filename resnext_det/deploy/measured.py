@@ -2,10 +2,9 @@
 whether ONNX Runtime's threads spin, OpenVINO's shape mode, and whether a lower precision was
 measured much faster on this kind (said in the log line; fp32 stays the default).
 
-The figures live in ``measured_runtimes.json`` beside this module, rendered from the deploy records
-by ``benchmarks/choices.py`` (never edited by hand), one entry per CPU kind. A machine takes its own
-kind's entry only; a kind with no entry (or a key its entry lacks) takes :data:`DEFAULTS`, and the
-log line says that no measurement stands behind it.
+The figures live in ``measured_runtimes.json`` beside this module (:mod:`resnext_det.measured_choices`);
+a kind with no entry (or a key its entry lacks) takes :data:`DEFAULTS`, and the log line says that
+no measurement stands behind it.
 """
 from __future__ import annotations
 

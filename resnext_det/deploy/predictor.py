@@ -55,8 +55,7 @@ class DeployedPredictor:
     def __init__(self, path: str, runtime: Optional[str] = None, num_threads: Optional[int] = None,
                  precision: str = "fp32", input_format: str = "BGR", **runtime_options):
         self.path = path
-        self.contract = read_contract(path)
-        c = self.contract
+        c = self.contract = read_contract(path)
         runtime, self.runtime_reason = self.runtime_for(path, runtime)
         if input_format not in INPUT_FORMATS:
             raise DeployError(f"input_format={input_format!r} is not valid; use 'BGR' (the default: "
@@ -95,7 +94,6 @@ class DeployedPredictor:
         logger.info("%s: %s", path, choice.reason)
         return choice.runtime, choice.reason
 
-    # -- the graph on an already resized CHW image (what the test data loader gives) --------
     def run_resized(self, image_chw) -> Instances:
         """Detections in the coordinates of ``image_chw`` (3xHxW float, resized per the contract, in
         the model's INPUT.FORMAT)."""
@@ -112,8 +110,7 @@ class DeployedPredictor:
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
         """``{"instances": Instances}`` of an HxWx3 uint8 image in ``self.input_format``, in its
-        coordinates, as ``DefaultPredictor`` returns them. DeployError: another kind of image, or a
-        model whose INPUT.FORMAT is neither RGB nor BGR."""
+        coordinates, as ``DefaultPredictor`` returns them."""
         img = original_image
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 \
                 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
@@ -134,10 +131,9 @@ class DeployedPredictor:
         inst = self.run_resized(resized.astype(np.float32).transpose(2, 0, 1))
         return {"instances": detector_postprocess(inst, h, w)}
 
-    # -- detectron2's model calling convention, for inference_on_dataset ---------------------
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
-        """Like ``GeneralizedRCNN.forward`` in eval mode on test-loader dicts. The loader reads the
-        config's INPUT.FORMAT, which ``evaluate_exported`` checks is the model's: no flip here."""
+        """Like ``GeneralizedRCNN.forward`` in eval mode on test-loader dicts (for
+        ``inference_on_dataset``), already in the model's INPUT.FORMAT (``evaluate_exported`` checks)."""
         out = []
         for d in batched_inputs:
             inst = self.run_resized(d["image"].float())

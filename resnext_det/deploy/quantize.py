@@ -3,13 +3,11 @@ pre-processed by the export's own contract. Two routes:
 
 - :func:`quantize_int8_nncf` (``tools/export.py --int8``, the default): NNCF post-training
   quantization of the OpenVINO model, written as an IR (``model_int8.xml`` + ``.bin``). The
-  network is quantized; the post-processing (anchor and box decoding, clipping, NMS, top-k, RoI
-  level assignment) is left in fp32 (:func:`postprocessing_nodes`, NNCF's ignored scope): NNCF
-  would otherwise quantize box coordinates, which moves boxes for no speed.
-- :func:`quantize_int8` (``--int8-runtime onnxruntime``): ONNX Runtime's ``quantize_static``, QDQ,
-  convolutions and matrix products (weights per channel, symmetric; activations MinMax), written
-  as ``model_int8.onnx``. Kept for measurement: ONNX Runtime has no int8 kernel for grouped
-  convolutions other than depthwise, which ResNeXt is made of.
+  post-processing (box decoding, clipping, NMS, top-k, RoI level assignment) is left in fp32
+  (:func:`postprocessing_nodes`): quantized box coordinates move boxes for no speed.
+- :func:`quantize_int8` (``--int8-runtime onnxruntime``): ONNX Runtime's ``quantize_static`` (QDQ,
+  convolutions and matrix products), written as ``model_int8.onnx``. Kept for measurement: ONNX
+  Runtime has no int8 kernel for grouped convolutions other than depthwise, which ResNeXt is made of.
 """
 from __future__ import annotations
 
@@ -79,11 +77,10 @@ class _Reader:
     """ONNX Runtime's CalibrationDataReader protocol over a list of images."""
 
     def __init__(self, images: Iterable[np.ndarray]):
-        self._it = iter(list(images))
+        self._feeds = iter([{INPUT_NAME: x} for x in images])
 
     def get_next(self):
-        x = next(self._it, None)
-        return None if x is None else {INPUT_NAME: x}
+        return next(self._feeds, None)
 
 
 def quantize_int8(fp32_path: str, images: List[np.ndarray], output_path: str = "") -> str:

@@ -1,19 +1,15 @@
 """The two CPU inference runtimes behind one small interface: ``run(image_chw) -> (boxes,
-scores, classes)`` on an exported detector (see :mod:`.contract` for the graph's I/O).
+scores, classes)`` on an exported detector (see :mod:`.contract` for the graph's I/O), with one
+thread per physical core this process may use (:func:`resnext_det.hardware.available_cores`), not
+``os.cpu_count()``: more threads than cores make the runtimes' workers wait on each other.
 
-Threads: one per physical core this process may use (:func:`resnext_det.hardware.available_cores`:
-affinity set, hyper-threads counted once, cgroup quota), not ``os.cpu_count()``: more threads
-than cores make the runtimes' workers wait on each other.
-
-- ONNX Runtime: CPU execution provider, all graph optimisations, sequential execution; fp32 as
-  stored (an int8 export runs its quantized operators). ``allow_spinning``: idle worker threads
-  spin, saving a wake-up per operator on an idle machine and burning the cores others need on a
-  busy one; the default is the one measured for the CPU kind (:mod:`.measured`).
+- ONNX Runtime: CPU execution provider, all graph optimisations, sequential execution.
+  ``allow_spinning``: idle worker threads spin, saving a wake-up per operator on an idle machine
+  and burning the cores others need on a busy one.
 - OpenVINO: ``PERFORMANCE_HINT=LATENCY``. Its CPU plugin silently computes in bf16 on CPUs with
   AVX512-BF16/AMX unless told otherwise, so the precision is always set explicitly (``fp32`` by
   default, for parity) and logged. ``shape_mode`` "dynamic" compiles once for any image size;
-  "static" compiles for each resized input shape met and keeps the last few (LRU), letting the
-  plugin pick kernels and memory plans for the size. Reads ONNX files and IR (``.xml``).
+  "static" compiles for each input shape met and keeps the last few (LRU). Reads ONNX and IR.
 """
 from __future__ import annotations
 
@@ -73,7 +69,6 @@ class OnnxRuntimeRunner:
         if not isinstance(allow_spinning, bool):
             raise DeployError(f"allow_spinning={allow_spinning!r} is not valid; use True, False or "
                               "None (the measured default)")
-        # both pools: inter-op has one thread here (sequential), set alike for clarity
         for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
             opts.add_session_config_entry(key, "1" if allow_spinning else "0")
         self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
@@ -95,7 +90,8 @@ class OnnxRuntimeRunner:
 
 
 class OpenVINORunner:
-    """OpenVINO CPU compiled model on a model file or ONNX bytes; options as :func:`make_runtime`."""
+    """OpenVINO CPU compiled model on a model file or ONNX bytes; options as :func:`make_runtime`,
+    methods as :class:`OnnxRuntimeRunner`'s."""
 
     name = "openvino"
 
@@ -164,7 +160,6 @@ class OpenVINORunner:
         return entry
 
     def describe(self) -> str:
-        """The settings in effect, for log lines and records."""
         return f"{self.num_threads} threads, {self.shape_mode} shapes"
 
     def _infer(self, feeds):
@@ -173,12 +168,10 @@ class OpenVINORunner:
         return compiled, request.infer(feeds)
 
     def run(self, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The detector graph on one 3xHxW float32 image: (boxes, scores, classes)."""
         compiled, res = self._infer({INPUT_NAME: image})
         return tuple(np.asarray(res[compiled.output(n)]) for n in OUTPUT_NAMES)
 
     def run_all(self, feeds):
-        """Any graph: all outputs, in graph order, for ``{input name: array}``."""
         compiled, res = self._infer(feeds)
         return [np.asarray(res[o]) for o in compiled.outputs]
 
@@ -211,17 +204,10 @@ def _read_openvino_model(core, model):
 def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precision: str = "fp32",
                  **options):
     """One runner (module docstring) of ``model``: ONNX path or bytes, or an IR ``.xml`` (OpenVINO).
-
-    Args:
-        num_threads: threads (None: the physical cores available).
-        precision: "fp32", "bf16" (OpenVINO) or "default" (the runtime's choice: OpenVINO's is bf16
-            on AVX512-BF16/AMX CPUs).
-        **options: the runtime's own; None means the measured default for this CPU kind.
-            ONNX Runtime: ``allow_spinning`` (idle threads spin). OpenVINO: ``shape_mode``
-            ("dynamic"/"static"), ``cache_size`` (compiled shapes kept in static mode, LRU),
-            ``cache_dir`` (OpenVINO's compiled-model cache: a later predictor of the same model,
-            precision and threads starts about 5x faster).
-    """
+    ``num_threads`` None: the physical cores available; ``precision``: "fp32", "bf16" (OpenVINO) or
+    "default" (the runtime's choice). ``options``, the runtime's own (None: the measured default for
+    this CPU kind): ``allow_spinning`` (ONNX Runtime); ``shape_mode``, ``cache_size`` (compiled
+    shapes kept in static mode) and ``cache_dir`` (OpenVINO's compiled-model cache) for OpenVINO."""
     runners = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
     own = {"onnxruntime": ("allow_spinning",), "openvino": ("shape_mode", "cache_size", "cache_dir")}
     if runtime not in runners:

@@ -22,11 +22,10 @@ from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 
-from ..config import add_resnext_config
+from ..config import get_cfg
 from .backbone import build_resnext_backbone, build_resnext_fpn_backbone
 
 __all__ = ["build_backbone_from_preset", "TorchvisionBackbone"]
@@ -50,7 +49,6 @@ def build_backbone_from_preset(preset: str = "X-50-32x4d", *, fpn: bool = False,
             ``ResNeXtConfigError``.
     """
     cfg = get_cfg()
-    add_resnext_config(cfg)
     r = cfg.MODEL.RESNEXT
     r.PRESET = preset
     r.NORM = norm
