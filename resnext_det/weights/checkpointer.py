@@ -15,7 +15,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .safe_io import WeightsError
 from ..io import make_atomic
-from .names import TRUNK_KEY, checkpoint_source
+from .names import TRUNK_KEY
 from .sources import read_checkpoint
 
 __all__ = ["ResNeXtCheckpointer", "InputFormatMismatchError", "LoadReport", "check_input_format",
@@ -126,7 +126,7 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         self._loading_path = filename
-        ckpt = dict(read_checkpoint(filename))
+        ckpt = read_checkpoint(filename)
         parsed = self._parsed_url_during_load
         if parsed is not None:
             queries = parse_qs(parsed.query)
@@ -167,8 +167,10 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         trunk = [k for k in model_sd if TRUNK_KEY.search(k) and not k.endswith("num_batches_tracked")]
         loaded = [k for k in trunk if k in offered and k not in bad]
         missing_trunk = [k for k in trunk if k not in offered or k in bad]
+        # the source: meta's, else __author__ (detectron2's convention: "Caffe2", "torchvision", ...)
+        source = (meta or {}).get("source") or str(checkpoint.get("__author__") or "detectron2")
         self.last_report = LoadReport(
-            path=path, source=checkpoint_source(meta, checkpoint.get("__author__")),
+            path=path, source=source,
             backbone_loaded=len(loaded), backbone_total=len(trunk), missing_backbone=missing_trunk,
             missing=list(incompatible.missing_keys), unexpected=unexpected, wrong_shape=wrong_shape,
             format_check=format_check)

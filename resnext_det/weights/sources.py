@@ -31,7 +31,6 @@ from .torch7 import torch7_to_detectron2
 
 __all__ = [
     "INPUT_CONVENTIONS",
-    "ConvertedCheckpoint",
     "read_checkpoint",
     "convert_to_detectron2",
     "infer_architecture",
@@ -54,10 +53,6 @@ INPUT_CONVENTIONS: Dict[str, Dict[str, Any]] = {
     "caffe2-fair-gn": dict(input_format="BGR", pixel_mean=_C2_MEAN, pixel_std=[1.0, 1.0, 1.0],
                            stride_in_1x1=False),
 }
-
-
-class ConvertedCheckpoint(dict):
-    """``{"model": state dict in detectron2 names, "meta": ..., extras}`` as the checkpointer wants."""
 
 
 def _to_tensor(v):
@@ -220,8 +215,8 @@ def _meta(source: str, convention: str, path: str, arch: Dict[str, Any], **extra
     return meta
 
 
-def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool = False) -> ConvertedCheckpoint:
-    """Read any supported weights file into a :class:`ConvertedCheckpoint`: ``model`` (d2 names),
+def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool = False) -> Dict[str, Any]:
+    """Read any supported weights file into the dict the checkpointer wants: ``model`` (d2 names),
     ``meta`` (None for a detectron2 checkpoint without it), ``matching_heuristics`` and a training
     checkpoint's other entries. ``preset``: the weights must have this architecture (WeightsError)."""
     t0 = time.perf_counter()
@@ -237,7 +232,7 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
         meta = _meta("torch7", "torch7", path, arch)
         if stride_in_1x1 is not None:
             meta["stride_in_1x1"] = bool(stride_in_1x1)
-        return ConvertedCheckpoint(model=sd, meta=meta, matching_heuristics=True, __author__="torch7")
+        return dict(model=sd, meta=meta, matching_heuristics=True, __author__="torch7")
 
     sd, extras = _unwrap(obj, path)
     sd = _strip_module(sd)
@@ -256,7 +251,7 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
             out, dropped = _convert_caffe2(sd, path, progress)
             source, convention, author = "caffe2", _caffe2_convention(sd), "Caffe2"
         meta = _meta(source, convention, path, _checked_architecture(out, preset, path), dropped=dropped)
-        return ConvertedCheckpoint(model=out, meta=meta, matching_heuristics=True, __author__=author)
+        return dict(model=out, meta=meta, matching_heuristics=True, __author__=author)
     if kind == "detectron2":
         model = {k: _to_tensor(v) for k, v in sd.items()}
         arch = _checked_architecture(model, preset, path)
@@ -268,8 +263,8 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
             meta = _meta("torchvision", "torchvision", path, arch, via="convert-torchvision-to-d2")
         elif meta is not None:
             meta = dict(meta)
-        return ConvertedCheckpoint(model=model, meta=meta, matching_heuristics=heuristics,
-                                   __author__=author or "detectron2", **extras)
+        return dict(model=model, meta=meta, matching_heuristics=heuristics,
+                    __author__=author or "detectron2", **extras)
     raise WeightsError(f"{path}: a {fmt} file whose tensor names match no known layout "
                        f"(e.g. {sorted(sd)[:5]}); expected one of: {SUPPORTED}")
 

@@ -84,9 +84,8 @@ class _BN:
         else:
             raise WeightsError(f"{where}: batch norm without running statistics")
         self.var = (var + eps - D2_BN_EPS).astype(np.float32)
-        n = self.mean.shape[0]
         if self.weight is None:  # affine=false
-            self.weight, self.bias = np.ones(n, np.float32), np.zeros(n, np.float32)
+            self.weight, self.bias = np.ones_like(self.mean), np.zeros_like(self.mean)
 
 
 def _concat_paths(paths: List[List[object]], where: str) -> List[object]:
