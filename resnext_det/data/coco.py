@@ -44,8 +44,7 @@ def register_coco_splits(names: Iterable[str], root: Optional[str] = None) -> No
         if name not in table:
             continue
         image_root, json_file = (os.path.join(root, p) for p in table[name])
-        meta = MetadataCatalog.get(name)
-        if meta.get("json_file") == json_file and name in DatasetCatalog.list():
+        if MetadataCatalog.get(name).get("json_file") == json_file and name in DatasetCatalog.list():
             continue
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
@@ -115,9 +114,8 @@ def check_dataset_files(cfg, *, train: bool = True, test: bool = True) -> List[M
     if cfg.MODEL.LOAD_PROPOSALS:
         files = (list(cfg.DATASETS.PROPOSAL_FILES_TRAIN) if train else []) + (
             list(cfg.DATASETS.PROPOSAL_FILES_TEST) if test else [])
-        for f in files:
-            if not os.path.isfile(f):
-                missing.append(MissingFile("DATASETS.PROPOSAL_FILES_*", "proposal file", f))
+        missing += [MissingFile("DATASETS.PROPOSAL_FILES_*", "proposal file", f)
+                    for f in files if not os.path.isfile(f)]
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
         missing.append(MissingFile("MODEL.WEIGHTS", "weights", weights))

@@ -89,10 +89,9 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> Dict[str, Any]:
             raise DatasetError(f"{source}: {kind}[{i}] (id {entry.get('id')!r}) lacks {lacking}")
         for k, typ in required:
             v = entry[k]
-            ok = _is_number(v) if typ == "number" else isinstance(v, typ) and not isinstance(v, bool)
-            if not ok:
+            if not isinstance(v, typ) or isinstance(v, bool):
                 raise DatasetError(f"{source}: {kind}[{i}].{k} = {v!r} has the wrong type "
-                                   f"(expected {typ if isinstance(typ, str) else typ.__name__})")
+                                   f"(expected {typ.__name__})")
 
     image_ids = set()
     for i, img in enumerate(data["images"]):
@@ -112,8 +111,7 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> Dict[str, Any]:
     if not cat_ids:
         raise DatasetError(f"{source}: 'categories' is empty; at least one category is needed")
 
-    kept, degenerate = [], 0
-    bad_images, bad_cats, ann_ids = {}, {}, set()
+    kept, bad_images, bad_cats, ann_ids = [], {}, {}, set()
     for i, ann in enumerate(data["annotations"]):
         check_entry("annotations", i, ann, [("id", int), ("image_id", int), ("category_id", int),
                                             ("bbox", list)])
@@ -128,10 +126,9 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> Dict[str, Any]:
             bad_images.setdefault(ann["image_id"], ann["id"])
         if ann["category_id"] not in cat_ids:
             bad_cats.setdefault(ann["category_id"], ann["id"])
-        if not (box[2] > 0 and box[3] > 0):
-            degenerate += 1
-            continue
-        kept.append(ann)
+        if box[2] > 0 and box[3] > 0:
+            kept.append(ann)
+    degenerate = len(data["annotations"]) - len(kept)
     if bad_images:
         raise DatasetError(
             f"{source}: annotations point at image ids that are not in 'images': "
@@ -144,10 +141,7 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> Dict[str, Any]:
     if degenerate:
         logger.warning("%s: dropped %d degenerate box(es) with zero or negative width/height",
                        source, degenerate)
-    out = dict(data)
-    out["annotations"] = kept
-    out["_dropped_degenerate_boxes"] = degenerate
-    return out
+    return dict(data, annotations=kept, _dropped_degenerate_boxes=degenerate)
 
 
 def check_cache_dir() -> str:
@@ -197,8 +191,7 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
             raise DatasetError(
                 f"{len(absent)} of {len(data['images'])} image file(s) listed in {json_file!r} are "
                 f"missing under image root {image_root!r}: {_examples(absent)}")
-    dropped = data.pop("_dropped_degenerate_boxes")
-    if not dropped:
+    if not data.pop("_dropped_degenerate_boxes"):
         del data  # (the parsed JSON: detectron2's loader parses the file again)
         if key is not None:
             try:
@@ -221,10 +214,8 @@ def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Option
 
 class _CachedCocoLoader:
     """``DatasetCatalog`` entry: reads and validates the file once per process (re-read when it
-    changes) and hands out a fresh copy each time (detectron2 changes the dicts in place).
-
-    The copy is kept pickled: ``pickle.loads`` costs ~50 % of detectron2's load where
-    ``copy.deepcopy`` cost 110 % (7.4k COCO-shaped images), in ~5x less memory."""
+    changes) and hands out a fresh copy each time (detectron2 changes the dicts in place), kept
+    pickled: ``pickle.loads`` is faster than ``copy.deepcopy`` and the bytes smaller than the dicts."""
 
     def __init__(self, json_file: str, image_root: str, name: str):
         self.json_file, self.image_root, self.name = json_file, image_root, name

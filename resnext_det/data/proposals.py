@@ -1,18 +1,10 @@
-"""Precomputed proposals stored in shards read by offset, so memory does not grow with the dataset.
+"""Precomputed proposals stored in shards read by offset, so memory does not grow with the dataset
+(detectron2's one pickle of every image's boxes is held whole by every process).
 
-detectron2's proposal file is one pickle of every image's boxes (about 4.7 GB at COCO size),
-held whole by every process. Here instead:
-
-* each worker writes its own shard (:class:`ShardWriter`): a ``.npy`` of float32 rows
-  ``[x0, y0, x1, y1, objectness_logit]`` (``XYXY_ABS``, the RPN's order) and an ``.index.npz``
-  (per image: id, first row, row count), both atomic and named with a random token;
-* rank 0 then writes ``manifest.json`` (:func:`write_manifest`), the path
-  ``DATASETS.PROPOSAL_FILES_*`` name;
-* readers map the shards (:class:`ProposalStore`, 24 bytes of index an image) and read an
-  image's rows when :class:`ProposalMapper` needs them.
-
-float32, not float16: float16 steps are 0.5 px at 640 px, enough to move IoUs across the 0.5
-foreground threshold and change stage 2's sampling.
+Each worker writes a shard (:class:`ShardWriter`: float32 ``.npy`` rows ``[x0, y0, x1, y1,
+objectness_logit]``, ``XYXY_ABS``, and an ``.index.npz``), rank 0 the ``manifest.json`` that
+``DATASETS.PROPOSAL_FILES_*`` name (:func:`write_manifest`); readers map the shards
+(:class:`ProposalStore`, :class:`ProposalMapper`). The layout, and why float32: docs/SCALE.md.
 """
 from __future__ import annotations
 
@@ -57,14 +49,12 @@ class ShardWriter:
     """
 
     def __init__(self, directory: str, rank: int = 0, world_size: int = 1):
-        token = uuid.uuid4().hex[:12]
-        self.name = f"shard-{rank:05d}-of-{world_size:05d}-{token}"
-        self.directory, self.token = directory, token
+        self.token = uuid.uuid4().hex[:12]
+        self.name = f"shard-{rank:05d}-of-{world_size:05d}-{self.token}"
         self.data_path = os.path.join(directory, self.name + ".npy")
         self.index_path = os.path.join(directory, self.name + ".index.npz")
         self._ids: List[Any] = []
         self._counts: List[int] = []
-        self._rows = 0
         self._stack = contextlib.ExitStack()
         self._file = self._stack.enter_context(atomic_open(self.data_path, "wb"))
         self._file.write(b"\0" * _HEADER_BYTES)
@@ -78,28 +68,27 @@ class ShardWriter:
         self._file.write(np.concatenate([boxes, logits[:, None]], axis=1).tobytes())
         self._ids.append(image_id)
         self._counts.append(len(boxes))
-        self._rows += len(boxes)
 
     def close(self) -> Dict[str, Any]:
         """Finish the shard (header, index, renames); returns its manifest entry."""
+        rows = sum(self._counts)
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(
             header, {"descr": np.lib.format.dtype_to_descr(_DTYPE), "fortran_order": False,
-                     "shape": (self._rows, len(ROW))})
+                     "shape": (rows, len(ROW))})
         if len(header.getvalue()) != _HEADER_BYTES:  # (only for shapes beyond any dataset)
             self.abort()
             raise ProposalFormatError(f"{self.data_path}: .npy header of {len(header.getvalue())} "
-                                      f"bytes for {self._rows} rows does not fit {_HEADER_BYTES}")
+                                      f"bytes for {rows} rows does not fit {_HEADER_BYTES}")
         self._file.seek(0)
         self._file.write(header.getvalue())
         self._stack.close()  # fsync + rename: the data file is complete
         counts = np.asarray(self._counts, np.int64)
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else counts
         with atomic_open(self.index_path, "wb") as f:
-            np.savez(f, ids=_id_array(self._ids), offsets=offsets, counts=counts,
+            np.savez(f, ids=_id_array(self._ids), offsets=np.cumsum(counts) - counts, counts=counts,
                      token=np.asarray(self.token))
         return {"data": os.path.basename(self.data_path), "index": os.path.basename(self.index_path),
-                "token": self.token, "images": len(self._ids), "rows": int(self._rows),
+                "token": self.token, "images": len(self._ids), "rows": rows,
                 "bytes": os.path.getsize(self.data_path)}
 
     def abort(self) -> None:
@@ -289,9 +278,7 @@ class ProposalStore:
                 "bbox_mode": int(self.bbox_mode)}
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_maps"], state["_pid"] = {}, None
-        return state
+        return dict(self.__dict__, _maps={}, _pid=None)
 
 
 def write_detectron2_proposals(data: dict, path: str) -> str:
@@ -326,11 +313,8 @@ class ProposalMapper:
             raise KeyError(f"image id {image_id!r} ({dataset_dict.get('file_name', '')!r}) has no "
                            f"proposals in {[s.manifest_path for s in self.stores]}; recompute them")
         inds = logits.argsort()[::-1]
-        out = dict(dataset_dict)
-        out["proposal_boxes"] = boxes[inds]
-        out["proposal_objectness_logits"] = logits[inds]
-        out["proposal_bbox_mode"] = store.bbox_mode
-        return out
+        return dict(dataset_dict, proposal_boxes=boxes[inds], proposal_objectness_logits=logits[inds],
+                    proposal_bbox_mode=store.bbox_mode)
 
     def __call__(self, dataset_dict: dict):
         return self.mapper(self.attach(dataset_dict))
