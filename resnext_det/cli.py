@@ -229,12 +229,10 @@ def print_demo_report(cfg, args, seconds):
     if "box_AP" in figures:
         print(f"  {'stage 2 (Fast R-CNN)' if final.name == 'fast_rcnn' else 'detector'}: box AP "
               f"{figures['box_AP']:.1f}, AP50 {figures['box_AP50']:.1f}")
-    if "oracle_box_AP" in figures:
-        print(f"  stage 2 with ground-truth boxes as proposals (oracle): box AP "
-              f"{figures['oracle_box_AP']:.1f}")
-    if "shuffled_box_AP" in figures:
-        print(f"  stage 2 with each image given another image's proposals (control): box AP "
-              f"{figures['shuffled_box_AP']:.1f}")
+    for key, proposals in (("oracle_box_AP", "ground-truth boxes as proposals (oracle)"),
+                           ("shuffled_box_AP", "each image given another image's proposals (control)")):
+        if key in figures:
+            print(f"  stage 2 with {proposals}: box AP {figures[key]:.1f}")
     runnable = scfg.MODEL.WEIGHTS if final.name != "fast_rcnn" else ""  # stage 2 needs proposals
     if cfg.RESNEXT_PLAN.DEMO.EXPORT:
         dep = export_and_evaluate(cfg, os.path.join(cfg.OUTPUT_DIR, "deploy"))

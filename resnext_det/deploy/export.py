@@ -164,8 +164,7 @@ def export_image(cfg, image_path: Optional[str] = None) -> np.ndarray:
         except Exception:  # not registered / not on disk: use the synthetic image
             continue
     s = max(64, int(cfg.INPUT.MIN_SIZE_TEST))
-    g = np.random.default_rng(0)
-    img = g.integers(0, 64, (s, int(s * 4 / 3), 3), dtype=np.uint8)
+    img = np.random.default_rng(0).integers(0, 64, (s, int(s * 4 / 3), 3), dtype=np.uint8)
     img[s // 4: s // 2, s // 4: s // 2] = 230  # a bright square, something to detect
     return img
 
@@ -223,8 +222,7 @@ def export_onnx(cfg, output_dir: str, *, model: Optional[nn.Module] = None, imag
     Runtime) on the export image (:func:`export_image`) and on it at an odd size; each step fails
     with one :class:`DeployError` line."""
     model = build_export_model(cfg) if model is None else model.eval()
-    img = export_image(cfg, image_path)
-    image = torch.as_tensor(resize_for_graph(cfg, img))
+    image = torch.as_tensor(resize_for_graph(cfg, export_image(cfg, image_path)))
     data = with_contract(onnx_bytes(model, image, opset), cfg, model, opset)
     h, w = image.shape[1:]
     odd = torch.nn.functional.interpolate(image[None], size=(max(33, h * 3 // 4) | 1, max(33, w * 3 // 4) | 1),

@@ -26,7 +26,6 @@ __all__ = ["trace_detector", "run_traced", "export_torchscript"]
 
 
 def _inference_func(model, inputs):
-    # do_postprocess=False: boxes in the input image's coordinates; rescaling is done outside
     instances = model.inference(inputs, do_postprocess=False)[0]
     return [{"instances": instances}]
 
@@ -38,8 +37,7 @@ def trace_detector(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.Scr
     if not isinstance(model, GeneralizedRCNN):
         raise TypeError(f"trace_detector expects a detectron2 GeneralizedRCNN, got {type(model).__name__}")
     model.eval()
-    inputs = [{"image": image}]
-    adapter = TracingAdapter(model, inputs, _inference_func)
+    adapter = TracingAdapter(model, [{"image": image}], _inference_func)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about python values in detectron2
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)

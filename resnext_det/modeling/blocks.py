@@ -26,7 +26,6 @@ from fvcore.nn import weight_init
 
 __all__ = ["GroupedBlock", "SplitBlock", "ConcatBlock", "BLOCK_CLASSES", "grouped_state_to_form"]
 
-# Form (c): detectron2's bottleneck block is exactly the grouped-convolution form.
 GroupedBlock = BottleneckBlock
 
 
