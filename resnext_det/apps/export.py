@@ -1,18 +1,15 @@
-"""The command line of ``tools/export.py``: export a trained detector for CPU inference.
+"""The command line of ``tools/export.py``: export a trained detector for CPU inference (docs/DEPLOY.md).
 
     python tools/export.py --config-file configs/faster_rcnn_X101_32x4d_FPN_e2e.yaml \\
         --output out/deploy MODEL.WEIGHTS out/model_final.pth
     python tools/export.py --config-file ... --output out/deploy --int8 --calib-images 32 MODEL.WEIGHTS ...
 
-A two-stage plan config (RESNEXT_PLAN.MODE two_stage, the paper's setting) is exported as
-one graph: stage 1's RPN network feeding stage 2's Fast R-CNN (resnext_det.deploy.two_stage.TwoStageDetector);
-MODEL.WEIGHTS is then stage 2's file (default: where the plan wrote it).
-
-Writes ``DIR/model.onnx`` with a ``model.export.json`` report. With ``--int8``: also the
-int8 model calibrated on training images, by default through NNCF as an OpenVINO IR
-(``DIR/model_int8.xml`` + ``.bin``, runs in OpenVINO); ``--int8-runtime onnxruntime`` writes
-ONNX Runtime's QDQ ``DIR/model_int8.onnx`` instead (kept for measurement). Bad input: one line ``export.py: error: ...``, exit status 2, and
-nothing written at the output path.
+Writes ``DIR/model.onnx`` with a ``model.export.json`` report; with ``--int8`` also the int8 model
+calibrated on training images (through NNCF: the OpenVINO IR ``DIR/model_int8.xml`` + ``.bin``;
+``--int8-runtime onnxruntime``: ONNX Runtime's QDQ ``DIR/model_int8.onnx``, kept for measurement).
+A two-stage plan config (RESNEXT_PLAN.MODE two_stage, the paper's setting) is exported as one graph,
+stage 1's RPN feeding stage 2's Fast R-CNN; MODEL.WEIGHTS is then stage 2's file (default: where
+the plan wrote it). Bad input: one line ``export.py: error: ...``, exit status 2, nothing written.
 """
 from __future__ import annotations
 

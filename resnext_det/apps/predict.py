@@ -1,5 +1,5 @@
 """``tools/predict.py`` (= ``tools/demo.py``): a trained detector on a user's pictures, folders,
-globs and videos, with detectron2's ``demo/demo.py`` flags.
+globs and videos, with detectron2's ``demo/demo.py`` flags (docs/PREDICT.md).
 
     python tools/predict.py --config-file CFG --input photos/ clip.mp4 --output out/ \\
         [--confidence-threshold 0.5] [--runtime auto|eager|onnxruntime|openvino] \\
@@ -7,23 +7,12 @@ globs and videos, with detectron2's ``demo/demo.py`` flags.
 
 ``MODEL.WEIGHTS`` is a checkpoint (run eagerly by detectron2's ``DefaultPredictor``) or an
 exported ``model.onnx`` / OpenVINO ``.xml`` (run by :class:`resnext_det.deploy.DeployedPredictor`).
-Under ``--output`` it writes:
-
-- ``pictures/<input path>.jpg``: each picture with the detections scoring at least
-  ``--confidence-threshold`` drawn by detectron2's ``Visualizer`` (class names from the model);
-- ``videos/<input path>.mp4``: each video re-encoded with its detections drawn;
-- ``predictions.json``: every detection the model returns (at the config's test threshold) in
-  COCO's results format (``image_id``, ``category_id``, ``bbox`` as x, y, w, h, ``score``);
-- ``images.json``: the images those ids refer to (``id``, ``file_name``, ``height``, ``width``;
-  video frames add ``video`` and ``frame``) and the categories (``id``, ``name``), so
-  pycocotools can score the results against any ground truth (:func:`score_predictions`
-  matches file names and category names);
-- ``failures.json``: the inputs that could not be read, with the reason.
-
-Work is done in shards (``shards/``: 64 consecutive pictures, or one video), each written
-atomically when complete: a killed run, started again with the same ``--output``, skips the
-finished shards and ends with the same ``predictions.json``. Decoding the next pictures
-overlaps inference (a loader thread and a bounded queue).
+Under ``--output`` it writes ``pictures/`` and ``videos/`` with the detections scoring at least
+``--confidence-threshold`` drawn, ``predictions.json`` (every detection, in COCO's results format),
+``images.json`` (the images and categories its ids refer to: :func:`score_predictions`) and
+``failures.json`` (the inputs that could not be read, with the reason). Work is done in shards
+(64 consecutive pictures, or one video), each written when complete: a killed run, started again
+with the same ``--output``, skips the finished shards and ends with the same ``predictions.json``.
 """
 from __future__ import annotations
 

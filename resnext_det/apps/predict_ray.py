@@ -1,12 +1,6 @@
-"""``tools/predict.py --ray``: the pictures spread over Ray actors, one exported model each.
-
-A Ray Dataset of the input files goes through ``map_batches`` with :class:`PredictActor`: a pool
-of ``--ray-actors`` actors, each reading, predicting and drawing its pictures (``--output`` must be
-a folder every machine sees) and handing back one JSON row per picture. This process collects the
-rows into the same shards as a local run, so a killed run resumes the same way; Ray retries the
-batch of an actor that dies. Videos are decoded in order, in this process.
-
-Imported only with ``--ray`` (the optional ``ray`` extra: ``pip install -e .[ray]``).
+"""``tools/predict.py --ray`` (docs/PREDICT.md): the pictures spread over Ray actors
+(:class:`PredictActor`, one exported model each); their rows collected into the same shards as
+a local run. Imported only with ``--ray`` (the optional ``ray`` extra: ``pip install -e .[ray]``).
 """
 from __future__ import annotations
 

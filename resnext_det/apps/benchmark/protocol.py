@@ -1,18 +1,9 @@
-"""The one protocol every speed figure of the project is measured by.
-
-- **Paths interleaved in rounds.** Every path (a callable: one model call, one training
-  iteration) runs once per round; the order rotates by one each round, so no path always runs
-  first (warm caches) or right after the same neighbour.
-- **An A/A control in every run.** Stock detectron2 is measured as two separate instances with
-  the same weights, :data:`STOCK_A` and :data:`STOCK_B`, each a path of its own. Their ratio
-  (median B / median A) says how far two identical things drift apart on this machine right
-  now; outside :data:`AA_BAND` the run is *noisy* and none of its ratios are published.
-- **Rounds until the control settles.** At least ``min_rounds``; then more rounds while the
-  control is outside its band, until ``max_seconds`` would be passed.
-- **Median and spread of every path** (min, quartiles, max, every time), the load average at
-  the start and end of each part, and the machine (:func:`environment`), in every record.
-- **Ratios** are stock's reference time over a path's median; the reference is the median of
-  both stock instances' times pooled (:data:`RATIO_BASIS`, written into every record).
+"""The one protocol every speed figure of the project is measured by (docs/SPEED.md, "The protocol"):
+paths interleaved in rounds whose order rotates by one each round; stock detectron2 measured as
+two instances, :data:`STOCK_A` and :data:`STOCK_B`, whose ratio is the A/A control (outside
+:data:`AA_BAND` the run is *noisy* and none of its ratios are published); rounds added until the
+control settles or ``max_seconds`` would be passed; the median and spread of every path, and
+ratios against the reference time :data:`RATIO_BASIS`.
 
 Records live in ``benchmarks/<kind>/<name>.json`` (:func:`record_path`), one envelope for every
 record of the project (:func:`write_record`, checked by ``benchmarks/schema.json``); a record of
@@ -107,15 +98,11 @@ class Rounds:
     @property
     def stock_s(self) -> Optional[float]:
         """The reference time: :data:`RATIO_BASIS`."""
-        if not self.has_control:
-            return None
-        return statistics.median(self.times[self.pair[0]] + self.times[self.pair[1]])
+        return statistics.median(self.times[self.pair[0]] + self.times[self.pair[1]]) if self.has_control else None
 
     def ratio(self, name: str) -> Optional[float]:
         """Reference (:attr:`stock_s`) / median of ``name``; None unless settled (not published)."""
-        if not self.settled:
-            return None
-        return self.stock_s / statistics.median(self.times[name])
+        return self.stock_s / statistics.median(self.times[name]) if self.settled else None
 
     def control(self) -> dict:
         """The run's control, as written into records."""
