@@ -10,7 +10,6 @@ OUTPUT: ``.pkl`` (numpy arrays) or ``.pth`` (tensors) holding ``model`` (detectr
 ``__author__``, ``matching_heuristics`` and ``meta``: the input convention the weights need
 (INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, STRIDE_IN_1X1). ``ResNeXtCheckpointer`` checks it
 against the config whenever the file is loaded.
---preset NAME: fail unless the weights have that architecture (e.g. X-101-32x8d).
 """
 from __future__ import annotations
 

@@ -56,15 +56,14 @@ def stock_equivalent_cfg(cfg):
 def randomize_frozen_bn(model, generator: torch.Generator):
     """Give every FrozenBatchNorm2d of ``model`` non-trivial statistics (fresh ones are the
     identity map), so stock/fast comparisons exercise BN folding. Returns ``model``."""
-    g = generator
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, FrozenBatchNorm2d):
                 n = m.weight.numel()
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
     return model
 
 

@@ -314,10 +314,7 @@ class Bench:
         for mode in runtime_modes(self.runtimes, bf16=cpu_has_native_bf16()):
             _, runtime, options = DEPLOY_MODES[mode]
             runner = make_runtime(runtime, data, **options)
-
-            def f(runner=runner):
-                return {k: torch.from_numpy(v) for k, v in zip(names, runner.run_all({"x": xn}))}
-            fns[mode] = f
+            fns[mode] = lambda runner=runner: {k: torch.from_numpy(v) for k, v in zip(names, runner.run_all({"x": xn}))}
         return fns
 
     def _detector_runtimes(self, cfg, model, image):
