@@ -220,7 +220,7 @@ def _fvcore_gflop(model, inputs):
 
 
 def _inference_calls(models, inputs):
-    """{name: a call of that model on ``inputs`` without autograd}, for :func:`interleaved`."""
+    """{name: a call of that model on ``inputs`` without autograd}, for :func:`run_rounds`."""
     return {k: torch.no_grad()(lambda m=m: m(inputs)) for k, m in models.items()}
 
 
