@@ -29,8 +29,7 @@ class InputFormatMismatchError(WeightsError):
 
 
 def _stride_key(cfg) -> str:
-    name = str(cfg.MODEL.BACKBONE.NAME)
-    if "RESNEXT" in cfg.MODEL and "resnext" in name:
+    if "RESNEXT" in cfg.MODEL and "resnext" in str(cfg.MODEL.BACKBONE.NAME):
         return "MODEL.RESNEXT.STRIDE_IN_1X1"
     return "MODEL.RESNETS.STRIDE_IN_1X1"
 
@@ -165,15 +164,13 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
                 unexpected.append(k)
         bad = {w[0] for w in wrong_shape}
         trunk = [k for k in model_sd if TRUNK_KEY.search(k) and not k.endswith("num_batches_tracked")]
-        loaded = [k for k in trunk if k in offered and k not in bad]
         missing_trunk = [k for k in trunk if k not in offered or k in bad]
         # the source: meta's, else __author__ (detectron2's convention: "Caffe2", "torchvision", ...)
-        source = (meta or {}).get("source") or str(checkpoint.get("__author__") or "detectron2")
         self.last_report = LoadReport(
-            path=path, source=source,
-            backbone_loaded=len(loaded), backbone_total=len(trunk), missing_backbone=missing_trunk,
-            missing=list(incompatible.missing_keys), unexpected=unexpected, wrong_shape=wrong_shape,
-            format_check=format_check)
+            path=path, source=(meta or {}).get("source") or str(checkpoint.get("__author__") or "detectron2"),
+            backbone_loaded=len(trunk) - len(missing_trunk), backbone_total=len(trunk),
+            missing_backbone=missing_trunk, missing=list(incompatible.missing_keys), unexpected=unexpected,
+            wrong_shape=wrong_shape, format_check=format_check)
         logger.info(self.last_report.summary())
         if self.strict_backbone and missing_trunk:
             raise WeightsError(f"{path}: {len(missing_trunk)} of {len(trunk)} backbone tensors were not "
@@ -194,8 +191,7 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
 
 
 def make_checkpointer(model, cfg, save_dir=None, **checkpointables) -> "ResNeXtCheckpointer":
-    """The project's checkpointer for ``model`` and its ``cfg``, saving under ``save_dir`` (default
-    OUTPUT_DIR)."""
+    """The project's checkpointer for ``model`` and ``cfg``, saving under ``save_dir`` (default OUTPUT_DIR)."""
     save_dir = cfg.OUTPUT_DIR if save_dir is None else save_dir
     return ResNeXtCheckpointer(model, save_dir, cfg=cfg, **checkpointables)
 

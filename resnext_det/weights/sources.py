@@ -63,7 +63,6 @@ def _progress(items, enabled: bool, desc: str):
     return tqdm(items, desc=desc, unit="tensor", leave=False) if enabled else items
 
 
-# ----------------------------------------------------------------------------- torchvision / timm
 _CLASSIFIER = re.compile(r"^(fc|linear|pred|head\.fc|classifier)[._]")
 
 
@@ -90,7 +89,6 @@ def _convert_torchvision(sd: Dict[str, Any], path: str, progress: bool):
     return out, dropped
 
 
-# ----------------------------------------------------------------------------- Caffe2 / Detectron
 def _convert_caffe2(blobs: Dict[str, Any], path: str, progress: bool):
     blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum") and isinstance(v, np.ndarray)}
     detection = any(k.startswith(("rpn_", "conv_rpn", "fpn_", "cls_score", "bbox_pred")) for k in blobs)
@@ -125,7 +123,6 @@ def _caffe2_convention(blobs: Dict[str, Any]) -> str:
     return "caffe2-msra"
 
 
-# ----------------------------------------------------------------------------- detection
 def _unwrap(obj: Any, path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(flat state dict, the wrapper's other entries)."""
     if not isinstance(obj, dict):
@@ -139,19 +136,12 @@ def _unwrap(obj: Any, path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return dict(obj), {}
 
 
-def _strip_module(sd: Dict[str, Any]) -> Dict[str, Any]:
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
 def _classify(sd: Dict[str, Any]) -> str:
-    keys = list(sd)
-    if any(re.match(r"^layer[1-4]\.\d+\.", k) for k in keys):
+    if any(re.match(r"^layer[1-4]\.\d+\.", k) for k in sd):
         return "torchvision"
-    if any(re.match(r"^res\d_\d+_branch", k) or k.startswith("res_conv1_") for k in keys):
+    if any(re.match(r"^res\d_\d+_branch", k) or k.startswith("res_conv1_") for k in sd):
         return "caffe2"
-    if any(re.search(r"(?:^|\.)(stem\.conv1|res[2-5]\.\d+\.conv1)\.weight$", k) for k in keys):
+    if any(re.search(r"(?:^|\.)(stem\.conv1|res[2-5]\.\d+\.conv1)\.weight$", k) for k in sd):
         return "detectron2"
     return "unknown"
 
@@ -228,14 +218,14 @@ def read_checkpoint(path: str, preset: Optional[str] = None, *, progress: bool =
         logger.info(f"Read in {time.perf_counter() - t0:.1f}s; converting ...")
     if fmt == "torch7":
         sd, stride_in_1x1 = torch7_to_detectron2(obj, path)
-        arch = _checked_architecture(sd, preset, path)
-        meta = _meta("torch7", "torch7", path, arch)
+        meta = _meta("torch7", "torch7", path, _checked_architecture(sd, preset, path))
         if stride_in_1x1 is not None:
             meta["stride_in_1x1"] = bool(stride_in_1x1)
         return dict(model=sd, meta=meta, matching_heuristics=True, __author__="torch7")
 
     sd, extras = _unwrap(obj, path)
-    sd = _strip_module(sd)
+    if sd and all(k.startswith("module.") for k in sd):  # saved from a DataParallel model
+        sd = {k[len("module."):]: v for k, v in sd.items()}
     kind = _classify(sd)
     if kind in ("torchvision", "detectron2"):
         bad = [k for k, v in sd.items() if not isinstance(v, (torch.Tensor, np.ndarray))]

@@ -116,10 +116,7 @@ def _flatten(m, where: str) -> List[object]:
     if k == "SpatialBatchNormalization":
         return [_BN(m, where)]
     if k == "Sequential":
-        out = []
-        for c in _children(m):
-            out += _flatten(c, where)
-        return out
+        return [op for c in _children(m) for op in _flatten(c, where)]
     if k == "ConcatTable":  # form B split inside the residual branch
         return _concat_paths([_flatten(c, where) for c in _children(m)], where)
     return []
