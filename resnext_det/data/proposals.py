@@ -112,8 +112,7 @@ def _id_array(ids: Sequence[Any]) -> np.ndarray:
 def write_manifest(directory: str, shards: Sequence[Dict[str, Any]], *, dataset: str = "",
                    bbox_mode: int = int(BoxMode.XYXY_ABS), remove_stale: bool = True) -> str:
     """Write ``directory/manifest.json`` naming ``shards`` (:meth:`ShardWriter.close`'s entries, in
-    rank order) and, with ``remove_stale``, delete the ``shard-*`` files it does not name.
-    Returns the manifest's path."""
+    rank order) and, with ``remove_stale``, delete the ``shard-*`` files it does not name; returns its path."""
     path = os.path.join(directory, MANIFEST_NAME)
     atomic_write_json(path, {
         "format": MANIFEST_FORMAT, "dataset": dataset, "bbox_mode": int(bbox_mode), "dtype": _DTYPE.str,
@@ -175,8 +174,8 @@ class ProposalStore:
         self.dataset = m.get("dataset", "")
         self.bbox_mode = BoxMode(m["bbox_mode"])
         self.shards = [s["data"] for s in m["shards"]]
-        ids, shard_of, offsets, counts = [], [], [], []
-        for k, s in enumerate(m["shards"]):
+        ids, offsets, counts = [], [], []
+        for s in m["shards"]:
             index_path = os.path.join(self.directory, s["index"])
             try:
                 with np.load(index_path, allow_pickle=False) as z:
@@ -191,7 +190,6 @@ class ProposalStore:
                     f"shard: token {str(idx['token'])!r}, manifest {s['token']!r}); run the "
                     "proposals stage again")
             ids.append(idx["ids"])
-            shard_of.append(np.full(len(idx["ids"]), k, np.int32))
             offsets.append(idx["offsets"])
             counts.append(idx["counts"])
         self._rows_expected = [s["rows"] for s in m["shards"]]
@@ -201,7 +199,7 @@ class ProposalStore:
         self._ids_in_order = all_ids  # shard order, write order (the classic pickle's order)
         order = np.argsort(all_ids, kind="stable")
         self._sorted_ids = all_ids[order]
-        self._shard = np.concatenate(shard_of)[order] if ids else np.zeros(0, np.int32)
+        self._shard = np.repeat(np.arange(len(ids), dtype=np.int32), [len(a) for a in ids])[order]
         self._offset = np.concatenate(offsets)[order] if ids else np.zeros(0, np.int64)
         self._count = np.concatenate(counts)[order] if ids else np.zeros(0, np.int64)
         self._maps: Dict[int, np.ndarray] = {}

@@ -105,11 +105,9 @@ class GroupedBatchSampler(Sampler):
     """One process's batches of ``batch_size`` keys from a :class:`ResumableTrainingSampler`,
     grouped by ``groups[dataset index]`` (0/1, e.g. :func:`is_landscape`; None: one bucket).
 
-    detectron2's ``AspectRatioGroupedDataset`` rule (a full bucket is the next batch), applied
-    to keys before mapping, so the state after any number of batches is known whatever the
-    loader read ahead: ``{"drawn": keys drawn, "buckets": keys waiting}`` (:meth:`state_after`,
-    :meth:`restore`).
-    """
+    detectron2's ``AspectRatioGroupedDataset`` rule (a full bucket is the next batch) applied to keys
+    before mapping, so the state after any number of batches (:meth:`state_after`, :meth:`restore`:
+    ``{"drawn": keys drawn, "buckets": keys waiting}``) is known whatever the loader read ahead."""
 
     def __init__(self, sampler: ResumableTrainingSampler, batch_size: int, groups: Optional[Sequence] = None):
         self.sampler = sampler

@@ -25,8 +25,8 @@ DEMO_CONFIGS = {
     "two_stage": "demo_tiny_X_C4_two_stage_synthetic.yaml",
 }
 
-__all__ = ["DEMO_CONFIGS", "CLASSES", "EMPTY_EVERY", "image_shape", "is_empty_image", "make_synthetic_coco", "register_synthetic_coco", "synthetic_dataset_names",
-           "synthetic_train_batch"]
+__all__ = ["DEMO_CONFIGS", "CLASSES", "EMPTY_EVERY", "image_shape", "is_empty_image", "make_synthetic_coco",
+           "register_synthetic_coco", "synthetic_dataset_names", "synthetic_train_batch"]
 
 CLASSES = ("square", "circle", "triangle")
 _SPLITS = ("train", "val")
@@ -64,8 +64,7 @@ def _draw_image(rng: np.random.Generator, shape: Sequence[int], max_objects: int
     background only)."""
     height, width = shape
     size = min(height, width)
-    base = rng.uniform(0, 60, size=3)
-    bg = base * np.ones((height, width, 3)) + rng.normal(0, 6, size=(height, width, 3))
+    bg = rng.uniform(0, 60, size=3) * np.ones((height, width, 3)) + rng.normal(0, 6, size=(height, width, 3))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     objects: List = []
