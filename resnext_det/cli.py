@@ -1,18 +1,6 @@
-"""The command line of ``tools/train_net.py``: train and evaluate ResNeXt Faster R-CNN with
-detectron2 (and the embedded demo).
-
-    # the paper's two-stage schedule (Appendix B) on 8 GPUs, then COCO AP on minival
-    python tools/train_net.py --config configs/faster_rcnn_X101_32x4d.yaml --num-gpus 8
-    # what it would run, as YAML, without touching data
-    python tools/train_net.py --config configs/faster_rcnn_X101_32x4d.yaml --num-gpus 8 --dry-run
-    # COCO AP of a checkpoint
-    python tools/train_net.py --config ... --eval-only MODEL.WEIGHTS out/model_final.pth
-    # the embedded CPU demo (synthetic data, tiny ResNeXt FPN, AP + pictures)
-    python tools/train_net.py --demo            # or: --demo two_stage
-
-Flags follow detectron2's ``default_argument_parser``; trailing ``KEY VALUE`` pairs override the
-config. With ``--num-machines N`` a machine that fails (or never joins) stops all of them
-within ``--machine-timeout`` seconds with one line naming it (:mod:`resnext_det.engine.machines`).
+"""The command line of ``tools/train_net.py``: train (the plan's stages), ``--eval-only``,
+``--dry-run`` and the embedded ``--demo`` (docs/TRAINING.md, docs/DEMOS.md). Flags follow
+detectron2's ``default_argument_parser``; trailing ``KEY VALUE`` pairs override the config.
 """
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Parameters and FLOPs of the ResNeXt presets as ImageNet classifiers, next to the paper's.
-
-The counted network is the paper's classifier: the bottom-up ResNeXt (BN with affine parameters,
-as torchvision counts them) + global average pooling + a 1000-class fc. **The fc (2,049,000
-parameters) is included in the parameter counts**, as in the paper's Table 1 and torchvision.
-FLOPs are fvcore's count at 224x224, batch 1: one multiply-add = one FLOP (the paper's
-convention); fvcore also counts BN and pooling, well under 1%.
+"""Parameters and FLOPs of the ResNeXt presets as ImageNet classifiers, next to the paper's
+(docs/FAST_PATH.md, "Complexity"). As in the paper's Table 1 and torchvision, parameters include
+BN's affine ones and the 1000-class fc (2,049,000); FLOPs are fvcore's multiply-adds at 224x224,
+batch 1 (it also counts BN and pooling: well under 1%).
 """
 from __future__ import annotations
 

@@ -3,13 +3,8 @@ source into a detectron2 checkpoint that carries its input convention.
 
     python tools/convert_weights.py INPUT OUTPUT [--preset NAME]
 
-INPUT: torchvision / timm state dict (.pth/.pt, plain or wrapped; timm .safetensors),
-Caffe2 / Detectron .pkl (res2_0_branch2a_w ...), detectron2 .pkl/.pth, or a Torch7 .t7
-model from facebookresearch/ResNeXt. The format is detected from the file's content.
-OUTPUT: ``.pkl`` (numpy arrays) or ``.pth`` (tensors) holding ``model`` (detectron2 names),
-``__author__``, ``matching_heuristics`` and ``meta``: the input convention the weights need
-(INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, STRIDE_IN_1X1). ``ResNeXtCheckpointer`` checks it
-against the config whenever the file is loaded.
+The sources and the ``meta`` (input convention) written: docs/WEIGHTS.md. A ``.pkl`` OUTPUT holds
+numpy arrays, a ``.pth`` tensors, both with ``__author__`` and ``matching_heuristics``.
 """
 from __future__ import annotations
 

@@ -4,12 +4,10 @@
         --output out/deploy MODEL.WEIGHTS out/model_final.pth
     python tools/export.py --config-file ... --output out/deploy --int8 --calib-images 32 MODEL.WEIGHTS ...
 
-Writes ``DIR/model.onnx`` with a ``model.export.json`` report; with ``--int8`` also the int8 model
-calibrated on training images (through NNCF: the OpenVINO IR ``DIR/model_int8.xml`` + ``.bin``;
-``--int8-runtime onnxruntime``: ONNX Runtime's QDQ ``DIR/model_int8.onnx``, kept for measurement).
-A two-stage plan config (RESNEXT_PLAN.MODE two_stage, the paper's setting) is exported as one graph,
-stage 1's RPN feeding stage 2's Fast R-CNN; MODEL.WEIGHTS is then stage 2's file (default: where
-the plan wrote it). Bad input: one line ``export.py: error: ...``, exit status 2, nothing written.
+Writes ``DIR/model.onnx`` and its ``model.export.json`` report; ``--int8`` adds the NNCF int8 OpenVINO IR
+``DIR/model_int8.xml`` (``--int8-runtime onnxruntime``: the QDQ ``model_int8.onnx``). A two-stage plan exports as
+one graph, MODEL.WEIGHTS then being stage 2's file (default: where the plan wrote it). Bad input: one line
+``export.py: error: ...``, exit status 2, nothing written.
 """
 from __future__ import annotations
 

@@ -5,14 +5,10 @@ globs and videos, with detectron2's ``demo/demo.py`` flags (docs/PREDICT.md).
         [--confidence-threshold 0.5] [--runtime auto|eager|onnxruntime|openvino] \\
         [--precision fp32|bf16] [--ray [ADDRESS]] MODEL.WEIGHTS model.onnx
 
-``MODEL.WEIGHTS`` is a checkpoint (run eagerly by detectron2's ``DefaultPredictor``) or an
-exported ``model.onnx`` / OpenVINO ``.xml`` (run by :class:`resnext_det.deploy.DeployedPredictor`).
-Under ``--output`` it writes ``pictures/`` and ``videos/`` with the detections scoring at least
-``--confidence-threshold`` drawn, ``predictions.json`` (every detection, in COCO's results format),
-``images.json`` (the images and categories its ids refer to: :func:`score_predictions`) and
-``failures.json`` (the inputs that could not be read, with the reason). Work is done in shards
-(64 consecutive pictures, or one video), each written when complete: a killed run, started again
-with the same ``--output``, skips the finished shards and ends with the same ``predictions.json``.
+``MODEL.WEIGHTS``: a checkpoint (detectron2's ``DefaultPredictor``) or an exported ``model.onnx`` /
+OpenVINO ``.xml`` (:class:`resnext_det.deploy.DeployedPredictor`). Under ``--output``: ``pictures/`` and
+``videos/`` with the detections drawn, ``predictions.json`` (COCO results), ``images.json`` and
+``failures.json``, written in shards: a killed run, started again, skips the finished ones.
 """
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""The benchmark a user runs on their own CPU against stock detectron2: one A/A-controlled
-protocol for every speed figure and the one record writer (:mod:`.protocol`), the parts it
-measures (:mod:`.suites`) and the command line (:mod:`.cli`, ``tools/benchmark.py``).
-
-Nothing in ``engine/`` or ``deploy/`` imports this package: the training ``auto`` rule reads a
-JSON table rendered from the records (``benchmarks/render.py``), not this code.
+"""The benchmark a user runs on their own CPU against stock detectron2: the A/A-controlled protocol
+and the one record writer (:mod:`.protocol`), its parts (:mod:`.suites`), the command line (:mod:`.cli`).
+Nothing in ``engine/`` or ``deploy/`` imports it: they read the JSON tables rendered from the records.
 """
 from .cli import main
 from .suites import matmul_ceiling, runtime_gemm_ceiling, runtimes_available

@@ -1,9 +1,6 @@
-"""The command line of ``tools/benchmark.py``: measure, on this CPU, stock detectron2 against
-this project's paths, and write the record into ``benchmarks/<kind>/`` (or ``--out``).
-
-    python tools/benchmark.py --parts train --presets X-101-32x4d      # -> benchmarks/<kind>/train-layouts.json
-    python tools/benchmark.py --parts backbone fpn c4                  # -> benchmarks/<kind>/inference.json
-    python tools/benchmark.py --quick --out /tmp/quick.json            # 320x512, X-50-32x4d
+"""The command line of ``tools/benchmark.py`` (its ``--help`` text is :mod:`.suites`' docstring): measure
+stock detectron2 against this project's paths on this CPU, and write the record into ``benchmarks/<kind>/``
+(or ``--out``; the commands: docs/SPEED.md).
 """
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
-"""The one protocol every speed figure of the project is measured by (docs/SPEED.md, "The protocol"):
-paths interleaved in rounds whose order rotates by one each round; stock detectron2 measured as
-two instances, :data:`STOCK_A` and :data:`STOCK_B`, whose ratio is the A/A control (outside
-:data:`AA_BAND` the run is *noisy* and none of its ratios are published); rounds added until the
-control settles or ``max_seconds`` would be passed; the median and spread of every path, and
-ratios against the reference time :data:`RATIO_BASIS`.
-
-Records live in ``benchmarks/<kind>/<name>.json`` (:func:`record_path`), one envelope for every
-record of the project (:func:`write_record`, checked by ``benchmarks/schema.json``); a record of
-another CPU kind is never overwritten (:func:`check_record_path`).
+"""The one protocol every speed figure is measured by (docs/SPEED.md, "The protocol"): rotating
+interleaved rounds, an A/A control of :data:`STOCK_A` vs :data:`STOCK_B` (outside :data:`AA_BAND`
+the run is noisy and publishes no ratios), ratios against :data:`RATIO_BASIS`. Records go to
+``benchmarks/<kind>/<name>.json`` (:func:`record_path`, :func:`write_record`); another CPU kind's
+record is never overwritten (:func:`check_record_path`).
 """
 from __future__ import annotations
 

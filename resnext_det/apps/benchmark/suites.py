@@ -1,33 +1,15 @@
-"""Side-by-side speed of stock detectron2 vs this project's default and fast ResNeXt paths.
+"""Side-by-side speed of stock detectron2 vs this project's default and fast ResNeXt paths
+(docs/FAST_PATH.md, "Benchmark against stock detectron2"; protocol and records: docs/SPEED.md).
 
-In one process, on the same random weights (our parameter names are detectron2's, so one
-``state_dict`` loads into both), for each preset:
-
-  (a) ``backbone``: the bottom-up network (res2..res5, FrozenBN);
-  (b) ``fpn`` / ``c4``: full Faster R-CNN inference on one image;
-  (c) ``train``: one training iteration (forward, backward, SGD step), batch 1.
-
-Modes: ``stock_a`` / ``stock_b`` = detectron2's own ResNet code (``build_resnet_backbone``,
-``GeneralizedRCNN``/``Res5ROIHeads``) with every other setting equal (:mod:`resnext_det.apps.stock`);
-``default`` = this project's model with default settings; ``fast`` = ``prepare_for_inference``
-(fp32; for ``fpn``/``c4`` also the fast post-processing and, on CPU, the fused RPN conv+ReLU);
-``fast-bf16`` / ``fast-fp16`` = with reduced precision (bf16 only where the CPU has native
-bf16 -- elsewhere a probe records how much slower it is -- and on CUDA); for ``train``, one path
-per candidate layout of the training ``auto`` rule (``channels_last``, ``fold``: FrozenBN folded
-into the convs on the fly, ``channels_last+fold``; with ``--bf16-train`` each also under bf16
-autocast): the record ``benchmarks/<kind>/train-layouts.json`` the rule's table is made from.
-
-Runtime modes (the ``deploy`` extra, ``--runtimes``; named by :mod:`resnext_det.deploy.modes`):
-the same weights exported to ONNX (opset 17) and run by ``onnxruntime`` and ``openvino`` (fp32);
-on CPUs with native bf16 also ``openvino-bf16``; with ``--int8`` also ``onnxruntime-int8`` /
-``openvino-int8`` (calibrated on random images: speed only). Detectors run through
-:class:`~resnext_det.deploy.DeployedPredictor` on the stock model's input pixels; ``*-raw`` modes
-time the bare runtime call on the same graph, so ``raw / wrapped`` is the wrapper's overhead.
-
-Every part is one run of :mod:`.protocol` (ratios are published only when its A/A control of
-``stock_a`` and ``stock_b`` settles). GFLOP counts are fvcore's multiply-adds x 2. The ceiling
-is the best large-GEMM rate (2*n^3 / t, ``--gemm-n``) of torch, ONNX Runtime and OpenVINO (fp32;
-bf16 on native-bf16 CPUs), measured in the same run; each record has its share of that ceiling.
+Parts, per preset, on one ``state_dict`` (our parameter names are detectron2's): ``backbone``
+(res2..res5, FrozenBN), ``fpn`` / ``c4`` (Faster R-CNN on one image), ``train`` (one SGD iteration,
+batch 1). Modes: ``stock_a`` / ``stock_b`` (:mod:`resnext_det.apps.stock`), ``default``, ``fast``
+(``prepare_for_inference``), ``fast-bf16`` (only where bf16 is native; elsewhere a probe records how
+much slower it is) / ``fast-fp16`` (CUDA), one per training ``auto`` layout (``--bf16-train``: also
+under bf16 autocast), and with ``--runtimes`` the ONNX (opset 17) export in ``onnxruntime`` /
+``openvino`` (``*-raw``: the bare runtime call; ``--int8``: calibrated on random images, speed only).
+GFLOP counts are fvcore's multiply-adds x 2; the ceiling is the best large-GEMM rate (2*n^3 / t,
+``--gemm-n``) of torch, ONNX Runtime and OpenVINO in the same run.
 
     python tools/benchmark.py                      # X-101-32x4d all parts + 2 backbones, 800x1333, + runtimes
     python tools/benchmark.py --quick              # 320x512, X-50-32x4d, fewer runs
