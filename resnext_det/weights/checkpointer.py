@@ -106,11 +106,10 @@ class LoadReport:
 
 
 class ResNeXtCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` for every ImageNet weight source, loaded safely and checked.
-
-    On load, ``cfg``'s input convention is checked against the weights' metadata
-    (:class:`InputFormatMismatchError`); every save writes it. ``strict_backbone``: a :class:`WeightsError`
-    when any trunk tensor is missing. ``last_report``: the last load's :class:`LoadReport`."""
+    """``DetectionCheckpointer`` for every ImageNet weight source, loaded safely (docs/WEIGHTS.md). On load,
+    ``cfg``'s input convention is checked against the weights' metadata (:class:`InputFormatMismatchError`);
+    every save writes it. ``strict_backbone``: a :class:`WeightsError` when any trunk tensor is missing.
+    ``last_report``: the last load's :class:`LoadReport`."""
 
     def __init__(self, model, save_dir: str = "", *, cfg=None, strict_backbone: bool = False,
                  **checkpointables):

@@ -1,15 +1,7 @@
-"""Reading weight files without running what is inside them.
-
-A ``.pkl`` or legacy ``.pth`` file is a pickle program: unpickled naively it may call any
-Python function (``os.system``, ``open`` ...). Weights never need that, so:
-
-- torch files (zip or legacy) load with ``torch.load(weights_only=True)``;
-- ``.pkl`` files go through :class:`RestrictedUnpickler`, which admits only numpy arrays,
-  numpy dtypes/scalars and builtin containers and numbers; any other global is refused
-  *before* it is called, so the payload never runs;
-- ``.safetensors`` (raw tensors) and Torch7 ``.t7`` files are data only.
-
-The format is sniffed from the first bytes, not trusted from the extension.
+"""Reading weight files without running what is inside them (docs/WEIGHTS.md, "Safety"): a pickle
+may call any Python function, so torch files load with ``weights_only=True`` and ``.pkl`` files go
+through :class:`RestrictedUnpickler`, which refuses any other global *before* it is called;
+``.safetensors`` and Torch7 ``.t7`` are data only. The format is sniffed from the first bytes.
 """
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Every ImageNet weight source -> detectron2 parameter names + the input convention it implies.
-
-Converted state dicts use detectron2's *bottom-up* names without a model prefix (``stem.conv1.weight``,
-``res2.0.shortcut.weight`` ...), as detectron2's own converters do; its suffix matching
-(``align_and_update_state_dicts``) then places them under the FPN, C4 trunk or C4 head.
-
-The input convention of each source (``meta``, in detectron2's 0..255 pixel units) is
-:data:`INPUT_CONVENTIONS`, tabulated in docs/WEIGHTS.md; Torch7 files carry their own STRIDE_IN_1X1.
+"""Every ImageNet weight source -> detectron2 parameter names + the input convention it implies
+(:data:`INPUT_CONVENTIONS`, in 0..255 pixel units; docs/WEIGHTS.md). Names are detectron2's bottom-up
+ones without a model prefix (``res2.0.shortcut.weight``), as its own converters write them; its suffix
+matching (``align_and_update_state_dicts``) places them under the FPN, C4 trunk or C4 head.
 """
 from __future__ import annotations
 

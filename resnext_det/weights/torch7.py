@@ -1,20 +1,10 @@
-"""The paper authors' Torch7 models (facebookresearch/ResNeXt, fb.resnet.torch) -> detectron2 names.
-
-Layout of ``resnext_*.t7`` (``models/resnext.lua``; fb.resnet.torch's ResNets are the same
-with C=1)::
-
-    nn.Sequential
-      SpatialConvolution 7x7/2, SpatialBatchNormalization, ReLU, SpatialMaxPooling 3x3/2
-      nn.Sequential (res2) of blocks, ... nn.Sequential (res5)
-      SpatialAveragePooling, View, Linear          (classifier: dropped)
-    block = nn.Sequential{ ConcatTable{ main, shortcut }, CAddTable, ReLU }
-    main  = form C: conv1x1, BN, ReLU, conv3x3 (groups=C, the stride), BN, ReLU, conv1x1, BN
-            form B: ConcatTable of C paths {conv1x1, BN, ReLU, conv3x3, BN, ReLU},
-                    JoinTable, conv1x1, BN
-    shortcut = nn.Sequential{conv1x1/stride, BN} | nn.Identity
-
-Form B's C paths are merged into the grouped form (c): concatenating the per-path
-weights along the output axis is exactly the grouped conv's weight layout.
+"""The paper authors' Torch7 models (facebookresearch/ResNeXt ``models/resnext.lua``, and
+fb.resnet.torch's ResNets: the same with C=1) -> detectron2 names. The top level holds the stem
+conv + BN, four stage Sequentials of blocks ``Sequential{ConcatTable{main, shortcut}, CAddTable,
+ReLU}`` and the classifier (dropped). ``main`` is conv1x1-BN-conv3x3 (groups=C, the stride)-BN-
+conv1x1-BN (form C), or form B: C paths {conv1x1, BN, conv3x3, BN}, JoinTable, conv1x1, BN, whose
+paths are merged into the grouped form (concatenating per-path weights along the output axis is
+exactly the grouped conv's weight layout). ``shortcut`` is conv1x1/stride + BN or Identity.
 """
 from __future__ import annotations
 
