@@ -1,8 +1,6 @@
-"""COCO 2014/2017 splits on top of detectron2's builtin datasets, and the pre-training file check.
-
-detectron2 registers its builtin COCO splits under ``$DETECTRON2_DATASETS`` as it was *at
-import time*; :func:`register_coco_splits` re-points them at the current root, and
-:func:`check_dataset_files` lists every file a config needs that is not on disk.
+"""COCO 2014/2017 splits on detectron2's builtin datasets, and the pre-training file check. detectron2
+registers its splits under ``$DETECTRON2_DATASETS`` as it was *at import time*: :func:`register_coco_splits`
+re-points them at the current root; :func:`check_dataset_files` lists every file a config needs not on disk.
 """
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""A checked COCO-format reader: clear errors instead of tracebacks deep inside detectron2.
-
-:func:`load_coco_json_checked` validates a COCO instances JSON (structure, references, image
-files), drops degenerate boxes, then hands it to detectron2's ``load_coco_json``.
+"""A checked COCO-format reader: clear errors instead of tracebacks deep inside detectron2
+(:func:`load_coco_json_checked`: structure, references, image files; degenerate boxes dropped).
 """
 from __future__ import annotations
 
@@ -175,11 +173,9 @@ def _checked_before(key: Optional[Dict[str, Any]], record: str) -> bool:
 def load_coco_json_checked(json_file: str, image_root: str, dataset_name: Optional[str] = None,
                            *, check_image_files: bool = True, use_cache: bool = True) -> List[Dict[str, Any]]:
     """Validate a COCO instances file (with ``check_image_files``, that every image exists), then
-    load it with detectron2's ``load_coco_json``; returns its dicts, degenerate boxes removed.
-
-    With ``use_cache``, a file that passed on this machine (same size, mtime and image root: a
-    record in :func:`check_cache_dir`) is not validated again, so workers skip the check.
-    """
+    load it with detectron2's ``load_coco_json``; returns its dicts, degenerate boxes removed. With
+    ``use_cache``, a file that passed on this machine (same size, mtime and image root: a record in
+    :func:`check_cache_dir`) is not validated again, so workers skip the check."""
     key, record = _check_record(json_file, image_root, check_image_files) if use_cache else (None, "")
     if _checked_before(key, record):
         return load_coco_json(json_file, image_root, dataset_name)

@@ -1,10 +1,6 @@
-"""Precomputed proposals stored in shards read by offset, so memory does not grow with the dataset
-(detectron2's one pickle of every image's boxes is held whole by every process).
-
-Each worker writes a shard (:class:`ShardWriter`: float32 ``.npy`` rows ``[x0, y0, x1, y1,
-objectness_logit]``, ``XYXY_ABS``, and an ``.index.npz``), rank 0 the ``manifest.json`` that
-``DATASETS.PROPOSAL_FILES_*`` name (:func:`write_manifest`); readers map the shards
-(:class:`ProposalStore`, :class:`ProposalMapper`). The layout, and why float32: docs/SCALE.md.
+"""Precomputed proposals in shards read by offset, so memory does not grow with the dataset
+(detectron2's one pickle of every image's boxes is held whole by every process): :class:`ShardWriter`,
+:func:`write_manifest`, :class:`ProposalStore`, :class:`ProposalMapper`. Layout, why float32: docs/SCALE.md.
 """
 from __future__ import annotations
 
@@ -42,11 +38,9 @@ class ProposalFormatError(DatasetError):
 
 
 class ShardWriter:
-    """Streams one worker's proposals into its shard in ``directory`` (constant memory).
-
-    Rows go to a temporary file; :meth:`close` writes the header and index and renames both
-    into place; an exception or :meth:`abort` removes it (a kill leaves a hidden ``.*.tmp``).
-    """
+    """Streams one worker's proposals into its shard in ``directory`` (constant memory): rows go to a
+    temporary file; :meth:`close` writes the header and index and renames both into place; an exception
+    or :meth:`abort` removes it (a kill leaves a hidden ``.*.tmp``)."""
 
     def __init__(self, directory: str, rank: int = 0, world_size: int = 1):
         self.token = uuid.uuid4().hex[:12]

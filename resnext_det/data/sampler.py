@@ -1,8 +1,6 @@
-"""Exactly resumable training data: the same images, in the same order, with the same
-augmentation, whether a run was interrupted or not.
-
-detectron2's ``TrainingSampler`` restarts its stream after a resume, and its augmentations draw
-from numpy's global stream, which a restart does not continue; the three classes here fix both.
+"""Exactly resumable training data (the same images, order and augmentation, interrupted or not):
+detectron2's ``TrainingSampler`` restarts its stream after a resume, and its augmentations draw from
+numpy's global stream, which a restart does not continue; the three classes here fix both.
 """
 from __future__ import annotations
 
@@ -103,8 +101,7 @@ def is_landscape(dataset_dict: dict) -> bool:
 
 class GroupedBatchSampler(Sampler):
     """One process's batches of ``batch_size`` keys from a :class:`ResumableTrainingSampler`,
-    grouped by ``groups[dataset index]`` (0/1, e.g. :func:`is_landscape`; None: one bucket).
-
+    grouped by ``groups[dataset index]`` (0/1, e.g. :func:`is_landscape`; None: one bucket):
     detectron2's ``AspectRatioGroupedDataset`` rule (a full bucket is the next batch) applied to keys
     before mapping, so the state after any number of batches (:meth:`state_after`, :meth:`restore`:
     ``{"drawn": keys drawn, "buckets": keys waiting}``) is known whatever the loader read ahead."""

@@ -1,9 +1,7 @@
-"""A synthetic COCO-format detection dataset, reproducible from a seed (the demo's data).
-
-Each image is a dark, slightly noisy background with 1..``max_objects`` bright filled shapes
-(square, circle, triangle); the boxes are the shapes' exact extents. As in COCO, some images
-hold no object (one in ``EMPTY_EVERY[split]``, from index 3), and val mixes square, landscape
-and portrait images. The same arguments give byte-identical files.
+"""A synthetic COCO-format detection dataset, reproducible from a seed (the demo's data): 1..``max_objects``
+bright filled shapes (square, circle, triangle) on a dark, slightly noisy background, boxed by their exact
+extents. As in COCO, some images hold no object (:data:`EMPTY_EVERY`), and val mixes square, landscape and
+portrait images. The same arguments give byte-identical files.
 """
 from __future__ import annotations
 
