@@ -1,8 +1,6 @@
-"""resnext-det: ResNeXt (Xie et al., CVPR 2017) as a Detectron2 backbone plugin.
-
-``import resnext_det`` registers ``build_resnext_backbone``, ``build_resnext_fpn_backbone``
-(``BACKBONE_REGISTRY``) and ``ResNeXtRes5ROIHeads`` (``ROI_HEADS_REGISTRY``), and changes no
-process-wide state. ``resnext_det.get_cfg()`` adds every config node the YAML files use.
+"""resnext-det: ResNeXt (Xie et al., CVPR 2017) as a Detectron2 backbone plugin. ``import resnext_det``
+registers ``build_resnext_backbone``, ``build_resnext_fpn_backbone`` and ``ResNeXtRes5ROIHeads`` in
+detectron2's registries and changes no process-wide state; :func:`get_cfg` adds every config node the YAMLs use.
 """
 from ._warnings import filter_known_third_party_warnings, known_third_party_warnings_silenced
 

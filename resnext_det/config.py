@@ -1,8 +1,6 @@
-"""The ``MODEL.RESNEXT`` config node: ResNeXt in the paper's own terms.
-
-A ResNeXt is its depth, cardinality C (paths / groups) and bottleneck width d (channels per
-path in res2, doubling at each downsampling): "32x4d" means C=32, d=4. Presets name the three
-numbers; an explicit value contradicting the preset is an error, never a silent override.
+"""The ``MODEL.RESNEXT`` config node: ResNeXt in the paper's own terms, its depth, cardinality C (paths /
+groups) and bottleneck width d (channels per path in res2, doubling at each downsampling): "32x4d" is C=32,
+d=4. Presets name the three numbers; an explicit value contradicting the preset is an error, never an override.
 """
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""The ``RESNEXT_PLAN`` config node: how a config is trained, as a plan of stages.
-
-``MODE: "joint"`` is detectron2's end-to-end training; ``"two_stage"`` is the paper's Appendix B
-(RPN and Fast R-CNN share no features; :mod:`resnext_det.engine.plan` turns it into stages).
-The stages' solver values (``RESNEXT_PLAN.RPN`` / ``FAST_RCNN``) are for
-``SOLVER.REFERENCE_WORLD_SIZE`` workers and scale linearly to others.
+"""The ``RESNEXT_PLAN`` config node: how a config is trained, as a plan of stages (docs/TRAINING.md).
+``MODE: "joint"`` is detectron2's end-to-end training, ``"two_stage"`` the paper's Appendix B (RPN and
+Fast R-CNN share no features; :mod:`resnext_det.engine.plan` makes the stages), whose solver values
+(``RPN`` / ``FAST_RCNN``) are for ``SOLVER.REFERENCE_WORLD_SIZE`` workers and scale linearly to others.
 """
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""What CPU this is, in the terms every speed figure of the project is filed under.
-
-Kernels differ by kind (AVX2 has no native bf16, AMX multiplies bf16 and int8 several times
-faster than AVX-512), so records live in ``benchmarks/<kind>/`` and every measured choice looks
-its own kind up. The one place that names kinds; no torch import, so every layer may use it.
+"""What CPU this is, in the kinds every speed figure is filed under (``benchmarks/<kind>/``) and every
+measured choice looks up: kernels differ by kind (AVX2 has no native bf16, AMX multiplies bf16 and int8
+several times faster than AVX-512). The one place that names kinds; no torch import, so every layer may use it.
 """
 from __future__ import annotations
 
@@ -91,11 +89,9 @@ class CpuFeatures:
 
 
 def cpu_kind(features: Optional[CpuFeatures] = None) -> str:
-    """The kind of this machine's CPU (or of ``features``), one of :data:`CPU_KINDS`.
-
-    ``RESNEXT_DET_CPU_KIND`` overrides the detection: for a CPU whose kernels are capped
-    (e.g. ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX-512 machine) or to test another kind's branch.
-    """
+    """The kind of this machine's CPU (or of ``features``), one of :data:`CPU_KINDS`. ``RESNEXT_DET_CPU_KIND``
+    overrides the detection: for a CPU whose kernels are capped (e.g. ``ONEDNN_MAX_CPU_ISA=AVX2`` on an
+    AVX-512 machine) or to test another kind's branch."""
     forced = os.environ.get("RESNEXT_DET_CPU_KIND", "").strip()
     if forced:
         if forced not in CPU_KINDS:

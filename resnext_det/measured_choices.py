@@ -1,9 +1,6 @@
-"""The one loader of the tables of choices made by measurement, per CPU kind.
-
-``engine/fast/measured_layouts.json`` and ``deploy/measured_runtimes.json`` are rendered by
-``benchmarks/choices.py`` from ``benchmarks/<kind>/*.json`` (never edited by hand), as
-``{"about": ..., "kinds": {kind: entry}}``. A machine takes its own kind's entry only; without
-one the caller's default applies, logged with :func:`not_measured`. No torch import.
+"""The one loader of the tables of choices made by measurement, per CPU kind (docs/ARCHITECTURE.md).
+``benchmarks/choices.py`` renders them from the records as ``{"about": ..., "kinds": {kind: entry}}``;
+a kind without an entry gets the caller's default, logged by :func:`not_measured`. No torch import.
 """
 from __future__ import annotations
 

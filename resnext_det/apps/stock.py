@@ -1,8 +1,6 @@
-"""The stock detectron2 equivalent of a ResNeXt config: the baseline every speed claim is against.
-
-detectron2 builds grouped-conv ResNets itself (``MODEL.RESNETS.NUM_GROUPS/WIDTH_PER_GROUP``);
-:func:`stock_equivalent_cfg` rewrites a ``MODEL.RESNEXT`` config into that form, keeping every
-other setting, so the two models share parameter names and shapes (``load_state_dict`` works across).
+"""The stock detectron2 equivalent of a ResNeXt config, the baseline of every speed claim: detectron2's own
+grouped-conv ResNet (``MODEL.RESNETS.NUM_GROUPS/WIDTH_PER_GROUP``) with every other setting kept, so the two
+models share parameter names and shapes (``load_state_dict`` works across; :func:`stock_equivalent_cfg`).
 """
 from __future__ import annotations
 
