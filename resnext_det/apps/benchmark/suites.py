@@ -58,7 +58,6 @@ from .protocol import RATIO_BASIS, STOCK_A, STOCK_B, Protocol, environment, path
 logger = logging.getLogger("benchmark")
 
 
-# --------------------------------------------------------------------------- helpers
 def _gemm_gflops(call, n, reps, device="cpu"):
     """Median GFLOP/s (2*n^3/t) of ``call``, an n x n matmul, after two untimed calls."""
     for _ in range(2):
@@ -206,7 +205,6 @@ def _inference_calls(models, inputs):
     return {k: torch.no_grad()(lambda m=m: m(inputs)) for k, m in models.items()}
 
 
-# --------------------------------------------------------------------------- suites
 def _two_stocks(build, default):
     """stock_a and stock_b, two instances with ``default``'s weights (the A/A control), then ``default``."""
     out = {}
