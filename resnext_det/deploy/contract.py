@@ -1,12 +1,7 @@
-"""The preprocessing contract of an exported detector, stored in the model file: an ONNX file's
-``metadata_props`` or an OpenVINO IR's ``rt_info`` (the NNCF int8 model, ``.xml`` + ``.bin``).
-
-The graph takes one image, CHW float32, already resized (shortest edge to ``min_size_test``,
-longest at most ``max_size_test``) and in ``input_format`` channel order; it normalises, pads to
-``size_divisibility``, runs the detector and NMS, and returns ``boxes`` (N x 4, XYXY, in the
-resized image's pixels), ``scores`` (N) and ``classes`` (N, int64). Rescaling and clipping
-(detectron2's ``detector_postprocess``) is the one post-step every runtime shares
-(:mod:`resnext_det.deploy.predictor`).
+"""The preprocessing contract of an exported detector, stored in the model file (an ONNX file's
+``metadata_props``, an OpenVINO IR's ``rt_info``). The graph takes one resized CHW float32 image in
+``input_format`` order and returns ``boxes`` (N x 4, XYXY, in the resized image's pixels), ``scores``
+and ``classes`` (int64); the predictor rescales them (docs/DEPLOY.md, "What is in the graph").
 """
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""Whole-detector ONNX export (FPN and C4 Faster R-CNN) through detectron2's ``TracingAdapter``.
-
-    from resnext_det.deploy import export_onnx
-    report = export_onnx(cfg, "out/deploy")        # cfg.MODEL.WEIGHTS: the trained detector
-    # -> out/deploy/model.onnx (+ export.json), checked and compared with eager first
-
-The graph is ``GeneralizedRCNN.inference(..., do_postprocess=False)`` (normalisation, padding,
-backbone, RPN, RoIAlign, box head, per-class NMS, top-k) with dynamic image height and width,
-exported with ``dynamo=False``: the dynamo exporter fails on detectron2's detectors. The plain
-(un-prepared) detector is exported: the runtimes fold FrozenBN/BN into the convs themselves.
+"""Whole-detector ONNX export (FPN and C4 Faster R-CNN) through detectron2's ``TracingAdapter``
+(docs/DEPLOY.md, "What is in the graph"). ``dynamo=False``: the dynamo exporter fails on detectron2's
+detectors. The plain (un-prepared) detector is exported: the runtimes fold FrozenBN/BN themselves.
 """
 from __future__ import annotations
 
@@ -217,10 +210,9 @@ def verify_against_eager(model, data: bytes, images, runtime: str = "onnxruntime
 def export_onnx(cfg, output_dir: str, *, model: Optional[nn.Module] = None, image_path: Optional[str] = None,
                 opset: int = DEFAULT_OPSET, filename: str = MODEL_FILE) -> Dict:
     """Export the detector of ``cfg`` (or ``model``, already built) to ``output_dir/model.onnx`` with
-    its contract; returns the report (path, contract, parity, size), also written to ``export.json``
-    beside it. Written (atomically) only after ``onnx.checker`` and a comparison with eager (ONNX
-    Runtime) on the export image (:func:`export_image`) and on it at an odd size; each step fails
-    with one :class:`DeployError` line."""
+    its contract, after ``onnx.checker`` and a comparison with eager on the export image and an odd
+    size; returns the report (path, contract, parity, size), also written to ``model.export.json``.
+    Each failed step raises one :class:`DeployError` line."""
     model = build_export_model(cfg) if model is None else model.eval()
     image = torch.as_tensor(resize_for_graph(cfg, export_image(cfg, image_path)))
     data = with_contract(onnx_bytes(model, image, opset), cfg, model, opset)

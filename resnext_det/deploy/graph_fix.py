@@ -1,15 +1,10 @@
-"""One rewrite of an exported detector graph, so that an image with nothing to detect gives
-no detections in every runtime.
-
-Why: with no candidate boxes, torchvision's ``batched_nms`` (scripted while tracing) returns
-``torch.empty((0,))``, exported as an ``If`` whose then-branch is a zero-element ``Constant``.
-OpenVINO's CPU plugin (2025.4 to 2026.4.1 at least) compiles such a branch output to one element
-of uninitialised memory: the ``Gather`` after it picks a stale element, so the first empty image
-gets a garbage detection and every later one the previous image's top detection.
-
-The rewrite makes each such ``Constant`` a ``ConstantOfShape`` whose shape is the constant's own
-shape times the branch condition (1 whenever the branch runs): the same empty tensor, computed at
-run time, so no runtime folds it back into a constant. An IR converted from it keeps the fix.
+"""One rewrite of an exported detector graph, so that an image with nothing to detect gives no
+detections in every runtime. With no candidate boxes, torchvision's scripted ``batched_nms`` exports
+an ``If`` whose then-branch is a zero-element ``Constant``; OpenVINO's CPU plugin (2025.4 to 2026.4.1
+at least) compiles it to one element of uninitialised memory, so an empty image gets a garbage or the
+previous image's detection. Each such ``Constant`` becomes a ``ConstantOfShape`` of its shape times the
+branch condition: the same empty tensor, computed at run time so that no runtime folds it back (an IR
+converted from it keeps the fix).
 """
 from __future__ import annotations
 

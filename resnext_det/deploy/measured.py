@@ -1,10 +1,6 @@
-"""The deploy defaults chosen by measurement, per CPU kind: the runtime used when none is named,
-whether ONNX Runtime's threads spin, OpenVINO's shape mode, and whether a lower precision was
-measured much faster on this kind (said in the log line; fp32 stays the default).
-
-The figures live in ``measured_runtimes.json`` beside this module (:mod:`resnext_det.measured_choices`);
-a kind with no entry (or a key its entry lacks) takes :data:`DEFAULTS`, and the log line says that
-no measurement stands behind it.
+"""The deploy defaults chosen by measurement per CPU kind (runtime, ONNX Runtime spinning, OpenVINO
+shape mode, a much faster lower precision named in the log line), read from ``measured_runtimes.json``;
+a kind without an entry takes :data:`DEFAULTS` (docs/DEPLOY.md, "Runtime by measurement").
 """
 from __future__ import annotations
 

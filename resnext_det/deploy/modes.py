@@ -1,9 +1,6 @@
-"""The deployed detector's speed modes, by name, as predictors a timing loop can call: the one place
-that says what "openvino-static" or "openvino-int8" means, for ``benchmarks.measure_deploy``, the
-benchmark tool and the records they write (``results.paths[].mode``).
-
-    preds = build_predictors("out/model.onnx", "out/model_int8.xml", input_format="RGB")
-    preds["openvino-static"](image_hwc)   # DeployedPredictor.__call__
+"""The deployed detector's speed modes by name ("openvino-static", "openvino-int8", ...) as predictors
+a timing loop can call: the one definition for ``benchmarks.measure_deploy``, the benchmark tool and
+the records they write (``results.paths[].mode``).
 """
 from __future__ import annotations
 

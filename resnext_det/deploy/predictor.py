@@ -1,15 +1,6 @@
-"""``DeployedPredictor``: an exported detector in ONNX Runtime or OpenVINO, called like
-detectron2's ``DefaultPredictor``.
-
-    import cv2
-    from resnext_det.deploy import DeployedPredictor
-    predictor = DeployedPredictor("out/model.onnx")   # the runtime measured fastest here, fp32
-    instances = predictor(cv2.imread("input.jpg"))["instances"]   # HxWx3 uint8, BGR
-
-Images are taken as ``DefaultPredictor`` takes them (BGR by default), so one can replace the other
-on the same images. Pre-processing is the export's contract (:mod:`.contract`): detectron2's
-``ResizeShortestEdge`` here, normalisation and padding inside the graph; post-processing is
-detectron2's ``detector_postprocess``, the same step eager inference ends with.
+"""``DeployedPredictor``: an exported detector in ONNX Runtime or OpenVINO, called like detectron2's
+``DefaultPredictor`` on the same images (docs/DEPLOY.md). The export's contract is applied here
+(``ResizeShortestEdge``; normalisation and padding are in the graph), then ``detector_postprocess``.
 """
 from __future__ import annotations
 
@@ -39,17 +30,16 @@ class DeployedPredictor:
     Args:
         runtime: "onnxruntime", "openvino", or None / "auto": the runtime measured fastest on this
             CPU kind (:func:`.measured.choose_runtime`), logged and kept on ``self.runtime_reason``.
-        num_threads: runtime threads; None = the physical cores available.
-        precision: "fp32" (default, exact parity with eager), "bf16" (OpenVINO, CPUs with native
-            bf16) or "default" (the runtime's choice); the one in effect is ``self.precision_used``.
-        input_format: channel order of the images given to ``__call__``: "BGR" (default, as
-            ``DefaultPredictor``) or "RGB"; flipped to the model's INPUT.FORMAT when it differs.
-            ``run_resized`` and ``inference`` take images already in the model's format.
-        **runtime_options: the runtime's own (None = the measured default): ``allow_spinning``,
-            ``shape_mode``, ``cache_size``, ``cache_dir``; see :func:`.runtimes.make_runtime`.
+        num_threads: None = the physical cores available.
+        precision: "fp32" (default, parity with eager), "bf16" (OpenVINO) or "default" (the
+            runtime's choice); the one in effect is ``self.precision_used``.
+        input_format: channel order of the images given to ``__call__``: "BGR" (default) or "RGB",
+            flipped to the model's INPUT.FORMAT when it differs (``run_resized`` and ``inference``
+            take the model's format).
+        **runtime_options: see :func:`.runtimes.make_runtime` (None = the measured default).
 
     Raises FileNotFoundError / DeployError for a missing, empty, truncated or foreign file, or
-    another ``input_format`` (named).
+    another ``input_format``.
     """
 
     def __init__(self, path: str, runtime: Optional[str] = None, num_threads: Optional[int] = None,

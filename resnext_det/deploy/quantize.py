@@ -1,13 +1,8 @@
-"""Post-training static int8 of an exported detector, calibrated on images of the training set
-pre-processed by the export's own contract. Two routes:
-
-- :func:`quantize_int8_nncf` (``tools/export.py --int8``, the default): NNCF post-training
-  quantization of the OpenVINO model, written as an IR (``model_int8.xml`` + ``.bin``). The
-  post-processing (box decoding, clipping, NMS, top-k, RoI level assignment) is left in fp32
-  (:func:`postprocessing_nodes`): quantized box coordinates move boxes for no speed.
-- :func:`quantize_int8` (``--int8-runtime onnxruntime``): ONNX Runtime's ``quantize_static`` (QDQ,
-  convolutions and matrix products), written as ``model_int8.onnx``. Kept for measurement: ONNX
-  Runtime has no int8 kernel for grouped convolutions other than depthwise, which ResNeXt is made of.
+"""Post-training static int8 of an exported detector, calibrated on training images pre-processed by
+the export's contract (docs/DEPLOY.md). :func:`quantize_int8_nncf` (``--int8``): NNCF, an OpenVINO IR,
+post-processing left fp32 (:func:`postprocessing_nodes`): quantized box coordinates move boxes for no
+speed. :func:`quantize_int8` (``--int8-runtime onnxruntime``): ONNX Runtime's QDQ, kept for measurement:
+it has no int8 kernel for grouped convolutions other than depthwise, which ResNeXt is made of.
 """
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
-"""The two CPU inference runtimes behind one small interface: ``run(image_chw) -> (boxes,
-scores, classes)`` on an exported detector (see :mod:`.contract` for the graph's I/O), with one
-thread per physical core this process may use (:func:`resnext_det.hardware.available_cores`), not
-``os.cpu_count()``: more threads than cores make the runtimes' workers wait on each other.
-
-- ONNX Runtime: CPU execution provider, all graph optimisations, sequential execution.
-  ``allow_spinning``: idle worker threads spin, saving a wake-up per operator on an idle machine
-  and burning the cores others need on a busy one.
-- OpenVINO: ``PERFORMANCE_HINT=LATENCY``. Its CPU plugin silently computes in bf16 on CPUs with
-  AVX512-BF16/AMX unless told otherwise, so the precision is always set explicitly (``fp32`` by
-  default, for parity) and logged. ``shape_mode`` "dynamic" compiles once for any image size;
-  "static" compiles for each input shape met and keeps the last few (LRU). Reads ONNX and IR.
+"""The two CPU inference runtimes behind one interface, ``run(image_chw) -> (boxes, scores, classes)``,
+with one thread per physical core this process may use (not ``os.cpu_count()``: more threads than
+cores wait on each other). ONNX Runtime's ``allow_spinning`` saves a wake-up per operator on an idle
+machine and burns the cores others need on a busy one. OpenVINO's precision is always set: its CPU
+plugin silently computes in bf16 on AVX512-BF16/AMX CPUs otherwise; its ``shape_mode`` "dynamic"
+compiles once, "static" per input shape met, keeping the last few (LRU).
 """
 from __future__ import annotations
 
@@ -203,11 +197,10 @@ def _read_openvino_model(core, model):
 
 def make_runtime(runtime: str, model, num_threads: Optional[int] = None, precision: str = "fp32",
                  **options):
-    """One runner (module docstring) of ``model``: ONNX path or bytes, or an IR ``.xml`` (OpenVINO).
-    ``num_threads`` None: the physical cores available; ``precision``: "fp32", "bf16" (OpenVINO) or
-    "default" (the runtime's choice). ``options``, the runtime's own (None: the measured default for
-    this CPU kind): ``allow_spinning`` (ONNX Runtime); ``shape_mode``, ``cache_size`` (compiled
-    shapes kept in static mode) and ``cache_dir`` (OpenVINO's compiled-model cache) for OpenVINO."""
+    """One runner of ``model``: ONNX path or bytes, or an IR ``.xml`` (OpenVINO); ``precision``: "fp32",
+    "bf16" (OpenVINO) or "default". ``options`` (None: the measured default for this CPU kind):
+    ``allow_spinning`` (ONNX Runtime); ``shape_mode``, ``cache_size`` (compiled shapes kept in static
+    mode) and ``cache_dir`` (OpenVINO's compiled-model cache) for OpenVINO."""
     runners = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVINORunner}
     own = {"onnxruntime": ("allow_spinning",), "openvino": ("shape_mode", "cache_size", "cache_dir")}
     if runtime not in runners:

@@ -1,14 +1,7 @@
-"""TorchScript export of a detector with this backbone, through detectron2's ``TracingAdapter``.
-
-Works for the default model and for one prepared by :func:`resnext_det.engine.fast.prepare_for_inference`::
-
-    traced, adapter = trace_detector(model, image)          # image: CHW float tensor
-    traced.save("model.ts")                                 # loads without detectron2
-    instances = run_traced(traced, adapter, image)          # == model([{"image": image}])[0]["instances"]
-
-A traced graph is specialised to what it saw (data-dependent control flow is frozen): detectron2's
-Faster R-CNN is written for tracing, but trace with an image of the size you will deploy; the batch
-is one image.
+"""TorchScript export of a detector with this backbone (default or ``prepare_for_inference``'d) through
+detectron2's ``TracingAdapter`` (docs/FAST_PATH.md, "Export"); the saved file loads without detectron2.
+A traced graph is specialised to what it saw: trace with an image of the size you will deploy; the
+batch is one image.
 """
 from __future__ import annotations
 

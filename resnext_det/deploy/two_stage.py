@@ -1,9 +1,6 @@
-"""The paper's two-stage plan (RPN and Fast R-CNN trained as separate networks, Appendix B)
-deployed as one graph.
-
-In training, stage 2 reads stage 1's proposals from files. Deployed, :class:`TwoStageDetector`
-runs the stage-1 network (the top ``RESNEXT_PLAN.PROPOSALS.TOPK_TEST`` proposals, as the plan's
-files hold) and feeds them to the stage-2 network in one forward: one file, one call.
+"""The paper's two-stage plan (RPN and Fast R-CNN trained as separate networks, Appendix B) deployed
+as one graph: :class:`TwoStageDetector` feeds the stage-1 network's top ``RESNEXT_PLAN.PROPOSALS.TOPK_TEST``
+proposals (what the plan's files hold in training) to the stage-2 network in one forward.
 """
 from __future__ import annotations
 
