@@ -1,7 +1,6 @@
 """Fast inference and training switches for detectron2 models with a ResNeXt backbone, built by
-composition: a prepared model is made of modules whose class says what they compute. Entry
-points in :mod:`.prepare`; the trainer applies ``MODEL.RESNEXT.FAST.*_TRAIN`` when it builds
-the model and :func:`prepare_for_inference` to a copy for evaluation (``FAST.INFERENCE``).
+composition: a prepared model is made of modules whose class says what they compute (entry points in
+:mod:`.prepare`; docs/FAST_PATH.md).
 """
 from .auto import AUTO, CpuFeatures, LayoutChoice, choose_training_layout, probe_training_layouts
 from .folding import FrozenBNFoldedConv2d, fold_frozen_bn, fold_frozen_bn_on_the_fly

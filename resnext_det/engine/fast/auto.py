@@ -1,8 +1,6 @@
-"""``auto`` for the training layout switches (CHANNELS_LAST_TRAIN, FOLD_FROZEN_BN_TRAIN): whether
-they speed training up depends on the CPU kind, so ``auto`` follows what was measured per kind
-(:data:`MEASURED_LAYOUTS`: each candidate's training-iteration ratio vs stock, the run's noise
-margin and its record, rendered by ``benchmarks/choices.py`` from ``benchmarks/<kind>/train-layouts.json``),
-guarded by a probe of the fold on one of the model's own blocks (docs/FAST_PATH.md).
+"""``auto`` for the training layout switches (CHANNELS_LAST_TRAIN, FOLD_FROZEN_BN_TRAIN): their speed-up
+depends on the CPU kind, so ``auto`` follows what was measured per kind (:data:`MEASURED_LAYOUTS`), guarded
+by a probe of the fold on one of the model's own blocks (docs/FAST_PATH.md; docs/SPEED.md, "Training `auto`").
 """
 from __future__ import annotations
 
@@ -108,14 +106,10 @@ def choose_training_layout(channels_last: Optional[bool], fold_frozen_bn: Option
                            kind: Optional[str] = None, table: Optional[Mapping] = None,
                            probe: Optional[Mapping[str, float]] = None,
                            margin: float = PROBE_MARGIN) -> LayoutChoice:
-    """Resolve ``auto`` (None) switches from the measured table; explicit True/False are kept. The
-    rule: the fastest candidate faster than stock by more than the record's noise (stock's own spread
-    without an A/A control); stock where the kind was not measured, its run was noisy, and on CUDA.
-
-    ``kind`` defaults to :func:`~resnext_det.hardware.cpu_kind` of ``features`` (default: this
-    machine's), ``table`` to the shipped one. ``probe``: seconds per candidate name (those of
-    :func:`probe_pair`), or None; it turns a chosen fold off when it is ``margin`` slower (it never
-    turns on what the table did not choose).
+    """Resolve ``auto`` (None) switches by the measured table's rule (:func:`table_choice`; stock on
+    CUDA); explicit True/False are kept. ``kind`` defaults to the CPU kind of ``features`` (default: this
+    machine's), ``table`` to the shipped one. ``probe``: seconds per candidate name (:func:`probe_pair`)
+    or None; it turns a chosen fold off when it is ``margin`` slower, never on what the table did not choose.
     """
     if channels_last is not None and fold_frozen_bn is not None:
         return LayoutChoice(channels_last, fold_frozen_bn, "set in the config")

@@ -1,7 +1,6 @@
-"""FrozenBN folding: once into the conv for inference, on the fly (live) for training.
-
-FrozenBN is a fixed affine map ``y*s + t`` with ``s = gamma/sqrt(var+eps)`` and
-``t = beta - mean*s`` (all buffers, never trained), so ``norm(conv(x, w, b)) == conv(x, w*s, b*s + t)``.
+"""FrozenBN folding: once into the conv for inference, on the fly (live) for training. FrozenBN is a fixed
+affine map ``y*s + t`` with ``s = gamma/sqrt(var+eps)`` and ``t = beta - mean*s`` (all buffers, never
+trained), so ``norm(conv(x, w, b)) == conv(x, w*s, b*s + t)``.
 """
 from __future__ import annotations
 
@@ -46,13 +45,11 @@ def fold_frozen_bn(model: nn.Module) -> int:
 
 
 class FrozenBNFoldedConv2d(Conv2d):
-    """A detectron2 ``Conv2d`` + ``FrozenBatchNorm2d`` computed as ONE conv, the FrozenBN folded into
-    its weight and bias at every call (for training).
-
-    It holds the original's ``weight``, ``bias`` and ``norm`` objects under the same names, so
-    state_dict keys and the optimizer's parameters are unchanged. It saves FrozenBN's passes
-    over the activation for one weight-sized multiply. Tracing, scripting and empty inputs take
-    detectron2's conv-then-norm path.
+    """A detectron2 ``Conv2d`` + ``FrozenBatchNorm2d`` computed as ONE conv, the FrozenBN folded into its
+    weight and bias at every call (for training): one weight-sized multiply instead of FrozenBN's passes
+    over the activation. It holds the original's ``weight``, ``bias`` and ``norm`` under the same names,
+    so state_dict keys and the optimizer's parameters are unchanged. Tracing, scripting and empty inputs
+    take detectron2's conv-then-norm path.
     """
 
     @classmethod

@@ -1,10 +1,7 @@
-"""oneDNN fused blocks for CPU fp32 inference: detectron2's bottleneck, stem and RPN head with
-fused conv+ReLU and conv+add+ReLU kernels (``torch.ops.mkldnn._convolution_pointwise``), saving
-the separate ReLU and residual passes (outputs change only by rounding).
-
-Each class subclasses detectron2's own and takes over a folded original's convs; calls the
-fused kernels cannot serve (autograd, autocast, non-CPU, non-fp32, tracing) run detectron2's
-forward on the same convs.
+"""oneDNN fused blocks for CPU fp32 inference: detectron2's bottleneck, stem and RPN head with fused
+conv+ReLU and conv+add+ReLU kernels (``torch.ops.mkldnn._convolution_pointwise``), saving the separate
+ReLU and residual passes. Each class subclasses detectron2's own and takes over a folded original's convs;
+calls the fused kernels cannot serve (autograd, autocast, non-CPU, non-fp32, tracing) run detectron2's forward.
 """
 from __future__ import annotations
 

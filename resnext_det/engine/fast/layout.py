@@ -1,8 +1,6 @@
-"""Memory format and reduced precision of the conv trunks.
-
-channels_last needs no wrapper: NHWC weights make oneDNN/cuDNN return NHWC activations.
-Reduced precision needs a scope: :class:`AutocastTrunk` runs a trunk (backbone, C4 res5) under
-``torch.autocast`` and returns fp32, so the heads, NMS and losses stay fp32.
+"""Memory format and reduced precision of the conv trunks. channels_last needs no wrapper: NHWC weights
+make oneDNN/cuDNN return NHWC activations. Reduced precision needs a scope: :class:`AutocastTrunk` runs a
+trunk (backbone, C4 res5) under ``torch.autocast`` and returns fp32, so the heads, NMS and losses stay fp32.
 """
 from __future__ import annotations
 
@@ -44,11 +42,9 @@ def _add_child_level(module, state_dict, prefix, local_metadata, strict, missing
 
 class AutocastTrunk(nn.Module):
     """A trunk run under ``torch.autocast(device_type, dtype)`` (``dtype`` None: no autocast), a 4-D
-    input made channels_last first when ``channels_last``, floating outputs cast back to fp32.
-
-    ``state_dict()``/``load_state_dict()`` leave the child level ``trunk`` out, so checkpoints
-    keep the stock keys. Missing attributes are read from the trunk (detectron2 reads
-    ``size_divisibility``, ``output_shape()`` ...). An ``AutocastTrunk`` given is re-set, not nested.
+    input made channels_last first when ``channels_last``, floating outputs cast back to fp32. Its
+    state_dict leaves the child level ``trunk`` out (checkpoints keep the stock keys); missing attributes
+    are read from the trunk (``size_divisibility``, ``output_shape()``); an ``AutocastTrunk`` is re-set, not nested.
     """
 
     def __init__(self, trunk: nn.Module, device_type: str, dtype: Optional[torch.dtype],

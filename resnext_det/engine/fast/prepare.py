@@ -56,18 +56,14 @@ def prepare_for_inference_with_report(model: nn.Module, precision: str = "fp32",
                                       device: Optional[Union[str, torch.device]] = None, *,
                                       channels_last: bool = True,
                                       fuse: bool = True) -> Tuple[nn.Module, FastReport]:
-    """Prepare a trained detectron2 model (or a bare backbone) for fast inference, in place.
+    """Prepare a trained detectron2 model (or a bare backbone) for fast inference, in place: FrozenBN
+    folded into the convs (float64); ``channels_last`` conv weights (oneDNN's NHWC kernels are faster on
+    CPU, above all for the grouped 3x3); with ``fuse``, on CPU in fp32, the fused blocks (:mod:`.fused`);
+    ``precision`` "bf16" (CPU with AVX512-BF16/AMX, or CUDA) / "fp16" (CUDA): the trunks wrapped in
+    :class:`~.layout.AutocastTrunk`, so everything after them stays fp32 (docs/FAST_PATH.md).
 
-    1. FrozenBN folded into the convs (float64).
-    2. ``channels_last`` conv weights (oneDNN's NHWC kernels are faster on CPU, above all for the
-       grouped 3x3; the heads keep NHWC maps).
-    3. On CPU in fp32, with ``fuse``: the oneDNN fused blocks (:mod:`.fused`).
-    4. ``precision`` "bf16" (CPU with AVX512-BF16/AMX, or CUDA) / "fp16" (CUDA): the trunks wrapped
-       in :class:`~.layout.AutocastTrunk`, so everything after them stays fp32.
-
-    Eval mode, moved to ``device`` (default: where its parameters are); fp32 outputs equal the
-    unprepared model's up to rounding; ``cudnn.benchmark`` is left to the caller. Returns
-    ``(model, FastReport)``, the model the same object but a bare backbone in bf16/fp16.
+    Eval mode, moved to ``device`` (default: where its parameters are); ``cudnn.benchmark`` is left to
+    the caller. Returns ``(model, FastReport)``, the model the same object but a bare backbone in bf16/fp16.
     """
     dev = _resolve_device(model, device)
     dtype = autocast_dtype(precision, dev.type)
@@ -104,19 +100,14 @@ def apply_training_switches_with_report(model: nn.Module, cfg=None, *, channels_
                                         cpu_features: Optional[CpuFeatures] = None,
                                         probe: Union[bool, Mapping[str, float], None] = None
                                         ) -> Tuple[nn.Module, FastReport]:
-    """Apply the training speed switches to a model, in place; its state_dict keys stay
-    detectron2's, so checkpoints stay interchangeable with the stock path.
-
-    Each keyword, when given, overrides its ``MODEL.RESNEXT.FAST.*_TRAIN`` key of ``cfg``:
-
-    - channels_last: conv weights (and gradients, optimizer state) NHWC.
-    - fold_frozen_bn: :class:`~.folding.FrozenBNFoldedConv2d` (same parameters).
-    - matrix_roi_align: RoIAlign as a sparse matrix product (:mod:`.roi_align`); ``auto``: on CPU.
-    - autocast ("" / "bf16" / "fp16"): the trunks in :class:`~.layout.AutocastTrunk`; from a
-      config only bf16 on CPU (CUDA has ``SOLVER.AMP.ENABLED``); ValueError otherwise.
-
-    ``auto`` layout switches follow :mod:`.auto` (``cpu_features``, ``probe`` as there). Returns
-    ``(model, FastReport)``, the model the same object but a bare backbone given ``autocast``.
+    """Apply the training speed switches to a model, in place; its state_dict keys stay detectron2's, so
+    checkpoints stay interchangeable with the stock path (docs/FAST_PATH.md). Each keyword, when given,
+    overrides its ``MODEL.RESNEXT.FAST.*_TRAIN`` key of ``cfg``: ``channels_last``, ``fold_frozen_bn``
+    (:class:`~.folding.FrozenBNFoldedConv2d`), ``matrix_roi_align`` (:mod:`.roi_align`; ``auto``: on CPU),
+    ``autocast`` ("" / "bf16" / "fp16": the trunks in :class:`~.layout.AutocastTrunk`; from a config only
+    bf16 on CPU, ValueError otherwise). ``auto`` layout switches follow :mod:`.auto` (``cpu_features``,
+    ``probe`` as there). Returns ``(model, FastReport)``, the model the same object but a bare backbone
+    given ``autocast``.
     """
     fast = cfg.MODEL.RESNEXT.FAST if cfg is not None else None
     if channels_last is None:

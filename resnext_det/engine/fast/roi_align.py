@@ -1,12 +1,8 @@
-"""RoIAlign for CPU training as a sparse matrix product (``MODEL.RESNEXT.FAST.MATRIX_ROI_ALIGN_TRAIN``).
-
-RoIAlign is linear in its input: ``out = A @ x`` with ``x`` the feature map as ``(N*H*W, C)``
-rows and ``A`` a sparse ``(R*ph*pw, N*H*W)`` matrix of the sampling points' bilinear weights
-(divided by the bin's sample count), so the gradient is ``A^T @ grad_out`` over whole channel
-rows, where torchvision's CPU backward walks every output element on one thread.
-:func:`roi_align_matrix` follows torchvision's CPU kernel (``roi_align_kernel.cpp``: scaling,
-``aligned`` offset, adaptive grid, ``bilinear_interpolate``'s boundary rules): results equal
-torchvision's up to summation order.
+"""RoIAlign for CPU training as a sparse matrix product (``MODEL.RESNEXT.FAST.MATRIX_ROI_ALIGN_TRAIN``;
+why: docs/FAST_PATH.md): ``out = A @ x``, ``x`` the feature map as ``(N*H*W, C)`` rows, ``A`` a sparse
+``(R*ph*pw, N*H*W)`` matrix of the sampling points' bilinear weights (divided by the bin's sample count).
+:func:`roi_align_matrix` follows torchvision's CPU kernel (``roi_align_kernel.cpp``: scaling, ``aligned``
+offset, adaptive grid, ``bilinear_interpolate``'s boundary rules): results equal it up to summation order.
 """
 from __future__ import annotations
 
