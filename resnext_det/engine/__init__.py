@@ -1,4 +1,2 @@
-"""resnext_det.engine: training. The trainer (trainer), the training plan as data (plan) and its
-runner incl. the paper's two-stage schedule (plan_runner), the demo's miniature ImageNet
-pretraining (pretrain), fast inference and training switches by composition (fast) and the
-pre-training checks (checks). It stands beside deploy/ and imports nothing from it."""
+"""resnext_det.engine: training: the trainer, the plan as data and its runner, the demo's pretraining,
+the fast path and the pre-training checks (docs/ARCHITECTURE.md). It imports nothing from deploy/."""

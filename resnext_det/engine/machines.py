@@ -1,16 +1,12 @@
-"""Several machines (``--num-machines N``): a bounded rendezvous and a health watchdog, so that
-a machine that cannot start, or fails later, stops every machine within ``timeout`` seconds
-with one line naming it, instead of a silent wait for torch's 30-minute distributed timeout.
-
-Machine 0's launcher process hosts a ``torch.distributed.TCPStore`` at ``--dist-url``; the other
-launchers connect to it, and so do the workers' ``tcp://`` rendezvous (torch's
-``TORCHELASTIC_USE_AGENT_STORE`` mechanism, :meth:`MachineGroup.worker_env`): one port, and
-the store outlives a dying worker. Under ``resnext_det/machines/`` each launcher keeps
-``beat/<r>`` (a counter bumped every second), ``ready/<r>`` (data prepared), ``failed/<r>``
-(why it stops, one line) and ``done/<r>``. A watchdog thread stops its machine (workers
-terminated, exit status 1) when another posts ``failed``, has not joined or stops beating for
-``timeout`` s, or machine 0 is gone. A failing worker writes its reason locally
-(:func:`write_worker_failure`) for its launcher to post, unless it lost a peer.
+"""Several machines (``--num-machines N``): a bounded rendezvous and a health watchdog, so that a
+machine that cannot start or fails later stops every machine within ``timeout`` seconds with one line
+naming it (docs/TRAINING.md, "Several machines"). Machine 0's launcher hosts a ``TCPStore`` at
+``--dist-url``, shared by the other launchers and the workers' rendezvous (``TORCHELASTIC_USE_AGENT_STORE``,
+:meth:`MachineGroup.worker_env`): one port, outliving a dying worker. Each launcher keeps
+``resnext_det/machines/{beat,ready,failed,done}/<r>`` there; its watchdog thread stops its machine (workers
+terminated, exit status 1) when another posts ``failed``, has not joined or stops beating, or machine 0 is
+gone. A failing worker writes its reason locally (:func:`write_worker_failure`) for its launcher to post,
+unless it lost a peer.
 """
 from __future__ import annotations
 

@@ -1,16 +1,7 @@
-"""The training plan as data: a config's ``RESNEXT_PLAN`` turned into stages (no side effects).
-
-``MODE: "joint"``  -> one stage ``detector`` (train, then COCO AP), in ``OUTPUT_DIR``.
-``MODE: "two_stage"`` (the paper, Appendix B; RPN and Fast R-CNN share no features):
-
-1. ``rpn``       train an RPN-only network from ``MODEL.WEIGHTS`` -> ``OUTPUT_DIR/stage1_rpn``
-2. ``proposals`` its proposals on the training and test sets (shard manifests under
-                 ``stage1_rpn/proposals/<dataset>/``) and their recall on the test set
-3. ``fast_rcnn`` train Fast R-CNN on them (``PrecomputedProposals``) from ``MODEL.WEIGHTS``,
-                 then COCO box AP -> ``OUTPUT_DIR/stage2_fast_rcnn``
-
-With ``RESNEXT_PLAN.PRETRAIN.ENABLED`` the stages start from :mod:`resnext_det.engine.pretrain`'s
-model. Running the plan lives in :mod:`resnext_det.engine.plan_runner`.
+"""The training plan as data: a config's ``RESNEXT_PLAN`` turned into stages, without side effects (run
+by :mod:`.plan_runner`). ``MODE: "joint"``: one stage ``detector``; ``"two_stage"`` (the paper's Appendix
+B): ``rpn``, ``proposals``, ``fast_rcnn`` (docs/TRAINING.md, "The paper's schedule on COCO"). With
+``RESNEXT_PLAN.PRETRAIN.ENABLED`` the stages start from :mod:`.pretrain`'s model.
 """
 from __future__ import annotations
 

@@ -1,13 +1,7 @@
-"""Running the plan of :mod:`resnext_det.engine.plan`: stages in order, resume-at-stage, and
-each stage's quality measured and recorded.
-
-Finished stages and their results are kept in ``OUTPUT_DIR/plan_state.json``; per stage:
-
-* ``proposals``: per dataset, the proposal count and, on test sets, ``recall`` (``AR@100`` /
-  ``AR@1000`` as fractions, ``recall@100_IoU0.5`` ...) and detectron2's ``box_proposals`` (percent);
-* ``fast_rcnn`` / ``detector``: the COCO results, with ``oracle`` (ground-truth boxes as
-  proposals, ``RESNEXT_PLAN.ORACLE_EVAL``) and ``shuffled`` (each test image given another
-  image's proposals, ``RESNEXT_PLAN.SHUFFLED_EVAL``).
+"""Running the plan of :mod:`.plan`: stages in order, resume at a stage, each stage's quality measured
+and kept with it in ``OUTPUT_DIR/plan_state.json`` (docs/DEMOS.md): proposal counts and, on test sets,
+``recall`` (``AR@100`` ... as fractions) and detectron2's ``box_proposals`` (percent); the COCO results,
+with ``oracle`` and ``shuffled`` evaluations.
 """
 from __future__ import annotations
 

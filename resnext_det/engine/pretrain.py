@@ -1,8 +1,6 @@
-"""A miniature "ImageNet" (on COCO each stage starts from ImageNet weights; the demo does the same
-in miniature): :func:`pretrain_classifier` trains ``MODEL.RESNEXT``'s backbone (BatchNorm, pooling,
-``fc``) to tell the shapes and background apart on crops of the synthetic training images and
-writes a bare torchvision state dict, which the detectors load like any torchvision file. The file
-is a pure function of the config values that shape it; a manifest beside it lets a rerun reuse it.
+"""The demo's miniature "ImageNet" (docs/DEMOS.md): :func:`pretrain_classifier` trains ``MODEL.RESNEXT``'s
+backbone on crops of the synthetic training images and writes a bare torchvision state dict, a pure
+function of the config values that shape it; a manifest beside it lets a rerun reuse it.
 """
 from __future__ import annotations
 
