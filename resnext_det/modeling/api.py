@@ -1,16 +1,5 @@
-"""Python API for custom detectors: ResNeXt backbones without a YAML file.
-
-Example::
-
-    from resnext_det import build_backbone_from_preset, TorchvisionBackbone
-    backbone = build_backbone_from_preset("X-101-32x4d", fpn=True)   # detectron2 Backbone
-    features = backbone(images)                                      # {"p2": ..., "p6": ...}
-
-    from torchvision.models.detection import FasterRCNN
-    tv_backbone = TorchvisionBackbone(backbone)
-    model = FasterRCNN(tv_backbone, num_classes=91,
-                       rpn_anchor_generator=tv_backbone.anchor_generator(),
-                       box_roi_pool=tv_backbone.roi_pool())
+"""Python API for custom detectors: ResNeXt backbones without a YAML file, for detectron2 or for
+torchvision's ``FasterRCNN`` (example: README.md, "Custom detectors (Python API)").
 """
 from __future__ import annotations
 
@@ -68,12 +57,9 @@ def build_backbone_from_preset(preset: str = "X-50-32x4d", *, fpn: bool = False,
 
 
 class TorchvisionBackbone(nn.Module):
-    """Adapter: a detectron2 ``Backbone`` as a torchvision detection backbone.
-
-    torchvision's ``FasterRCNN`` wants a module with an ``out_channels`` attribute whose forward
-    returns an ``OrderedDict`` of feature maps; all maps must share one channel count (true for
-    FPN outputs, or a single bottom-up output).
-    """
+    """Adapter: a detectron2 ``Backbone`` as a torchvision detection backbone: ``out_channels`` and a
+    forward returning an ``OrderedDict`` of feature maps, which must share one channel count (true for
+    FPN outputs, or a single bottom-up output)."""
 
     def __init__(self, backbone: Backbone):
         super().__init__()

@@ -1,8 +1,6 @@
-"""ResNeXt backbones registered in detectron2's ``BACKBONE_REGISTRY``.
-
-The network is detectron2's own :class:`ResNet` container (stem + ``res2..res5`` stages,
-freezing, output bookkeeping) filled with ResNeXt blocks built from the paper's terms. Module
-names are detectron2's, so detectron2 and Caffe2 ImageNet checkpoints load unchanged.
+"""ResNeXt backbones registered in detectron2's ``BACKBONE_REGISTRY``: detectron2's own :class:`ResNet`
+container (stem + ``res2..res5`` stages, freezing, output bookkeeping) filled with ResNeXt blocks built
+from the paper's terms. Module names are detectron2's, so detectron2 and Caffe2 checkpoints load unchanged.
 """
 from __future__ import annotations
 

@@ -1,16 +1,15 @@
-"""ResNeXt blocks in the three equivalent forms of the paper's Fig. 3.
+"""ResNeXt blocks in the three equivalent forms of the paper's Fig. 3 (C = cardinality, d = group width).
 
 (c) ``grouped``: 1x1 (in -> C*d), 3x3 grouped conv with C groups, 1x1 (C*d -> out). This is
     detectron2's own :class:`BottleneckBlock` with ``num_groups=C``, used as-is so parameter
     names stay those of detectron2 and Caffe2 checkpoints.
-(a) ``split``: C separate paths 1x1 (in -> d), 3x3 (d -> d), 1x1 (d -> out), summed;
-    one BN after the aggregation (it is per channel, so it equals the BN after (c)'s conv3).
+(a) ``split``: C separate paths 1x1 (in -> d), 3x3 (d -> d), 1x1 (d -> out), summed; one BN after the sum.
 (b) ``concat``: C paths of 1x1 + 3x3, outputs concatenated, one 1x1 (C*d -> out).
 
-BN is per channel, so a BN over the C*d grouped channels equals C BNs over d channels each; a
-1x1 conv over concatenated paths equals the sum of per-path 1x1 convs over each path's slice of
-input channels. Hence the three forms compute the same function given mapped weights
-(:func:`grouped_state_to_form`).
+BN is per channel, so a BN over the C*d grouped channels equals C BNs over d channels each (and (a)'s
+BN after the sum equals (c)'s after conv3); a 1x1 conv over concatenated paths equals the sum of per-path
+1x1 convs over each path's slice of input channels. Hence the three forms compute the same function
+given mapped weights (:func:`grouped_state_to_form`).
 """
 from __future__ import annotations
 

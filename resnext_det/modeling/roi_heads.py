@@ -15,11 +15,9 @@ __all__ = ["ResNeXtRes5ROIHeads"]
 
 @ROI_HEADS_REGISTRY.register()
 class ResNeXtRes5ROIHeads(Res5ROIHeads):
-    """The ResNet paper's C4 head: RoI pooling on res4, then a ResNeXt res5 stage.
-
-    res5 is made by :func:`make_resnext_stage`, as the backbone's stages are, so C, d, block form,
-    norm and stride placement always agree with the backbone. Parameter names are detectron2's.
-    """
+    """The ResNet paper's C4 head: RoI pooling on res4, then a ResNeXt res5 stage made by
+    :func:`make_resnext_stage`, as the backbone's stages are, so C, d, block form, norm and stride
+    placement always agree with the backbone. Parameter names are detectron2's."""
 
     @classmethod
     def _build_res5_block(cls, cfg):
