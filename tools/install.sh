@@ -82,8 +82,6 @@ if [ "${1:-}" = "--test" ]; then
   shift
   # every core (pytest-xdist); tests go wherever a worker is free, except the modules whose
   # costly module fixtures (trained tiny detectors, exports) keep them on one worker
-  # (tests/conftest.py's xdist groups). Bytecode caching on for the run, even where
-  # PYTHONDONTWRITEBYTECODE is set (CI hosts): otherwise each of the suite's fresh interpreters
-  # compiles the package again and each worker rewrites every test module's asserts again
-  exec env -u PYTHONDONTWRITEBYTECODE "$PY" -m pytest -n auto --dist loadgroup tests "$@"
+  # (tests/conftest.py's xdist groups)
+  exec "$PY" -m pytest -n auto --dist loadgroup tests "$@"
 fi
