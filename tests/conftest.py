@@ -17,6 +17,17 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 _PIN = os.environ.get("RESNEXT_DET_TEST_PIN") != "0"
 if _PIN and _WORKER.startswith("gw") and 1 < _WORKERS <= len(ALL_CPUS):
     os.sched_setaffinity(0, ALL_CPUS[int(_WORKER[2:]) % _WORKERS::_WORKERS])
+# OpenVINO's and NNCF's usage telemetry stays off in the suite (openvino_telemetry honours CI=true;
+# CI=false turns it back on): each ov.convert_model (NNCF exports) otherwise starts it, and with no
+# network it waits on DNS lookups, ~100 s of the suite's CPU (docs/TESTING.md). Hypothesis also reads
+# CI (its "ci" profile, derandomized): the fuzz tests keep their default profile, as without CI.
+os.environ.setdefault("CI", "true")
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.load_profile("default")
+except ImportError:  # the test extra is not installed: the fuzz tests fail on their own import
+    pass
 # passed data checks are remembered per machine (resnext_det.data.coco_json.check_cache_dir):
 # the suite keeps its records to itself, not in the user's ~/.cache
 os.environ.setdefault("RESNEXT_DET_CACHE_DIR", tempfile.mkdtemp(prefix="resnext_det_test_cache_"))
