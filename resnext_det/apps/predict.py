@@ -396,10 +396,10 @@ class ShardCollector:
         atomic_write_json(_shard_path(self.output, index), data)
 
 
-def _progress(total: int, done: int):
+def _progress(total: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, unit="img", dynamic_ncols=True, file=sys.stderr,
+    return tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr,
                 disable=None, smoothing=0.1, desc="predict")
 
 
@@ -412,7 +412,7 @@ def run_local(predictor: Predictor, shards, todo, output: str, threshold: float)
                               name="predict-loader")
     thread.start()
     images = sum(1 for i in todo for it in shards[i] if it.kind == "image")
-    bar = _progress(images, 0)
+    bar = _progress(images)
     count = 0
     video: Optional[_VideoOut] = None
     while True:

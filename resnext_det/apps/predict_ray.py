@@ -105,7 +105,7 @@ class RayPlan:
             collector = ShardCollector(output, shards)
             remaining = {i: len(shards[i]) for i in todo}
             count = 0
-            bar = _progress(len(rows), 0)
+            bar = _progress(len(rows))
             for row in ds.iter_rows():
                 index, entry = int(row["shard"]), json.loads(row["entry"])
                 collector.add(index, entry)
