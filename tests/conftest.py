@@ -19,9 +19,9 @@ if _PIN and _WORKER.startswith("gw") and 1 < _WORKERS <= len(ALL_CPUS):
     os.sched_setaffinity(0, ALL_CPUS[int(_WORKER[2:]) % _WORKERS::_WORKERS])
 # OpenVINO's and NNCF's usage telemetry stays off in the suite (openvino_telemetry honours CI=true
 # only, so another value such as a CI host's CI=1 becomes "true"; CI=false turns it back on): each
-# ov.convert_model (NNCF exports) otherwise starts it, and with no network it waits on DNS lookups,
-# ~100 s of the suite's CPU (docs/TESTING.md). Hypothesis also reads CI (its "ci" profile,
-# derandomized): the fuzz tests keep their default profile, as without CI.
+# ov.convert_model (NNCF exports) otherwise starts it, and with no network it waits on DNS lookups:
+# 85 s of the suite's CPU (benchmarks/avx512_bf16/suite-telemetry.json, docs/TESTING.md). Hypothesis
+# also reads CI (its "ci" profile, derandomized): the fuzz tests keep their default profile.
 if os.environ.get("CI", "").lower() != "false":
     os.environ["CI"] = "true"
 try:
